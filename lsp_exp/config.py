@@ -1,0 +1,210 @@
+"""Structured config schemas: one dataclass per Hydra group, registered in Hydra's ConfigStore.
+
+Every option YAML under `conf/<group>/` starts from its group's schema (`defaults: [schema]`), so
+a misspelt key or a wrong type fails when the config is composed, with Hydra's own message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+if not OmegaConf.has_resolver("lsp.root"):
+    OmegaConf.register_new_resolver("lsp.root", lambda: str(PROJECT_ROOT))
+
+
+@dataclass
+class PathsConfig:
+    root: str = "${lsp.root:}"
+    outputs: str = "${paths.root}/outputs"
+
+
+@dataclass
+class WorldSchema:
+    """The toy world (lsp_exp/toy/world.py) and its deterministic data splits."""
+
+    name: str = "arith"
+    seed: int = 0
+    max_operand: int = 99
+    max_small_operand: int = 9
+    share_one_op: float = 0.3
+    share_two_op: float = 0.3
+    share_precedence: float = 0.4
+    flaw_rate: float = 0.6
+    n_heldout: int = 2000
+    n_train: int = 20000
+
+
+@dataclass
+class LoraSchema:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class TinyArchSchema:
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    max_position_embeddings: int = 128
+
+
+@dataclass
+class SFTSchema:
+    steps: int = 9000
+    batch_size: int = 64
+    lr: float = 1e-3
+    final_lr_frac: float = 0.1
+    warmup_steps: int = 100
+    challenger_share: float = 0.2
+    weight_decay: float = 0.0
+
+
+@dataclass
+class BootstrapSchema:
+    """How `lsp-bootstrap` builds the toy base model (only for `source: toy`)."""
+
+    seed: int = 0
+    arch: TinyArchSchema = field(default_factory=TinyArchSchema)
+    sft: SFTSchema = field(default_factory=SFTSchema)
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING
+    source: str = "hf"                  # "toy": built by lsp-bootstrap; "hf": a local path or hub cache
+    path: Optional[str] = None          # for source=hf: a directory or a hub id already in the cache
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
+
+
+@dataclass
+class GameSchema:
+    name: str = MISSING
+    challenger: bool = True             # False: queries come from a prompt file (grpo_data)
+    n_queries: int = 8                  # N
+    group_size: int = 8                 # G
+    task: str = "arithmetic"
+    template: str = ""
+    alpha_ch: float = 1.0
+    self_reward: bool = False
+    invalid_query_value: float = 1.0
+    challenger_objective: str = "neg_value"
+    max_query_tokens: int = 12
+    max_answer_tokens: int = 8
+    temperature: float = 1.0
+    prompts_path: Optional[str] = None  # grpo_data: JSONL with a `prompt` field; None -> the toy train split
+
+
+@dataclass
+class RewardSchema:
+    name: str = MISSING
+    kind: str = "arithmetic"
+
+
+@dataclass
+class KLSchema:
+    name: str = MISSING
+    beta: float = 0.0
+    beta_challenger: Optional[float] = None
+    beta_solver: Optional[float] = None
+    estimator: str = "k1"
+    placement: str = "advantage"        # advantage | loss | reward
+
+
+@dataclass
+class AlgorithmSchema:
+    name: str = MISSING
+    advantage: str = "group_mean"
+    policy_loss: str = "reinforce"
+
+
+@dataclass
+class TrainerSchema:
+    name: str = MISSING
+    accelerator: str = "cpu"
+    devices: Any = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    max_steps: int = 1000
+    num_threads: Optional[int] = None   # torch intra-op threads; None: torch's default
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerSchema:
+    name: str = MISSING
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "lsp-exp"
+    artifact_location: Optional[str] = None
+    run_name: Optional[str] = None
+
+
+@dataclass
+class OptimSchema:
+    lr: float = 3e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+
+@dataclass
+class EvalSchema:
+    every_n_steps: int = 250
+    samples: int = 8                    # k for sampled pass@1 / pass@k at start and end (0: greedy only)
+    heldout_path: Optional[str] = None  # None -> the toy world's held-out split
+    max_problems: Optional[int] = None
+    sample_table_every: int = 250
+
+
+@dataclass
+class TrainSchema:
+    seed: int = 0
+    world: WorldSchema = field(default_factory=WorldSchema)
+    model: ModelSchema = MISSING
+    game: GameSchema = MISSING
+    reward: RewardSchema = MISSING
+    kl: KLSchema = MISSING
+    algorithm: AlgorithmSchema = MISSING
+    trainer: TrainerSchema = MISSING
+    logger: LoggerSchema = MISSING
+    optim: OptimSchema = field(default_factory=OptimSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    experiment: Optional[str] = None
+
+
+@dataclass
+class BootstrapConfigSchema:
+    world: WorldSchema = MISSING
+    model: ModelSchema = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    force: bool = False
+
+
+GROUP_SCHEMAS = {
+    "world": WorldSchema, "model": ModelSchema, "game": GameSchema, "reward": RewardSchema, "kl": KLSchema,
+    "algorithm": AlgorithmSchema, "trainer": TrainerSchema, "logger": LoggerSchema,
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainSchema)
+    cs.store(name="bootstrap_schema", node=BootstrapConfigSchema)
+    for group, schema in GROUP_SCHEMAS.items():
+        cs.store(group=group, name="schema", node=schema)
+
+
+register_configs()

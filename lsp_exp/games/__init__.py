@@ -1,0 +1,19 @@
+"""Games decide where the Solver's queries come from: the Challenger (self-play) or a prompt file."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from lsp_exp.games.base import Queries
+from lsp_exp.games.data import DataGame
+from lsp_exp.games.selfplay import SelfPlayGame
+
+
+def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int):
+    if cfg.challenger:
+        return SelfPlayGame(cfg)
+    if not prompts:
+        raise ValueError(f"game {cfg.name!r} needs a prompt file (game.prompts_path)")
+    return DataGame(cfg, prompts, seed)
+
+
+__all__ = ["DataGame", "Queries", "SelfPlayGame", "build_game"]

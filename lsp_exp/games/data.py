@@ -1,0 +1,20 @@
+"""Queries drawn from a prompt file: the paper's data-driven "RL" baseline (`game=grpo_data`)."""
+from __future__ import annotations
+
+import torch
+
+from lsp_exp.games.base import Queries
+
+
+class DataGame:
+    plays_challenger = False
+
+    def __init__(self, cfg, prompts: list[str], seed: int):
+        self.cfg = cfg
+        self.prompts = prompts
+        self.generator = torch.Generator().manual_seed(seed)  # its own stream, so sampling does not move it
+
+    def queries(self, policy, tokenizer) -> Queries:
+        index = torch.randint(len(self.prompts), (self.cfg.n_queries,), generator=self.generator)
+        texts = [self.prompts[i] for i in index.tolist()]
+        return Queries(texts, torch.ones(len(texts), dtype=torch.bool), None)

@@ -1,0 +1,23 @@
+"""The Challenger writes N queries: pi_Ch(q) = pi_theta(q | <cp>), <cp> the challenger prompt (LSP 1.3)."""
+from __future__ import annotations
+
+import torch
+
+from lsp_exp.games.base import Queries
+from lsp_exp.generation import chat_prompts, generate
+from lsp_exp.toy.build import challenger_user_turn
+
+
+class SelfPlayGame:
+    plays_challenger = True
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.user_turn = challenger_user_turn(cfg.task, cfg.template)
+
+    def queries(self, policy, tokenizer) -> Queries:
+        prompt = chat_prompts(tokenizer, [self.user_turn])
+        rollout = generate(policy, tokenizer, prompt, max_new_tokens=self.cfg.max_query_tokens,
+                           temperature=self.cfg.temperature, num_return_sequences=self.cfg.n_queries)
+        texts = [t.strip() for t in rollout.texts]
+        return Queries(texts, rollout.finished & torch.tensor([bool(t) for t in texts]), rollout)

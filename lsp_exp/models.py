@@ -1,0 +1,120 @@
+"""Loading the policy and its tokenizer, the same way for the toy model and a real one.
+
+The toy model is loaded back through `AutoModelForCausalLM` / `AutoTokenizer` from the directory
+`lsp-bootstrap` wrote, exactly like a local copy of a real model.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from lsp_exp.toy.build import build_toy_world
+from lsp_exp.toy.data import read_problems
+
+from transformers.utils import logging as hf_logging
+
+hf_logging.disable_progress_bar()
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model is neither a local directory nor in the Hugging Face cache."""
+
+
+def resolve_model_path(cfg: DictConfig, world: DictConfig, outputs: str) -> str:
+    """A local directory (building the toy world when needed) or a hub id already in the cache."""
+    if cfg.source == "toy":
+        return str(build_toy_world(world, cfg.bootstrap, outputs) / "model")
+    if cfg.source != "hf":
+        raise ValueError(f"model.source must be 'toy' or 'hf', got {cfg.source!r}")
+    if not cfg.path:
+        raise ModelNotFoundError(f"model.path is not set for model {cfg.name!r}")
+    if Path(cfg.path).is_dir():
+        return str(cfg.path)
+    if _looks_like_hub_id(cfg.path):
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(cfg.path, "config.json"), str):
+            return cfg.path
+    if not _looks_like_hub_id(cfg.path):
+        raise ModelNotFoundError(
+            f"model directory {cfg.path!r} does not exist; download the model there "
+            f"(e.g. `hf download <repo-id> --local-dir {cfg.path}`) or point model.path at a local copy"
+        )
+    raise ModelNotFoundError(
+        f"model {cfg.path!r} is not in the Hugging Face cache and HF_HUB_OFFLINE forbids fetching it; "
+        f"download it first (`hf download {cfg.path}`) or set model.path to a local directory"
+    )
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    """'org/name' (or 'name'), not a filesystem path."""
+    return not path.startswith((".", "/", "~")) and path.count("/") <= 1
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_policy(cfg: DictConfig, path: str):
+    """The trainable policy: full fine-tune, or a LoRA adapter over frozen weights."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline()
+    )
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
+
+
+class Reference:
+    """pi_ref, the frozen initial model: the policy with its adapter disabled under LoRA (no second
+    copy), a frozen deep copy otherwise."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.uses_adapter = hasattr(policy, "disable_adapter")
+        self.frozen = None
+        if not self.uses_adapter:
+            self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+
+    @contextmanager
+    def model(self):
+        """Yield a module that computes pi_ref (use under torch.no_grad())."""
+        if self.uses_adapter:
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:
+            with nullcontext():
+                yield self.frozen
+
+
+def load_toy_world(path: str | Path):
+    """(model, tokenizer, held-out problems, training problems) of a built toy world directory."""
+    path = Path(path)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path / "model", local_files_only=True)
+    tokenizer = load_tokenizer(str(path / "model"))
+    return model, tokenizer, read_problems(path / "data" / "heldout.jsonl"), read_problems(path / "data" / "train.jsonl")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -1,0 +1,27 @@
+"""The verifier reward: 1 when the answer is the true value of the query, else 0."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from lsp_exp.rewards.base import Scores
+from lsp_exp.toy.world import WorldConfig, decode_answer, parse_problem
+
+
+class ArithmeticReward:
+    bounds = (0.0, 1.0)
+
+    def __init__(self, world: WorldConfig):
+        self.world = world
+        self._parse = lru_cache(maxsize=65536)(lambda text: parse_problem(text, world))
+
+    def score(self, queries: list[str], answers: list[str]) -> Scores:
+        """Exact match against the verifier's value. A query outside the world has no ground truth:
+        its pairs are marked invalid (DESIGN.md, invalid challenger queries)."""
+        values, valid = [], []
+        for query, answer in zip(queries, answers):
+            problem = self._parse(query.strip())
+            valid.append(problem is not None)
+            values.append(float(problem is not None and decode_answer(answer) == problem.answer))
+        return Scores(torch.tensor(values), torch.tensor(valid, dtype=torch.bool))

@@ -1,0 +1,20 @@
+"""The reward interface."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Scores:
+    values: torch.Tensor  # [B] R(q, a); 0 where not valid
+    valid: torch.Tensor   # [B] bool: the pair could be graded (e.g. the query is a valid problem)
+
+
+class Reward(Protocol):
+    #: (low, high) of the values, or None when unbounded; objectives that need V in [0, 1] check it.
+    bounds: tuple[float, float] | None
+
+    def score(self, queries: list[str], answers: list[str]) -> Scores: ...

@@ -1,0 +1,43 @@
+"""Deterministic data splits of the toy world: held-out test set, RL training split, SFT stream.
+
+The held-out set and the `grpo_data` training split are disjoint, and the SFT stream never shows
+a held-out problem.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from lsp_exp.toy.world import Problem, WorldConfig, sample_problem
+
+
+def make_splits(seed: int, world: WorldConfig, n_heldout: int, n_train: int) -> tuple[list[Problem], list[Problem]]:
+    """Unique held-out problems, then unique training problems not in the held-out set."""
+    rng = random.Random(f"splits-{seed}")
+    heldout: dict[str, Problem] = {}
+    while len(heldout) < n_heldout:
+        p = sample_problem(rng, world)
+        heldout.setdefault(p.text, p)
+    train: dict[str, Problem] = {}
+    while len(train) < n_train:
+        p = sample_problem(rng, world)
+        if p.text not in heldout:
+            train.setdefault(p.text, p)
+    return list(heldout.values()), list(train.values())
+
+
+def write_problems(path: Path, problems: list[Problem]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for p in problems:
+            f.write(json.dumps({"prompt": p.text, "answer": p.answer, "difficulty": p.difficulty}) + "\n")
+
+
+def read_problems(path: str | Path) -> list[Problem]:
+    """Read a JSONL split written by `write_problems` (fields: prompt, answer, difficulty)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"problem file not found: {path} (run `lsp-bootstrap` to build the toy world)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [Problem(r["prompt"], int(r["answer"]), r.get("difficulty", "unknown")) for r in rows]

@@ -1,0 +1,162 @@
+"""The toy arithmetic world: problems, their difficulty, the flawed teacher and the answer format.
+
+Problems are short expressions such as ``37+4*12``: one or two binary operators over literals
+0..`max_operand`, at most one ``*``, and that ``*`` has a one-digit operand. The world's bounds are
+also the Challenger's action space: a query outside them is invalid (see `parse_problem`).
+
+Difficulty levels:
+- ``one_op``: ``a+b``, ``a-b``, ``a*b``;
+- ``two_op``: two operators where left-to-right order gives the right value (``a-b+c``, ``a*b+c``);
+- ``precedence``: ``a+b*c`` or ``a-b*c``, where left-to-right evaluation gives a wrong value.
+
+The base model is taught by an *imperfect teacher* that evaluates `precedence` problems left to
+right with probability `flaw_rate`; the verifier is always right. RL has a real flaw to repair,
+and an adversarial Challenger has a real weakness to find (TOY_WORLD_NOTES.md, prototype 4).
+
+Answers are written sign first, then digits least-significant first (``-123`` -> ``-321``), which
+a tiny model learns far more easily (TOY_WORLD_NOTES.md, prototype 1).
+"""
+from __future__ import annotations
+
+import ast
+import random
+from dataclasses import dataclass
+
+from lsp_exp.toy.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
+
+DIFFICULTIES = ("one_op", "two_op", "precedence")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The world's bounds and the problem distribution used for SFT, data splits and held-out."""
+
+    max_operand: int = 99
+    max_small_operand: int = 9
+    share_one_op: float = 0.3
+    share_two_op: float = 0.3
+    share_precedence: float = 0.4
+    flaw_rate: float = 0.6
+
+
+@dataclass(frozen=True)
+class Problem:
+    text: str
+    answer: int
+    difficulty: str
+
+
+def encode_answer(value: int) -> str:
+    """Sign first, then digits least-significant first: 120 -> '021', -45 -> '-54'."""
+    sign = "-" if value < 0 else ""
+    return sign + str(abs(value))[::-1]
+
+
+def decode_answer(text: str) -> int | None:
+    """Inverse of `encode_answer`; None for anything that is not a well-formed answer."""
+    text = text.strip()
+    digits = text[1:] if text.startswith("-") else text
+    if not digits or not digits.isascii() or not digits.isdigit() or len(digits) > 6:
+        return None
+    value = int(digits[::-1])
+    return -value if text.startswith("-") else value
+
+
+def _literal(node: ast.expr) -> int | None:
+    return node.value if isinstance(node, ast.Constant) else None
+
+
+def classify(tree: ast.expr) -> tuple[int, str] | None:
+    """(number of operators, difficulty) of a canonical problem tree, or None if outside the world."""
+    if isinstance(tree, ast.Constant):
+        return None
+    ops, mults = 0, 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp):
+            ops += 1
+            if isinstance(node.op, ast.Mult):
+                mults += 1
+                left, right = _literal(node.left), _literal(node.right)
+                if left is None or right is None:
+                    return None  # '*' must join two literals, e.g. not (a+b)*c
+        elif isinstance(node, ast.UnaryOp):
+            return None
+    if ops > 2 or mults > 1:
+        return None
+    if ops == 1:
+        return 1, "one_op"
+    # Two operators: precedence matters exactly when the '*' is the right operand of the top node.
+    top = tree
+    if isinstance(top.right, ast.BinOp) and isinstance(top.right.op, ast.Mult):
+        return 2, "precedence"
+    return 2, "two_op"
+
+
+def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | None:
+    """The problem that `text` states, or None when it is not a valid problem of this world.
+
+    Valid means: only digits and ``+ - *`` (no spaces, parentheses or unary minus), literals within
+    the world's bounds without leading zeros, 1-2 operators, at most one ``*`` with a one-digit operand.
+    """
+    if not text or len(text) > 16 or not text[0].isdigit() or any(c not in "0123456789+-*" for c in text):
+        return None
+    try:
+        tree = parse_expression(text, VerifierLimits(max_chars=16, max_nodes=8, max_depth=4))
+        shape = classify(tree)
+        if shape is None:
+            return None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value > world.max_operand:
+                return None
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
+                if min(node.left.value, node.right.value) > world.max_small_operand:
+                    return None
+        return Problem(text, evaluate_tree(tree), shape[1])
+    except InvalidExpression:
+        return None
+
+
+def left_to_right_value(text: str) -> int:
+    """The flawed teacher's value: operators applied left to right, ignoring precedence."""
+    tokens, number, value, op = [], "", None, None
+    for ch in text + "+":
+        if ch.isdigit():
+            number += ch
+            continue
+        tokens.append(int(number))
+        number = ""
+        value = tokens[-1] if op is None else {"+": value + tokens[-1], "-": value - tokens[-1], "*": value * tokens[-1]}[op]
+        op = ch
+    return value
+
+
+def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig()) -> Problem:
+    """Draw one problem from the world's distribution (shares of the three difficulty levels)."""
+    big = lambda: rng.randint(0, world.max_operand)  # noqa: E731
+    small = lambda: rng.randint(0, world.max_small_operand)  # noqa: E731
+    pick = rng.random()
+    if pick < world.share_one_op:
+        op = rng.choice("+-*")
+        a, b = (big(), big()) if op != "*" else ((big(), small()) if rng.random() < 0.5 else (small(), big()))
+        text = f"{a}{op}{b}"
+    elif pick < world.share_one_op + world.share_two_op:
+        form = rng.choice(["a+b+c", "a+b-c", "a-b+c", "a-b-c", "a*b+c", "a*b-c"])
+        if form.startswith("a*"):
+            a, b = (big(), small()) if rng.random() < 0.5 else (small(), big())
+        else:
+            a, b = big(), big()
+        text = form.replace("a", str(a)).replace("b", str(b)).replace("c", str(big()))
+    else:
+        op = rng.choice("+-")
+        b, c = (big(), small()) if rng.random() < 0.5 else (small(), big())
+        text = f"{big()}{op}{b}*{c}"
+    problem = parse_problem(text, world)
+    assert problem is not None, text
+    return problem
+
+
+def teacher_answer(problem: Problem, rng: random.Random, world: WorldConfig = WorldConfig()) -> int:
+    """The imperfect teacher: left to right on `precedence` problems with probability `flaw_rate`."""
+    if problem.difficulty == "precedence" and rng.random() < world.flaw_rate:
+        return left_to_right_value(problem.text)
+    return problem.answer

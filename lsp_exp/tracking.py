@@ -1,0 +1,102 @@
+"""MLflow tracking through Lightning's MLFlowLogger: params, tags, eval metrics, sample tables."""
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from lsp_exp.config import PROJECT_ROOT  # noqa: E402
+
+
+def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
+    """An MLFlowLogger with an explicit tracking URI and artifact location, or None for logger=none."""
+    if cfg.logger.name == "none":
+        return None
+    log = cfg.logger
+    if log.tracking_uri and log.tracking_uri.startswith("sqlite:///"):
+        Path(log.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    artifact_location = Path(log.artifact_location).as_uri() if log.artifact_location else None
+    return MLFlowLogger(
+        experiment_name=log.experiment_name, run_name=log.run_name, tracking_uri=log.tracking_uri,
+        artifact_location=artifact_location, tags=run_tags(cfg),
+    )
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    tags = {"game": cfg.game.name, "algorithm": cfg.algorithm.name, "reward": cfg.reward.name,
+            "kl": cfg.kl.name, "model": cfg.model.name, "seed": str(cfg.seed)}
+    if cfg.experiment:
+        tags["experiment"] = str(cfg.experiment)
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def flat_params(cfg: DictConfig) -> dict[str, object]:
+    """The resolved config flattened to `group.key` params."""
+    out: dict[str, object] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def log_run_start(logger: MLFlowLogger | None, cfg: DictConfig) -> None:
+    if logger is None:
+        return
+    logger.log_hyperparams(flat_params(cfg))
+    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+
+
+def log_eval(logger: MLFlowLogger | None, step: int, metrics: dict[str, float]) -> None:
+    if logger is not None:
+        logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+
+
+def log_sample_table(logger, step, queries, answers, rewards, solver_adv, values, challenger_adv) -> None:
+    """A table of queries, answers, rewards and advantages (one row per answer) as a run artifact."""
+    if logger is None or not isinstance(logger, MLFlowLogger):
+        return
+    g = rewards.shape[1]
+    rows = {"query": [], "answer": [], "reward": [], "solver_advantage": [], "value": [], "challenger_advantage": []}
+    for i, query in enumerate(queries):
+        for j in range(g):
+            rows["query"].append(query)
+            rows["answer"].append(answers[i * g + j])
+            rows["reward"].append(float(rewards[i, j]))
+            rows["solver_advantage"].append(float(solver_adv[i, j]))
+            rows["value"].append(float(values[i]))
+            rows["challenger_advantage"].append(float(challenger_adv[i]) if challenger_adv is not None else None)
+    logger.experiment.log_table(logger.run_id, data=rows, artifact_file=f"samples/step_{step:06d}.json")
+
+
+def log_final_model(logger, policy, tokenizer) -> None:
+    """The trained model (or LoRA adapter) in Hugging Face format, as the run's `model/` artifact."""
+    if logger is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        logger.experiment.log_artifacts(logger.run_id, tmp, "model")

@@ -1,0 +1,117 @@
+"""`lsp-train`: seed -> build model, game, reward -> fit the self-play module -> report.
+
+    lsp-train                                  # the default experiment (LSP-Zero, toy world)
+    lsp-train game=grpo_data kl=none seed=1    # switch groups from the command line
+    lsp-train -m seed=0,1,2 game=lsp_zero,grpo_data   # a Hydra multirun sweep
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import hydra  # noqa: E402
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import RichProgressBar  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from rich.console import Console  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
+
+from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.games import build_game  # noqa: E402
+from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.rewards import build_reward  # noqa: E402
+from lsp_exp.rl.challenger import check_objective  # noqa: E402
+from lsp_exp.selfplay import SelfPlayModule  # noqa: E402
+from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
+from lsp_exp.toy.data import read_problems  # noqa: E402
+from lsp_exp.tracking import build_logger, log_final_model, log_run_start  # noqa: E402
+from lsp_exp.validation import ConfigError, validate  # noqa: E402
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
+class StepStream(IterableDataset):
+    """An endless stream of step indices: each self-play step makes its own data."""
+
+    def __iter__(self):
+        step = 0
+        while True:
+            yield step
+            step += 1
+
+
+def data_paths(cfg: DictConfig) -> tuple[str | None, str | None]:
+    """(held-out file, prompt file): explicit paths, or the toy world's splits for the toy model."""
+    toy = toy_world_dir(cfg.world, cfg.model.bootstrap, cfg.paths.outputs) if cfg.model.source == "toy" else None
+    heldout = cfg.eval.heldout_path or (str(toy / "data" / "heldout.jsonl") if toy else None)
+    prompts = cfg.game.prompts_path or (str(toy / "data" / "train.jsonl") if toy else None)
+    return heldout, prompts
+
+
+def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Run one training job; returns the held-out metrics by step."""
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    world = world_config(cfg.world)
+    model_path = resolve_model_path(cfg.model, cfg.world, cfg.paths.outputs)
+    tokenizer = load_tokenizer(model_path)
+    policy = load_policy(cfg.model, model_path).train()
+    heldout_path, prompts_path = data_paths(cfg)
+    heldout = read_problems(heldout_path) if heldout_path else []
+    if cfg.eval.max_problems:
+        heldout = heldout[: cfg.eval.max_problems]
+    prompts = [p.text for p in read_problems(prompts_path)] if (prompts_path and not cfg.game.challenger) else None
+    reward = build_reward(cfg.reward, world)
+    check_objective(cfg.game.challenger_objective, reward.bounds)
+    game = build_game(cfg.game, prompts, cfg.seed)
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout)
+
+    logger = build_logger(cfg)
+    log_run_start(logger, cfg)
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, logger=logger or False,
+        log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=cfg.trainer.enable_progress_bar,
+        callbacks=[RichProgressBar()] if cfg.trainer.enable_progress_bar else [],
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None))
+    log_final_model(logger, policy, tokenizer)
+    report(module.eval_history, logger)
+    return module.eval_history
+
+
+def report(history: dict[int, dict[str, float]], logger) -> None:
+    console = Console()
+    if history:
+        first, last = min(history), max(history)
+        for label, step in (("before", first), ("after", last)):
+            m = history[step]
+            extra = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("pass_at_"))
+            console.print(f"held-out Solver accuracy {label} training (step {step}): {m['accuracy']:.3f}  {extra}")
+    if logger is not None:
+        console.print(f"MLflow run {logger.run_id} in experiment '{logger._experiment_name}' at {logger._tracking_uri}")
+        console.print("open it with `make ui` (http://127.0.0.1:5000)")
+
+
+@hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        history = train(cfg)
+    except (ConfigError, ModelNotFoundError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return history[max(history)]["accuracy"] if history else float("nan")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Checks that the schema cannot express: ranges and cross-field rules, each naming the key."""
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from lsp_exp.rl import ADVANTAGE_ESTIMATORS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS, POLICY_LOSSES
+from lsp_exp.rl.kl import PLACEMENTS
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent; the message names the key."""
+
+
+def validate(cfg: DictConfig) -> None:
+    def require(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: {message}")
+
+    game, kl = cfg.game, cfg.kl
+    require(game.n_queries >= 1, "game.n_queries", "N must be at least 1")
+    require(game.group_size >= 2, "game.group_size", "G must be at least 2 for a group baseline")
+    require(game.temperature > 0, "game.temperature", "must be > 0")
+    require(game.max_answer_tokens >= 1, "game.max_answer_tokens", "must be at least 1")
+    require(game.max_query_tokens >= 1, "game.max_query_tokens", "must be at least 1")
+    require(game.alpha_ch >= 0, "game.alpha_ch", "must be >= 0")
+    require(game.challenger_objective in CHALLENGER_OBJECTIVES, "game.challenger_objective",
+            f"unknown; available: {', '.join(sorted(CHALLENGER_OBJECTIVES))}")
+    for key in ("beta", "beta_challenger", "beta_solver"):
+        value = kl[key]
+        require(value is None or value >= 0, f"kl.{key}", "must be >= 0")
+    require(kl.estimator in KL_ESTIMATORS, "kl.estimator", f"unknown; available: {', '.join(sorted(KL_ESTIMATORS))}")
+    require(kl.placement in PLACEMENTS, "kl.placement", f"unknown; available: {', '.join(PLACEMENTS)}")
+    require(cfg.algorithm.advantage in ADVANTAGE_ESTIMATORS, "algorithm.advantage",
+            f"unknown; available: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
+    require(cfg.algorithm.policy_loss in POLICY_LOSSES, "algorithm.policy_loss",
+            f"unknown; available: {', '.join(sorted(POLICY_LOSSES))}")
+    require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
+    require(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+    require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be at least 1")
+    require(cfg.eval.every_n_steps >= 0, "eval.every_n_steps", "must be >= 0")
+    require(cfg.eval.samples >= 0, "eval.samples", "must be >= 0")
+    require(cfg.model.source in ("toy", "hf"), "model.source", "must be 'toy' or 'hf'")
+    require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "must be float32, bfloat16 or float16")
+

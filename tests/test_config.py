@@ -1,0 +1,80 @@
+"""Every option of every group composes; those that run on a CPU instantiate; bad configs fail clearly."""
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+from lsp_exp.config import PROJECT_ROOT
+from lsp_exp.rewards import build_reward
+from lsp_exp.toy.build import world_config
+from lsp_exp.validation import ConfigError, validate
+
+from conftest import compose_config
+
+GROUPS = ["world", "model", "game", "reward", "kl", "algorithm", "trainer", "logger"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((PROJECT_ROOT / "conf" / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(p.relative_to(PROJECT_ROOT / "conf" / "experiment").with_suffix("").as_posix()
+                     for p in (PROJECT_ROOT / "conf" / "experiment").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", OPTIONS)
+def test_every_option_composes_and_validates(group, option):
+    cfg = compose_config("train", [f"{group}={option}"])
+    assert cfg[group].name == option
+    validate(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    validate(compose_config("train", [f"experiment={experiment}"]))
+
+
+def test_bootstrap_config_composes():
+    cfg = compose_config("bootstrap")
+    assert cfg.model.source == "toy" and cfg.world.n_heldout >= 2000
+
+
+def test_rewards_instantiate():
+    cfg = compose_config("train")
+    reward = build_reward(cfg.reward, world_config(cfg.world))
+    scores = reward.score(["2+3*4", "2+3*4", "nonsense"], ["41", "02", "1"])
+    assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
+
+
+def test_unknown_group_option_lists_the_available_ones():
+    with pytest.raises(ConfigCompositionException, match="Could not find 'game/lsp_zer0'") as err:
+        compose_config("train", ["game=lsp_zer0"])
+    assert "lsp_zero" in str(err.value.__cause__ or err.value) or "Available options" in str(err.value)
+
+
+@pytest.mark.parametrize("override, named", [
+    ("game.n_queries=eight", "eight"),              # wrong type
+    ("kl.beta=high", "high"),
+    ("trainer.max_steps=1.5", "1.5"),
+    ("game.n_querys=8", "n_querys"),                # misspelt key
+])
+def test_wrong_types_and_keys_fail_at_compose_time(override, named):
+    with pytest.raises((ValidationError, ConfigKeyError, ConfigAttributeError, ConfigCompositionException)) as err:
+        compose_config("train", [override])
+    message = str(err.value) + str(err.value.__cause__ or "")
+    assert named in message
+
+
+@pytest.mark.parametrize("override, key", [
+    ("game.n_queries=0", "game.n_queries"), ("game.group_size=1", "game.group_size"),
+    ("kl.beta=-0.1", "kl.beta"), ("kl.beta_challenger=-1", "kl.beta_challenger"), ("optim.lr=0", "optim.lr"),
+    ("optim.lr=-1e-4", "optim.lr"), ("kl.estimator=k9", "kl.estimator"), ("kl.placement=everywhere", "kl.placement"),
+    ("algorithm.advantage=magic", "algorithm.advantage"), ("algorithm.policy_loss=magic", "algorithm.policy_loss"),
+    ("game.challenger_objective=chaos", "game.challenger_objective"), ("trainer.max_steps=0", "trainer.max_steps"),
+    ("game.temperature=0", "game.temperature"), ("model.dtype=float8", "model.dtype"),
+])
+def test_out_of_range_values_name_the_key(override, key):
+    cfg = compose_config("train", [override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_schema_files_exist_for_every_group():
+    for group in GROUPS:
+        assert any(Path(PROJECT_ROOT / "conf" / group).glob("*.yaml")), group

@@ -1,0 +1,145 @@
+"""Every formula of the update against hand-computed values (LSP_SPEC sections 2-3)."""
+import math
+
+import pytest
+import torch
+
+from lsp_exp.rl.advantages import group_mean_advantage
+from lsp_exp.rl.challenger import check_objective, learnability, neg_value, uncertainty
+from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
+from lsp_exp.rl.losses import kl_penalised, reinforce_loss
+from lsp_exp.rl.objective import query_values, role_loss
+
+close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
+
+
+def test_solver_advantage_is_reward_minus_group_mean():
+    # LSP eq. 2: V(q_i) = mean_j R; A_Sol = R - V(q_i), no std division.
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 1.0, 1.0]])
+    close(group_mean_advantage(rewards), [[0.5, -0.5, -0.5, 0.5], [0, 0, 0, 0], [1.5, -0.5, -0.5, -0.5]])
+
+
+def test_masked_members_do_not_enter_the_baseline():
+    rewards = torch.tensor([[1.0, 0.0, 5.0]])
+    mask = torch.tensor([[True, True, False]])
+    close(group_mean_advantage(rewards, mask), [[0.5, -0.5, 0.0]])
+
+
+def test_challenger_advantage_is_mean_value_minus_value():
+    # LSP eq. 3: A_Ch(q_i) = mean_i V - V(q_i), i.e. the centred challenger reward -V.
+    values = torch.tensor([0.5, 0.0, 1.0])
+    close(group_mean_advantage(neg_value(values)[None]), [[0.0, 0.5, -0.5]])
+    close(group_mean_advantage(neg_value(values)[None])[0], values.mean() - values)
+
+
+def test_query_values_with_invalid_queries():
+    rewards = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    close(query_values(rewards, torch.tensor([True, False]), 1.0), [0.75, 1.0])
+    close(query_values(rewards, torch.tensor([True, False]), 0.0), [0.75, 0.0])
+
+
+def test_challenger_objectives():
+    v = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    close(neg_value(v), [0.0, -0.25, -0.5, -1.0])
+    close(uncertainty(v), [0.0, 0.5, 1.0, 0.0])       # 1 - 2|V - 1/2|
+    close(learnability(v), [0.0, 0.75, 0.5, 0.0])     # 1 - V if 0 < V < 1 else 0
+
+
+def test_bounded_objectives_refuse_unbounded_rewards():
+    check_objective("uncertainty", (0.0, 1.0))
+    check_objective("neg_value", None)
+    with pytest.raises(ValueError, match="challenger_objective=uncertainty needs a reward in \\[0, 1\\]"):
+        check_objective("uncertainty", None)
+    with pytest.raises(ValueError, match="learnability"):
+        check_objective("learnability", (-5.0, 5.0))
+
+
+def test_reinforce_loss_value_and_gradient():
+    # LSP eq. 4: L = -mean[pi/stop_grad(pi) * A]; value -mean(A), gradient -A/n wrt log pi.
+    logp = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
+    adv = torch.tensor([0.5, -0.5, 1.0])
+    loss = reinforce_loss(logp, adv, torch.tensor([True, True, False]))
+    close(loss, 0.0)
+    loss.backward()
+    close(logp.grad, [-0.25, 0.25, 0.0])
+
+
+def test_kl_estimators_hand_values():
+    x = torch.tensor([math.log(2.0), 0.0, -math.log(2.0)])
+    close(kl_k1(x), [0.693147, 0.0, -0.693147])
+    close(kl_k2(x), [0.240227, 0.0, 0.240227])
+    close(kl_k3(x), [0.5 - 1 + 0.693147, 0.0, 2.0 - 1 - 0.693147])  # exp(-x) - 1 + x
+
+
+def test_sequence_kl_sums_masked_tokens():
+    logp = torch.tensor([[-1.0, -2.0, -3.0]])
+    ref = torch.tensor([[-2.0, -2.0, -1.0]])
+    close(sequence_kl(kl_k1, logp, ref, torch.tensor([[1, 1, 0]])), [1.0])
+
+
+def test_kl_estimators_against_exact_categorical_kl():
+    p = torch.tensor([0.5, 0.3, 0.2])
+    q = torch.tensor([0.2, 0.3, 0.5])
+    exact = (p * (p / q).log()).sum()                               # 0.27489
+    x = (p / q).log()
+    expect = lambda est: (p * est(x)).sum()  # noqa: E731  (exact expectation over y ~ p)
+    close(exact, 0.3 * math.log(2.5))
+    close(expect(kl_k1), exact)                                     # k1 unbiased
+    close(expect(kl_k3), exact)                                     # k3 unbiased
+    assert expect(kl_k2) > exact                                    # k2 biased (here upwards)
+    close(expect(kl_k2), 0.5 * 0.7 * math.log(2.5) ** 2)
+    assert (kl_k3(x) >= 0).all() and (kl_k1(x) < 0).any()           # k3 >= 0 everywhere, k1 is not
+
+
+def test_kl_in_advantage_gives_reverse_kl_gradient_and_literal_term_averages_to_zero():
+    """Expected gradients over y ~ p_theta, computed exactly by summing over the categories.
+
+    KL in the detached advantage: grad E[-(0 - beta*sg(x)) log p] = beta * grad KL(p || q).
+    Literal term beta * log(p/q) in the loss: its sample gradient is beta * grad log p(y), whose
+    expectation is zero, so it does not pull the policy towards the reference (LSP_SPEC 3.3).
+    """
+    beta = 0.5
+    theta = torch.tensor([0.3, -0.2, 0.9], requires_grad=True)
+    q = torch.tensor([0.2, 0.3, 0.5])
+    logp = torch.log_softmax(theta, 0)
+    p = logp.exp().detach()
+    true_grad = torch.autograd.grad(beta * (logp.exp() * (logp - q.log())).sum(), theta, retain_graph=True)[0]
+
+    x = (logp - q.log())
+    adv_form = (p * -(kl_penalised(torch.zeros(3), x, beta) * logp)).sum()
+    close(torch.autograd.grad(adv_form, theta, retain_graph=True)[0], true_grad)
+    literal = (p * beta * x).sum()  # E_p of the per-sample loss term, p held fixed (it is the sampler)
+    close(torch.autograd.grad(literal, theta)[0], torch.zeros(3))
+
+
+@pytest.mark.parametrize("placement, value, grad_logp, grad_kl", [
+    ("advantage", 0.15, [-0.2, 0.35], [0.0, 0.0]),     # A = [.5, -.5] - .5*[.2, .4] = [.4, -.7]
+    ("reward", 0.0, [-0.275, 0.275], [0.0, 0.0]),      # R = [.9, -.2] -> A = [.55, -.55]
+    ("loss", 0.15, [-0.25, 0.25], [0.25, 0.25]),       # A = [.5, -.5]; + .5 * mean(KL) = .15
+])
+def test_role_loss_kl_placements(placement, value, grad_logp, grad_kl):
+    rewards = torch.tensor([[1.0, 0.0]])
+    logp = torch.tensor([-1.0, -2.0], requires_grad=True)
+    kl = torch.tensor([0.2, 0.4], requires_grad=True)
+    out = role_loss(rewards, torch.ones(1, 2, dtype=torch.bool), logp, kl, beta=0.5, placement=placement,
+                    advantage_fn=group_mean_advantage, policy_loss_fn=reinforce_loss)
+    close(out.total, value)
+    out.total.backward()
+    close(logp.grad, grad_logp)
+    close(kl.grad if kl.grad is not None else torch.zeros(2), grad_kl)
+
+
+def test_role_loss_leaves_out_masked_groups():
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    mask = torch.tensor([[True, True], [False, False]])
+    logp = torch.zeros(4, requires_grad=True)
+    out = role_loss(rewards, mask, logp, torch.zeros(4), beta=0.0, placement="advantage",
+                    advantage_fn=group_mean_advantage, policy_loss_fn=reinforce_loss)
+    out.total.backward()
+    close(logp.grad, [-0.25, 0.25, 0.0, 0.0])
+
+
+def test_role_loss_rejects_unknown_placement():
+    with pytest.raises(ValueError, match="kl.placement"):
+        role_loss(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.zeros(2), torch.zeros(2), beta=0.1,
+                  placement="sideways", advantage_fn=group_mean_advantage, policy_loss_fn=reinforce_loss)

@@ -1,0 +1,73 @@
+"""End to end: `lsp-train` on a tiny toy world built in the test, logging to a temporary MLflow store."""
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from lsp_exp.train import train
+
+from conftest import compose_config, tiny_overrides
+
+
+def run_metrics(outputs, run_id):
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    run = client.get_run(run_id)
+    return run, {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in run.data.metrics}
+
+
+def latest_run_id(outputs):
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    exp = client.get_experiment_by_name("lsp-exp")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id
+
+
+@pytest.mark.parametrize("game", ["lsp_zero", "grpo_data"])
+def test_train_logs_params_metrics_and_artifacts(shared_outputs, game):
+    history = train(compose_config("train", tiny_overrides(shared_outputs, f"game={game}")))
+    assert sorted(history) == [0, 2, 3]   # before, every 2 steps, at the end
+    run, metrics = run_metrics(shared_outputs, latest_run_id(shared_outputs))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["game.name"] == game and run.data.params["kl.beta"] == "0.05"
+    assert run.data.tags["game"] == game and run.data.tags["seed"] == "0"
+    for key in ["train/solver/reward", "train/value_mean", "train/query_valid_frac", "train/kl/solver",
+                "train/loss/solver", "train/loss/kl", "train/grad_norm", "train/zero_std_frac", "train/answer_len",
+                "eval/accuracy", "eval/pass_at_1", "eval/pass_at_2", "perf/step_s", "perf/gen_s", "perf/reward_s",
+                "perf/ref_s", "perf/update_s", "perf/tokens_per_s"]:
+        assert key in metrics, key
+    assert len(metrics["train/solver/reward"]) == 3
+    assert [s for s, _ in metrics["eval/accuracy"]] == [0, 2, 3]
+    if game == "lsp_zero":
+        for key in ["train/challenger/reward", "train/kl/challenger", "train/loss/challenger", "train/query_len"]:
+            assert key in metrics, key
+    artifacts = {a.path for a in mlflow.MlflowClient(f"sqlite:///{shared_outputs}/mlflow.db").list_artifacts(run.info.run_id)}
+    assert {"config", "samples", "model"} <= artifacts
+
+
+def test_same_seed_gives_identical_metrics(shared_outputs):
+    def metrics_of_one_run():
+        train(compose_config("train", tiny_overrides(shared_outputs, "trainer.max_steps=4")))
+        _, metrics = run_metrics(shared_outputs, latest_run_id(shared_outputs))
+        return {k: v for k, v in metrics.items() if not k.startswith("perf/")}
+
+    first, second = metrics_of_one_run(), metrics_of_one_run()
+    assert first == second
+
+
+def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
+    ok = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "logger=none")],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "held-out Solver accuracy after training" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "game.group_size=1")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "game.group_size" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
+    missing = tmp_path / "no-such-model"
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "model.source=hf",
+                          f"model.path={missing}", "logger=none")], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
