@@ -30,7 +30,7 @@ class WorldSchema:
 
     name: str = "arith"
     seed: int = 0
-    max_operand: int = 99
+    max_operand: int = 29
     max_small_operand: int = 9
     share_one_op: float = 0.3
     share_two_op: float = 0.3
@@ -60,12 +60,12 @@ class TinyArchSchema:
 
 @dataclass
 class SFTSchema:
-    steps: int = 9000
+    steps: int = 8000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     final_lr_frac: float = 0.1
     warmup_steps: int = 100
-    challenger_share: float = 0.2
+    challenger_share: float = 0.1
     weight_decay: float = 0.0
 
 

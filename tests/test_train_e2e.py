@@ -71,3 +71,11 @@ def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
                           f"model.path={missing}", "logger=none")], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override", ["kl=none", "kl.placement=loss", "kl.placement=reward", "kl.estimator=k3",
+                                      "game.challenger_objective=uncertainty", "game.invalid_query_value=0.0"])
+def test_cpu_options_instantiate_and_train_one_step(shared_outputs, override):
+    history = train(compose_config("train", tiny_overrides(shared_outputs, override, "logger=none",
+                                                           "trainer.max_steps=1", "eval.samples=0")))
+    assert sorted(history) == [0, 1]

@@ -20,7 +20,7 @@ def test_malformed_answers(text):
 
 
 @pytest.mark.parametrize("text, answer, difficulty", [
-    ("12+3", 15, "one_op"), ("7*89", 623, "one_op"), ("5-3+2", 4, "two_op"), ("3*4+5", 17, "two_op"),
+    ("12+3", 15, "one_op"), ("29*7", 203, "one_op"), ("5-3+2", 4, "two_op"), ("3*4+5", 17, "two_op"),
     ("2+3*4", 14, "precedence"), ("20-3*4", 8, "precedence"),
 ])
 def test_valid_problems(text, answer, difficulty):
@@ -29,7 +29,7 @@ def test_valid_problems(text, answer, difficulty):
 
 
 @pytest.mark.parametrize("text", [
-    "12*34", "1*2*3", "(1+2)*3", "-1+2", "1+-2", "07+1", "100+1", "1+2+3+4", "12", "1 + 2", "2**3", "1+2\n",
+    "12*34", "7*89", "1*2*3", "(1+2)*3", "-1+2", "1+-2", "07+1", "100+1", "30+1", "1+2+3+4", "12", "1 + 2", "2**3", "1+2\n",
 ])
 def test_outside_the_world(text):
     assert parse_problem(text) is None
@@ -51,7 +51,7 @@ def test_sampled_problems_are_valid_and_shares_match():
 
 def test_teacher_is_wrong_on_precedence_at_its_flaw_rate():
     rng, world = random.Random(1), WorldConfig(flaw_rate=0.6)
-    problem = parse_problem("23+4*56")  # left to right: 1512, true: 247
+    problem = parse_problem("23+26*4")  # left to right: 196, true: 127
     wrong = sum(teacher_answer(problem, rng, world) != problem.answer for _ in range(4000)) / 4000
     assert abs(wrong - 0.6) < 0.03
     assert all(teacher_answer(parse_problem("3*4+5"), rng, world) == 17 for _ in range(100))

@@ -1,13 +1,14 @@
 """The toy arithmetic world: problems, their difficulty, the flawed teacher and the answer format.
 
 Problems are short expressions such as ``37+4*12``: one or two binary operators over literals
-0..`max_operand`, at most one ``*``, and that ``*`` has a one-digit operand. The world's bounds are
+0..`max_operand`, at most one ``*``, whose right factor has one digit (``37*4``, not ``4*37``), so
+that every product, the teacher's included, is a product by one digit. The world's bounds are
 also the Challenger's action space: a query outside them is invalid (see `parse_problem`).
 
 Difficulty levels:
 - ``one_op``: ``a+b``, ``a-b``, ``a*b``;
-- ``two_op``: two operators where left-to-right order gives the right value (``a-b+c``, ``a*b+c``);
-- ``precedence``: ``a+b*c`` or ``a-b*c``, where left-to-right evaluation gives a wrong value.
+- ``two_op``: two operators where left-to-right order gives the right value (``a-b+c``, ``a*d+c``);
+- ``precedence``: ``a+b*d`` or ``a-b*d``, where left-to-right evaluation gives a wrong value.
 
 The base model is taught by an *imperfect teacher* that evaluates `precedence` problems left to
 right with probability `flaw_rate`; the verifier is always right. RL has a real flaw to repair,
@@ -31,7 +32,7 @@ DIFFICULTIES = ("one_op", "two_op", "precedence")
 class WorldConfig:
     """The world's bounds and the problem distribution used for SFT, data splits and held-out."""
 
-    max_operand: int = 99
+    max_operand: int = 29
     max_small_operand: int = 9
     share_one_op: float = 0.3
     share_two_op: float = 0.3
@@ -96,7 +97,7 @@ def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | No
     """The problem that `text` states, or None when it is not a valid problem of this world.
 
     Valid means: only digits and ``+ - *`` (no spaces, parentheses or unary minus), literals within
-    the world's bounds without leading zeros, 1-2 operators, at most one ``*`` with a one-digit operand.
+    the world's bounds without leading zeros, 1-2 operators, at most one ``*`` whose right factor has one digit.
     """
     if not text or len(text) > 16 or not text[0].isdigit() or any(c not in "0123456789+-*" for c in text):
         return None
@@ -109,7 +110,7 @@ def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | No
             if isinstance(node, ast.Constant) and node.value > world.max_operand:
                 return None
             if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mult):
-                if min(node.left.value, node.right.value) > world.max_small_operand:
+                if node.right.value > world.max_small_operand:
                     return None
         return Problem(text, evaluate_tree(tree), shape[1])
     except InvalidExpression:
@@ -137,19 +138,12 @@ def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig()) -> Pr
     pick = rng.random()
     if pick < world.share_one_op:
         op = rng.choice("+-*")
-        a, b = (big(), big()) if op != "*" else ((big(), small()) if rng.random() < 0.5 else (small(), big()))
-        text = f"{a}{op}{b}"
+        text = f"{big()}{op}{small() if op == '*' else big()}"
     elif pick < world.share_one_op + world.share_two_op:
-        form = rng.choice(["a+b+c", "a+b-c", "a-b+c", "a-b-c", "a*b+c", "a*b-c"])
-        if form.startswith("a*"):
-            a, b = (big(), small()) if rng.random() < 0.5 else (small(), big())
-        else:
-            a, b = big(), big()
-        text = form.replace("a", str(a)).replace("b", str(b)).replace("c", str(big()))
+        form = rng.choice(["a+b+c", "a+b-c", "a-b+c", "a-b-c", "a*d+c", "a*d-c"])
+        text = form.replace("a", str(big())).replace("b", str(big())).replace("c", str(big())).replace("d", str(small()))
     else:
-        op = rng.choice("+-")
-        b, c = (big(), small()) if rng.random() < 0.5 else (small(), big())
-        text = f"{big()}{op}{b}*{c}"
+        text = f"{big()}{rng.choice('+-')}{big()}*{small()}"
     problem = parse_problem(text, world)
     assert problem is not None, text
     return problem

@@ -1,0 +1,40 @@
+"""The toy world is built deterministically, cached by config key, and loaded like a real model."""
+import json
+
+import torch
+
+from lsp_exp.models import load_toy_world
+from lsp_exp.toy.build import build_toy_world, world_key
+
+from conftest import TINY_WORLD, compose_config
+
+
+def tiny_bootstrap_cfg(*extra):
+    return compose_config("bootstrap", TINY_WORLD + list(extra))
+
+
+def test_key_changes_with_the_config():
+    base = tiny_bootstrap_cfg()
+    assert world_key(base.world, base.model.bootstrap) == world_key(base.world, base.model.bootstrap)
+    changed = tiny_bootstrap_cfg("world.flaw_rate=0.5")
+    assert world_key(changed.world, changed.model.bootstrap) != world_key(base.world, base.model.bootstrap)
+    changed = tiny_bootstrap_cfg("model.bootstrap.sft.steps=4")
+    assert world_key(changed.world, changed.model.bootstrap) != world_key(base.world, base.model.bootstrap)
+
+
+def test_build_is_cached_and_deterministic(tmp_path):
+    cfg = tiny_bootstrap_cfg()
+    first = build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path / "a")
+    stamp = (first / "DONE").stat().st_mtime_ns
+    assert build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path / "a") == first
+    assert (first / "DONE").stat().st_mtime_ns == stamp          # reused, not rebuilt
+    second = build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path / "b")
+    model_a, tok, heldout, train = load_toy_world(first)
+    model_b, _, heldout_b, _ = load_toy_world(second)
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert heldout == heldout_b and len(heldout) == 40 and len(train) == 200
+    assert not {p.text for p in heldout} & {p.text for p in train}
+    info = json.loads((first / "info.json").read_text())
+    assert info["parameters"] == sum(p.numel() for p in model_a.parameters())
+    assert tok.apply_chat_template([{"role": "user", "content": "1+2"}], tokenize=False) == "<bos><|user|>1+2<|end|>"
