@@ -33,8 +33,9 @@ class WorldSchema:
     max_operand: int = 29
     max_small_operand: int = 9
     share_one_op: float = 0.3
-    share_two_op: float = 0.3
-    share_precedence: float = 0.4
+    share_two_op: float = 0.4
+    share_precedence: float = 0.3
+    flaw: str = "sign"                  # sign | precedence | none: the teacher's systematic error
     flaw_rate: float = 0.6
     n_heldout: int = 2000
     n_train: int = 20000

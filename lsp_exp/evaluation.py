@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import torch
 
@@ -15,13 +16,15 @@ def _correct(texts: list[str], answers: list[int]) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_solver(model, tokenizer, problems: list[Problem], *, max_new_tokens: int = 8,
-                    batch_size: int = 1000, samples: int = 0, temperature: float = 1.0) -> dict[str, float]:
+                    batch_size: int = 1000, samples: int = 0, temperature: float = 1.0,
+                    slices: Callable[[Problem], list[str]] | None = None) -> dict[str, float]:
     """Greedy accuracy (overall and per difficulty); with `samples` = k > 0 also sampled pass@1 and pass@k
     (keys `pass_at_1`, `pass_at_<k>`: MLflow metric names cannot hold '@').
 
     pass_at_1 is the mean correctness of the k samples; pass_at_k is the share of problems with at least
     one correct sample. Sampling runs under `torch.random.fork_rng`, so evaluating does not change
-    the training trajectory.
+    the training trajectory. Every metric is also reported per slice (`accuracy/<slice>`); a
+    problem's slices are its difficulty, or what `slices(problem)` returns.
     """
     was_training = model.training
     model.eval()
@@ -41,12 +44,21 @@ def evaluate_solver(model, tokenizer, problems: list[Problem], *, max_new_tokens
     model.train(was_training)
     greedy_t = torch.cat(greedy)
     metrics = {"accuracy": greedy_t.mean().item()}
-    by_level = defaultdict(list)
-    for p, ok in zip(problems, greedy_t.tolist()):
-        by_level[p.difficulty].append(ok)
-    metrics.update({f"accuracy/{k}": sum(v) / len(v) for k, v in sorted(by_level.items())})
+    slices = slices or (lambda p: [p.difficulty])
+    metrics.update(_by_slice("accuracy", problems, greedy_t, slices))
     if samples > 0:
         sampled_t = torch.cat(sampled)
-        metrics["pass_at_1"] = sampled_t.mean().item()
-        metrics[f"pass_at_{samples}"] = (sampled_t.max(dim=1).values).mean().item()
+        pass_1, pass_k = sampled_t.mean(dim=1), sampled_t.max(dim=1).values
+        metrics["pass_at_1"] = pass_1.mean().item()
+        metrics[f"pass_at_{samples}"] = pass_k.mean().item()
+        metrics.update(_by_slice("pass_at_1", problems, pass_1, slices))
+        metrics.update(_by_slice(f"pass_at_{samples}", problems, pass_k, slices))
     return metrics
+
+
+def _by_slice(name: str, problems: list[Problem], scores: torch.Tensor, slices) -> dict[str, float]:
+    by_level = defaultdict(list)
+    for p, score in zip(problems, scores.tolist()):
+        for key in slices(p):
+            by_level[key].append(score)
+    return {f"{name}/{k}": sum(v) / len(v) for k, v in sorted(by_level.items())}

@@ -24,11 +24,11 @@ from lsp_exp.tracking import log_eval, log_sample_table
 
 
 class SelfPlayModule(L.LightningModule):
-    def __init__(self, cfg, policy, tokenizer, game, reward, heldout):
+    def __init__(self, cfg, policy, tokenizer, game, reward, heldout, eval_slices=None):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.policy, self.tokenizer, self.game, self.reward = cfg, policy, tokenizer, game, reward
-        self.heldout = heldout
+        self.heldout, self.eval_slices = heldout, eval_slices
         self.reference = Reference(policy)
         self.advantage_fn = get(ADVANTAGE_ESTIMATORS, cfg.algorithm.advantage, "algorithm.advantage")
         self.policy_loss_fn = get(POLICY_LOSSES, cfg.algorithm.policy_loss, "algorithm.policy_loss")
@@ -156,7 +156,7 @@ class SelfPlayModule(L.LightningModule):
         if not self.heldout:
             return
         metrics = evaluate_solver(self.policy, self.tokenizer, self.heldout, samples=samples,
-                                  max_new_tokens=self.cfg.game.max_answer_tokens)
+                                  max_new_tokens=self.cfg.game.max_answer_tokens, slices=self.eval_slices)
         self.eval_history[self.global_step] = metrics
         log_eval(self.logger, self.global_step, metrics)
 

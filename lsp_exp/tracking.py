@@ -21,12 +21,26 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
         return None
     log = cfg.logger
     if log.tracking_uri and log.tracking_uri.startswith("sqlite:///"):
-        Path(log.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        init_sqlite_store(log.tracking_uri)
     artifact_location = Path(log.artifact_location).as_uri() if log.artifact_location else None
     return MLFlowLogger(
         experiment_name=log.experiment_name, run_name=log.run_name, tracking_uri=log.tracking_uri,
         artifact_location=artifact_location, tags=run_tags(cfg),
     )
+
+
+def init_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a sqlite store under a file lock, so parallel jobs do not race on it."""
+    import fcntl
+
+    import mlflow
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_suffix(db.suffix + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.MlflowClient(uri).search_experiments(max_results=1)
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:

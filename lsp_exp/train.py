@@ -29,6 +29,7 @@ from lsp_exp.rl.challenger import check_objective  # noqa: E402
 from lsp_exp.selfplay import SelfPlayModule  # noqa: E402
 from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
 from lsp_exp.toy.data import read_problems  # noqa: E402
+from lsp_exp.toy.world import heldout_slices  # noqa: E402
 from lsp_exp.tracking import build_logger, log_final_model, log_run_start  # noqa: E402
 from lsp_exp.validation import ConfigError, validate  # noqa: E402
 
@@ -58,6 +59,7 @@ def data_paths(cfg: DictConfig) -> tuple[str | None, str | None]:
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
     validate(cfg)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -73,7 +75,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     reward = build_reward(cfg.reward, world)
     check_objective(cfg.game.challenger_objective, reward.bounds)
     game = build_game(cfg.game, prompts, cfg.seed)
-    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout)
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world))
 
     logger = build_logger(cfg)
     log_run_start(logger, cfg)
@@ -96,7 +98,7 @@ def report(history: dict[int, dict[str, float]], logger) -> None:
         first, last = min(history), max(history)
         for label, step in (("before", first), ("after", last)):
             m = history[step]
-            extra = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("pass_at_"))
+            extra = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("pass_at_") and "/" not in k)
             console.print(f"held-out Solver accuracy {label} training (step {step}): {m['accuracy']:.3f}  {extra}")
     if logger is not None:
         console.print(f"MLflow run {logger.run_id} in experiment '{logger._experiment_name}' at {logger._tracking_uri}")

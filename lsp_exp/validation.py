@@ -5,6 +5,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsp_exp.rl import ADVANTAGE_ESTIMATORS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS, POLICY_LOSSES
 from lsp_exp.rl.kl import PLACEMENTS
+from lsp_exp.toy.world import FLAWS
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,12 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be at least 1")
     require(cfg.eval.every_n_steps >= 0, "eval.every_n_steps", "must be >= 0")
     require(cfg.eval.samples >= 0, "eval.samples", "must be >= 0")
+    world = cfg.world
+    require(world.flaw in FLAWS, "world.flaw", f"unknown; available: {', '.join(FLAWS)}")
+    require(0 <= world.flaw_rate <= 1, "world.flaw_rate", "must be in [0, 1]")
+    shares = (world.share_one_op, world.share_two_op, world.share_precedence)
+    require(min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6, "world.share_one_op",
+            "the shares of one_op, two_op and precedence must be >= 0 and sum to 1")
     require(cfg.model.source in ("toy", "hf"), "model.source", "must be 'toy' or 'hf'")
     require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "must be float32, bfloat16 or float16")
 

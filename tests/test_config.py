@@ -68,6 +68,8 @@ def test_wrong_types_and_keys_fail_at_compose_time(override, named):
     ("algorithm.advantage=magic", "algorithm.advantage"), ("algorithm.policy_loss=magic", "algorithm.policy_loss"),
     ("game.challenger_objective=chaos", "game.challenger_objective"), ("trainer.max_steps=0", "trainer.max_steps"),
     ("game.temperature=0", "game.temperature"), ("model.dtype=float8", "model.dtype"),
+    ("world.flaw=typo", "world.flaw"), ("world.flaw_rate=1.5", "world.flaw_rate"),
+    ("world.share_one_op=0.9", "world.share_one_op"),
 ])
 def test_out_of_range_values_name_the_key(override, key):
     cfg = compose_config("train", [override])

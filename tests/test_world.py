@@ -5,7 +5,7 @@ import pytest
 
 from lsp_exp.toy.data import make_splits
 from lsp_exp.toy.world import (WorldConfig, decode_answer, encode_answer, left_to_right_value, parse_problem,
-                               sample_problem, teacher_answer)
+                               sample_problem, teacher_answer, teacher_flawed)
 
 
 @pytest.mark.parametrize("value, text", [(0, "0"), (7, "7"), (120, "021"), (-45, "-54"), (990, "099")])
@@ -50,7 +50,7 @@ def test_sampled_problems_are_valid_and_shares_match():
 
 
 def test_teacher_is_wrong_on_precedence_at_its_flaw_rate():
-    rng, world = random.Random(1), WorldConfig(flaw_rate=0.6)
+    rng, world = random.Random(1), WorldConfig(flaw="precedence", flaw_rate=0.6)
     problem = parse_problem("23+26*4")  # left to right: 196, true: 127
     wrong = sum(teacher_answer(problem, rng, world) != problem.answer for _ in range(4000)) / 4000
     assert abs(wrong - 0.6) < 0.03
@@ -63,3 +63,20 @@ def test_splits_are_deterministic_unique_and_disjoint():
     assert held == held2 and train == train2
     assert len({p.text for p in held}) == 300 and len({p.text for p in train}) == 1000
     assert not {p.text for p in held} & {p.text for p in train}
+
+
+def test_sign_teacher_drops_the_minus_sign_at_its_flaw_rate():
+    rng, world = random.Random(2), WorldConfig(flaw="sign", flaw_rate=0.6)
+    negative, positive = parse_problem("3-17"), parse_problem("17-3")
+    assert teacher_flawed(negative, world) and not teacher_flawed(positive, world)
+    answers = [teacher_answer(negative, rng, world) for _ in range(4000)]
+    assert set(answers) == {-14, 14}
+    assert abs(answers.count(14) / 4000 - 0.6) < 0.03
+    assert all(teacher_answer(positive, rng, world) == 14 for _ in range(100))
+
+
+def test_perfect_teacher_and_unknown_flaw():
+    rng = random.Random(0)
+    assert teacher_answer(parse_problem("3-17"), rng, WorldConfig(flaw="none")) == -14
+    with pytest.raises(ValueError, match="world.flaw"):
+        teacher_flawed(parse_problem("3-17"), WorldConfig(flaw="typo"))

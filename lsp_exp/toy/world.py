@@ -10,9 +10,12 @@ Difficulty levels:
 - ``two_op``: two operators where left-to-right order gives the right value (``a-b+c``, ``a*d+c``);
 - ``precedence``: ``a+b*d`` or ``a-b*d``, where left-to-right evaluation gives a wrong value.
 
-The base model is taught by an *imperfect teacher* that evaluates `precedence` problems left to
-right with probability `flaw_rate`; the verifier is always right. RL has a real flaw to repair,
-and an adversarial Challenger has a real weakness to find (TOY_WORLD_NOTES.md, prototype 4).
+The base model is taught by an *imperfect teacher* with a systematic flaw (`WorldConfig.flaw`),
+applied to `flaw_rate` of the examples it concerns; the verifier is always right. RL has a real
+flaw to repair, and an adversarial Challenger has a real weakness to find (TOY_WORLD_NOTES.md):
+- ``sign`` (default): the teacher drops the minus sign of a negative result (``3-7`` -> ``4``);
+- ``precedence``: the teacher evaluates ``a+b*d`` / ``a-b*d`` left to right;
+- ``none``: a perfect teacher.
 
 Answers are written sign first, then digits least-significant first (``-123`` -> ``-321``), which
 a tiny model learns far more easily (TOY_WORLD_NOTES.md, prototype 1).
@@ -35,8 +38,9 @@ class WorldConfig:
     max_operand: int = 29
     max_small_operand: int = 9
     share_one_op: float = 0.3
-    share_two_op: float = 0.3
-    share_precedence: float = 0.4
+    share_two_op: float = 0.4
+    share_precedence: float = 0.3
+    flaw: str = "sign"
     flaw_rate: float = 0.6
 
 
@@ -149,8 +153,27 @@ def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig()) -> Pr
     return problem
 
 
+FLAWS = ("sign", "precedence", "none")
+
+
+def teacher_flawed(problem: Problem, world: WorldConfig = WorldConfig()) -> bool:
+    """Whether the teacher's flaw can change the answer to this problem (the 'flawed' class)."""
+    if world.flaw == "sign":
+        return problem.answer < 0
+    if world.flaw == "precedence":
+        return problem.difficulty == "precedence" and left_to_right_value(problem.text) != problem.answer
+    if world.flaw == "none":
+        return False
+    raise ValueError(f"unknown world.flaw {world.flaw!r}; available: {', '.join(FLAWS)}")
+
+
 def teacher_answer(problem: Problem, rng: random.Random, world: WorldConfig = WorldConfig()) -> int:
-    """The imperfect teacher: left to right on `precedence` problems with probability `flaw_rate`."""
-    if problem.difficulty == "precedence" and rng.random() < world.flaw_rate:
-        return left_to_right_value(problem.text)
+    """The imperfect teacher: on the flawed class, wrong with probability `flaw_rate`."""
+    if teacher_flawed(problem, world) and rng.random() < world.flaw_rate:
+        return abs(problem.answer) if world.flaw == "sign" else left_to_right_value(problem.text)
     return problem.answer
+
+
+def heldout_slices(world: WorldConfig):
+    """Held-out slices: a problem's difficulty, and whether the teacher's flaw applies to it."""
+    return lambda p: [p.difficulty, "flawed" if teacher_flawed(p, world) else "unflawed"]

@@ -1,0 +1,32 @@
+"""Slow checks (`make test-slow`): the shipped base is what `lsp-bootstrap` builds, and it is good."""
+import json
+
+import pytest
+import torch
+
+from lsp_exp.evaluation import evaluate_solver
+from lsp_exp.models import load_toy_world
+from lsp_exp.toy.build import SHIPPED_DIR, build_toy_world, toy_world_dir
+
+from conftest import compose_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_bootstrap_reproduces_the_shipped_base(tmp_path):
+    cfg = compose_config("bootstrap")
+    shipped = SHIPPED_DIR / toy_world_dir(cfg.world, cfg.model.bootstrap, tmp_path).name
+    if not shipped.is_dir():
+        pytest.skip("no shipped base for the current bootstrap config")
+    rebuilt = build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path, force=True)
+    ours, _, heldout, _ = load_toy_world(rebuilt)
+    theirs, tokenizer, heldout_shipped, _ = load_toy_world(shipped)
+    assert heldout == heldout_shipped
+    shipped_threads = json.loads((shipped / "info.json").read_text())["torch_threads"]
+    if torch.get_num_threads() == shipped_threads:  # float reductions depend on the thread count
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name
+    acc_ours = evaluate_solver(ours, tokenizer, heldout)["accuracy"]
+    acc_theirs = evaluate_solver(theirs, tokenizer, heldout)["accuracy"]
+    assert abs(acc_ours - acc_theirs) < 0.03
+    assert 0.4 < acc_theirs < 0.8
