@@ -12,6 +12,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from lsp_exp.toy.sft import SFTConfig, TinyModelConfig
+from lsp_exp.toy.world import WorldConfig
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 if not OmegaConf.has_resolver("lsp.root"):
@@ -25,18 +28,11 @@ class PathsConfig:
 
 
 @dataclass
-class WorldSchema:
+class WorldSchema(WorldConfig):
     """The toy world (lsp_exp/toy/world.py) and its deterministic data splits."""
 
     name: str = "arith"
     seed: int = 0
-    max_operand: int = 29
-    max_small_operand: int = 9
-    share_one_op: float = 0.3
-    share_two_op: float = 0.4
-    share_precedence: float = 0.3
-    flaw: str = "sign"                  # sign | precedence | none: the teacher's systematic error
-    flaw_rate: float = 0.6
     n_heldout: int = 2000
     n_train: int = 20000
 
@@ -51,32 +47,12 @@ class LoraSchema:
 
 
 @dataclass
-class TinyArchSchema:
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    max_position_embeddings: int = 128
-
-
-@dataclass
-class SFTSchema:
-    steps: int = 8000
-    batch_size: int = 64
-    lr: float = 2e-3
-    final_lr_frac: float = 0.1
-    warmup_steps: int = 100
-    challenger_share: float = 0.1
-    weight_decay: float = 0.0
-
-
-@dataclass
 class BootstrapSchema:
     """How `lsp-bootstrap` builds the toy base model (only for `source: toy`)."""
 
     seed: int = 0
-    arch: TinyArchSchema = field(default_factory=TinyArchSchema)
-    sft: SFTSchema = field(default_factory=SFTSchema)
+    arch: TinyModelConfig = field(default_factory=TinyModelConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 @dataclass

@@ -95,6 +95,11 @@ class Reference:
         if not self.uses_adapter:
             self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
 
+    def to(self, device) -> "Reference":
+        if self.frozen is not None:
+            self.frozen.to(device)
+        return self
+
     @contextmanager
     def model(self):
         """Yield a module that computes pi_ref (use under torch.no_grad())."""

@@ -46,6 +46,9 @@ class SelfPlayModule(L.LightningModule):
         o = self.cfg.optim
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
+    def on_fit_start(self):
+        self.reference.to(self.device)  # the frozen copy is not a submodule: Lightning does not move it
+
     def on_train_start(self):
         self._evaluate(samples=self.cfg.eval.samples)
 

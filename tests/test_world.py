@@ -20,8 +20,8 @@ def test_malformed_answers(text):
 
 
 @pytest.mark.parametrize("text, answer, difficulty", [
-    ("12+3", 15, "one_op"), ("29*7", 203, "one_op"), ("5-3+2", 4, "two_op"), ("3*4+5", 17, "two_op"),
-    ("2+3*4", 14, "precedence"), ("20-3*4", 8, "precedence"),
+    ("12+3", 15, "one_op"), ("19*7", 133, "one_op"), ("5-3+2", 4, "two_op"), ("3*4+5", 17, "two_op"),
+    ("2+3*4", 14, "precedence"), ("19-3*4", 7, "precedence"),
 ])
 def test_valid_problems(text, answer, difficulty):
     problem = parse_problem(text)
@@ -29,7 +29,7 @@ def test_valid_problems(text, answer, difficulty):
 
 
 @pytest.mark.parametrize("text", [
-    "12*34", "7*89", "1*2*3", "(1+2)*3", "-1+2", "1+-2", "07+1", "100+1", "30+1", "1+2+3+4", "12", "1 + 2", "2**3", "1+2\n",
+    "12*34", "7*89", "1*2*3", "(1+2)*3", "-1+2", "1+-2", "07+1", "100+1", "20+1", "1+2+3+4", "12", "1 + 2", "2**3", "1+2\n",
 ])
 def test_outside_the_world(text):
     assert parse_problem(text) is None
@@ -37,7 +37,7 @@ def test_outside_the_world(text):
 
 def test_left_to_right_teacher_value():
     assert left_to_right_value("2+3*4") == 20
-    assert left_to_right_value("20-3*4") == 68
+    assert left_to_right_value("19-3*4") == 64
     assert left_to_right_value("3*4+5") == 17
 
 
@@ -51,7 +51,7 @@ def test_sampled_problems_are_valid_and_shares_match():
 
 def test_teacher_is_wrong_on_precedence_at_its_flaw_rate():
     rng, world = random.Random(1), WorldConfig(flaw="precedence", flaw_rate=0.6)
-    problem = parse_problem("23+26*4")  # left to right: 196, true: 127
+    problem = parse_problem("13+16*4")  # left to right: 116, true: 77
     wrong = sum(teacher_answer(problem, rng, world) != problem.answer for _ in range(4000)) / 4000
     assert abs(wrong - 0.6) < 0.03
     assert all(teacher_answer(parse_problem("3*4+5"), rng, world) == 17 for _ in range(100))

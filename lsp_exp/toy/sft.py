@@ -12,8 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lsp_exp.toy.world import WorldConfig, encode_answer, sample_problem, teacher_answer
 
 
-@dataclass(frozen=True)
+@dataclass
 class TinyModelConfig:
+    """The tiny Llama's shape (also the `model.bootstrap.arch` config schema)."""
+
     hidden_size: int = 128
     intermediate_size: int = 512
     num_hidden_layers: int = 4
@@ -21,14 +23,16 @@ class TinyModelConfig:
     max_position_embeddings: int = 128
 
 
-@dataclass(frozen=True)
+@dataclass
 class SFTConfig:
-    steps: int = 10000
+    """The bootstrap's supervised training recipe (also the `model.bootstrap.sft` config schema)."""
+
+    steps: int = 8000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 2e-3
     final_lr_frac: float = 0.1
     warmup_steps: int = 100
-    challenger_share: float = 0.2
+    challenger_share: float = 0.1
     weight_decay: float = 0.0
 
 

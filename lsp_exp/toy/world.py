@@ -13,8 +13,8 @@ Difficulty levels:
 The base model is taught by an *imperfect teacher* with a systematic flaw (`WorldConfig.flaw`),
 applied to `flaw_rate` of the examples it concerns; the verifier is always right. RL has a real
 flaw to repair, and an adversarial Challenger has a real weakness to find (TOY_WORLD_NOTES.md):
-- ``sign`` (default): the teacher drops the minus sign of a negative result (``3-7`` -> ``4``);
-- ``precedence``: the teacher evaluates ``a+b*d`` / ``a-b*d`` left to right;
+- ``precedence`` (default): the teacher evaluates ``a+b*d`` / ``a-b*d`` left to right;
+- ``sign``: the teacher drops the minus sign of a negative result (``3-7`` -> ``4``);
 - ``none``: a perfect teacher.
 
 Answers are written sign first, then digits least-significant first (``-123`` -> ``-321``), which
@@ -31,16 +31,17 @@ from lsp_exp.toy.verifier import InvalidExpression, VerifierLimits, evaluate_tre
 DIFFICULTIES = ("one_op", "two_op", "precedence")
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorldConfig:
-    """The world's bounds and the problem distribution used for SFT, data splits and held-out."""
+    """The world's bounds, the problem distribution and the teacher's flaw (the `world` config schema
+    extends it with the data splits)."""
 
-    max_operand: int = 29
+    max_operand: int = 19
     max_small_operand: int = 9
     share_one_op: float = 0.3
-    share_two_op: float = 0.4
-    share_precedence: float = 0.3
-    flaw: str = "sign"
+    share_two_op: float = 0.3
+    share_precedence: float = 0.4
+    flaw: str = "precedence"
     flaw_rate: float = 0.6
 
 
