@@ -80,8 +80,3 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
     return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
 
-
-def sequence_logprobs(model, rollout: Rollout) -> torch.Tensor:
-    """log pi(completion | prompt): the sum of the completion's token log-probs, shape [B]."""
-    per_token = token_logprobs(model, rollout.input_ids, rollout.attention_mask)
-    return (per_token * rollout.completion_mask[:, 1:]).sum(-1)

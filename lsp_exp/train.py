@@ -33,7 +33,6 @@ from lsp_exp.toy.world import heldout_slices  # noqa: E402
 from lsp_exp.tracking import build_logger, log_final_model, log_run_start  # noqa: E402
 from lsp_exp.validation import ConfigError, validate  # noqa: E402
 
-log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
 

@@ -28,9 +28,6 @@ from dataclasses import dataclass
 
 from lsp_exp.toy.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
 
-DIFFICULTIES = ("one_op", "two_op", "precedence")
-
-
 @dataclass
 class WorldConfig:
     """The world's bounds, the problem distribution and the teacher's flaw (the `world` config schema

@@ -1,0 +1,50 @@
+"""The reference model: a frozen copy for full fine-tuning, the adapter switched off under LoRA."""
+import torch
+from omegaconf import OmegaConf
+
+from lsp_exp.models import Reference, load_policy
+from lsp_exp.toy.sft import TinyModelConfig, build_model
+from lsp_exp.toy.tokenizer import build_tokenizer
+
+
+def tiny_saved(tmp_path):
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=2), seed=0)
+    model.save_pretrained(tmp_path)
+    return model.eval()
+
+
+def model_cfg(lora: bool):
+    return OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa",
+                             "lora": {"enabled": lora, "r": 4, "alpha": 8, "dropout": 0.0,
+                                      "target_modules": ["q_proj", "v_proj"]}})
+
+
+def test_lora_reference_is_the_base_with_the_adapter_disabled(tmp_path):
+    base = tiny_saved(tmp_path)
+    policy = load_policy(model_cfg(lora=True), str(tmp_path))
+    reference = Reference(policy)
+    assert reference.uses_adapter and reference.frozen is None   # no second copy
+    for name, p in policy.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)                   # make the adapter matter
+    ids = torch.tensor([[1, 5, 16, 17, 2, 6]])
+    with torch.no_grad(), reference.model() as ref:
+        ref_logits = ref(input_ids=ids).logits
+    with torch.no_grad():
+        torch.testing.assert_close(ref_logits, base(input_ids=ids).logits)
+        assert not torch.allclose(policy(input_ids=ids).logits, ref_logits)
+    assert all(not p.requires_grad for n, p in policy.named_parameters() if "lora" not in n)
+
+
+def test_full_finetune_reference_is_a_frozen_copy(tmp_path):
+    tiny_saved(tmp_path)
+    policy = load_policy(model_cfg(lora=False), str(tmp_path))
+    reference = Reference(policy)
+    assert not any(p.requires_grad for p in reference.frozen.parameters())
+    with torch.no_grad():
+        next(policy.parameters()).add_(1.0)
+        ids = torch.tensor([[1, 5, 16, 17, 2, 6]])
+        with reference.model() as ref:
+            assert not torch.allclose(ref(input_ids=ids).logits, policy(input_ids=ids).logits)
