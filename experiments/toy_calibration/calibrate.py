@@ -20,6 +20,9 @@ from lsp_exp.config import PROJECT_ROOT
 from lsp_exp.train import train
 
 
+TABLE_KEYS = ["accuracy/flawed", "accuracy/unflawed", "pass_at_1", "pass_at_8", "pass_at_8/flawed"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -41,8 +44,8 @@ def main() -> None:
             print(f"[{game} seed {seed}] greedy {before['accuracy']:.3f} -> {after['accuracy']:.3f} "
                   f"({time.time() - started:.0f} s)", flush=True)
 
-    keys = [k for k in rows[0][2] if k != "accuracy"]
-    print("\nbase held-out (before training): " + "  ".join(f"{k} {rows[0][2][k]:.3f}" for k in ["accuracy", *keys]))
+    print("\nbase held-out (before training): " + "  ".join(f"{k} {v:.3f}" for k, v in rows[0][2].items()))
+    keys = [k for k in TABLE_KEYS if k in rows[0][3]]
     print(f"\n| arm | seed | steps | wall s | greedy before | greedy after | gain (points) | "
           + " | ".join(f"{k} after" for k in keys) + " |")
     print("|---" * (7 + len(keys)) + "|")
