@@ -71,9 +71,12 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if cfg.eval.max_problems:
         heldout = heldout[: cfg.eval.max_problems]
     prompts = [p.text for p in read_problems(prompts_path)] if (prompts_path and not cfg.game.challenger) else None
-    reward = build_reward(cfg.reward, world)
-    check_objective(cfg.game.challenger_objective, reward.bounds)
-    game = build_game(cfg.game, prompts, cfg.seed)
+    try:
+        reward = build_reward(cfg.reward, world)
+        check_objective(cfg.game.challenger_objective, reward.bounds)
+        game = build_game(cfg.game, prompts, cfg.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world))
 
     logger = build_logger(cfg)

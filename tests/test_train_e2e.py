@@ -79,3 +79,9 @@ def test_cpu_options_instantiate_and_train_one_step(shared_outputs, override):
     history = train(compose_config("train", tiny_overrides(shared_outputs, override, "logger=none",
                                                            "trainer.max_steps=1", "eval.samples=0")))
     assert sorted(history) == [0, 1]
+
+
+def test_unknown_reward_kind_fails_with_a_clear_message(shared_outputs):
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "reward.kind=oracle",
+                          "logger=none")], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "oracle" in out.stderr
