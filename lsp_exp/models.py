@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -90,7 +90,9 @@ class Reference:
 
     def __init__(self, policy):
         self.policy = policy
-        self.uses_adapter = hasattr(policy, "disable_adapter")
+        from peft import PeftModel
+
+        self.uses_adapter = isinstance(policy, PeftModel)
         self.frozen = None
         if not self.uses_adapter:
             self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
@@ -107,8 +109,7 @@ class Reference:
             with self.policy.disable_adapter():
                 yield self.policy
         else:
-            with nullcontext():
-                yield self.frozen
+            yield self.frozen
 
 
 def load_toy_world(path: str | Path):

@@ -59,11 +59,12 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
     validate(cfg)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     world = world_config(cfg.world)
+    # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
     model_path = resolve_model_path(cfg.model, cfg.world, cfg.paths.outputs)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(model_path)
     policy = load_policy(cfg.model, model_path).train()
     heldout_path, prompts_path = data_paths(cfg)
