@@ -6,10 +6,13 @@ from typing import Callable
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
 POLICY_LOSSES: dict[str, Callable] = {}
 KL_ESTIMATORS: dict[str, Callable] = {}
+TOKEN_POLICY_LOSSES: dict[str, Callable] = {}  # token-level losses with an old policy (losses.py)
+AGGREGATIONS: dict[str, Callable] = {}         # [B, T] per-token losses -> scalar (aggregation.py)
+KL_CONTROLLERS: dict[str, Callable] = {}       # classes: beta schedules (kl_control.py)
 
 
 def register(registry: dict[str, Callable], name: str):
-    """Decorator: `@register(ADVANTAGE_ESTIMATORS, "group_mean")`."""
+    """Decorator: `@register(ADVANTAGE_ESTIMATORS, "group_mean")` (functions or classes)."""
 
     def wrap(fn: Callable) -> Callable:
         if name in registry:
