@@ -1,4 +1,5 @@
-"""`lsp-bootstrap`: build (or find in the cache) the toy world and report the base model's accuracy."""
+"""`lsp-bootstrap`: build (or find in the cache) the toy world and the tiny reward model, and report
+the base model's accuracy and how well its judge mode and the reward model judge correctness."""
 from __future__ import annotations
 
 import json
@@ -9,8 +10,13 @@ from rich.console import Console
 
 from lsp_exp import config  # noqa: F401  (registers the schemas)
 from lsp_exp.evaluation import evaluate_solver
-from lsp_exp.models import load_toy_world
+from lsp_exp.judge.judge import SelfQualityJudge
+from lsp_exp.judge.judging import judge_the_judges
+from lsp_exp.judge.templates import get_template
+from lsp_exp.models import Reference, load_toy_world
+from lsp_exp.rewards import build_reward
 from lsp_exp.toy.build import build_toy_world, world_config
+from lsp_exp.toy.judge_data import labelled_pairs
 from lsp_exp.toy.world import heldout_slices
 
 
@@ -20,10 +26,17 @@ def main(cfg: DictConfig) -> None:
     path = build_toy_world(cfg.world, cfg.model.bootstrap, cfg.paths.outputs, force=cfg.force)
     info = json.loads((path / "info.json").read_text())
     console.print(f"toy world: {path}")
-    console.print(f"parameters: {info['parameters']:,}  SFT seconds: {info['sft_seconds']}")
+    console.print(f"parameters: {info['parameters']:,}  SFT seconds: {info['sft_seconds']}"
+                  + (f"  judge stage seconds: {info['judge_seconds']}" if "judge_seconds" in info else ""))
     model, tokenizer, heldout, _ = load_toy_world(path)
-    metrics = evaluate_solver(model, tokenizer, heldout, samples=8, slices=heldout_slices(world_config(cfg.world)))
+    world = world_config(cfg.world)
+    metrics = evaluate_solver(model, tokenizer, heldout, samples=8, slices=heldout_slices(world))
     console.print("base held-out: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
+    judge = SelfQualityJudge(Reference(model), tokenizer, get_template("toy")) if "judge_seconds" in info else None
+    judged = judge_the_judges(labelled_pairs(heldout, world, 512, cfg.world.seed), reward, judge)
+    console.print(f"judging the judges (512 labelled held-out pairs), reward {cfg.reward.name!r} and the base's judge mode:")
+    console.print("  " + "  ".join(f"{k} {v:.3f}" for k, v in judged.items()))
 
 
 if __name__ == "__main__":

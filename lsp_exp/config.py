@@ -12,7 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from lsp_exp.toy.sft import SFTConfig, TinyModelConfig
+from lsp_exp.toy.reward_model import TinyRMConfig
+from lsp_exp.toy.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
 from lsp_exp.toy.world import WorldConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +54,7 @@ class BootstrapSchema:
     seed: int = 0
     arch: TinyModelConfig = field(default_factory=TinyModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    judge: JudgeSFTConfig = field(default_factory=JudgeSFTConfig)
 
 
 @dataclass
@@ -67,6 +69,16 @@ class ModelSchema:
 
 
 @dataclass
+class JudgeSchema:
+    """The self-quality judge of full LSP (LSP_SPEC 4): the frozen reference model with a rubric."""
+
+    template: str = "auto"              # auto: `toy` for the toy model, `paper` otherwise (judge/templates.py)
+    max_new_tokens: Optional[int] = None  # None: the template's own default
+    temperature: float = 0.0            # 0: greedy (the paper does not say)
+    fallback_score: float = 0.0         # R_Q of a reply with neither a <Score> nor a <Calculation>
+
+
+@dataclass
 class GameSchema:
     name: str = MISSING
     challenger: bool = True             # False: queries come from a prompt file (grpo_data)
@@ -75,7 +87,9 @@ class GameSchema:
     task: str = "arithmetic"
     template: str = ""
     alpha_ch: float = 1.0
-    self_reward: bool = False
+    self_reward: bool = False           # full LSP: add the judge's R_Q (LSP_SPEC 4.3)
+    self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)
+    judge: JudgeSchema = field(default_factory=JudgeSchema)
     invalid_query_value: float = 1.0
     challenger_objective: str = "neg_value"
     max_query_tokens: int = 12
@@ -87,7 +101,15 @@ class GameSchema:
 @dataclass
 class RewardSchema:
     name: str = MISSING
-    kind: str = "arithmetic"
+    kind: str = "arithmetic"            # arithmetic | reward_model | tiny_rm | composite
+    path: Optional[str] = None          # reward_model: a local directory or a hub id already in the cache
+    dtype: str = "float32"
+    max_length: int = 1024              # tokens of the rendered (query, answer) pair
+    batch_size: int = 64
+    transform: str = "none"             # none (raw, unbounded score) | sigmoid (in (0, 1))
+    weight: float = 1.0                 # this reward's weight as a part of a composite
+    parts: dict[str, Any] = field(default_factory=dict)  # composite: name -> a reward config with a weight
+    bootstrap: TinyRMConfig = field(default_factory=TinyRMConfig)  # tiny_rm: how lsp-bootstrap trains it
 
 
 @dataclass
@@ -143,6 +165,8 @@ class EvalSchema:
     heldout_path: Optional[str] = None  # None -> the toy world's held-out split
     max_problems: Optional[int] = None
     sample_table_every: int = 250
+    judge_pairs: int = 512              # labelled (query, answer, correct?) pairs to judge the judges at start (0: off)
+    judge_threshold: float = 5.5        # a judge score above it predicts "correct" (precision/recall/F1)
 
 
 @dataclass
@@ -166,6 +190,7 @@ class TrainSchema:
 class BootstrapConfigSchema:
     world: WorldSchema = MISSING
     model: ModelSchema = MISSING
+    reward: RewardSchema = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     force: bool = False
 

@@ -33,23 +33,28 @@ def resolve_model_path(cfg: DictConfig, world: DictConfig, outputs: str) -> str:
         return str(build_toy_world(world, cfg.bootstrap, outputs) / "model")
     if cfg.source != "hf":
         raise ValueError(f"model.source must be 'toy' or 'hf', got {cfg.source!r}")
-    if not cfg.path:
-        raise ModelNotFoundError(f"model.path is not set for model {cfg.name!r}")
-    if Path(cfg.path).is_dir():
-        return str(cfg.path)
-    if _looks_like_hub_id(cfg.path):
+    return find_local_or_cached(cfg.path, "model.path", f"model {cfg.name!r}")
+
+
+def find_local_or_cached(path: str | None, key: str, what: str) -> str:
+    """`path` if it is a local directory or a hub id already in the Hugging Face cache; otherwise
+    a ModelNotFoundError that says what to download (`key` names the config key)."""
+    if not path:
+        raise ModelNotFoundError(f"{key} is not set for {what}")
+    if Path(path).is_dir():
+        return str(path)
+    if _looks_like_hub_id(path):
         from huggingface_hub import try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(cfg.path, "config.json"), str):
-            return cfg.path
-    if not _looks_like_hub_id(cfg.path):
+        if isinstance(try_to_load_from_cache(path, "config.json"), str):
+            return path
         raise ModelNotFoundError(
-            f"model directory {cfg.path!r} does not exist; download the model there "
-            f"(e.g. `hf download <repo-id> --local-dir {cfg.path}`) or point model.path at a local copy"
+            f"{key}={path!r} is not in the Hugging Face cache and HF_HUB_OFFLINE forbids fetching it; "
+            f"download it first (`hf download {path}`) or set {key} to a local directory"
         )
     raise ModelNotFoundError(
-        f"model {cfg.path!r} is not in the Hugging Face cache and HF_HUB_OFFLINE forbids fetching it; "
-        f"download it first (`hf download {cfg.path}`) or set model.path to a local directory"
+        f"{key}={path!r}: directory does not exist; download the model there "
+        f"(e.g. `hf download <repo-id> --local-dir {path}`) or point {key} at a local copy"
     )
 
 

@@ -89,20 +89,21 @@ def log_eval(logger: MLFlowLogger | None, step: int, metrics: dict[str, float]) 
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
 
 
-def log_sample_table(logger, step, queries, answers, rewards, solver_adv, values, challenger_adv) -> None:
-    """A table of queries, answers, rewards and advantages (one row per answer) as a run artifact."""
+def sample_rows(queries, answers, per_pair: dict, per_query: dict, texts: dict | None = None) -> dict[str, list]:
+    """One row per answer: the query, the answer, per-pair values [N, G], per-query values [N] and
+    per-pair texts (lists of N * G strings, e.g. the judge's replies)."""
+    g = len(answers) // max(1, len(queries))
+    rows: dict[str, list] = {"query": [q for q in queries for _ in range(g)], "answer": list(answers)}
+    rows.update({k: [float(x) for x in v.flatten()] for k, v in per_pair.items()})
+    rows.update({k: [float(x) for x in v for _ in range(g)] for k, v in per_query.items()})
+    rows.update({k: list(v) for k, v in (texts or {}).items()})
+    return rows
+
+
+def log_sample_table(logger, step: int, rows: dict[str, list]) -> None:
+    """The sample table (see `sample_rows`) as the run artifact `samples/step_<step>.json`."""
     if logger is None or not isinstance(logger, MLFlowLogger):
         return
-    g = rewards.shape[1]
-    rows = {"query": [], "answer": [], "reward": [], "solver_advantage": [], "value": [], "challenger_advantage": []}
-    for i, query in enumerate(queries):
-        for j in range(g):
-            rows["query"].append(query)
-            rows["answer"].append(answers[i * g + j])
-            rows["reward"].append(float(rewards[i, j]))
-            rows["solver_advantage"].append(float(solver_adv[i, j]))
-            rows["value"].append(float(values[i]))
-            rows["challenger_advantage"].append(float(challenger_adv[i]) if challenger_adv is not None else None)
     logger.experiment.log_table(logger.run_id, data=rows, artifact_file=f"samples/step_{step:06d}.json")
 
 

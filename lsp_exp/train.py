@@ -1,6 +1,6 @@
 """`lsp-train`: seed -> build model, game, reward -> fit the self-play module -> report.
 
-    lsp-train                                  # the default experiment (LSP-Zero, toy world)
+    lsp-train                                  # the default experiment (LSP, toy world)
     lsp-train game=grpo_data kl=none seed=1    # switch groups from the command line
     lsp-train -m seed=0,1,2 game=lsp_zero,grpo_data   # a Hydra multirun sweep
 """
@@ -24,11 +24,12 @@ from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
-from lsp_exp.rewards import build_reward  # noqa: E402
+from lsp_exp.rewards import ArithmeticReward, RewardModelError, build_reward  # noqa: E402
 from lsp_exp.rl.challenger import check_objective  # noqa: E402
 from lsp_exp.selfplay import SelfPlayModule  # noqa: E402
 from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
 from lsp_exp.toy.data import read_problems  # noqa: E402
+from lsp_exp.toy.judge_data import labelled_pairs  # noqa: E402
 from lsp_exp.toy.world import heldout_slices  # noqa: E402
 from lsp_exp.tracking import build_logger, log_final_model, log_run_start  # noqa: E402
 from lsp_exp.validation import ConfigError, validate  # noqa: E402
@@ -73,12 +74,18 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         heldout = heldout[: cfg.eval.max_problems]
     prompts = [p.text for p in read_problems(prompts_path)] if (prompts_path and not cfg.game.challenger) else None
     try:
-        reward = build_reward(cfg.reward, world)
+        reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
         check_objective(cfg.game.challenger_objective, reward.bounds)
         game = build_game(cfg.game, prompts, cfg.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world))
+    toy = cfg.model.source == "toy"
+    # Ground truth beside a proxy reward (toy world only): the verifier's accuracy and validity.
+    verifier = ArithmeticReward(world) if toy and cfg.reward.kind != "arithmetic" else None
+    pairs = labelled_pairs(heldout, world, cfg.eval.judge_pairs, cfg.world.seed) if heldout and toy else None
+    judge_template = cfg.game.judge.template if cfg.game.judge.template != "auto" else ("toy" if toy else "paper")
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world),
+                            verifier=verifier, labelled_pairs=pairs, judge_template=judge_template)
 
     logger = build_logger(cfg)
     log_run_start(logger, cfg)
@@ -91,12 +98,16 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     )
     trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None))
     log_final_model(logger, policy, tokenizer)
-    report(module.eval_history, logger)
+    report(module.eval_history, logger, module.judging)
     return module.eval_history
 
 
-def report(history: dict[int, dict[str, float]], logger) -> None:
+def report(history: dict[int, dict[str, float]], logger, judging: dict[str, float] | None = None) -> None:
     console = Console()
+    for who in ("reward", "judge"):
+        if f"{who}/f1" in (judging or {}):
+            console.print(f"{who} as a classifier of correctness: " + "  ".join(
+                f"{k} {judging[f'{who}/{k}']:.3f}" for k in ("precision", "recall", "f1", "auc") if f"{who}/{k}" in judging))
     if history:
         first, last = min(history), max(history)
         for label, step in (("before", first), ("after", last)):
@@ -112,7 +123,7 @@ def report(history: dict[int, dict[str, float]], logger) -> None:
 def main(cfg: DictConfig) -> float:
     try:
         history = train(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError) as err:
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return history[max(history)]["accuracy"] if history else float("nan")

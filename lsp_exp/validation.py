@@ -3,6 +3,10 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsp_exp.judge.parsing import MAX_SCORE
+from lsp_exp.judge.templates import TEMPLATES
+from lsp_exp.rewards import KINDS as REWARD_KINDS
+from lsp_exp.rewards.reward_model import TRANSFORMS
 from lsp_exp.rl import ADVANTAGE_ESTIMATORS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS, POLICY_LOSSES
 from lsp_exp.rl.kl import PLACEMENTS
 from lsp_exp.toy.world import FLAWS
@@ -26,6 +30,16 @@ def validate(cfg: DictConfig) -> None:
     require(game.alpha_ch >= 0, "game.alpha_ch", "must be >= 0")
     require(game.challenger_objective in CHALLENGER_OBJECTIVES, "game.challenger_objective",
             f"unknown; available: {', '.join(sorted(CHALLENGER_OBJECTIVES))}")
+    require(game.self_reward_weight >= 0, "game.self_reward_weight", "must be >= 0")
+    require(game.judge.template in ("auto", *TEMPLATES), "game.judge.template",
+            f"unknown; available: auto, {', '.join(TEMPLATES)}")
+    require(game.judge.temperature >= 0, "game.judge.temperature", "must be >= 0 (0: greedy)")
+    require(0 <= game.judge.fallback_score <= MAX_SCORE, "game.judge.fallback_score", f"must be in [0, {MAX_SCORE}]")
+    require(game.judge.max_new_tokens is None or game.judge.max_new_tokens >= 1, "game.judge.max_new_tokens",
+            "must be at least 1 (or null for the template's default)")
+    require(cfg.reward.kind in REWARD_KINDS, "reward.kind", f"unknown; available: {', '.join(REWARD_KINDS)}")
+    require(cfg.reward.transform in TRANSFORMS, "reward.transform", f"unknown; available: {', '.join(TRANSFORMS)}")
+    require(cfg.eval.judge_pairs >= 0, "eval.judge_pairs", "must be >= 0")
     for key in ("beta", "beta_challenger", "beta_solver"):
         value = kl[key]
         require(value is None or value >= 0, f"kl.{key}", "must be >= 0")

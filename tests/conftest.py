@@ -19,10 +19,11 @@ TINY_WORLD = [
     "model.bootstrap.arch.hidden_size=32", "model.bootstrap.arch.intermediate_size=64",
     "model.bootstrap.arch.num_hidden_layers=1", "model.bootstrap.arch.num_attention_heads=2",
     "model.bootstrap.sft.steps=3", "model.bootstrap.sft.batch_size=8", "model.bootstrap.sft.warmup_steps=1",
+    "model.bootstrap.judge.steps=2", "model.bootstrap.judge.batch_size=8", "model.bootstrap.judge.warmup_steps=1",
 ]
 TINY_RUN = TINY_WORLD + [
     "trainer.max_steps=3", "game.n_queries=2", "game.group_size=3", "eval.samples=2", "eval.every_n_steps=2",
-    "eval.sample_table_every=2", "trainer.enable_progress_bar=false",
+    "eval.sample_table_every=2", "eval.judge_pairs=16", "trainer.enable_progress_bar=false",
 ]
 
 

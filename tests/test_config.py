@@ -7,7 +7,6 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from lsp_exp.config import PROJECT_ROOT
 from lsp_exp.rewards import build_reward
-from lsp_exp.toy.build import world_config
 from lsp_exp.validation import ConfigError, validate
 
 from conftest import compose_config
@@ -37,7 +36,7 @@ def test_bootstrap_config_composes():
 
 def test_rewards_instantiate():
     cfg = compose_config("train")
-    reward = build_reward(cfg.reward, world_config(cfg.world))
+    reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
     scores = reward.score(["2+3*4", "2+3*4", "nonsense"], ["41", "02", "1"])
     assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
 
@@ -70,6 +69,10 @@ def test_wrong_types_and_keys_fail_at_compose_time(override, named):
     ("game.temperature=0", "game.temperature"), ("model.dtype=float8", "model.dtype"),
     ("world.flaw=typo", "world.flaw"), ("world.flaw_rate=1.5", "world.flaw_rate"),
     ("world.share_one_op=0.9", "world.share_one_op"),
+    ("game.self_reward_weight=-1", "game.self_reward_weight"), ("game.judge.template=fancy", "game.judge.template"),
+    ("game.judge.temperature=-1", "game.judge.temperature"), ("game.judge.fallback_score=8", "game.judge.fallback_score"),
+    ("game.judge.max_new_tokens=0", "game.judge.max_new_tokens"), ("reward.kind=oracle", "reward.kind"),
+    ("reward.transform=tanh", "reward.transform"), ("eval.judge_pairs=-1", "eval.judge_pairs"),
 ])
 def test_out_of_range_values_name_the_key(override, key):
     cfg = compose_config("train", [override])

@@ -1,7 +1,7 @@
 """The reward interface."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -11,6 +11,7 @@ import torch
 class Scores:
     values: torch.Tensor  # [B] R(q, a); 0 where not valid
     valid: torch.Tensor   # [B] bool: the pair could be graded (e.g. the query is a valid problem)
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per named part (composite rewards)
 
 
 class Reward(Protocol):

@@ -10,13 +10,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import AutoTokenizer, LlamaForCausalLM
 
-from lsp_exp.toy.data import make_splits, write_problems
-from lsp_exp.toy.sft import SFTConfig, TinyModelConfig, build_model, train_sft
+from lsp_exp.toy.data import make_splits, read_problems, write_problems
+from lsp_exp.toy.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
 from lsp_exp.toy.tokenizer import build_tokenizer
 from lsp_exp.toy.world import WorldConfig
 
 FORMAT_VERSION = 1  # bump when the tokenizer, the chat format or the SFT code changes
+JUDGE_FORMAT_VERSION = 1  # bump when the judge template, the toy rubric or the judge data change
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_world"
 
 
@@ -30,10 +32,28 @@ def challenger_user_turn(task: str, template: str = "") -> str:
     return f"task: {task}" + (f" template: {template}" if template else "")
 
 
-def world_key(world: DictConfig, bootstrap: DictConfig) -> str:
-    """A short hash of everything that changes what the bootstrap builds."""
-    payload = {"world": OmegaConf.to_container(world), "bootstrap": OmegaConf.to_container(bootstrap),
+def _base_bootstrap(bootstrap: DictConfig) -> dict:
+    """The bootstrap config of the base stage (everything but the judge stage)."""
+    return {k: v for k, v in OmegaConf.to_container(bootstrap).items() if k != "judge"}
+
+
+def _judge_enabled(bootstrap: DictConfig) -> bool:
+    return "judge" in bootstrap and bootstrap.judge.steps > 0
+
+
+def base_key(world: DictConfig, bootstrap: DictConfig) -> str:
+    """A short hash of everything that changes what the base stage (SFT on both roles) builds."""
+    payload = {"world": OmegaConf.to_container(world), "bootstrap": _base_bootstrap(bootstrap),
                "format": FORMAT_VERSION, "challenger_prompt": challenger_user_turn("arithmetic")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def world_key(world: DictConfig, bootstrap: DictConfig) -> str:
+    """The base stage's key, or (with a judge stage) a hash of it and the judge stage's config."""
+    key = base_key(world, bootstrap)
+    if not _judge_enabled(bootstrap):
+        return key
+    payload = {"base": key, "judge": OmegaConf.to_container(bootstrap.judge), "format": JUDGE_FORMAT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -46,7 +66,11 @@ def is_complete(path: Path) -> bool:
 
 
 def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Path, force: bool = False) -> Path:
-    """Return the cached toy world, copying a shipped copy or building it (SFT) when missing."""
+    """Return the cached toy world, copying a shipped copy or building it when missing.
+
+    Two stages, each cached under its own key: the base (SFT on challenger and solver examples)
+    and, when `bootstrap.judge.steps > 0`, the judge stage that continues from the base.
+    """
     target = toy_world_dir(world, bootstrap, outputs)
     if is_complete(target) and not force:
         return target
@@ -56,6 +80,26 @@ def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Pat
         return target
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    if _judge_enabled(bootstrap):
+        base = OmegaConf.create(_base_bootstrap(bootstrap))
+        info = _build_judge_stage(world, bootstrap, build_toy_world(world, base, outputs, force), tmp)
+    else:
+        info = _build_base_stage(world, bootstrap, tmp)
+    info = {"key": target.name, **info, "world": OmegaConf.to_container(world),
+            "bootstrap": OmegaConf.to_container(bootstrap)}
+    (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    (tmp / "DONE").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def _progress(label: str):
+    return Progress(TextColumn(f"[bold]lsp-bootstrap {label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
+
+
+def _build_base_stage(world: DictConfig, bootstrap: DictConfig, tmp: Path) -> dict:
     started = time.time()
     wcfg = world_config(world)
     heldout, train = make_splits(world.seed, wcfg, world.n_heldout, world.n_train)
@@ -66,18 +110,29 @@ def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Pat
     sft = SFTConfig(**OmegaConf.to_container(bootstrap.sft))
     model = build_model(tokenizer, arch, bootstrap.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    with Progress(TextColumn("[bold]lsp-bootstrap SFT"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+    with _progress("SFT") as bar:
         task = bar.add_task("sft", total=sft.steps, loss=float("nan"))
         train_sft(model, tokenizer, wcfg, sft, bootstrap.seed, challenger_user_turn("arithmetic"),
                   {p.text for p in heldout}, on_step=lambda step, loss: bar.update(task, advance=1, loss=loss))
     model.save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
-    info = {"key": target.name, "parameters": n_params, "sft_seconds": round(time.time() - started, 1),
-            "torch_threads": torch.get_num_threads(), "world": OmegaConf.to_container(world),
-            "bootstrap": OmegaConf.to_container(bootstrap)}
-    (tmp / "info.json").write_text(json.dumps(info, indent=2))
-    (tmp / "DONE").write_text("ok\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    return {"parameters": n_params, "sft_seconds": round(time.time() - started, 1),
+            "torch_threads": torch.get_num_threads()}
+
+
+def _build_judge_stage(world: DictConfig, bootstrap: DictConfig, base: Path, tmp: Path) -> dict:
+    started = time.time()
+    shutil.copytree(base / "data", tmp / "data")
+    tokenizer = AutoTokenizer.from_pretrained(base / "model")
+    model = LlamaForCausalLM.from_pretrained(base / "model", dtype=torch.float32)
+    judge = JudgeSFTConfig(**OmegaConf.to_container(bootstrap.judge))
+    heldout = {p.text for p in read_problems(base / "data" / "heldout.jsonl")}
+    with _progress("judge stage") as bar:
+        task = bar.add_task("judge", total=judge.steps, loss=float("nan"))
+        train_judge(model, tokenizer, world_config(world), judge, bootstrap.seed, challenger_user_turn("arithmetic"),
+                    heldout, on_step=lambda step, loss: bar.update(task, advance=1, loss=loss))
+    model.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    base_info = json.loads((base / "info.json").read_text())
+    return {"parameters": base_info["parameters"], "base": base.name, "sft_seconds": base_info["sft_seconds"],
+            "judge_seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads()}

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lsp_exp.toy.judge_data import judge_example
 from lsp_exp.toy.world import WorldConfig, encode_answer, sample_problem, teacher_answer
 
 
@@ -34,6 +35,17 @@ class SFTConfig:
     warmup_steps: int = 100
     challenger_share: float = 0.1
     weight_decay: float = 0.0
+
+
+@dataclass
+class JudgeSFTConfig(SFTConfig):
+    """The judge stage (`model.bootstrap.judge`): continue from the base on a mix of judge examples
+    and the base's own SFT examples (so the Solver and Challenger modes are not forgotten).
+    `steps: 0` skips the stage (no judge mode)."""
+
+    steps: int = 3000
+    lr: float = 1e-3
+    judge_share: float = 0.5
 
 
 def build_model(tokenizer, cfg: TinyModelConfig, seed: int) -> LlamaForCausalLM:
@@ -73,10 +85,8 @@ def encode_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Ten
     return {"input_ids": input_ids, "attention_mask": (labels != -100) | (input_ids != pad), "labels": labels}
 
 
-def sft_loss(model, tokenizer, pairs: list[tuple[str, str]], challenger_prompt: str) -> torch.Tensor:
-    """Mean token cross-entropy on assistant turns. Challenger and solver examples are padded in
-    separate sub-batches (their prompts differ in length), which saves ~1/3 of the compute."""
-    groups = [[p for p in pairs if p[0] == challenger_prompt], [p for p in pairs if p[0] != challenger_prompt]]
+def grouped_loss(model, tokenizer, groups: list[list[tuple[str, str]]]) -> torch.Tensor:
+    """Mean token cross-entropy on assistant turns over sub-batches padded separately."""
     total, count = 0.0, 0
     for group in filter(None, groups):
         batch = encode_batch(tokenizer, group)
@@ -99,18 +109,48 @@ def train_sft(model, tokenizer, world: WorldConfig, cfg: SFTConfig, seed: int, c
               exclude: set[str], on_step=None) -> None:
     """Train `model` in place; problems in `exclude` (the held-out set) are never shown."""
     rng = random.Random(f"sft-{seed}")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    model.train()
-    for step in range(cfg.steps):
+
+    def batch() -> list[list[tuple[str, str]]]:
         pairs = []
         while len(pairs) < cfg.batch_size:
             user, assistant = sft_example(rng, world, challenger_prompt, cfg.challenger_share)
             if user not in exclude:
                 pairs.append((user, assistant))
+        return [[p for p in pairs if p[0] == challenger_prompt], [p for p in pairs if p[0] != challenger_prompt]]
+
+    _optimise(model, tokenizer, cfg, batch, on_step)
+
+
+def train_judge(model, tokenizer, world: WorldConfig, cfg: JudgeSFTConfig, seed: int, challenger_prompt: str,
+                exclude: set[str], on_step=None) -> None:
+    """The judge stage: `judge_share` of each batch are judge examples graded by the toy rubric with
+    the teacher's beliefs (toy/judge_data.py), the rest the base's own SFT examples."""
+    rng = random.Random(f"judge-{seed}")
+
+    def batch() -> list[list[tuple[str, str]]]:
+        judge, base = [], []
+        while len(judge) + len(base) < cfg.batch_size:
+            if rng.random() < cfg.judge_share:
+                judge.append(judge_example(rng, world, exclude))
+                continue
+            user, assistant = sft_example(rng, world, challenger_prompt, cfg.challenger_share)
+            if user not in exclude:
+                base.append((user, assistant))
+        return [judge, [p for p in base if p[0] == challenger_prompt], [p for p in base if p[0] != challenger_prompt]]
+
+    _optimise(model, tokenizer, cfg, batch, on_step)
+
+
+def _optimise(model, tokenizer, cfg: SFTConfig, next_batch, on_step) -> None:
+    """AdamW with the warm-up/cosine schedule of `lr_at`, gradient clipping at 1."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    model.train()
+    for step in range(cfg.steps):
+        groups = next_batch()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)
-        loss = sft_loss(model, tokenizer, pairs, challenger_prompt)
+        loss = grouped_loss(model, tokenizer, groups)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

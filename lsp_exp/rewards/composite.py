@@ -1,0 +1,35 @@
+"""A weighted sum of named rewards: R = sum_k w_k R_k, each part kept for logging."""
+from __future__ import annotations
+
+import torch
+
+from lsp_exp.rewards.base import Scores
+
+
+class CompositeReward:
+    def __init__(self, parts: dict[str, tuple[float, object]]):
+        if not parts:
+            raise ValueError("reward.parts: a composite reward needs at least one part")
+        self.parts = parts
+        bounds = [r.bounds for _, r in parts.values()]
+        if any(b is None for b in bounds):
+            self.bounds = None
+        else:  # the range of a weighted sum: each weight picks the end of its part's range
+            low = sum(min(w * b[0], w * b[1]) for (w, _), b in zip(parts.values(), bounds))
+            high = sum(max(w * b[0], w * b[1]) for (w, _), b in zip(parts.values(), bounds))
+            self.bounds = (low, high)
+
+    def to(self, device) -> "CompositeReward":
+        for _, reward in self.parts.values():
+            if hasattr(reward, "to"):
+                reward.to(device)
+        return self
+
+    def score(self, queries: list[str], answers: list[str]) -> Scores:
+        total, valid, logged = None, None, {}
+        for name, (weight, reward) in self.parts.items():
+            scores = reward.score(queries, answers)
+            logged[name] = scores.values
+            total = weight * scores.values if total is None else total + weight * scores.values
+            valid = scores.valid if valid is None else valid & scores.valid
+        return Scores(torch.where(valid, total, torch.zeros_like(total)), valid, logged)

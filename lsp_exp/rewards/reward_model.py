@@ -1,0 +1,74 @@
+"""A preference reward model as the task reward: any Hugging Face sequence classifier with one scalar
+output (the paper's Skywork-Reward-V2-Llama-3.2-3B, or the toy world's `tiny_rm`).
+
+The (query, answer) pair is rendered with the model's own chat template as one user turn and one
+assistant turn, scored in batches, truncated to `max_length` tokens (right padding, so positions
+are those of an unpadded sequence). The raw score is unbounded; `transform: sigmoid` maps it to
+(0, 1), which the bounded Challenger objectives need.
+"""
+from __future__ import annotations
+
+import torch
+
+from lsp_exp.rewards.base import Scores
+
+TRANSFORMS = ("none", "sigmoid")
+
+
+class RewardModelError(ValueError):
+    """The reward model cannot be used (wrong head, bad settings)."""
+
+
+class RewardModelReward:
+    def __init__(self, model, tokenizer, *, max_length: int = 1024, batch_size: int = 32, transform: str = "none"):
+        num_labels = getattr(model.config, "num_labels", None)
+        if num_labels != 1:
+            raise RewardModelError(
+                f"reward model {getattr(model.config, '_name_or_path', '')!r} has a {num_labels}-way head; "
+                "a reward model must output one scalar (num_labels=1)")
+        if transform not in TRANSFORMS:
+            raise RewardModelError(f"reward.transform={transform!r}: available: {', '.join(TRANSFORMS)}")
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer, self.max_length, self.batch_size, self.transform = tokenizer, max_length, batch_size, transform
+        self.bounds = (0.0, 1.0) if transform == "sigmoid" else None
+
+    def to(self, device) -> "RewardModelReward":
+        self.model.to(device)
+        return self
+
+    def render(self, query: str, answer: str) -> str:
+        messages = [{"role": "user", "content": query}, {"role": "assistant", "content": answer}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False)
+
+    @torch.inference_mode()
+    def raw_scores(self, queries: list[str], answers: list[str]) -> torch.Tensor:
+        """The classifier's scalar for each pair, [B] float32 on the CPU."""
+        texts = [self.render(q, a) for q, a in zip(queries, answers)]
+        device = next(self.model.parameters()).device
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                 padding_side="right", truncation=True, max_length=self.max_length,
+                                 add_special_tokens=False)
+            logits = self.model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
+            out.append(logits[:, 0].float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def score(self, queries: list[str], answers: list[str]) -> Scores:
+        values = self.raw_scores(queries, answers)
+        if self.transform == "sigmoid":
+            values = values.sigmoid()
+        return Scores(values, torch.ones_like(values, dtype=torch.bool))
+
+
+def load_reward_model(path: str, *, dtype: str = "float32", **kwargs) -> RewardModelReward:
+    """Load a sequence classifier and its tokenizer from a directory or the hub cache (offline)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return RewardModelReward(model, tokenizer, **kwargs)

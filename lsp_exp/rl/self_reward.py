@@ -1,0 +1,22 @@
+"""How the self-quality reward R_Q enters full LSP (LSP_SPEC 4.3), before any advantage is computed.
+
+    r_sol(q_i, a_i^j) = R(q_i, a_i^j) + w * R_Q(q_i, a_i^j)
+    r_ch(q_i)         = objective(V(q_i)) + w * V_Q(q_i),   V_Q(q_i) = (1/G) sum_j R_Q(q_i, a_i^j)
+
+V(q_i) is the value under the task reward alone (eq. 2) and the objective is the paper's -V by
+default, so r_ch = -V + V_Q as in the paper. w = 1 in the paper (added raw, no rescaling);
+LSP-Zero is w = 0 (no judge at all).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def solver_rewards(task: torch.Tensor, quality: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """r_sol = R + w R_Q, both [N, G]."""
+    return task + weight * quality
+
+
+def challenger_rewards(objective: torch.Tensor, quality: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """r_ch = objective(V) + w V_Q: objective [N], quality [N, G] -> [N]."""
+    return objective + weight * quality.mean(-1)

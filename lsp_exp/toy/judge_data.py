@@ -1,0 +1,93 @@
+"""Synthetic (query, answer) pairs for the toy world: judge training examples and labelled sets.
+
+Queries mix problems of the world, expressions outside its bounds and malformed strings (what a
+drifting Challenger writes); answers mix right, teacher-wrong, near-miss, random, non-canonical
+and garbage answers (what a Solver writes).
+"""
+from __future__ import annotations
+
+import random
+
+from lsp_exp.judge.templates import TEMPLATES
+from lsp_exp.toy.rubric import believed_value, expression_value, grade, judgement_text
+from lsp_exp.toy.world import (
+    Problem, WorldConfig, encode_answer, left_to_right_value, sample_problem, teacher_flawed,
+)
+
+SYMBOLS = "0123456789+-*"
+
+
+def outside_query(rng: random.Random) -> str:
+    """An arithmetic expression outside the world's bounds (big operands, 3 operators, parentheses)."""
+    kind = rng.random()
+    if kind < 0.4:
+        return f"{rng.randint(20, 99)}{rng.choice('+-*')}{rng.randint(0, 99)}"
+    if kind < 0.7:
+        ops = [rng.choice("+-") for _ in range(3)]
+        nums = [rng.randint(0, 19) for _ in range(4)]
+        return "".join(f"{n}{o}" for n, o in zip(nums, ops)) + str(nums[-1])
+    return f"({rng.randint(0, 19)}{rng.choice('+-')}{rng.randint(0, 19)})*{rng.randint(0, 9)}"
+
+
+def malformed_query(rng: random.Random, world: WorldConfig) -> str:
+    """A string that states no task: a truncated problem or random symbols."""
+    if rng.random() < 0.5:
+        text = sample_problem(rng, world).text
+        return text[: rng.randint(0, len(text) - 1)] + rng.choice(["", "+", "*", "-"])
+    return "".join(rng.choice(SYMBOLS) for _ in range(rng.randint(1, 10)))
+
+
+def sample_query(rng: random.Random, world: WorldConfig, exclude: set[str]) -> str:
+    pick = rng.random()
+    if pick < 0.6:
+        while True:
+            text = sample_problem(rng, world).text
+            if text not in exclude:
+                return text
+    return outside_query(rng) if pick < 0.8 else malformed_query(rng, world)
+
+
+def sample_answer(rng: random.Random, query: str, expected: int | None) -> str:
+    """A Solver-like answer to `query` whose grader expects `expected`."""
+    true = expression_value(query)
+    pick = rng.random()
+    if expected is None or pick >= 0.85:
+        if rng.random() < 0.5:
+            return "".join(rng.choice(SYMBOLS) for _ in range(rng.randint(0, 6)))
+        return encode_answer(rng.randint(-200, 300))
+    if pick < 0.3:
+        return encode_answer(expected)
+    if pick < 0.45:
+        return encode_answer(true if true is not None else expected)
+    if pick < 0.7:
+        return encode_answer(expected + rng.choice([-1, 1]) * rng.randint(1, 12))
+    if pick < 0.75:
+        return encode_answer(-expected if expected else 1)
+    return encode_answer(expected) + "0" * rng.randint(1, 2)  # a non-canonical form of a number
+
+
+def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> tuple[str, str]:
+    """(judge prompt, the judgement the teacher would write), graded with the teacher's beliefs."""
+    query = sample_query(rng, world, exclude)
+    expected = believed_value(query, world, rng)
+    answer = sample_answer(rng, query, expected)
+    criteria = grade(query, answer, world, expected)
+    return TEMPLATES["toy"].render(query, answer), judgement_text(criteria)
+
+
+def labelled_pairs(problems: list[Problem], world: WorldConfig, n: int, seed: int) -> list[tuple[str, str, bool]]:
+    """A fixed labelled set (query, answer, correct?) on held-out problems, half right, half wrong;
+    wrong answers are the teacher's wrong answer on the flawed class, else near misses."""
+    rng = random.Random(f"labelled-{seed}")
+    pairs = []
+    for i in range(n):
+        problem = problems[rng.randrange(len(problems))]
+        if i % 2 == 0:
+            pairs.append((problem.text, encode_answer(problem.answer), True))
+            continue
+        if teacher_flawed(problem, world) and world.flaw == "precedence" and rng.random() < 0.5:
+            wrong = left_to_right_value(problem.text)
+        else:
+            wrong = problem.answer + rng.choice([-1, 1]) * rng.randint(1, 12)
+        pairs.append((problem.text, encode_answer(wrong), False))
+    return pairs

@@ -1,0 +1,121 @@
+"""`tiny_rm`: a small sequence classifier trained on synthetic (query, answer, correct?) pairs, so the
+paper-faithful "reward model" setting runs on a CPU and its reward hacking can be seen against the
+verifier (ground truth).
+
+It is trained on the verifier's labels (it knows better than the base's flawed teacher, as the
+paper's reward model knows better than its base), but it is small and briefly trained: an
+imperfect proxy that the Solver can learn to exploit. Built once, cached under
+`outputs/toy_rm/<key>` (and shipped in `lsp_exp/assets/toy_rm/<key>`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from transformers import LlamaConfig, LlamaForSequenceClassification
+
+from lsp_exp.toy.build import world_config
+from lsp_exp.toy.data import make_splits
+from lsp_exp.toy.judge_data import sample_answer
+from lsp_exp.toy.sft import lr_at
+from lsp_exp.toy.tokenizer import build_tokenizer
+from lsp_exp.toy.world import WorldConfig, decode_answer, sample_problem
+
+FORMAT_VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_rm"
+
+
+@dataclass
+class TinyRMConfig:
+    """Shape and training recipe of the tiny reward model (`reward.bootstrap`)."""
+
+    seed: int = 0
+    hidden_size: int = 64
+    intermediate_size: int = 256
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    final_lr_frac: float = 0.1
+    warmup_steps: int = 50
+
+
+def labelled_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> tuple[str, str, float]:
+    """A world problem (never a held-out one), a Solver-like answer, and the verifier's label."""
+    while True:
+        problem = sample_problem(rng, world)
+        if problem.text not in exclude:
+            break
+    answer = sample_answer(rng, problem.text, problem.answer)
+    return problem.text, answer, float(decode_answer(answer) == problem.answer)
+
+
+def train_tiny_rm(cfg: TinyRMConfig, world: WorldConfig, exclude: set[str], tokenizer):
+    torch.manual_seed(cfg.seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+        num_key_value_heads=cfg.num_attention_heads, max_position_embeddings=64, num_labels=1,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForSequenceClassification(config)
+    rng = random.Random(f"tiny-rm-{cfg.seed}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
+    model.train()
+    for step in range(cfg.steps):
+        rows = [labelled_example(rng, world, exclude) for _ in range(cfg.batch_size)]
+        texts = [tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                               tokenize=False) for q, a, _ in rows]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, 0]
+        loss = F.binary_cross_entropy_with_logits(logits, torch.tensor([r[2] for r in rows]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return model.eval(), loss.item()
+
+
+def tiny_rm_dir(world: DictConfig, cfg: DictConfig, outputs: str | Path) -> Path:
+    payload = {"world": OmegaConf.to_container(world), "rm": OmegaConf.to_container(cfg), "format": FORMAT_VERSION}
+    return Path(outputs) / "toy_rm" / hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_tiny_rm(world: DictConfig, cfg: DictConfig, outputs: str | Path, force: bool = False) -> Path:
+    """The cached tiny reward model directory (copied from the shipped one, or trained: ~1 minute)."""
+    target = tiny_rm_dir(world, cfg, outputs)
+    shipped = SHIPPED_DIR / target.name
+    if (target / "DONE").is_file() and not force:
+        return target
+    if (shipped / "DONE").is_file() and not force:
+        shutil.copytree(shipped, target, dirs_exist_ok=True)
+        return target
+    started = time.time()
+    rm_cfg = TinyRMConfig(**OmegaConf.to_container(cfg))
+    wcfg = world_config(world)
+    heldout, _ = make_splits(world.seed, wcfg, world.n_heldout, 0)
+    tokenizer = build_tokenizer()
+    model, last_loss = train_tiny_rm(rm_cfg, wcfg, {p.text for p in heldout}, tokenizer)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    info = {"key": target.name, "parameters": sum(p.numel() for p in model.parameters()), "last_loss": last_loss,
+            "train_seconds": round(time.time() - started, 1), "config": asdict(rm_cfg),
+            "world": OmegaConf.to_container(world)}
+    (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    (tmp / "DONE").write_text("ok\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

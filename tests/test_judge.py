@@ -1,0 +1,166 @@
+"""The self-quality judge: prompt templates, reply parsing, the toy rubric, R_Q's combination."""
+import random
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lsp_exp.judge.judge import SelfQualityJudge
+from lsp_exp.judge.parsing import parse_calculation, parse_judgement
+from lsp_exp.judge.templates import TEMPLATES, get_template
+from lsp_exp.models import Reference
+from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
+from lsp_exp.toy.judge_data import judge_example, labelled_pairs
+from lsp_exp.toy.rubric import believed_value, grade, judgement_text
+from lsp_exp.toy.sft import TinyModelConfig, build_model
+from lsp_exp.toy.tokenizer import build_tokenizer
+from lsp_exp.toy.world import Problem, WorldConfig
+
+WORLD = WorldConfig()
+
+
+# ---- templates ---------------------------------------------------------------------------------
+def test_toy_template_renders_the_pair_between_tags():
+    assert get_template("toy").render("2+3*4", "41") == "judge: <Instruction>2+3*4</Instruction><Response>41</Response>"
+
+
+def test_paper_template_has_the_rubric_and_the_output_format():
+    text = get_template("paper").render("Write a haiku.", "Leaves fall {softly}.")
+    assert "<Instruction>Write a haiku.</Instruction>" in text
+    assert "<Response>Leaves fall {softly}.</Response>" in text  # braces in model text stay verbatim
+    assert text.count("\n1. ") == 1 and "7. " in text and "<Calculation>" in text and "<Score>" in text
+
+
+def test_unknown_template_is_refused():
+    with pytest.raises(ValueError, match="available: paper, toy"):
+        get_template("nope")
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, score, source", [
+    ("fine. <Calculation>1+1+1+1+0+1+0=5</Calculation><Score>5</Score>", 5.0, "score"),
+    ("<Score> 7 </Score>", 7.0, "score"),
+    ("<Score>3</Score> then again <Score>4</Score>", 4.0, "score"),                  # the last tag counts
+    ("no score tag <Calculation>1+0+1+0+1+0+1=4</Calculation>", 4.0, "calculation"),  # the sum, not the '=4'
+    ("<Calculation>1+1+1=9</Calculation><Score>9</Score>", 3.0, "calculation"),     # out-of-range score
+    ("<Score>-1</Score><Calculation>0+0=0</Calculation>", 0.0, "calculation"),
+    ("<Score>five</Score>", None, "none"),
+    ("<Calculation>1+x=2</Calculation>", None, "none"),
+    ("<Calculation>7+7=14</Calculation>", None, "none"),                             # sum out of range
+    ("", None, "none"),
+    ("<Score>5", None, "none"),                                                      # unclosed tag
+])
+def test_parse_judgement(text, score, source):
+    judgement = parse_judgement(text)
+    assert (judgement.score, judgement.source) == (score, source)
+
+
+def test_parse_returns_the_criteria_of_a_seven_term_calculation():
+    assert parse_judgement("<Calculation>1+1+0+1+0+1+0=4</Calculation><Score>4</Score>").criteria == (1, 1, 0, 1, 0, 1, 0)
+    assert parse_judgement("<Calculation>2+1=3</Calculation>").criteria is None
+    assert parse_calculation(" 1 + 0 +1 = 2") == (2, (1, 0, 1))
+
+
+@given(st.text(max_size=200))
+def test_parsing_never_raises_and_stays_in_range(text):
+    judgement = parse_judgement(text)
+    assert judgement.score is None or 0 <= judgement.score <= 7
+
+
+# ---- the toy rubric ----------------------------------------------------------------------------
+@pytest.mark.parametrize("query, answer, expected, criteria", [
+    ("2+3*4", "41", 14, (1, 1, 1, 1, 1, 1, 1)),     # right, canonical (answers are reversed digits)
+    ("2+3*4", "02", 14, (1, 1, 1, 1, 0, 1, 0)),     # 20: wrong but plausible
+    ("2+3*4", "410", 14, (1, 1, 1, 1, 1, 0, 0)),    # right value, not canonical
+    ("2+3*4", "-41", 14, (1, 1, 1, 0, 0, 1, 0)),    # wrong sign
+    ("2+3*4", "x", 14, (1, 1, 0, 0, 0, 0, 0)),      # not a number
+    ("50+50", "001", 100, (1, 0, 1, 1, 1, 1, 1)),   # outside the world's bounds: task but not clear
+    ("7+*", "7", None, (0, 0, 1, 0, 0, 1, 0)),      # no task
+])
+def test_rubric_criteria(query, answer, expected, criteria):
+    assert grade(query, answer, WORLD, expected) == criteria
+
+
+def test_believed_value_is_the_teachers():
+    flawed = "2+3*4"  # the teacher answers (2+3)*4 = 20 with probability flaw_rate
+    beliefs = {believed_value(flawed, WORLD, random.Random(i)) for i in range(50)}
+    assert beliefs == {14, 20}
+    assert believed_value(flawed, WORLD, None) == 14          # rng=None: the verifier
+    assert believed_value("50+50", WORLD, random.Random(0)) == 100
+    assert believed_value("7+*", WORLD, random.Random(0)) is None
+
+
+def test_judgement_text_round_trips_through_the_parser():
+    text = judgement_text((1, 1, 1, 1, 0, 1, 0))
+    assert text == "query ok, answer wrong. <Calculation>1+1+1+1+0+1+0=5</Calculation><Score>5</Score>"
+    assert parse_judgement(text).score == 5.0
+
+
+def test_judge_examples_are_consistent_with_the_rubric():
+    rng = random.Random(0)
+    for _ in range(200):
+        prompt, reply = judge_example(rng, WORLD, set())
+        assert prompt.startswith("judge: <Instruction>")
+        judgement = parse_judgement(reply)
+        assert judgement.source == "score" and judgement.score == sum(judgement.criteria)
+
+
+def test_labelled_pairs_are_balanced_and_labelled_by_the_verifier():
+    problems = [Problem("2+3*4", 14, "precedence"), Problem("5+6", 11, "one_op")]
+    pairs = labelled_pairs(problems, WORLD, 40, seed=0)
+    assert sum(p[2] for p in pairs) == 20
+    for query, answer, correct in pairs:
+        assert correct == (answer == {"2+3*4": "41", "5+6": "11"}[query])
+
+
+# ---- R_Q in the rewards (LSP_SPEC 4.3) ---------------------------------------------------------
+def test_self_reward_combination_by_hand():
+    task = torch.tensor([[1.0, 0.0], [0.0, 0.0]])     # R, N=2 queries, G=2 answers
+    quality = torch.tensor([[7.0, 5.0], [2.0, 4.0]])  # R_Q
+    assert torch.equal(solver_rewards(task, quality), torch.tensor([[8.0, 5.0], [2.0, 4.0]]))
+    # -V + V_Q: V = (0.5, 0), V_Q = (6, 3)
+    assert torch.equal(challenger_rewards(-task.mean(-1), quality), torch.tensor([5.5, 3.0]))
+    assert torch.equal(challenger_rewards(-task.mean(-1), quality, weight=0.5), torch.tensor([2.5, 1.5]))
+    assert torch.equal(solver_rewards(task, quality, weight=0.0), task)
+
+
+# ---- the judge object --------------------------------------------------------------------------
+def test_judge_scores_every_pair_in_one_batch_with_the_frozen_reference(monkeypatch):
+    tokenizer = build_tokenizer()
+    policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2), seed=0)
+    calls = []
+    import lsp_exp.judge.judge as judge_module
+
+    def fake_generate(model, tok, prompts, **kwargs):
+        calls.append((model, prompts, kwargs))
+        replies = ["ok <Score>6</Score>", "<Calculation>1+0+1+0+1+0+0=3</Calculation>", "garbage"]
+
+        class Out:
+            texts = replies[: len(prompts)]
+        return Out()
+
+    monkeypatch.setattr(judge_module, "generate", fake_generate)
+    reference = Reference(policy)
+    judge = SelfQualityJudge(reference, tokenizer, TEMPLATES["toy"], fallback_score=1.0)
+    scores = judge.score(["1+2", "3+4", "5*6"], ["3", "7", "03"])
+    assert len(calls) == 1 and calls[0][0] is reference.frozen and calls[0][2]["do_sample"] is False
+    assert "<Instruction>3+4</Instruction><Response>7</Response>" in calls[0][1][1]
+    assert scores.values.tolist() == [6.0, 3.0, 1.0]
+    assert scores.parse_fail.tolist() == [False, True, True]
+    assert scores.unscored.tolist() == [False, False, True]
+    metrics = scores.metrics()
+    assert metrics["train/judge/parse_fail_frac"] == pytest.approx(2 / 3)
+    assert metrics["train/judge/unscored_frac"] == pytest.approx(1 / 3)
+    assert metrics["train/judge/query_points"] == 1.0  # criteria 1-2 of the one 7-term calculation
+
+
+def test_judge_generates_real_replies_on_a_tiny_model():
+    tokenizer = build_tokenizer()
+    policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2), seed=0)
+    judge = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy"], max_new_tokens=6)
+    scores = judge.score(["1+2"] * 4, ["3", "4", "x", ""])
+    assert scores.values.shape == (4,) and len(scores.texts) == 4
+    assert scores.unscored.all() and (scores.values == 0).all()  # an untrained model: fallback, counted
