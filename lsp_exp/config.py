@@ -120,13 +120,22 @@ class KLSchema:
     beta_solver: Optional[float] = None
     estimator: str = "k1"
     placement: str = "advantage"        # advantage | loss | reward
+    controller: str = "fixed"           # fixed | adaptive (Ziegler et al. 2019; beta is the initial value)
+    target: float = 1.0                 # adaptive: the target sequence KL per role
+    horizon: float = 500.0              # adaptive: steps over which beta may change by ~20%
 
 
 @dataclass
 class AlgorithmSchema:
+    """A named combination of pure functions from lsp_exp/rl (see rl/algorithms.py)."""
+
     name: str = MISSING
-    advantage: str = "group_mean"
-    policy_loss: str = "reinforce"
+    advantage: str = "group_mean"       # group_mean | group_std | rloo | batch_norm
+    policy_loss: str = "reinforce_token"  # reinforce_token | clipped
+    aggregation: str = "seq_mean_token_sum"  # seq_mean_token_sum | seq_mean_token_mean | token_mean | seq_mean_token_sum_norm
+    clip_low: float = 0.2               # ratio clipped to [1 - clip_low, 1 + clip_high] (policy_loss=clipped)
+    clip_high: Optional[float] = None   # None: = clip_low; DAPO's asymmetric epsilon_high otherwise
+    epochs: int = 1                     # optimizer steps over one batch of playouts (PPO's inner epochs)
 
 
 @dataclass

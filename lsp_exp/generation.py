@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from lsp_exp.rl.diagnostics import token_entropy
+
 
 @dataclass
 class Rollout:
@@ -73,10 +75,17 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     )
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask)."""
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   entropy_mask: torch.Tensor | None = None):
+    """log p(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask).
+
+    With `entropy_mask` [B, L - 1], also the mean entropy of the predicted distributions over the
+    masked positions, from the same forward pass: returns (logp, entropy)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    chosen = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    if entropy_mask is None:
+        return chosen
+    return chosen, token_entropy(logits[:, :-1].detach(), entropy_mask)
 

@@ -21,10 +21,13 @@ from lsp_exp.judge.judge import SelfQualityJudge
 from lsp_exp.judge.judging import judge_the_judges
 from lsp_exp.judge.templates import get_template
 from lsp_exp.models import Reference
-from lsp_exp.rl import ADVANTAGE_ESTIMATORS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS, POLICY_LOSSES, get
-from lsp_exp.rl.kl import sequence_kl
-from lsp_exp.rl.objective import query_values, role_loss
+from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS, get
+from lsp_exp.rl.algorithms import AlgorithmSpec
+from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
+from lsp_exp.rl.objective import query_values
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
+from lsp_exp.roles import RoleBatch, role_terms
+from lsp_exp.step_metrics import reward_metrics, step_metrics
 from lsp_exp.tracking import log_eval, log_sample_table, sample_rows
 
 
@@ -44,13 +47,12 @@ class SelfPlayModule(L.LightningModule):
         self.judge = SelfQualityJudge(
             self.reference, tokenizer, get_template(judge_template), max_new_tokens=j.max_new_tokens,
             temperature=j.temperature, fallback_score=j.fallback_score) if cfg.game.self_reward else None
-        self.advantage_fn = get(ADVANTAGE_ESTIMATORS, cfg.algorithm.advantage, "algorithm.advantage")
-        self.policy_loss_fn = get(POLICY_LOSSES, cfg.algorithm.policy_loss, "algorithm.policy_loss")
+        a = cfg.algorithm
+        self.algorithm = AlgorithmSpec(a.advantage, a.policy_loss, a.aggregation, clip_low=a.clip_low,
+                                       clip_high=a.clip_low if a.clip_high is None else a.clip_high, epochs=a.epochs)
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
         self.objective_fn = get(CHALLENGER_OBJECTIVES, cfg.game.challenger_objective, "game.challenger_objective")
-        kl = cfg.kl
-        self.beta_solver = kl.beta if kl.beta_solver is None else kl.beta_solver
-        self.beta_challenger = kl.beta if kl.beta_challenger is None else kl.beta_challenger
+        self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
         self.eval_history: dict[int, dict[str, float]] = {}
         self.judging: dict[str, float] = {}  # eval/judge/* and eval/reward/* at the start
         self.skipped_steps = 0
@@ -73,6 +75,13 @@ class SelfPlayModule(L.LightningModule):
             log_eval(self.logger, 0, metrics)
             self.judging = metrics
         self._evaluate(samples=self.cfg.eval.samples)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
+
+    def on_load_checkpoint(self, checkpoint):
+        for k, state in checkpoint.get("kl_controllers", {}).items():
+            self.kl_controllers[k].load_state_dict(state)
 
     def on_train_end(self):
         self._evaluate(samples=self.cfg.eval.samples)
@@ -107,33 +116,31 @@ class SelfPlayModule(L.LightningModule):
             sol_rewards = solver_rewards(rewards, quality, cfg.self_reward_weight)
             ch_rewards = challenger_rewards(ch_rewards, quality, cfg.self_reward_weight)
         with _timed(times, "ref"), torch.no_grad(), self.reference.model() as ref:
-            ref_sol = token_logprobs(ref, answers.input_ids, answers.attention_mask)
-            ref_ch = token_logprobs(ref, queries.rollout.input_ids, queries.rollout.attention_mask) if queries.rollout else None
-
-        with _timed(times, "update"):
-            sol_mask = answers.completion_mask[:, 1:]
-            tok_sol = token_logprobs(self.policy, answers.input_ids, answers.attention_mask)
-            solver = role_loss(
-                sol_rewards, query_valid[:, None].expand(n, g), (tok_sol * sol_mask).sum(-1),
-                sequence_kl(self.kl_estimator, tok_sol, ref_sol, sol_mask), beta=self.beta_solver,
-                placement=self.cfg.kl.placement, advantage_fn=self.advantage_fn, policy_loss_fn=self.policy_loss_fn)
-            loss = solver.total
-            challenger = None
+            roles = [RoleBatch("solver", answers, sol_rewards, query_valid[:, None].expand(n, g),
+                               token_logprobs(ref, answers.input_ids, answers.attention_mask),
+                               self.kl_controllers["solver"].value, cfg.max_answer_tokens)]
             if queries.rollout is not None:
-                ch_mask = queries.rollout.completion_mask[:, 1:]
-                tok_ch = token_logprobs(self.policy, queries.rollout.input_ids, queries.rollout.attention_mask)
-                challenger = role_loss(
-                    ch_rewards[None, :], torch.ones(1, n, dtype=torch.bool, device=self.device),
-                    (tok_ch * ch_mask).sum(-1), sequence_kl(self.kl_estimator, tok_ch, ref_ch, ch_mask),
-                    beta=self.beta_challenger, placement=self.cfg.kl.placement,
-                    advantage_fn=self.advantage_fn, policy_loss_fn=self.policy_loss_fn)
-                loss = loss + cfg.alpha_ch * challenger.total
-            grad_norm = self._optimizer_step(loss)
+                roles.append(RoleBatch("challenger", queries.rollout, ch_rewards[None, :],
+                                       torch.ones(1, n, dtype=torch.bool, device=self.device),
+                                       token_logprobs(ref, queries.rollout.input_ids, queries.rollout.attention_mask),
+                                       self.kl_controllers["challenger"].value, cfg.max_query_tokens))
+        weights = {"solver": 1.0, "challenger": cfg.alpha_ch}
+        with _timed(times, "update"):
+            epochs = self.algorithm.epochs
+            for epoch in range(epochs):  # PPO-style inner epochs over the same playouts (1 for LSP)
+                terms = {b.name: role_terms(b, self.policy, estimator=self.kl_estimator, placement=self.cfg.kl.placement,
+                                            algorithm=self.algorithm) for b in roles}
+                grad_norm = self._optimizer_step(sum(weights[k] * t.total for k, t in terms.items()),
+                                                 last=epoch == epochs - 1)
+        for b in roles:  # the adaptive controller moves beta towards the target KL (fixed: no-op)
+            self.kl_controllers[b.name].update(terms[b.name].kl_mean)
 
         step_s = time.perf_counter() - step_start
         generated = answers.completion_mask.sum() + (queries.rollout.completion_mask.sum() if queries.rollout else 0)
-        metrics = self._step_metrics(rewards, query_valid, values, answers, queries, solver, challenger, grad_norm)
-        metrics.update(self._reward_metrics(scores, truth, judged, sol_rewards, ch_rewards, query_valid, queries, n, g))
+        metrics = step_metrics(rewards=rewards, query_valid=query_valid, values=values, answers=answers, queries=queries,
+                               roles=roles, terms=terms, weights=weights, grad_norm=grad_norm)
+        metrics.update(reward_metrics(scores=scores, truth=truth, judged=judged, sol_rewards=sol_rewards,
+                                      ch_rewards=ch_rewards, query_valid=query_valid, queries=queries, n=n, g=g))
         metrics.update({f"perf/{k}_s": v for k, v in times.items()})
         metrics.update({"perf/step_s": step_s, "perf/tokens_per_s": float(generated) / step_s})
         self.log_dict(metrics, on_step=True, on_epoch=False)
@@ -142,72 +149,40 @@ class SelfPlayModule(L.LightningModule):
 
         step = self.global_step
         if self.cfg.eval.sample_table_every and step % self.cfg.eval.sample_table_every == 0:
-            per_pair = {"reward": rewards, "solver_reward": sol_rewards, "solver_advantage": solver.advantages}
+            per_pair = {"reward": rewards, "solver_reward": sol_rewards, "solver_advantage": roles[0].advantages}
             if judged is not None:
                 per_pair["judge_score"] = judged.values.view(n, g)
             per_query = {"value": values, "challenger_reward": ch_rewards}
-            if challenger is not None:
-                per_query["challenger_advantage"] = challenger.advantages[0]
+            if len(roles) > 1:
+                per_query["challenger_advantage"] = roles[1].advantages[0]
             texts = {"judge_reply": judged.texts} if judged is not None else {}
             log_sample_table(self.logger, step, sample_rows(queries.texts, answers.texts, per_pair, per_query, texts))
         every = self.cfg.eval.every_n_steps
         if every and step % every == 0 and step < self.trainer.max_steps:
             self._evaluate(samples=0)
 
-    def _optimizer_step(self, loss: torch.Tensor) -> float:
-        """Backward and one optimizer step; a non-finite loss skips the step and is counted."""
+    def _optimizer_step(self, loss: torch.Tensor, last: bool) -> float:
+        """Backward and one optimizer step; a non-finite loss skips the update and is counted.
+
+        Lightning counts `global_step` in optimizer steps; `trainer.max_steps` counts self-play
+        steps, so only the last of a step's inner epochs goes through Lightning's optimizer wrapper
+        (the others step the wrapped torch optimizer directly). A skipped update still counts the
+        step (the optimizer steps with no gradients), so a run of bad steps cannot loop forever."""
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        grad_norm = float("nan")
+        if torch.isfinite(loss):
+            self.manual_backward(loss)
+            params = [p for p in self.policy.parameters() if p.requires_grad]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf")))
+        else:
             self.skipped_steps += 1
             self.log("train/nonfinite_skips", float(self.skipped_steps))
-            return float("nan")
-        self.manual_backward(loss)
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))
-        opt.step()
-        return float(grad_norm)
-
-    def _step_metrics(self, rewards, query_valid, values, answers, queries, solver, challenger, grad_norm):
-        valid_f = query_valid.float()
-        n_valid = valid_f.sum().clamp(min=1)
-        grouped_same = (rewards.max(-1).values == rewards.min(-1).values).float()
-        metrics = {
-            "train/solver/reward": float((rewards.mean(-1) * valid_f).sum() / n_valid),
-            "train/value_mean": float((values * valid_f).sum() / n_valid),
-            "train/query_valid_frac": float(valid_f.mean()),
-            "train/zero_std_frac": float((grouped_same * valid_f).sum() / n_valid),
-            "train/answer_len": float(answers.completion_lengths.float().mean()),
-            "train/answer_unfinished_frac": float((~answers.finished).float().mean()),
-            "train/kl/solver": float(solver.kl_mean),
-            "train/loss/solver": float(solver.policy.detach()),
-            "train/loss/kl": float(self.beta_solver * solver.kl_mean),
-            "train/grad_norm": grad_norm,
-        }
-        if challenger is not None:
-            metrics.update({
-                "train/kl/challenger": float(challenger.kl_mean),
-                "train/loss/challenger": float(challenger.policy.detach()),
-                "train/query_len": float(queries.rollout.completion_lengths.float().mean()),
-                "train/query_unfinished_frac": float((~queries.finished).float().mean()),
-            })
-            metrics["train/loss/kl"] += self.cfg.game.alpha_ch * self.beta_challenger * float(challenger.kl_mean)
-        return metrics
-
-    def _reward_metrics(self, scores, truth, judged, sol_rewards, ch_rewards, query_valid, queries, n, g):
-        """The proxy beside the ground truth, the judge, and the rewards each role trains on."""
-        metrics = {f"train/reward/{name}": float(v.mean()) for name, v in scores.parts.items()}
-        if queries.rollout is not None:
-            metrics["train/challenger/reward"] = float(ch_rewards.mean())
-        if judged is not None:
-            metrics.update(judged.metrics())
-            valid = query_valid.float()
-            metrics["train/solver/total_reward"] = float((sol_rewards.mean(-1) * valid).sum() / valid.sum().clamp(min=1))
-        if truth is not None:  # the verifier beside a proxy reward: reward hacking shows as a gap
-            graded = truth.valid.view(n, g)
-            metrics["train/solver/true_accuracy"] = float(truth.values.view(n, g)[graded].mean()) if graded.any() else 0.0
-            metrics["train/query_valid_frac"] = float((graded.all(-1) & queries.finished.cpu()).float().mean())
-        return metrics
+        if last:
+            opt.step()
+        elif grad_norm == grad_norm:  # not NaN: a real update
+            opt.optimizer.step()
+        return grad_norm
 
     # ---- held-out evaluation -------------------------------------------------------------------
     def _evaluate(self, samples: int) -> None:
@@ -217,6 +192,15 @@ class SelfPlayModule(L.LightningModule):
                                   max_new_tokens=self.cfg.game.max_answer_tokens, slices=self.eval_slices)
         self.eval_history[self.global_step] = metrics
         log_eval(self.logger, self.global_step, metrics)
+
+
+def kl_controller(kl, role: str):
+    """The role's KL coefficient: `kl.beta_<role>` when set, else `kl.beta`; fixed or adaptive."""
+    beta = kl[f"beta_{role}"] if kl[f"beta_{role}"] is not None else kl.beta
+    get(KL_CONTROLLERS, kl.controller, "kl.controller")
+    if kl.controller == "adaptive":
+        return AdaptiveKLController(beta, kl.target, kl.horizon)
+    return FixedKLController(beta)
 
 
 @contextmanager

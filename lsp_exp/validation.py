@@ -7,7 +7,8 @@ from lsp_exp.judge.parsing import MAX_SCORE
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.rewards import KINDS as REWARD_KINDS
 from lsp_exp.rewards.reward_model import TRANSFORMS
-from lsp_exp.rl import ADVANTAGE_ESTIMATORS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS, POLICY_LOSSES
+from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,
+                        TOKEN_POLICY_LOSSES)
 from lsp_exp.rl.kl import PLACEMENTS
 from lsp_exp.toy.world import FLAWS
 
@@ -45,10 +46,18 @@ def validate(cfg: DictConfig) -> None:
         require(value is None or value >= 0, f"kl.{key}", "must be >= 0")
     require(kl.estimator in KL_ESTIMATORS, "kl.estimator", f"unknown; available: {', '.join(sorted(KL_ESTIMATORS))}")
     require(kl.placement in PLACEMENTS, "kl.placement", f"unknown; available: {', '.join(PLACEMENTS)}")
-    require(cfg.algorithm.advantage in ADVANTAGE_ESTIMATORS, "algorithm.advantage",
-            f"unknown; available: {', '.join(sorted(ADVANTAGE_ESTIMATORS))}")
-    require(cfg.algorithm.policy_loss in POLICY_LOSSES, "algorithm.policy_loss",
-            f"unknown; available: {', '.join(sorted(POLICY_LOSSES))}")
+    algo = cfg.algorithm
+    for key, registry in (("advantage", ADVANTAGE_ESTIMATORS), ("policy_loss", TOKEN_POLICY_LOSSES),
+                          ("aggregation", AGGREGATIONS)):
+        require(algo[key] in registry, f"algorithm.{key}", f"unknown; available: {', '.join(sorted(registry))}")
+    require(0 <= algo.clip_low < 1, "algorithm.clip_low", "must be in [0, 1)")
+    require(algo.clip_high is None or algo.clip_high >= 0, "algorithm.clip_high", "must be >= 0 (or null)")
+    require(algo.epochs >= 1, "algorithm.epochs", "must be at least 1")
+    require(algo.epochs == 1 or "16-mixed" not in str(cfg.trainer.precision), "trainer.precision",
+            "16-mixed (a gradient scaler) is not supported with algorithm.epochs > 1; use bf16-mixed or 32-true")
+    require(kl.controller in KL_CONTROLLERS, "kl.controller", f"unknown; available: {', '.join(sorted(KL_CONTROLLERS))}")
+    require(kl.target > 0, "kl.target", "must be > 0")
+    require(kl.horizon > 0, "kl.horizon", "must be > 0")
     require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     require(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
     require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be at least 1")

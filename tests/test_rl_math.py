@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from lsp_exp.rl.advantages import group_mean_advantage
+from lsp_exp.rl.algorithms import ALGORITHMS
 from lsp_exp.rl.challenger import check_objective, learnability, neg_value, uncertainty
 from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
 from lsp_exp.rl.losses import kl_penalised, reinforce_loss
-from lsp_exp.rl.objective import query_values, role_loss
+from lsp_exp.rl.objective import query_values, role_advantages, role_loss
 
 close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
 
@@ -112,6 +113,16 @@ def test_kl_in_advantage_gives_reverse_kl_gradient_and_literal_term_averages_to_
     close(torch.autograd.grad(literal, theta)[0], torch.zeros(3))
 
 
+LSP = ALGORITHMS["lsp"]
+
+
+def lsp_role_loss(rewards, mask, logp, kl, beta, placement):
+    """role_advantages + role_loss with one-token sequences, so token and sequence log-probs coincide."""
+    adv = role_advantages(rewards, mask, kl, beta=beta, placement=placement, advantage_fn=group_mean_advantage)
+    return role_loss(logp[:, None], None, torch.ones(len(logp), 1), adv.flatten(), mask.flatten(), kl, beta=beta,
+                     placement=placement, algorithm=LSP), adv
+
+
 @pytest.mark.parametrize("placement, value, grad_logp, grad_kl", [
     ("advantage", 0.15, [-0.2, 0.35], [0.0, 0.0]),     # A = [.5, -.5] - .5*[.2, .4] = [.4, -.7]
     ("reward", 0.0, [-0.275, 0.275], [0.0, 0.0]),      # R = [.9, -.2] -> A = [.55, -.55]
@@ -121,8 +132,7 @@ def test_role_loss_kl_placements(placement, value, grad_logp, grad_kl):
     rewards = torch.tensor([[1.0, 0.0]])
     logp = torch.tensor([-1.0, -2.0], requires_grad=True)
     kl = torch.tensor([0.2, 0.4], requires_grad=True)
-    out = role_loss(rewards, torch.ones(1, 2, dtype=torch.bool), logp, kl, beta=0.5, placement=placement,
-                    advantage_fn=group_mean_advantage, policy_loss_fn=reinforce_loss)
+    out, _ = lsp_role_loss(rewards, torch.ones(1, 2, dtype=torch.bool), logp, kl, 0.5, placement)
     close(out.total, value)
     out.total.backward()
     close(logp.grad, grad_logp)
@@ -133,13 +143,13 @@ def test_role_loss_leaves_out_masked_groups():
     rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     mask = torch.tensor([[True, True], [False, False]])
     logp = torch.zeros(4, requires_grad=True)
-    out = role_loss(rewards, mask, logp, torch.zeros(4), beta=0.0, placement="advantage",
-                    advantage_fn=group_mean_advantage, policy_loss_fn=reinforce_loss)
+    out, adv = lsp_role_loss(rewards, mask, logp, torch.zeros(4), 0.0, "advantage")
     out.total.backward()
     close(logp.grad, [-0.25, 0.25, 0.0, 0.0])
+    close(adv, [[0.5, -0.5], [0.0, 0.0]])
 
 
-def test_role_loss_rejects_unknown_placement():
+def test_role_advantages_reject_unknown_placement():
     with pytest.raises(ValueError, match="kl.placement"):
-        role_loss(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.zeros(2), torch.zeros(2), beta=0.1,
-                  placement="sideways", advantage_fn=group_mean_advantage, policy_loss_fn=reinforce_loss)
+        role_advantages(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.zeros(2), beta=0.1,
+                        placement="sideways", advantage_fn=group_mean_advantage)

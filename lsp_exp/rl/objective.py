@@ -1,5 +1,5 @@
-"""One role's loss from its rewards, log-probs and KL estimates (LSP eq. 2-5), for any registered
-advantage estimator and policy loss, with the KL term in one of three places."""
+"""One role's loss (LSP eq. 2-5 and the algorithms of algorithms.py): advantages from rewards, a
+token-level policy loss, and the KL term in one of three places."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,15 +7,17 @@ from typing import Callable
 
 import torch
 
+from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.losses import kl_penalised, masked_mean
 
 
 @dataclass
 class RoleLoss:
-    policy: torch.Tensor      # the policy-gradient loss (includes the KL when placed in the advantage/reward)
-    kl: torch.Tensor          # the separate KL loss term (non-zero only for placement="loss")
-    advantages: torch.Tensor  # [groups, members], detached
-    kl_mean: torch.Tensor     # mean sequence KL estimate over the counted members, detached
+    policy: torch.Tensor     # the policy-gradient loss (includes the KL when placed in the advantage/reward)
+    kl: torch.Tensor         # the separate KL loss term (non-zero only for placement="loss")
+    kl_mean: torch.Tensor    # mean sequence KL estimate over the counted members, detached
+    clip_frac: torch.Tensor  # fraction of counted tokens on the clipped branch, detached
+    approx_kl: torch.Tensor  # approximate KL(old || new) over counted tokens, detached
 
     @property
     def total(self) -> torch.Tensor:
@@ -27,24 +29,32 @@ def query_values(rewards: torch.Tensor, valid: torch.Tensor, invalid_value: floa
     return torch.where(valid, rewards.mean(-1), torch.full_like(rewards[:, 0], invalid_value))
 
 
-def role_loss(rewards: torch.Tensor, mask: torch.Tensor, logp: torch.Tensor, kl: torch.Tensor, *, beta: float,
-              placement: str, advantage_fn: Callable, policy_loss_fn: Callable) -> RoleLoss:
-    """rewards/mask [groups, members]; logp/kl [groups * members] (kl with grad for placement="loss").
+def role_advantages(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor, *, beta: float, placement: str,
+                    advantage_fn: Callable) -> torch.Tensor:
+    """Detached advantages [groups, members] from rewards and the sequence KL estimates [groups * members]:
 
-    - placement="advantage": A <- A - beta * stop_grad(KL)   (LSP_SPEC 3.3 (a), the default);
-    - placement="reward":    R <- R - beta * stop_grad(KL) before the group baseline;
-    - placement="loss":      L <- L + beta * mean(KL)        (the literal eq. 4-5 form).
+    - placement="advantage": A <- A(R) - beta * stop_grad(KL)   (LSP_SPEC 3.3 (a), the default);
+    - placement="reward":    A <- A(R - beta * stop_grad(KL))   (the KL shares the group baseline);
+    - placement="loss":      A <- A(R), and beta * mean(KL) is added to the loss (the literal eq. 4-5).
     """
-    kl_grid = kl.view(rewards.shape)
+    kl_grid = kl.detach().view(rewards.shape)
     if placement == "reward":
-        rewards = rewards - beta * kl_grid.detach()
+        rewards = rewards - beta * kl_grid
+    elif placement not in ("advantage", "loss"):
+        raise ValueError(f"unknown kl.placement {placement!r}; available: advantage, loss, reward")
     advantages = advantage_fn(rewards, mask)
     if placement == "advantage":
-        advantages = kl_penalised(advantages, kl_grid, beta) * mask
-    elif placement not in ("reward", "loss"):
-        raise ValueError(f"unknown kl.placement {placement!r}; available: advantage, loss, reward")
-    flat_mask = mask.flatten()
-    policy = policy_loss_fn(logp, advantages.flatten().detach(), flat_mask)
-    kl_mean = masked_mean(kl, flat_mask)
-    kl_loss = beta * kl_mean if placement == "loss" else torch.zeros_like(policy)
-    return RoleLoss(policy, kl_loss, advantages.detach(), kl_mean.detach())
+        advantages = kl_penalised(advantages, kl_grid, beta)
+    return (advantages * mask).detach()
+
+
+def role_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, token_mask: torch.Tensor, advantages: torch.Tensor,
+              member_mask: torch.Tensor, kl: torch.Tensor, *, beta: float, placement: str, algorithm: AlgorithmSpec,
+              max_tokens: int | None = None) -> RoleLoss:
+    """logp/old_logp/token_mask [B, T]; advantages, member_mask, kl [B] (kl with grad for placement="loss").
+    Members outside `member_mask` (e.g. answers to invalid queries) count nowhere."""
+    mask = token_mask * member_mask[:, None].to(token_mask.dtype)
+    out = algorithm.loss(logp, old_logp, advantages, mask, max_tokens=max_tokens)
+    kl_mean = masked_mean(kl, member_mask)
+    kl_loss = beta * kl_mean if placement == "loss" else torch.zeros_like(out.loss)
+    return RoleLoss(out.loss, kl_loss, kl_mean.detach(), out.clip_frac, out.approx_kl)

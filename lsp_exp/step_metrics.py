@@ -1,0 +1,63 @@
+"""The per-step metrics of a self-play step (metric keys: DESIGN.md)."""
+from __future__ import annotations
+
+import torch
+
+from lsp_exp.rl.diagnostics import advantage_stats, zero_std_fraction
+
+
+def _valid_mean(per_query: torch.Tensor, valid: torch.Tensor) -> float:
+    valid = valid.float()
+    return float((per_query * valid).sum() / valid.sum().clamp(min=1))
+
+
+def role_metrics(batch, terms, alpha: float) -> dict[str, float]:
+    """Diagnostics of one role: KL, losses, entropy, clipping, advantages, zero-variance groups."""
+    name, mask = batch.name, batch.member_mask
+    adv_mean, adv_std = advantage_stats(batch.advantages, mask)
+    return {
+        f"train/kl/{name}": float(terms.kl_mean),
+        f"train/kl/beta_{name}": batch.beta,
+        f"train/loss/{name}": float(terms.policy.detach()),
+        f"train/entropy/{name}": batch.entropy,
+        f"train/clip_frac/{name}": float(terms.clip_frac),
+        f"train/approx_kl_old/{name}": float(terms.approx_kl),
+        f"train/adv_mean/{name}": float(adv_mean),
+        f"train/adv_std/{name}": float(adv_std),
+        f"train/zero_std_frac/{name}": float(zero_std_fraction(batch.rewards, mask)),
+        f"_kl_loss/{name}": alpha * batch.beta * float(terms.kl_mean),
+    }
+
+
+def step_metrics(*, rewards, query_valid, values, answers, queries, roles, terms, weights, grad_norm) -> dict[str, float]:
+    metrics = {
+        "train/solver/reward": _valid_mean(rewards.mean(-1), query_valid),
+        "train/value_mean": _valid_mean(values, query_valid),
+        "train/query_valid_frac": float(query_valid.float().mean()),
+        "train/answer_len": float(answers.completion_lengths.float().mean()),
+        "train/answer_unfinished_frac": float((~answers.finished).float().mean()),
+        "train/grad_norm": grad_norm,
+    }
+    for batch in roles:
+        metrics.update(role_metrics(batch, terms[batch.name], weights[batch.name]))
+    metrics["train/zero_std_frac"] = metrics["train/zero_std_frac/solver"]
+    metrics["train/loss/kl"] = sum(metrics.pop(f"_kl_loss/{b.name}") for b in roles)
+    if queries.rollout is not None:
+        metrics["train/query_len"] = float(queries.rollout.completion_lengths.float().mean())
+        metrics["train/query_unfinished_frac"] = float((~queries.finished).float().mean())
+    return metrics
+
+
+def reward_metrics(*, scores, truth, judged, sol_rewards, ch_rewards, query_valid, queries, n, g) -> dict[str, float]:
+    """The proxy beside the ground truth, the judge, and the rewards each role trains on."""
+    metrics = {f"train/reward/{name}": float(v.mean()) for name, v in scores.parts.items()}
+    if queries.rollout is not None:
+        metrics["train/challenger/reward"] = float(ch_rewards.mean())
+    if judged is not None:
+        metrics.update(judged.metrics())
+        metrics["train/solver/total_reward"] = _valid_mean(sol_rewards.mean(-1), query_valid)
+    if truth is not None:  # the verifier beside a proxy reward: reward hacking shows as a gap
+        graded = truth.valid.view(n, g)
+        metrics["train/solver/true_accuracy"] = float(truth.values.view(n, g)[graded].mean()) if graded.any() else 0.0
+        metrics["train/query_valid_frac"] = float((graded.all(-1) & queries.finished.cpu()).float().mean())
+    return metrics
