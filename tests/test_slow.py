@@ -1,4 +1,5 @@
-"""Slow checks (`make test-slow`): the shipped base is what `lsp-bootstrap` builds, and it is good."""
+"""Slow checks (`make test-slow`): the shipped base (with its judge stage) and the shipped tiny reward
+model are what `lsp-bootstrap` builds, and the base is good."""
 import json
 
 import pytest
@@ -30,3 +31,20 @@ def test_bootstrap_reproduces_the_shipped_base(tmp_path):
     acc_theirs = evaluate_solver(theirs, tokenizer, heldout)["accuracy"]
     assert abs(acc_ours - acc_theirs) < 0.03
     assert 0.4 < acc_theirs < 0.8
+
+
+def test_bootstrap_reproduces_the_shipped_tiny_rm(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from lsp_exp.toy.reward_model import SHIPPED_DIR as RM_SHIPPED, build_tiny_rm, tiny_rm_dir
+
+    cfg = compose_config("bootstrap")
+    shipped = RM_SHIPPED / tiny_rm_dir(cfg.world, cfg.reward.bootstrap, tmp_path).name
+    if not shipped.is_dir():
+        pytest.skip("no shipped tiny reward model for the current config")
+    rebuilt = build_tiny_rm(cfg.world, cfg.reward.bootstrap, tmp_path, force=True)
+    ours = AutoModelForSequenceClassification.from_pretrained(rebuilt)
+    theirs = AutoModelForSequenceClassification.from_pretrained(shipped)
+    if torch.get_num_threads() == json.loads((shipped / "info.json").read_text())["torch_threads"]:
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert torch.equal(a, b), name

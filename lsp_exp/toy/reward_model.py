@@ -112,7 +112,8 @@ def build_tiny_rm(world: DictConfig, cfg: DictConfig, outputs: str | Path, force
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     info = {"key": target.name, "parameters": sum(p.numel() for p in model.parameters()), "last_loss": last_loss,
-            "train_seconds": round(time.time() - started, 1), "config": asdict(rm_cfg),
+            "train_seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads(),
+            "config": asdict(rm_cfg),
             "world": OmegaConf.to_container(world)}
     (tmp / "info.json").write_text(json.dumps(info, indent=2))
     (tmp / "DONE").write_text("ok\n")
