@@ -92,8 +92,9 @@ def test_believed_value_is_the_teachers():
 
 
 def test_judgement_text_round_trips_through_the_parser():
-    text = judgement_text((1, 1, 1, 1, 0, 1, 0))
-    assert text == "query ok, answer wrong. <Calculation>1+1+1+1+0+1+0=5</Calculation><Score>5</Score>"
+    text = judgement_text((1, 1, 1, 1, 0, 1, 0), 14)
+    assert text == "query ok, expect 41, answer wrong. <Calculation>1+1+1+1+0+1+0=5</Calculation><Score>5</Score>"
+    assert judgement_text((0, 0, 0, 0, 0, 0, 0), None).startswith("no task, no number. <Calculation>")
     assert parse_judgement(text).score == 5.0
 
 

@@ -22,7 +22,7 @@ def latest_run_id(outputs):
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0].info.run_id
 
 
-@pytest.mark.parametrize("game", ["lsp_zero", "grpo_data"])
+@pytest.mark.parametrize("game", ["lsp", "lsp_zero", "grpo_data"])
 def test_train_logs_params_metrics_and_artifacts(shared_outputs, game):
     history = train(compose_config("train", tiny_overrides(shared_outputs, f"game={game}")))
     assert sorted(history) == [0, 2, 3]   # before, every 2 steps, at the end
@@ -37,9 +37,14 @@ def test_train_logs_params_metrics_and_artifacts(shared_outputs, game):
         assert key in metrics, key
     assert len(metrics["train/solver/reward"]) == 3
     assert [s for s, _ in metrics["eval/accuracy"]] == [0, 2, 3]
-    if game == "lsp_zero":
-        for key in ["train/challenger/reward", "train/kl/challenger", "train/loss/challenger", "train/query_len"]:
+    if game != "grpo_data":
+        for key in ["train/challenger/reward", "train/kl/challenger", "train/loss/challenger", "train/query_len",
+                    "train/entropy/challenger", "train/zero_std_frac/challenger"]:
             assert key in metrics, key
+    judge_keys = ["train/judge/score", "train/judge/parse_fail_frac", "train/solver/total_reward", "perf/judge_s",
+                  "eval/judge/auc", "eval/judge/f1"]
+    assert all((key in metrics) == (game == "lsp") for key in judge_keys), sorted(metrics)
+    assert "eval/reward/f1" in metrics and "train/entropy/solver" in metrics and "train/clip_frac/solver" in metrics
     artifacts = {a.path for a in mlflow.MlflowClient(f"sqlite:///{shared_outputs}/mlflow.db").list_artifacts(run.info.run_id)}
     assert {"config", "samples", "model"} <= artifacts
 
@@ -73,8 +78,16 @@ def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
     assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("override", ["kl=none", "kl.placement=loss", "kl.placement=reward", "kl.estimator=k3",
-                                      "game.challenger_objective=uncertainty", "game.invalid_query_value=0.0"])
+TINY_RM = ["reward.bootstrap.steps=2", "reward.bootstrap.hidden_size=16", "reward.bootstrap.intermediate_size=32",
+           "reward.bootstrap.num_hidden_layers=1", "reward.bootstrap.num_attention_heads=2"]
+
+
+@pytest.mark.parametrize("override", [
+    "kl=none", "kl.placement=loss", "kl.placement=reward", "kl.estimator=k3", "kl=adaptive",
+    "game.challenger_objective=uncertainty", "game.challenger_objective=learnability", "game.invalid_query_value=0.0",
+    "algorithm=grpo", "algorithm=dr_grpo", "algorithm=rloo", "algorithm=reinforce_pp", "algorithm=ppo",
+    "game.self_reward_weight=0.5", "game.judge.fallback_score=3",
+])
 def test_cpu_options_instantiate_and_train_one_step(shared_outputs, override):
     history = train(compose_config("train", tiny_overrides(shared_outputs, override, "logger=none",
                                                            "trainer.max_steps=1", "eval.samples=0")))
@@ -85,3 +98,28 @@ def test_unknown_reward_kind_fails_with_a_clear_message(shared_outputs):
     out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "reward.kind=oracle",
                           "logger=none")], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr and "oracle" in out.stderr
+
+
+def test_proxy_reward_logs_the_verifier_beside_it(shared_outputs):
+    """reward=tiny_rm: the Solver is trained on the reward model; the verifier's accuracy is logged too."""
+    train(compose_config("train", tiny_overrides(shared_outputs, "reward=tiny_rm", *TINY_RM)))
+    _, metrics = run_metrics(shared_outputs, latest_run_id(shared_outputs))
+    for key in ["train/solver/true_accuracy", "train/solver/reward", "eval/reward/auc", "eval/reward/precision"]:
+        assert key in metrics, key
+    assert all(0 <= v <= 1 for _, v in metrics["train/solver/reward"])  # sigmoid of the RM's score
+
+
+def test_composite_reward_logs_each_part(shared_outputs):
+    parts = [f"+reward.parts.tiny_rm.bootstrap.{o.split('.', 2)[2]}" for o in TINY_RM]
+    train(compose_config("train", tiny_overrides(shared_outputs, "reward=composite", *parts, "game=lsp_zero")))
+    _, metrics = run_metrics(shared_outputs, latest_run_id(shared_outputs))
+    for key in ["train/reward/verifier", "train/reward/tiny_rm", "train/solver/true_accuracy"]:
+        assert key in metrics, key
+
+
+def test_bounded_objective_refuses_an_unbounded_reward(shared_outputs, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(
+        shared_outputs, "reward=tiny_rm", *TINY_RM, "reward.transform=none", "game.challenger_objective=uncertainty",
+        "logger=none")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "game.challenger_objective=uncertainty needs a reward in [0, 1]" in out.stderr

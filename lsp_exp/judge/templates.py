@@ -48,7 +48,7 @@ TOY_RUBRIC = "judge: <Instruction>{instruction}</Instruction><Response>{response
 
 TEMPLATES = {
     "paper": JudgeTemplate("paper", PAPER_RUBRIC, max_new_tokens=320),
-    "toy": JudgeTemplate("toy", TOY_RUBRIC, max_new_tokens=48),
+    "toy": JudgeTemplate("toy", TOY_RUBRIC, max_new_tokens=64),
 }
 
 

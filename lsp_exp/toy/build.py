@@ -18,7 +18,7 @@ from lsp_exp.toy.tokenizer import build_tokenizer
 from lsp_exp.toy.world import WorldConfig
 
 FORMAT_VERSION = 1  # bump when the tokenizer, the chat format or the SFT code changes
-JUDGE_FORMAT_VERSION = 1  # bump when the judge template, the toy rubric or the judge data change
+JUDGE_FORMAT_VERSION = 2  # bump when the judge template, the toy rubric or the judge data change
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_world"
 
 

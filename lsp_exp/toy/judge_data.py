@@ -72,7 +72,7 @@ def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> 
     expected = believed_value(query, world, rng)
     answer = sample_answer(rng, query, expected)
     criteria = grade(query, answer, world, expected)
-    return TEMPLATES["toy"].render(query, answer), judgement_text(criteria)
+    return TEMPLATES["toy"].render(query, answer), judgement_text(criteria, expected)
 
 
 def labelled_pairs(problems: list[Problem], world: WorldConfig, n: int, seed: int) -> list[tuple[str, str, bool]]:

@@ -65,15 +65,18 @@ def grade(query: str, answer: str, world: WorldConfig, expected: int | None) -> 
     return tuple(int(c) for c in (task, clear, number, plausible, correct, concise, liked))
 
 
-def justification(criteria: tuple[int, ...]) -> str:
-    """A short justification (the paper asks for at most 100 words; the toy judge uses four)."""
+def justification(criteria: tuple[int, ...], expected: int | None) -> str:
+    """A short justification (the paper asks for at most 100 words; the toy judge uses a few): the
+    query's quality, the value the judge expects (written like an answer: it works the problem out
+    before comparing, a short chain of thought), and the verdict on the answer."""
     task, clear, number, _, correct, *_ = criteria
     query = "query ok" if clear else ("query unclear" if task else "no task")
+    expect = f" expect {encode_answer(expected)}," if expected is not None else ""
     answer = "answer right" if correct else ("answer wrong" if number else "no number")
-    return f"{query}, {answer}."
+    return f"{query},{expect} {answer}."
 
 
-def judgement_text(criteria: tuple[int, ...]) -> str:
+def judgement_text(criteria: tuple[int, ...], expected: int | None) -> str:
     """The judge's full output: justification, <Calculation> and <Score> (LSP_SPEC 4.2)."""
     calculation = "+".join(map(str, criteria)) + f"={sum(criteria)}"
-    return f"{justification(criteria)} <Calculation>{calculation}</Calculation><Score>{sum(criteria)}</Score>"
+    return f"{justification(criteria, expected)} <Calculation>{calculation}</Calculation><Score>{sum(criteria)}</Score>"
