@@ -17,6 +17,7 @@ from lsp_exp.models import Reference, load_toy_world
 from lsp_exp.rewards import build_reward
 from lsp_exp.toy.build import build_toy_world, world_config
 from lsp_exp.toy.judge_data import labelled_pairs
+from lsp_exp.toy.reward_model import build_tiny_rm
 from lsp_exp.toy.world import heldout_slices
 
 
@@ -32,6 +33,8 @@ def main(cfg: DictConfig) -> None:
     world = world_config(cfg.world)
     metrics = evaluate_solver(model, tokenizer, heldout, samples=8, slices=heldout_slices(world))
     console.print("base held-out: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    if cfg.reward.kind == "tiny_rm":  # (re)build it here so that force=true rebuilds it too
+        console.print(f"tiny reward model: {build_tiny_rm(cfg.world, cfg.reward.bootstrap, cfg.paths.outputs, cfg.force)}")
     reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
     judge = SelfQualityJudge(Reference(model), tokenizer, get_template("toy")) if "judge_seconds" in info else None
     judged = judge_the_judges(labelled_pairs(heldout, world, 512, cfg.world.seed), reward, judge)
