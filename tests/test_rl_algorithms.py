@@ -78,6 +78,13 @@ def test_group_std_is_invariant_to_positive_affine_rewards(row, scale, shift):
     close(group_std_advantage(scale * rewards + shift), group_std_advantage(rewards), atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["group_mean", "group_std", "rloo", "batch_norm"])
+def test_constant_groups_get_exactly_zero_advantage(name):
+    # 0.8734635 * 3 / 3 - 0.8734635 is not 0 in float32: the found counterexample of the property above.
+    rewards = torch.tensor([[0.8734635400645382] * 3, [0.1, 0.1, 0.1]])
+    assert torch.equal(ADVANTAGE_ESTIMATORS[name](rewards), torch.zeros(2, 3))
+
+
 # ---- aggregations -----------------------------------------------------------------------------
 
 LOSS = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, float("nan"), 0.0], [float("inf")] * 4])

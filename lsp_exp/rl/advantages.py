@@ -39,7 +39,12 @@ def group_mean_advantage(rewards: torch.Tensor, mask: torch.Tensor | None = None
     Challenger: rewards [1, N] with r_i = -V(q_i) give A_Ch(q_i) = mean_i V - V(q_i) (eq. 3).
     """
     mask = _mask(rewards, mask)
-    return (rewards - masked_group_mean(rewards, mask)) * mask
+    centred = (rewards - masked_group_mean(rewards, mask)) * mask
+    # A group whose valid rewards are all equal carries no signal: exactly 0, not float rounding
+    # noise (r - mean can be ~1e-8), which a std normalisation would blow up to O(0.01-1).
+    inf = torch.full_like(rewards, float("inf"))
+    constant = torch.where(mask, rewards, -inf).amax(-1, keepdim=True) == torch.where(mask, rewards, inf).amin(-1, keepdim=True)
+    return torch.where(constant, torch.zeros_like(centred), centred)
 
 
 @register(ADVANTAGE_ESTIMATORS, "group_std")
