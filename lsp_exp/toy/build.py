@@ -85,9 +85,14 @@ def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Pat
         info = _build_judge_stage(world, bootstrap, build_toy_world(world, base, outputs, force), tmp)
     else:
         info = _build_base_stage(world, bootstrap, tmp)
-    info = {"key": target.name, **info, "world": OmegaConf.to_container(world),
-            "bootstrap": OmegaConf.to_container(bootstrap)}
-    (tmp / "info.json").write_text(json.dumps(info, indent=2))
+    return publish(tmp, target, {**info, "world": OmegaConf.to_container(world),
+                                 "bootstrap": OmegaConf.to_container(bootstrap)})
+
+
+def publish(tmp: Path, target: Path, info: dict) -> Path:
+    """Finish a build: write info.json and the DONE marker in `tmp`, then move it to `target`, so a
+    cache directory is either complete or absent."""
+    (tmp / "info.json").write_text(json.dumps({"key": target.name, **info}, indent=2))
     (tmp / "DONE").write_text("ok\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from lsp_exp.toy.build import world_config
+from lsp_exp.toy.build import publish, world_config
 from lsp_exp.toy.data import make_splits
 from lsp_exp.toy.judge_data import sample_answer
 from lsp_exp.toy.sft import lr_at
@@ -111,12 +111,7 @@ def build_tiny_rm(world: DictConfig, cfg: DictConfig, outputs: str | Path, force
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    info = {"key": target.name, "parameters": sum(p.numel() for p in model.parameters()), "last_loss": last_loss,
-            "train_seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads(),
-            "config": asdict(rm_cfg),
-            "world": OmegaConf.to_container(world)}
-    (tmp / "info.json").write_text(json.dumps(info, indent=2))
-    (tmp / "DONE").write_text("ok\n")
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    return publish(tmp, target, {
+        "parameters": sum(p.numel() for p in model.parameters()), "last_loss": last_loss,
+        "train_seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads(),
+        "config": asdict(rm_cfg), "world": OmegaConf.to_container(world)})
