@@ -193,6 +193,8 @@ class TrainSchema:
     eval: EvalSchema = field(default_factory=EvalSchema)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: Optional[str] = None
+    init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<expr>
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm)
 
 
 @dataclass

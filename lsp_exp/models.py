@@ -73,13 +73,20 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_policy(cfg: DictConfig, path: str):
-    """The trainable policy: full fine-tune, or a LoRA adapter over frozen weights."""
+def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
+    """The trainable policy: full fine-tune, or a LoRA adapter over frozen weights.
+
+    `adapter`: a LoRA adapter of an earlier run (`init_from`), merged into the weights first, so the
+    new run starts from (and is anchored to) what the earlier run ended with."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline()
     )
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -29,6 +29,15 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
     )
 
 
+def tracking_uri(cfg: DictConfig) -> str | None:
+    """The store runs are logged to (and `init_from` reads from): the logger's, else MLflow's default."""
+    if cfg.logger.get("tracking_uri"):
+        return cfg.logger.tracking_uri
+    import mlflow
+
+    return mlflow.get_tracking_uri()
+
+
 def init_sqlite_store(uri: str) -> None:
     """Create (or migrate) a sqlite store under a file lock, so parallel jobs do not race on it."""
     import fcntl
@@ -48,6 +57,9 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
             "kl": cfg.kl.name, "model": cfg.model.name, "seed": str(cfg.seed)}
     if cfg.experiment:
         tags["experiment"] = str(cfg.experiment)
+    if cfg.get("init_from"):
+        tags["init_from"] = str(cfg.init_from)
+    tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit

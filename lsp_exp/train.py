@@ -22,8 +22,10 @@ from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.prompts import read_prompts  # noqa: E402
 from lsp_exp.rewards import ArithmeticReward, RewardModelError, build_reward  # noqa: E402
 from lsp_exp.rl.challenger import check_objective  # noqa: E402
 from lsp_exp.selfplay import SelfPlayModule  # noqa: E402
@@ -31,7 +33,7 @@ from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
 from lsp_exp.toy.data import read_problems  # noqa: E402
 from lsp_exp.toy.judge_data import labelled_pairs  # noqa: E402
 from lsp_exp.toy.world import heldout_slices  # noqa: E402
-from lsp_exp.tracking import build_logger, log_final_model, log_run_start  # noqa: E402
+from lsp_exp.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
 from lsp_exp.validation import ConfigError, validate  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
@@ -65,14 +67,17 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     world = world_config(cfg.world)
     # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
     model_path = resolve_model_path(cfg.model, cfg.world, cfg.paths.outputs)
+    init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
+    if init is not None and not is_adapter(init):
+        model_path = str(init)  # a full model: weights and tokenizer from the earlier run
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(model_path)
-    policy = load_policy(cfg.model, model_path).train()
+    policy = load_policy(cfg.model, model_path, adapter=init if init is not None and is_adapter(init) else None).train()
     heldout_path, prompts_path = data_paths(cfg)
     heldout = read_problems(heldout_path) if heldout_path else []
     if cfg.eval.max_problems:
         heldout = heldout[: cfg.eval.max_problems]
-    prompts = [p.text for p in read_problems(prompts_path)] if (prompts_path and not cfg.game.challenger) else None
+    prompts = read_prompts(prompts_path) if (prompts_path and not cfg.game.challenger) else None
     try:
         reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
         check_objective(cfg.game.challenger_objective, reward.bounds)
@@ -123,7 +128,7 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
 def main(cfg: DictConfig) -> float:
     try:
         history = train(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError) as err:
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     return history[max(history)]["accuracy"] if history else float("nan")

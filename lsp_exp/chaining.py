@@ -1,0 +1,83 @@
+"""`init_from`: start a run from another run's final weights (or LoRA adapter), so "LSP then RL" is
+two commands, or one multirun per stage.
+
+`init_from` takes one of
+- a directory in Hugging Face format (a full model, or a LoRA adapter with `adapter_config.json`);
+- an MLflow run id: that run's `model/` artifact (what `lsp-train` logs at the end);
+- `filter:<MLflow filter string>`: the newest FINISHED run that matches, in any experiment of the
+  tracking store, e.g. `filter:tags.arm = 'lsp' and tags.seed = '1'` (one config chains every seed
+  of a multirun with `${seed}` in the string).
+
+A run id is downloaded once into `<outputs>/init_from/<run id>/`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class InitFromError(ValueError):
+    """`init_from` names nothing that can be loaded; the message says what was looked for."""
+
+
+def find_run(spec: str, tracking_uri: str | None) -> str:
+    """The run id behind `spec`: itself when it is a run id, else the newest finished run matching
+    the `filter:` expression."""
+    if RUN_ID.match(spec):
+        return spec
+    if not spec.startswith("filter:"):
+        raise InitFromError(f"init_from={spec!r}: not a directory, an MLflow run id or 'filter:<expression>'")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    expression = spec.removeprefix("filter:").strip()
+    try:
+        runs = client.search_runs(experiments, filter_string=f"{expression} and attributes.status = 'FINISHED'",
+                                  order_by=["attributes.start_time DESC"], max_results=10)
+    except Exception as err:  # MLflow raises its own exception types for a bad filter
+        raise InitFromError(f"init_from={spec!r}: MLflow rejected the filter ({err})") from None
+    if not runs:
+        raise InitFromError(f"init_from={spec!r}: no finished MLflow run matches in {tracking_uri}")
+    if len(runs) > 1:
+        log.warning("init_from: %d finished runs match %r; using the newest, %s", len(runs), expression,
+                    runs[0].info.run_id)
+    return runs[0].info.run_id
+
+
+def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str) -> Path:
+    """A local directory holding the weights `spec` names (downloading a run's `model/` artifact)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _check_weights(path, spec)
+    if spec.startswith(("/", ".", "~")):
+        raise InitFromError(f"init_from={spec!r}: directory does not exist")
+    run_id = find_run(spec, tracking_uri)
+    target = Path(outputs) / "init_from" / run_id
+    if not (target / "model").is_dir():
+        import mlflow
+
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target),
+                                                tracking_uri=tracking_uri)
+        except Exception as err:
+            raise InitFromError(f"init_from={spec!r}: could not fetch the `model/` artifact of run {run_id} "
+                                f"from {tracking_uri} ({err})") from None
+    return _check_weights(target / "model", spec)
+
+
+def _check_weights(path: Path, spec: str) -> Path:
+    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+        raise InitFromError(f"init_from={spec!r}: {path} holds neither a model (config.json) nor a LoRA adapter "
+                            "(adapter_config.json)")
+    return path
+
+
+def is_adapter(path: Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()

@@ -1,0 +1,78 @@
+"""`init_from` (a run starts from another run's final weights) and prompt files (Alpaca format)."""
+import json
+
+import mlflow
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from lsp_exp.chaining import InitFromError, find_run, resolve_init_from
+from lsp_exp.prompts import alpaca_prompt, read_prompt_rows, read_prompts
+from lsp_exp.train import train
+
+from conftest import compose_config, tiny_overrides
+from test_train_e2e import latest_run_id
+
+
+FIRST_FILTER = "init_from=\"filter:tags.arm = 'first'\""  # Hydra needs the value quoted (it has spaces)
+
+
+def _weights(path):
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def test_init_from_run_id_and_filter_start_from_the_earlier_runs_weights(shared_outputs):
+    uri = f"sqlite:///{shared_outputs}/mlflow.db"
+    train(compose_config("train", tiny_overrides(shared_outputs, "game=lsp_zero", "optim.lr=1e-2", "+tags.arm=first")))
+    first = latest_run_id(shared_outputs)
+    path = resolve_init_from(first, uri, str(shared_outputs))
+    assert path == shared_outputs / "init_from" / first / "model"
+    trained = _weights(path)
+    # The filter form finds the same run; a second stage then starts from those weights.
+    assert find_run("filter:tags.arm = 'first'", uri) == first
+    train(compose_config("train", tiny_overrides(shared_outputs, "game=grpo_data", "trainer.max_steps=1",
+                                                 "optim.lr=1e-12", FIRST_FILTER)))
+    second = latest_run_id(shared_outputs)
+    run = mlflow.MlflowClient(uri).get_run(second)
+    assert run.data.tags["init_from"] == "filter:tags.arm = 'first'"
+    chained = _weights(resolve_init_from(second, uri, str(shared_outputs)))
+    # lr 1e-12: the second run's weights are the first run's (up to one negligible step).
+    assert all(torch.allclose(chained[k], trained[k], atol=1e-6) for k in trained)
+
+
+def test_init_from_errors_name_what_was_looked_for(shared_outputs, tmp_path):
+    uri = f"sqlite:///{shared_outputs}/mlflow.db"
+    with pytest.raises(InitFromError, match="does not exist"):
+        resolve_init_from(str(tmp_path / "nowhere"), uri, str(tmp_path))
+    with pytest.raises(InitFromError, match="no finished MLflow run matches"):
+        resolve_init_from("filter:tags.arm = 'never-logged'", uri, str(tmp_path))
+    with pytest.raises(InitFromError, match="not a directory, an MLflow run id"):
+        resolve_init_from("lsp-then-rl", uri, str(tmp_path))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InitFromError, match="neither a model"):
+        resolve_init_from(str(tmp_path / "empty"), uri, str(tmp_path))
+
+
+def test_prompt_files_read_plain_toy_and_alpaca_rows(tmp_path):
+    alpaca = [{"instruction": "Give three tips.", "input": "", "output": "Eat, sleep, walk."},
+              {"instruction": "Translate.", "input": "bonjour", "output": "hello", "dataset": "koala"}]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
+    rows = read_prompt_rows(tmp_path / "alpaca.json")
+    assert [r.prompt for r in rows] == ["Give three tips.", "Translate.\n\nbonjour"]
+    assert [r.split for r in rows] == ["all", "koala"] and rows[1].reference == "hello"
+    assert alpaca_prompt("Do it.", None) == "Do it."
+    (tmp_path / "toy.jsonl").write_text('{"prompt": "2+3*4", "answer": 14, "difficulty": "precedence"}\n\n')
+    (row,) = read_prompt_rows(tmp_path / "toy.jsonl")
+    assert (row.prompt, row.answer, row.split) == ("2+3*4", 14, "precedence")
+    assert read_prompts(tmp_path / "toy.jsonl") == ["2+3*4"]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "1+1"}\n{"question": "no prompt"}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_prompt_rows(tmp_path / "bad.jsonl")
+
+
+def test_grpo_data_trains_on_an_alpaca_file(shared_outputs, tmp_path):
+    rows = [{"instruction": f"{a}+{b}", "input": ""} for a, b in [(1, 2), (3, 4), (5, 6)]]
+    (tmp_path / "alpaca.json").write_text(json.dumps(rows))
+    history = train(compose_config("train", tiny_overrides(shared_outputs, "game=grpo_data", "logger=none",
+                                                           f"game.prompts_path={tmp_path / 'alpaca.json'}")))
+    assert max(history) == 3
