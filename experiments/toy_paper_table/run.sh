@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The toy paper table, every arm in order (experiments/toy_paper_table/README.md):
+#   experiments/toy_paper_table/run.sh                 # train, evaluate, report (about 1 h 20 min on 2 cores)
+#   experiments/toy_paper_table/run.sh train           # one stage: train | eval | report
+#   SEEDS=0,1,2,3,4 experiments/toy_paper_table/run.sh # more seeds
+# Extra Hydra overrides for every training job go in TRAIN_ARGS (e.g. TRAIN_ARGS="trainer.max_steps=10").
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${BIN:-.venv/bin}
+SEEDS=${SEEDS:-0,1,2}
+JOBS=${JOBS:-2}
+TRAIN_ARGS=${TRAIN_ARGS:-}
+EVAL_ARGS=${EVAL_ARGS:-}
+OUT=experiments/toy_paper_table
+stage=${1:-all}
+export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=false
+
+train() {
+  # Stage 1, from the base: the self-play arms and the data baseline (longest first, JOBS at a time).
+  $BIN/lsp-train -m hydra/launcher=local_parallel hydra.launcher.n_jobs=$JOBS trainer.num_threads=1 \
+    experiment=toy_table/lsp,toy_table/lsp_learnability,toy_table/lsp_zero,toy_table/rl seed=$SEEDS $TRAIN_ARGS
+  # Stage 2, + RL: GRPO from the self-play run of the same seed (init_from in the configs).
+  $BIN/lsp-train -m hydra/launcher=local_parallel hydra.launcher.n_jobs=$JOBS trainer.num_threads=1 \
+    experiment=toy_table/lsp_rl,toy_table/lsp_zero_rl seed=$SEEDS $TRAIN_ARGS
+}
+
+evaluate() {
+  # The base model once, then every finished run of the table: held-out accuracy, win rate vs base.
+  $BIN/lsp-eval +tags.arm=base +tags.table=toy_paper_table logger.experiment_name=toy-paper-table $EVAL_ARGS
+  $BIN/lsp-eval "runs=filter:tags.table = 'toy_paper_table' and tags.arm != 'base'" $EVAL_ARGS
+}
+
+report() {
+  $BIN/lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm] \
+    "metrics=[eval/accuracy,eval/accuracy/precedence,eval/accuracy/flawed,eval/win_rate,eval/pass_at_8,train/tokens/solver,train/tokens/challenger]" \
+    "order=[base,rl,lsp_zero,lsp,lsp_learnability,lsp_zero_rl,lsp_rl]" output_dir=$OUT/results
+}
+
+case $stage in
+  train) train ;;
+  eval) evaluate ;;
+  report) report ;;
+  all) start=$(date +%s); train; evaluate; report; echo "toy paper table: $(( $(date +%s) - start )) s" ;;
+  *) echo "usage: $0 [all|train|eval|report]" >&2; exit 2 ;;
+esac
