@@ -1,0 +1,176 @@
+"""Side-by-side benchmark: this project's step against TRL's GRPOTrainer, LSP against grpo_data, scaling.
+
+    .venv-bench/bin/python experiments/bench/bench.py --model toy,25m --steps 20            # vs TRL
+    .venv-bench/bin/python experiments/bench/bench.py --suite games --model toy --steps 20  # lsp vs grpo_data
+    .venv-bench/bin/python experiments/bench/bench.py --suite scaling --model toy,25m --steps 8
+
+Every measured run is its own subprocess (`run_lsp.py`, `run_trl.py`), so its peak resident memory
+(`ru_maxrss` of that child, read with `os.wait4`) is its own; runs are sequential, in alternating
+order over `--repeats`, each with `--threads` torch threads. Per-step wall time is the median over
+the steps after `--warmup` (pooled over repeats); tokens/s = Solver completion tokens per step
+(N x G x max tokens, forced) / that time. Model loading and evaluation are not timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULT_TAG, ROOT, build_25m, toy_paths  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def default_python() -> str:
+    bench = ROOT / ".venv-bench" / "bin" / "python"
+    return str(bench) if bench.exists() else sys.executable
+
+
+def run_worker(python: str, script: str, args: list[str], log: Path) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([python, str(HERE / script), *args], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=HERE, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    text = log.read_text()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{script} {' '.join(args)} failed; log:\n{text[-3000:]}")
+    line = next(x for x in reversed(text.splitlines()) if x.startswith(RESULT_TAG))
+    result = json.loads(line[len(RESULT_TAG):])
+    result["child_maxrss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+    return result
+
+
+def pooled(results: list[dict], warmup: int) -> dict:
+    """One row from the repeats of one configuration."""
+    steps = [t for r in results for t in r["step_s_all"][warmup:]]
+    median = statistics.median(steps)
+    perf_keys = sorted({k for r in results for k in r.get("perf", {})})
+    perf = {k: statistics.fmean(r["perf"][k] for r in results if k in r["perf"]) for k in perf_keys}
+    return {"step_s": median, "step_s_mean": statistics.fmean(steps), "tokens_per_s": results[0]["tokens_per_step"] / median,
+            "peak_rss_mb": max(r["child_maxrss_mb"] for r in results),
+            "rss_before_train_mb": max(r["rss_before_train_mb"] for r in results), "perf": perf,
+            "framework": results[0]["framework"], "game": results[0]["game"], "runs": len(results)}
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[f"{c:.3f}" if isinstance(c, float) and abs(c) < 10 else
+                         (f"{c:.0f}" if isinstance(c, float) else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def environment(python: str) -> str:
+    code = ("import importlib.metadata as m, torch; "
+            "names = sorted(d.metadata['Name'] for d in m.distributions()); "
+            "bad = [n for n in names if n and n.lower().startswith(('nvidia', 'torchvision', 'torchaudio', 'triton'))]; "
+            "v = lambda n: m.version(n) if n in names else '-'; "
+            "print(f'torch {torch.__version__}, transformers {v(\"transformers\")}, trl {v(\"trl\")}, '"
+            "f'lightning {v(\"lightning\")}; CUDA/vision/audio packages: {bad or \"none\"}')")
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {python}: {out}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", default="trl", choices=["trl", "games", "scaling"])
+    p.add_argument("--model", default="toy", help="comma-separated: toy, 25m")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--n", type=int, default=8, help="prompts (queries) per step")
+    p.add_argument("--g", type=int, default=8, help="answers per prompt")
+    p.add_argument("--max-tokens", type=int, default=8, help="completion length (forced)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--python", default=default_python(), help="interpreter of both workers")
+    p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args()
+
+    print(environment(args.python), flush=True)
+    work = Path(tempfile.mkdtemp(prefix="lsp-bench-"))
+    toy_dir, prompts = toy_paths(args.outputs)
+    dirs = {"toy": toy_dir}
+    if "25m" in args.model:
+        dirs["25m"] = build_25m(toy_dir, work / "llama25m")
+    common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    rows, out = [], {}
+    for model in args.model.split(","):
+        def lsp(game: str, n: int, g: int, *extra: str):
+            return ("run_lsp.py", ["--model-dir", dirs[model], "--outputs", args.outputs, "--game", game, "--n", str(n),
+                                   "--g", str(g), "--max-tokens", str(args.max_tokens), *common, *extra])
+
+        def trl(n: int, g: int):
+            return ("run_trl.py", ["--model-dir", dirs[model], "--prompts", prompts, "--n", str(n), "--g", str(g),
+                                   "--max-tokens", str(args.max_tokens), *common])
+
+        if args.suite == "trl":
+            arms = {"lsp-exp grpo_data": lsp("grpo_data", args.n, args.g), "trl GRPOTrainer": trl(args.n, args.g)}
+        elif args.suite == "games":
+            arms = {"grpo_data": lsp("grpo_data", args.n, args.g), "lsp_zero": lsp("lsp_zero", args.n, args.g),
+                    "lsp": lsp("lsp", args.n, args.g)}
+        else:
+            arms = {}
+            for n, g in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4)):
+                arms[f"lsp-exp NxG={n * g}"] = lsp("grpo_data", n, g)
+                arms[f"trl NxG={n * g}"] = trl(n, g)
+        results = {k: [] for k in arms}
+        for rep in range(args.repeats):
+            order = list(arms) if rep % 2 == 0 else list(reversed(arms))
+            for name in order:
+                script, wargs = arms[name]
+                log = work / f"{model}-{name.replace(' ', '_')}-{rep}.log"
+                print(f"[{model}] {name} (repeat {rep + 1}/{args.repeats}) ...", flush=True)
+                results[name].append(run_worker(args.python, script, wargs, log))
+        out[model] = {k: pooled(v, args.warmup) for k, v in results.items()}
+        rows.append((model, out[model]))
+
+    print(f"\nsteps {args.steps} (first {args.warmup} not counted), repeats {args.repeats}, threads {args.threads}, "
+          f"max tokens {args.max_tokens} (forced), N {args.n}, G {args.g}; logs in {work}\n")
+    for model, arms in rows:
+        print(f"## model {model}\n")
+        if args.suite == "trl":
+            ours, theirs = arms["lsp-exp grpo_data"], arms["trl GRPOTrainer"]
+            body = [[name, r["step_s"], r["tokens_per_s"], r["peak_rss_mb"], r["rss_before_train_mb"]]
+                    for name, r in arms.items()]
+            body.append(["ratio this/TRL", ours["step_s"] / theirs["step_s"], ours["tokens_per_s"] / theirs["tokens_per_s"],
+                         ours["peak_rss_mb"] / theirs["peak_rss_mb"], ours["rss_before_train_mb"] / theirs["rss_before_train_mb"]])
+            print(table(body, ["framework", "step s (median)", "completion tok/s", "peak RSS MiB", "RSS before train MiB"]))
+            split = ours["perf"]
+            print("\nthis project's split (mean s/step): " + ", ".join(
+                f"{k[5:-2]} {v:.4f}" for k, v in split.items() if k.startswith("perf/") and k.endswith("_s") and "tokens" not in k))
+        elif args.suite == "games":
+            keys = ["gen", "judge", "reward", "ref", "update"]
+            base = arms["grpo_data"]["step_s_mean"]
+            body = []
+            for name, r in arms.items():
+                perf = r["perf"]
+                judge = perf.get("perf/judge_s", 0.0)
+                body.append([name, r["step_s_mean"], *[perf.get(f"perf/{k}_s", 0.0) for k in keys],
+                             (r["step_s_mean"] - judge) / base, r["step_s_mean"] / base, r["peak_rss_mb"]])
+            print(table(body, ["game", "step s (mean)", *[f"{k} s" for k in keys], "step excl. judge / grpo_data",
+                               "step / grpo_data", "peak RSS MiB"]))
+        else:
+            body = []
+            for n, g in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4)):
+                a, b = arms[f"lsp-exp NxG={n * g}"], arms[f"trl NxG={n * g}"]
+                body.append([n * g, a["step_s"], b["step_s"], a["step_s"] / b["step_s"], a["tokens_per_s"], b["tokens_per_s"]])
+            print(table(body, ["N x G", "lsp-exp step s", "TRL step s", "ratio", "lsp-exp tok/s", "TRL tok/s"]))
+        print()
+    if args.json:
+        Path(args.json).write_text(json.dumps({m: a for m, a in rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

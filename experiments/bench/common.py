@@ -1,0 +1,112 @@
+"""What both benchmark workers share: the models, the prompts, the step timer's summary, the result line.
+
+Models (`--model`):
+- `toy`: the shipped toy base (`lsp_exp/assets/toy_world/<key>/model`, ~1M parameters), found the way
+  `lsp-train` finds it (`resolve_model_path`, which copies the shipped world under `outputs/`);
+- `25m`: a ~25M-parameter Llama built from a `LlamaConfig` with random weights (seed 0), saved to a
+  temporary directory with the toy tokenizer, loaded back with `AutoModelForCausalLM` like the toy one.
+
+Prompts: the toy world's training split (what `game=grpo_data` samples from: `lsp_exp.train.data_paths`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULT_TAG = "BENCH_RESULT "
+
+# ~25M parameters: 6 layers x (4 * 512^2 attention + 3 * 512 * 2048 MLP) = 25.2M (+ a 66 x 512 embedding).
+ARCH_25M = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=6, num_attention_heads=8,
+                max_position_embeddings=256)
+
+
+def compose(overrides: list[str]):
+    """The project's config, composed like `lsp-train` composes it (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from lsp_exp import config  # noqa: F401  (registers the schemas)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def toy_paths(outputs: str) -> tuple[str, str]:
+    """(toy model directory, training prompt file) of the default config's toy world."""
+    from lsp_exp.models import resolve_model_path
+    from lsp_exp.train import data_paths
+
+    cfg = compose([f"paths.outputs={outputs}", "game=grpo_data"])
+    model_dir = resolve_model_path(cfg.model, cfg.world, outputs)
+    return model_dir, data_paths(cfg)[1]
+
+
+def build_25m(toy_model_dir: str, target: str | Path) -> str:
+    """A random-weight ~25M-parameter Llama with the toy tokenizer, saved to `target`."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    target = Path(target)
+    if (target / "config.json").is_file():
+        return str(target)
+    tokenizer = AutoTokenizer.from_pretrained(toy_model_dir, local_files_only=True)
+    torch.manual_seed(0)
+    a = ARCH_25M
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=a["hidden_size"], intermediate_size=a["intermediate_size"],
+        num_hidden_layers=a["num_hidden_layers"], num_attention_heads=a["num_attention_heads"],
+        num_key_value_heads=a["num_attention_heads"], max_position_embeddings=a["max_position_embeddings"],
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def read_train_prompts(path: str) -> list[str]:
+    return [json.loads(line)["prompt"] for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process (MiB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def summarise(step_ends: list[float], start: float, warmup: int, tokens_per_step: int, extra: dict) -> dict:
+    """Per-step wall times (from the end of one step to the end of the next, so nothing between steps
+    is left out), without the first `warmup` steps."""
+    times = [step_ends[0] - start] + [b - a for a, b in zip(step_ends, step_ends[1:])]
+    kept = times[warmup:] or times
+    mean = statistics.fmean(kept)
+    return {"step_s_mean": mean, "step_s_median": statistics.median(kept),
+            "step_s_all": times, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / mean,
+            "rss_before_train_mb": extra.pop("rss_before_train_mb", float("nan")),
+            "peak_rss_mb": peak_rss_mb(), **extra}
+
+
+def emit(result: dict) -> None:
+    sys.stdout.flush()
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)

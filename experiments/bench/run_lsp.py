@@ -1,0 +1,112 @@
+"""Benchmark worker: this project's step (`game=grpo_data`, `lsp_zero` or `lsp`), built in-process the way
+`lsp_exp.train.train` builds it, run by a Lightning Trainer with `logger=none` and no evaluation.
+
+Timing excludes loading and evaluation (no held-out set, no judging of the judges): per-step wall time
+is measured by a callback from the end of one step to the end of the next, and the module's own
+`perf/*` split is read from the logged metrics. The Solver's answers are forced to exactly
+`max_answer_tokens` tokens (the end token is suppressed until then, `min_new_tokens`) so both
+frameworks do the same work; the Challenger and the judge are left to stop when they are done.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections import defaultdict
+
+from common import compose, emit, rss_mb, set_threads, summarise
+
+
+def force_solver_lengths() -> None:
+    """Make the Solver's `generate` call (the one `lsp_exp.selfplay` makes) run to its max length."""
+    import lsp_exp.selfplay as selfplay
+
+    original = selfplay.generate
+
+    def forced(model, tokenizer, prompts, **kwargs):
+        config = model.generation_config
+        before = config.min_new_tokens
+        config.min_new_tokens = kwargs["max_new_tokens"]
+        try:
+            return original(model, tokenizer, prompts, **kwargs)
+        finally:
+            config.min_new_tokens = before
+
+    selfplay.generate = forced
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--outputs", required=True)
+    p.add_argument("--game", default="grpo_data")
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--g", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--natural-lengths", action="store_true", help="let the Solver stop at its end token")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. kl=none")
+    args = p.parse_args()
+    set_threads(args.threads)
+
+    import lightning as L
+    import torch
+
+    from lsp_exp.games import build_game
+    from lsp_exp.models import load_policy, load_tokenizer
+    from lsp_exp.rewards import build_reward
+    from lsp_exp.selfplay import SelfPlayModule
+    from lsp_exp.train import StepStream, data_paths
+    from lsp_exp.validation import validate
+
+    cfg = compose([f"game={args.game}", "logger=none", f"paths.outputs={args.outputs}",
+                   f"game.n_queries={args.n}", f"game.group_size={args.g}", f"game.max_answer_tokens={args.max_tokens}",
+                   f"trainer.max_steps={args.steps}", "trainer.enable_progress_bar=false",
+                   "eval.every_n_steps=0", "eval.sample_table_every=0", f"seed={args.seed}", *args.overrides])
+    validate(cfg)
+    if not args.natural_lengths:
+        force_solver_lengths()
+    L.seed_everything(cfg.seed, verbose=False)
+    tokenizer = load_tokenizer(args.model_dir)
+    policy = load_policy(cfg.model, args.model_dir).train()
+    prompts = None
+    if not cfg.game.challenger:
+        from common import read_train_prompts
+
+        prompts = read_train_prompts(data_paths(cfg)[1])
+    reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
+    game = build_game(cfg.game, prompts, cfg.seed)
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout=[], judge_template="toy")
+
+    class Timer(L.Callback):
+        def __init__(self):
+            self.start, self.ends, self.perf = None, [], defaultdict(list)
+            self.lengths = []
+
+        def on_train_start(self, trainer, pl_module):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.ends.append(time.perf_counter())
+            for k, v in trainer.callback_metrics.items():
+                if k.startswith("perf/") or k in ("train/answer_len", "train/query_len"):
+                    self.perf[k].append(float(v))
+
+    timer = Timer()
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, max_steps=args.steps,
+                        logger=False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=False, callbacks=[timer])
+    rss_before = rss_mb()
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
+    kept = slice(args.warmup, None)
+    perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
+    emit(summarise(timer.ends, timer.start, args.warmup, args.n * args.g * args.max_tokens,
+                   {"framework": "lsp-exp", "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
+                    "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()

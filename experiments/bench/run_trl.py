@@ -1,0 +1,92 @@
+"""Benchmark worker: TRL's `GRPOTrainer` on the same model, prompts and work as `run_lsp.py`.
+
+Equal work: N prompts x G completions per step (`per_device_train_batch_size = N * G`,
+`num_generations = G`, one optimizer step per generation, `num_iterations = 1`), completions forced
+to exactly `max_completion_length` tokens (`generation_kwargs={"min_new_tokens": L}`), temperature 1,
+no top-k / top-p, a KL term to a frozen reference (`beta = 0.05`, as `kl=fixed`: one reference
+forward pass per step), fp32 without gradient checkpointing (this project's defaults; TRL's own
+defaults are bf16 autocast and checkpointing, which would make it do other work), the same
+verifier as the reward, learning rate 3e-5, gradient clipping 1.0, no logging, no saving, no eval.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+from common import emit, read_train_prompts, rss_mb, set_threads, summarise
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--prompts", required=True)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--g", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--beta", type=float, default=0.05)
+    args = p.parse_args()
+    set_threads(args.threads)
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lsp_exp.rewards import ArithmeticReward
+    from lsp_exp.toy.world import WorldConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=torch.float32, attn_implementation="sdpa",
+                                                 local_files_only=True)
+    prompts = read_train_prompts(args.prompts)
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in prompts])
+    verifier = ArithmeticReward(WorldConfig())
+
+    def verifier_reward(prompts, completions, **kwargs):
+        queries = [p[-1]["content"] for p in prompts]
+        answers = [c[-1]["content"] for c in completions]
+        return verifier.score(queries, answers).values.tolist()
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.start, self.ends = None, []
+
+        def on_train_begin(self, *a, **k):
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.ends.append(time.perf_counter())
+
+    out = tempfile.mkdtemp(prefix="trl-bench-")
+    config = GRPOConfig(
+        output_dir=out, per_device_train_batch_size=args.n * args.g, num_generations=args.g,
+        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        max_completion_length=args.max_tokens, generation_kwargs={"min_new_tokens": args.max_tokens},
+        temperature=1.0, top_p=1.0, top_k=0, beta=args.beta, loss_type="grpo", scale_rewards="none",
+        learning_rate=3e-5, adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, max_grad_norm=1.0,
+        lr_scheduler_type="constant", warmup_steps=0,
+        max_steps=args.steps, seed=args.seed, use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        logging_steps=10**9, save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True,
+        dataloader_num_workers=0, log_completions=False, remove_unused_columns=False,
+    )
+    timer = Timer()
+    trainer = GRPOTrainer(model=model, reward_funcs=verifier_reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[timer])
+    rss_before = rss_mb()
+    trainer.train()
+    lengths = trainer._metrics["train"].get("completions/mean_length", [])
+    emit(summarise(timer.ends, timer.start, args.warmup, args.n * args.g * args.max_tokens,
+                   {"framework": f"trl {trl.__version__}", "game": "GRPOTrainer", "rss_before_train_mb": rss_before,
+                    "perf": {"train/answer_len": sum(lengths) / len(lengths) if lengths else float("nan")},
+                    "threads": torch.get_num_threads()}))
+
+
+if __name__ == "__main__":
+    main()
