@@ -25,13 +25,13 @@ class InitFromError(ValueError):
     """`init_from` names nothing that can be loaded; the message says what was looked for."""
 
 
-def find_run(spec: str, tracking_uri: str | None) -> str:
-    """The run id behind `spec`: itself when it is a run id, else the newest finished run matching
-    the `filter:` expression."""
+def find_runs(spec: str, tracking_uri: str | None, key: str = "init_from", max_results: int = 1000) -> list[str]:
+    """The run ids behind `spec`, newest first: itself when it is a run id, else every finished run
+    matching the `filter:` expression (`key` names the config key in errors)."""
     if RUN_ID.match(spec):
-        return spec
+        return [spec]
     if not spec.startswith("filter:"):
-        raise InitFromError(f"init_from={spec!r}: not a directory, an MLflow run id or 'filter:<expression>'")
+        raise InitFromError(f"{key}={spec!r}: not a directory, an MLflow run id or 'filter:<expression>'")
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
@@ -39,15 +39,21 @@ def find_run(spec: str, tracking_uri: str | None) -> str:
     expression = spec.removeprefix("filter:").strip()
     try:
         runs = client.search_runs(experiments, filter_string=f"{expression} and attributes.status = 'FINISHED'",
-                                  order_by=["attributes.start_time DESC"], max_results=10)
+                                  order_by=["attributes.start_time DESC"], max_results=max_results)
     except Exception as err:  # MLflow raises its own exception types for a bad filter
-        raise InitFromError(f"init_from={spec!r}: MLflow rejected the filter ({err})") from None
+        raise InitFromError(f"{key}={spec!r}: MLflow rejected the filter ({err})") from None
     if not runs:
-        raise InitFromError(f"init_from={spec!r}: no finished MLflow run matches in {tracking_uri}")
+        raise InitFromError(f"{key}={spec!r}: no finished MLflow run matches in {tracking_uri}")
+    return [r.info.run_id for r in runs]
+
+
+def find_run(spec: str, tracking_uri: str | None) -> str:
+    """The run id behind `spec`: itself when it is a run id, else the newest finished run matching
+    the `filter:` expression."""
+    runs = find_runs(spec, tracking_uri, max_results=10)
     if len(runs) > 1:
-        log.warning("init_from: %d finished runs match %r; using the newest, %s", len(runs), expression,
-                    runs[0].info.run_id)
-    return runs[0].info.run_id
+        log.warning("init_from: %d finished runs match %r; using the newest, %s", len(runs), spec, runs[0])
+    return runs[0]
 
 
 def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str) -> Path:

@@ -148,6 +148,10 @@ class TrainerSchema:
     max_steps: int = 1000
     num_threads: Optional[int] = None   # torch intra-op threads; None: torch's default
     enable_progress_bar: bool = True
+    max_consecutive_nonfinite: int = 20  # non-finite losses (skipped updates) in a row that stop the run
+    num_nodes: int = 1
+    checkpoint_every: int = 500         # a checkpoint every k steps and at the last one (0: only on SIGTERM / Ctrl-C)
+    checkpoint_dir: Optional[str] = None  # None -> <outputs>/checkpoints/<MLflow run id>
 
 
 @dataclass
@@ -194,6 +198,7 @@ class TrainSchema:
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: Optional[str] = None
     init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<expr>
+    resume: Optional[str] = None        # continue a run exactly: a checkpoint file or directory, or an MLflow run id
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm)
 
 
@@ -206,6 +211,57 @@ class BootstrapConfigSchema:
     force: bool = False
 
 
+@dataclass
+class HeldoutEvalSchema:
+    enabled: bool = True
+    path: Optional[str] = None          # None -> the toy world's held-out split (toy models only)
+    max_problems: Optional[int] = None
+    samples: int = 0                    # k > 0: also sampled pass@1 / pass@k
+    max_new_tokens: int = 8
+
+
+@dataclass
+class WinRateSchema:
+    enabled: bool = True
+    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/prompts.py: toy, plain or Alpaca/AlpacaEval); None -> held-out split
+    judge: str = "reward"               # reward: the `reward` group scores each answer; llm: the judge template on judge_model
+    judge_template: str = "auto"        # llm judge: auto | paper | toy
+    judge_model: Optional[str] = None   # llm judge: a model directory or cached hub id; None -> the base model
+    tie_value: float = 0.5              # a tie counts this much of a win (0.5 AlpacaEval; 0 ties are not wins)
+    margin: float = 0.0                 # a win needs a score above the base's by more than this
+    max_prompts: Optional[int] = None
+    max_new_tokens: int = 8
+    temperature: float = 0.0            # 0: greedy (the paper evaluates at 0.01)
+
+
+@dataclass
+class PerplexitySchema:
+    enabled: bool = True
+    path: Optional[str] = None          # rows with a reference (or a `text`); None -> held-out problems and their answers
+    max_rows: Optional[int] = 500
+
+
+@dataclass
+class EvalRunSchema:
+    """`lsp-eval`: what to evaluate (`run`), against which base (`model`), judged by what (`reward`)."""
+
+    run: Optional[str] = None           # None: the base model itself; a directory; an MLflow run id; filter:<expr> (each match)
+    seed: int = 0
+    world: WorldSchema = field(default_factory=WorldSchema)
+    model: ModelSchema = MISSING
+    reward: RewardSchema = MISSING
+    logger: LoggerSchema = MISSING
+    heldout: HeldoutEvalSchema = field(default_factory=HeldoutEvalSchema)
+    win_rate: WinRateSchema = field(default_factory=WinRateSchema)
+    perplexity: PerplexitySchema = field(default_factory=PerplexitySchema)
+    diversity: bool = True              # distinct-n and self-BLEU of the run's Challenger queries (sample tables)
+    char_level: Optional[bool] = None   # BLEU / ROUGE / diversity over characters; None: for toy models
+    batch_size: int = 256
+    num_threads: Optional[int] = None
+    tags: dict[str, str] = field(default_factory=dict)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 GROUP_SCHEMAS = {
     "world": WorldSchema, "model": ModelSchema, "game": GameSchema, "reward": RewardSchema, "kl": KLSchema,
     "algorithm": AlgorithmSchema, "trainer": TrainerSchema, "logger": LoggerSchema,
@@ -216,6 +272,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="bootstrap_schema", node=BootstrapConfigSchema)
+    cs.store(name="eval_schema", node=EvalRunSchema)
     for group, schema in GROUP_SCHEMAS.items():
         cs.store(group=group, name="schema", node=schema)
 

@@ -27,7 +27,7 @@ train() {
 evaluate() {
   # The base model once, then every finished run of the table: held-out accuracy, win rate vs base.
   $BIN/lsp-eval +tags.arm=base +tags.table=toy_paper_table logger.experiment_name=toy-paper-table $EVAL_ARGS
-  $BIN/lsp-eval "runs=filter:tags.table = 'toy_paper_table' and tags.arm != 'base'" $EVAL_ARGS
+  $BIN/lsp-eval "run=\"filter:tags.table = 'toy_paper_table' and tags.arm != 'base'\"" $EVAL_ARGS
 }
 
 report() {

@@ -1,0 +1,245 @@
+"""`lsp-eval`: evaluate a run's final model against the base model and log into that run.
+
+    lsp-eval run=<run id>                      # held-out accuracy, win rate vs base, perplexity, BLEU/ROUGE, diversity
+    lsp-eval "run=filter:tags.arm = 'lsp'"    # every finished run that matches, one after the other
+    lsp-eval                                   # the base model itself, as a new run (the table's "Base" row)
+
+Metrics (logged at the run's last step, keys `eval/...`): the held-out greedy `accuracy` overall and
+by slice (toy world); `win_rate`, `tie_rate`, `loss_rate` and `win_rate/<split>` against the base
+model on a prompt file; `perplexity` of reference answers; `bleu` and `rouge_l` of the model's
+answers against references; and per sample table of the run, `diversity/{distinct_1,distinct_2,
+self_bleu}` of the Challenger's queries (a collapse detector), at the step of that table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.chaining import InitFromError, find_runs, is_adapter, resolve_init_from  # noqa: E402
+from lsp_exp.eval_metrics import conditional_perplexity, diversity, spaced_chars, text_overlap, win_rate  # noqa: E402
+from lsp_exp.evaluation import evaluate_solver  # noqa: E402
+from lsp_exp.generation import chat_prompts, generate  # noqa: E402
+from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.prompts import PromptRow, read_prompt_rows  # noqa: E402
+from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
+from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
+from lsp_exp.toy.data import read_problems  # noqa: E402
+from lsp_exp.toy.world import encode_answer, heldout_slices  # noqa: E402
+from lsp_exp.tracking import flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
+from lsp_exp.validation import ConfigError  # noqa: E402
+
+
+@dataclass
+class Target:
+    """One model to evaluate: where its weights are, and the run to log into (None: a new run)."""
+
+    label: str
+    path: str | None          # None: the base model itself
+    run_id: str | None
+
+
+def targets(cfg: DictConfig, uri: str | None) -> list[Target]:
+    if cfg.run is None:
+        return [Target("base", None, None)]
+    if Path(cfg.run).expanduser().is_dir():
+        return [Target(str(cfg.run), str(resolve_init_from(cfg.run, uri, cfg.paths.outputs)), None)]
+    return [Target(run_id, str(resolve_init_from(run_id, uri, cfg.paths.outputs)), run_id)
+            for run_id in find_runs(cfg.run, uri, key="run")]
+
+
+def load_model(cfg: DictConfig, base_path: str, path: str | None):
+    """(model, tokenizer) of a target: the base, a full model directory, or a LoRA adapter over the base."""
+    if path is None:
+        return load_policy(cfg.model, base_path).eval(), load_tokenizer(base_path)
+    if is_adapter(Path(path)):
+        return load_policy(cfg.model, base_path, adapter=path).eval(), load_tokenizer(base_path)
+    return load_policy(cfg.model, path).eval(), load_tokenizer(path)
+
+
+def answer_texts(model, tokenizer, rows: list[PromptRow], wr: DictConfig, batch_size: int) -> list[str]:
+    """The model's answers to every prompt (greedy at temperature 0), with the sampling RNG forked."""
+    out: list[str] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for start in range(0, len(rows), batch_size):
+            prompts = chat_prompts(tokenizer, [r.prompt for r in rows[start:start + batch_size]])
+            out += generate(model, tokenizer, prompts, max_new_tokens=wr.max_new_tokens,
+                            do_sample=wr.temperature > 0, temperature=max(wr.temperature, 1e-5)).texts
+    return out
+
+
+class Judge:
+    """Scores (prompt, answer) pairs for the win rate: the `reward` group, or an LLM with the rubric."""
+
+    def __init__(self, cfg: DictConfig, base_path: str, toy: bool):
+        self.kind = cfg.win_rate.judge
+        if self.kind == "reward":
+            self.reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
+        elif self.kind == "llm":
+            from lsp_exp.judge.judge import SelfQualityJudge
+            from lsp_exp.judge.templates import get_template
+            from lsp_exp.models import Reference
+
+            path = cfg.win_rate.judge_model or base_path
+            model, tokenizer = load_policy(cfg.model, path).eval(), load_tokenizer(path)
+            template = cfg.win_rate.judge_template if cfg.win_rate.judge_template != "auto" else ("toy" if toy else "paper")
+            self.llm = SelfQualityJudge(Reference(model), tokenizer, get_template(template))
+        else:
+            raise ConfigError(f"win_rate.judge={self.kind!r}: unknown; available: reward, llm")
+
+    def scores(self, prompts: list[str], answers: list[str]) -> torch.Tensor:
+        if self.kind == "reward":
+            return self.reward.score(prompts, answers).values.float().cpu()
+        return self.llm.score(prompts, answers).values.float().cpu()
+
+
+def challenger_queries(client, run_id: str) -> dict[int, list[str]]:
+    """step -> the Challenger's N queries, from the run's sample tables (rows repeat a query G times)."""
+    out: dict[int, list[str]] = {}
+    params = client.get_run(run_id).data.params
+    if params.get("game.challenger") != "True":
+        return out  # grpo_data: the queries are the prompt file's
+    g = int(params.get("game.group_size", 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        for art in client.list_artifacts(run_id, "samples"):
+            table = json.loads(Path(client.download_artifacts(run_id, art.path, tmp)).read_text())
+            column = table["columns"].index("query")
+            out[int(Path(art.path).stem.removeprefix("step_"))] = [row[column] for row in table["data"]][::g]
+    return out
+
+
+def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
+    """Evaluate every target of `cfg.run`; returns their metrics (also logged to MLflow)."""
+    import mlflow
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    uri = tracking_uri(cfg) if cfg.logger.name != "none" else None
+    if uri and uri.startswith("sqlite:///"):
+        init_sqlite_store(uri)
+    client = mlflow.MlflowClient(uri) if uri else None
+    toy = cfg.model.source == "toy"
+    base_path = resolve_model_path(cfg.model, cfg.world, cfg.paths.outputs)
+    world_dir = toy_world_dir(cfg.world, cfg.model.bootstrap, cfg.paths.outputs) if toy else None
+    char_level = toy if cfg.char_level is None else cfg.char_level
+    heldout_path = cfg.heldout.path or (str(world_dir / "data" / "heldout.jsonl") if toy else None)
+    heldout = read_problems(heldout_path)[: cfg.heldout.max_problems] if (cfg.heldout.enabled and heldout_path) else []
+    wr_rows = _rows(cfg.win_rate.prompts_path or heldout_path, cfg.win_rate.max_prompts) if cfg.win_rate.enabled else []
+    ppl_rows = [r for r in _rows(cfg.perplexity.path or heldout_path, cfg.perplexity.max_rows)
+                if _reference(r) is not None] if cfg.perplexity.enabled else []
+    judge = Judge(cfg, base_path, toy) if wr_rows else None
+    base_scores = None
+    if wr_rows:
+        base_model, base_tok = load_model(cfg, base_path, None)
+        base_answers = answer_texts(base_model, base_tok, wr_rows, cfg.win_rate, cfg.batch_size)
+        base_scores = judge.scores([r.prompt for r in wr_rows], base_answers)
+        del base_model
+    console, results = Console(), []
+    for target in targets(cfg, uri):
+        start = time.perf_counter()
+        model, tokenizer = load_model(cfg, base_path, target.path)
+        metrics: dict[str, float] = {}
+        if heldout:
+            metrics.update(evaluate_solver(model, tokenizer, heldout, samples=cfg.heldout.samples,
+                                           max_new_tokens=cfg.heldout.max_new_tokens,
+                                           slices=heldout_slices(world_config(cfg.world)) if toy else None))
+        if wr_rows:
+            answers = answer_texts(model, tokenizer, wr_rows, cfg.win_rate, cfg.batch_size)
+            scores = judge.scores([r.prompt for r in wr_rows], answers)
+            metrics.update(win_rate(scores, base_scores, [r.split for r in wr_rows],
+                                    tie_value=cfg.win_rate.tie_value, margin=cfg.win_rate.margin))
+            refs = [(a, _reference(r)) for a, r in zip(answers, wr_rows) if _reference(r) is not None]
+            if refs:
+                shape = spaced_chars if char_level else (lambda t: t)
+                metrics.update(text_overlap([shape(a) for a, _ in refs], [shape(r) for _, r in refs],
+                                            n_gram=2 if char_level else 4))  # toy answers are 1-4 characters
+        if ppl_rows:
+            prompts = chat_prompts(tokenizer, [r.prompt for r in ppl_rows])
+            metrics["perplexity"] = conditional_perplexity(model, tokenizer, prompts, [_reference(r) for r in ppl_rows],
+                                                           batch_size=cfg.batch_size)
+        curves = {}
+        if cfg.diversity and client is not None and target.run_id is not None:
+            for step, queries in sorted(challenger_queries(client, target.run_id).items()):
+                tokens = [list(q) if char_level else tokenizer(q, add_special_tokens=False)["input_ids"] for q in queries]
+                curves[step] = diversity(tokens)
+        metrics["eval_s"] = time.perf_counter() - start
+        _log(cfg, client, target, metrics, curves)
+        console.print(f"{target.label}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k))
+        results.append(metrics)
+    return results
+
+
+def _rows(path: str | None, limit: int | None) -> list[PromptRow]:
+    return read_prompt_rows(path)[:limit] if path else []
+
+
+def _reference(row: PromptRow) -> str | None:
+    """The row's reference text: its `reference`/`output`, or the canonical answer of a toy problem."""
+    if row.reference is not None:
+        return row.reference
+    return encode_answer(row.answer) if row.answer is not None else None
+
+
+def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float], curves: dict[int, dict[str, float]]) -> None:
+    if client is None:
+        return
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    run_id = target.run_id
+    if run_id is None:  # the base model or a directory: a new eval run
+        experiment = client.get_experiment_by_name(cfg.logger.experiment_name)
+        exp_id = experiment.experiment_id if experiment else client.create_experiment(cfg.logger.experiment_name)
+        tags = {"kind": "eval", "model": cfg.model.name, "evaluated": target.label, **dict(cfg.tags)}
+        if commit := git_commit():
+            tags["git_commit"] = commit
+        run_id = client.create_run(exp_id, tags=tags, run_name=f"eval-{target.label.split('/')[-1]}").info.run_id
+        params = {f"eval.{k}": str(v)[:500] for k, v in flat_params(cfg).items()}
+        for i in range(0, len(params), 100):
+            client.log_batch(run_id, params=[mlflow_param(k, v) for k, v in list(params.items())[i:i + 100]])
+        step = 0
+    else:
+        history = client.get_metric_history(run_id, "eval/accuracy")
+        step = max((m.step for m in history), default=0)
+        for k, v in cfg.tags.items():
+            client.set_tag(run_id, k, v)
+    batch = [Metric(f"eval/{k}", float(v), now, step) for k, v in metrics.items()]
+    batch += [Metric(f"eval/diversity/{k}", float(v), now, s) for s, m in curves.items() for k, v in m.items()]
+    for i in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[i:i + 500])
+    client.set_tag(run_id, "lsp_eval", time.strftime("%Y-%m-%dT%H:%M:%S"))
+    client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "eval/config.yaml")
+    if target.run_id is None:
+        client.set_terminated(run_id)
+
+
+def mlflow_param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key, value)
+
+
+@hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate(cfg)
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

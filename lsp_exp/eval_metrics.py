@@ -1,0 +1,105 @@
+"""What `lsp-eval` measures, as pure functions: win rate, diversity, text overlap, perplexity."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torchmetrics.text import BLEUScore, ROUGEScore
+
+
+def win_rate(model_scores: torch.Tensor, base_scores: torch.Tensor, splits: list[str] | None = None, *,
+             tie_value: float = 0.5, margin: float = 0.0) -> dict[str, float]:
+    """AlpacaEval-style win rate of a model against the base, prompt by prompt.
+
+    A prompt is a win when the judge scores the model's answer more than `margin` above the base's,
+    a loss when more than `margin` below, a tie otherwise; win_rate = (wins + tie_value * ties) / n
+    (tie_value 0.5 is AlpacaEval's convention, 0 counts ties as losses). Keys: `win_rate`,
+    `tie_rate`, `loss_rate`, and `win_rate/<split>` for every split.
+    """
+    diff = model_scores.double() - base_scores.double()
+    wins, losses = (diff > margin).double(), (diff < -margin).double()
+    ties = 1.0 - wins - losses
+
+    def rates(mask: torch.Tensor) -> tuple[float, float, float]:
+        n = mask.sum().clamp_min(1)
+        w, t, lo = (wins * mask).sum() / n, (ties * mask).sum() / n, (losses * mask).sum() / n
+        return float(w + tie_value * t), float(t), float(lo)
+
+    every = torch.ones_like(diff)
+    out = dict(zip(("win_rate", "tie_rate", "loss_rate"), rates(every)))
+    if splits is not None and len(set(splits)) > 1:
+        by_split: dict[str, list[int]] = defaultdict(list)
+        for i, s in enumerate(splits):
+            by_split[s].append(i)
+        for s, idx in sorted(by_split.items()):
+            mask = torch.zeros_like(diff)
+            mask[idx] = 1.0
+            out[f"win_rate/{s}"] = rates(mask)[0]
+    return out
+
+
+def ngrams(tokens: list, n: int) -> list[tuple]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(token_lists: list[list], n: int) -> float:
+    """Distinct-n (Li et al. 2016): unique n-grams / all n-grams over a set of texts (0 if none)."""
+    grams = [g for tokens in token_lists for g in ngrams(tokens, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def self_bleu(token_lists: list[list], n_gram: int = 4) -> float:
+    """Self-BLEU (Zhu et al. 2018): the mean BLEU of each text against all the others as references;
+    1 means every text repeats the others (collapse), 0 means no shared n-grams."""
+    if len(token_lists) < 2:
+        return float("nan")
+    bleu = BLEUScore(n_gram=n_gram, smooth=True)
+    texts = [" ".join(map(str, t)) for t in token_lists]
+    scores = [float(bleu([texts[i]], [[t for j, t in enumerate(texts) if j != i]])) for i in range(len(texts))]
+    return sum(scores) / len(scores)
+
+
+def diversity(token_lists: list[list]) -> dict[str, float]:
+    """distinct-1, distinct-2 and self-BLEU of a set of Challenger queries (as token lists)."""
+    return {"distinct_1": distinct_n(token_lists, 1), "distinct_2": distinct_n(token_lists, 2),
+            "self_bleu": self_bleu(token_lists)}
+
+
+def text_overlap(predictions: list[str], references: list[str], n_gram: int = 4) -> dict[str, float]:
+    """Corpus BLEU-n (smoothed; n = 4 for words) and ROUGE-L F1 of predictions against one reference
+    each (torchmetrics; texts are split on whitespace)."""
+    bleu = BLEUScore(n_gram=n_gram, smooth=True)(predictions, [[r] for r in references])
+    rouge = ROUGEScore(rouge_keys=("rougeL",))(predictions, references)["rougeL_fmeasure"]
+    return {"bleu": float(bleu), "rouge_l": float(rouge)}
+
+
+def spaced_chars(text: str) -> str:
+    """A character-level text as space-separated symbols, so word metrics compare characters."""
+    return " ".join(text.replace(" ", ""))
+
+
+@torch.inference_mode()
+def conditional_perplexity(model, tokenizer, prompts: list[str], targets: list[str], batch_size: int = 64) -> float:
+    """exp(mean NLL) of each target's tokens (and the end token) given its rendered prompt, over the
+    whole file (torchmetrics Perplexity); prompts = "" gives the plain perplexity of the texts."""
+    from torchmetrics.text import Perplexity
+
+    metric = Perplexity(ignore_index=-100)
+    eos = tokenizer.eos_token or ""
+    for start in range(0, len(prompts), batch_size):
+        rows_ids, rows_labels = [], []
+        for prompt, target in zip(prompts[start:start + batch_size], targets[start:start + batch_size]):
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+            t = tokenizer(target + eos, add_special_tokens=False)["input_ids"]
+            rows_ids.append(p + t)
+            rows_labels.append([-100] * len(p) + t)
+        width = max(map(len, rows_ids))
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows_ids], device=model.device)
+        labels = torch.tensor([[-100] * (width - len(r)) + r for r in rows_labels], device=model.device)
+        mask = (labels != -100) | (torch.arange(width, device=model.device)[None] >= width - torch.tensor(
+            [len(r) for r in rows_ids], device=model.device)[:, None])
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits.float()
+        metric.update(logits[:, :-1].cpu(), labels[:, 1:].cpu())
+    return float(metric.compute())

@@ -1,0 +1,80 @@
+"""`lsp-eval`: its metrics against hand-computed values, and a run evaluated end to end."""
+import math
+
+import mlflow
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from lsp_exp.eval_cli import evaluate
+from lsp_exp.eval_metrics import conditional_perplexity, distinct_n, self_bleu, spaced_chars, text_overlap, win_rate
+from lsp_exp.toy.tokenizer import build_tokenizer
+from lsp_exp.train import train
+
+from conftest import TINY_WORLD, compose_config, tiny_overrides
+from test_train_e2e import latest_run_id
+
+
+def test_win_rate_counts_wins_ties_and_splits():
+    model, base = torch.tensor([1.0, 0.0, 1.0, 0.5]), torch.tensor([0.0, 0.0, 1.0, 1.0])
+    # diffs 1, 0, 0, -0.5: one win, two ties, one loss.
+    out = win_rate(model, base, ["a", "a", "b", "b"], tie_value=0.5)
+    assert out["win_rate"] == pytest.approx((1 + 0.5 * 2) / 4)
+    assert (out["tie_rate"], out["loss_rate"]) == (0.5, 0.25)
+    assert out["win_rate/a"] == pytest.approx(0.75) and out["win_rate/b"] == pytest.approx(0.25)
+    assert win_rate(model, base, tie_value=0.0)["win_rate"] == pytest.approx(0.25)
+    assert win_rate(model, base, margin=0.6)["tie_rate"] == pytest.approx(0.75)  # -0.5 is now a tie
+    assert "win_rate/a" not in win_rate(model, base, ["a"] * 4)
+
+
+def test_distinct_n_and_self_bleu():
+    texts = [[1, 2, 3], [1, 2, 4]]
+    assert distinct_n(texts, 1) == pytest.approx(4 / 6)   # {1, 2, 3, 4} of 6 unigrams
+    assert distinct_n(texts, 2) == pytest.approx(3 / 4)   # (1,2) twice, (2,3), (2,4)
+    assert distinct_n([[1]], 2) == 0.0
+    same = [list("12+3*4")] * 4
+    assert self_bleu(same) == pytest.approx(1.0)
+    varied = [list("12+3*4"), list("5-19"), list("7*8+0"), list("13-2*6")]
+    assert self_bleu(varied) < self_bleu(same[:2] + varied[:2]) < 1.0
+    assert math.isnan(self_bleu([[1, 2]]))
+
+
+def test_text_overlap_and_character_spacing():
+    assert spaced_chars("147") == "1 4 7"
+    exact = text_overlap(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert exact == {"bleu": pytest.approx(1.0), "rouge_l": pytest.approx(1.0)}
+    assert text_overlap(["a b"], ["c d"], n_gram=2)["rouge_l"] == 0.0
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size():
+    tokenizer = build_tokenizer()
+    tokenizer.padding_side = "left"
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: each token has probability 1 / V
+    ppl = conditional_perplexity(model, tokenizer, ["2+3", "12*9+1"], ["5", "901"], batch_size=1)
+    assert ppl == pytest.approx(len(tokenizer), rel=1e-4)
+
+
+def test_lsp_eval_logs_into_the_run_and_a_base_run(shared_outputs):
+    uri = f"sqlite:///{shared_outputs}/mlflow.db"
+    train(compose_config("train", tiny_overrides(shared_outputs, "game=lsp_zero", "+tags.arm=eval_me")))
+    run_id = latest_run_id(shared_outputs)
+    common = TINY_WORLD + [f"paths.outputs={shared_outputs}", f"logger.tracking_uri={uri}", "win_rate.max_prompts=12",
+                           "perplexity.max_rows=6"]
+    (metrics,) = evaluate(compose_config("eval", common + ["run=\"filter:tags.arm = 'eval_me'\""]))
+    assert {"accuracy", "win_rate", "tie_rate", "bleu", "rouge_l", "perplexity"} <= set(metrics)
+    assert 0 <= metrics["win_rate"] <= 1 and metrics["perplexity"] > 1
+    client = mlflow.MlflowClient(uri)
+    logged = client.get_run(run_id).data
+    assert logged.metrics["eval/win_rate"] == pytest.approx(metrics["win_rate"]) and "lsp_eval" in logged.tags
+    diversity = client.get_metric_history(run_id, "eval/diversity/distinct_1")
+    assert [m.step for m in diversity] == [2]    # one point per sample table (every 2 steps of 3)
+    assert all(0 < m.value <= 1 for m in diversity)
+    (base,) = evaluate(compose_config("eval", common + ["+tags.arm=base", "logger.experiment_name=evals"]))
+    assert base["win_rate"] == pytest.approx(0.5) and base["tie_rate"] == 1.0  # the base against itself
+    exp = client.get_experiment_by_name("evals")
+    (base_run,) = client.search_runs([exp.experiment_id])
+    assert base_run.data.tags["arm"] == "base" and base_run.info.status == "FINISHED"
