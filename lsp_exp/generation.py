@@ -1,8 +1,20 @@
 """Generation and log-probabilities: the one place the model is sampled and scored.
 
 Prompts are left-padded once; completions are cut after their first end token. Log-probs are
-computed in one forward pass per batch, with position ids derived from the attention mask so that
-they match what `generate` used for left-padded rows.
+computed with position ids derived from the attention mask, so that they match what generation used
+for left-padded rows.
+
+Two savings, both exact (the same numbers up to float rounding), measured in `experiments/bench/`:
+- **one prefill per distinct prompt**: with `num_return_sequences = G`, each prompt is run once and
+  its KV cache repeated G times before decoding (transformers' `generate` runs every copy), in a
+  short sampling loop under `torch.inference_mode` (no per-step logits processors or stopping
+  criteria; it honours `model.generation_config.min_new_tokens`);
+- **shared prefixes in log-prob passes**: rows that start with the same tokens (the G answers to one
+  prompt, the N queries from one challenger prompt) run that prefix once; the rest of each row
+  attends to the prefix's repeated KV cache (gradients flow through it), so a reference or policy
+  pass over [N x G, prompt + answer] costs about N x prompt + N x G x answer tokens.
+
+`USE_HF_GENERATE` / `SHARE_PREFIXES` switch either back off (the benchmark measures both ways).
 """
 from __future__ import annotations
 
@@ -12,6 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from lsp_exp.rl.diagnostics import token_entropy
+
+USE_HF_GENERATE = False   # True: transformers' `generate` (every copy of a prompt prefilled)
+SHARE_PREFIXES = True     # False: one plain forward pass over every full row in `token_logprobs`
+MIN_SAVING = 0.25         # share a prefix only when it saves at least this fraction of the tokens
 
 
 @dataclass
@@ -46,16 +62,21 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
              temperature: float = 1.0, num_return_sequences: int = 1) -> Rollout:
     """Sample (or greedily decode) completions for rendered prompts in one batched call.
 
-    Sampling runs under `torch.inference_mode`; the returned tensors are ordinary tensors (cloned
-    out of inference mode), so the update can run autograd through them.
+    Rows are prompt-major: the `num_return_sequences` completions of prompt i are rows
+    i * n .. i * n + n - 1. Sampling runs under `torch.inference_mode`; the returned tensors are
+    ordinary tensors (cloned out of inference mode), so the update can run autograd through them.
     """
     enc = encode_prompts(tokenizer, prompts, model.device)
-    sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
     with torch.inference_mode():
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling,
-        )
+        if USE_HF_GENERATE or getattr(model.config, "is_encoder_decoder", False):
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling,
+            )
+        else:
+            out = _sample(model, enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                          copies=num_return_sequences, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
     out = out.clone()
     prompt_len = enc["input_ids"].shape[1]
     completion = out[:, prompt_len:]
@@ -75,6 +96,53 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     )
 
 
+def _min_new_tokens(model) -> int:
+    config = getattr(model, "generation_config", None)
+    return int(getattr(config, "min_new_tokens", None) or 0)
+
+
+def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_sample: bool, temperature: float,
+            copies: int, eos: int, pad: int) -> torch.Tensor:
+    """[B * copies, P + T] prompts and completions (T <= max_new_tokens: it stops when every row has
+    ended; rows that ended are padded), the same contract as `generate` of transformers.
+
+    Each prompt is prefilled once; its KV cache and last logits are repeated `copies` times."""
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    position = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+    cache, logits = out.past_key_values, out.logits[:, -1]
+    if copies > 1:
+        cache.batch_repeat_interleave(copies)
+        logits = logits.repeat_interleave(copies, dim=0)
+        ids, mask = ids.repeat_interleave(copies, dim=0), mask.repeat_interleave(copies, dim=0)
+        position = position.repeat_interleave(copies, dim=0)
+    rows, prompt_len = ids.shape
+    full_mask = torch.cat([mask, mask.new_ones(rows, max_new_tokens)], dim=1)
+    next_position = position[:, -1:] + 1
+    tokens = ids.new_full((rows, max_new_tokens), pad)
+    done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    min_new = _min_new_tokens(model)
+    steps = 0
+    for t in range(max_new_tokens):
+        logits = logits.float()
+        if t < min_new:
+            logits[:, eos] = float("-inf")
+        if do_sample:
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1).squeeze(-1)
+        else:
+            token = logits.argmax(-1)
+        token = token.masked_fill(done, pad)
+        tokens[:, t] = token
+        done |= token == eos
+        steps = t + 1
+        if steps == max_new_tokens or bool(done.all()):
+            break
+        out = model(input_ids=token[:, None], attention_mask=full_mask[:, :prompt_len + steps],
+                    position_ids=next_position + t, past_key_values=cache, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+    return torch.cat([ids, tokens[:, :steps]], dim=1)
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    entropy_mask: torch.Tensor | None = None):
     """log p(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask).
@@ -82,10 +150,55 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     With `entropy_mask` [B, L - 1], also the mean entropy of the predicted distributions over the
     masked positions, from the same forward pass: returns (logp, entropy)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    chosen = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    split = shared_prefix(input_ids, attention_mask) if SHARE_PREFIXES else None
+    if split is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        chosen = _chosen(logits[:, :-1], input_ids[:, 1:])
+        if entropy_mask is None:
+            return chosen
+        return chosen, token_entropy(logits[:, :-1].detach(), entropy_mask)
+
+    s, firsts, group = split
+    head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
+                 position_ids=position_ids[firsts, :s], use_cache=True)
+    cache = head.past_key_values
+    cache.batch_select_indices(group)
+    tail = model(input_ids=input_ids[:, s:], attention_mask=attention_mask, position_ids=position_ids[:, s:],
+                 past_key_values=cache, use_cache=True)
+    head_logits = head.logits[:, :-1]                                            # predicts tokens 1 .. s-1
+    tail_logits = torch.cat([head.logits[group, -1:], tail.logits[:, :-1]], 1)  # predicts tokens s .. L-1
+    chosen = torch.cat([_chosen(head_logits, input_ids[firsts, 1:s])[group], _chosen(tail_logits, input_ids[:, s:])], 1)
     if entropy_mask is None:
         return chosen
-    return chosen, token_entropy(logits[:, :-1].detach(), entropy_mask)
+    n_head, n_tail = entropy_mask[:, :s - 1].sum(), entropy_mask[:, s - 1:].sum()
+    entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:]) * n_tail
+    if n_head > 0:
+        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, :s - 1]) * n_head
+    return chosen, entropy / (n_head + n_tail).clamp(min=1)
 
+
+def _chosen(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log_softmax(logits)[target] per position: logits [B, T, V], targets [B, T] -> [B, T]."""
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """(s, first row of each group, group of each row) when consecutive rows sharing their first s
+    tokens (and mask) make a forward pass over (groups x s) + (rows x (L - s)) tokens at least
+    `MIN_SAVING` cheaper than over rows x L; None otherwise. 1 <= s <= L - 1."""
+    rows, length = input_ids.shape
+    if rows < 2 or length < 3:
+        return None
+    same = (input_ids[1:] == input_ids[:-1]) & (attention_mask[1:] == attention_mask[:-1])
+    common = same.long().cumprod(-1).sum(-1).clamp(max=length - 1)   # [rows - 1] prefix shared with the row above
+    best, best_cost = None, rows * length * (1 - MIN_SAVING)
+    for s in torch.unique(common).tolist():
+        if s < 1:
+            continue
+        cost = (1 + int((common < s).sum())) * s + rows * (length - s)
+        if cost <= best_cost:
+            best, best_cost = s, cost
+    if best is None:
+        return None
+    starts = torch.cat([common.new_ones(1, dtype=torch.bool), common < best])
+    return best, starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1

@@ -95,6 +95,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--python", default=default_python(), help="interpreter of both workers")
     p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
+    p.add_argument("--before", action="store_true",
+                   help="suite trl: also run this project's step as it was before the speed-ups (generation.py switches)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
 
@@ -117,6 +119,8 @@ def main() -> None:
 
         if args.suite == "trl":
             arms = {"lsp-exp grpo_data": lsp("grpo_data", args.n, args.g), "trl GRPOTrainer": trl(args.n, args.g)}
+            if args.before:
+                arms["lsp-exp grpo_data (before)"] = lsp("grpo_data", args.n, args.g, "--before")
         elif args.suite == "games":
             arms = {"grpo_data": lsp("grpo_data", args.n, args.g), "lsp_zero": lsp("lsp_zero", args.n, args.g),
                     "lsp": lsp("lsp", args.n, args.g)}
@@ -146,10 +150,16 @@ def main() -> None:
                     for name, r in arms.items()]
             body.append(["ratio this/TRL", ours["step_s"] / theirs["step_s"], ours["tokens_per_s"] / theirs["tokens_per_s"],
                          ours["peak_rss_mb"] / theirs["peak_rss_mb"], ours["rss_before_train_mb"] / theirs["rss_before_train_mb"]])
+            if args.before:
+                old = arms["lsp-exp grpo_data (before)"]
+                body.append(["ratio after/before", ours["step_s"] / old["step_s"], ours["tokens_per_s"] / old["tokens_per_s"],
+                             ours["peak_rss_mb"] / old["peak_rss_mb"], ours["rss_before_train_mb"] / old["rss_before_train_mb"]])
             print(table(body, ["framework", "step s (median)", "completion tok/s", "peak RSS MiB", "RSS before train MiB"]))
-            split = ours["perf"]
-            print("\nthis project's split (mean s/step): " + ", ".join(
-                f"{k[5:-2]} {v:.4f}" for k, v in split.items() if k.startswith("perf/") and k.endswith("_s") and "tokens" not in k))
+            for name, r in arms.items():
+                if name.startswith("lsp-exp"):
+                    print(f"\n{name} split (mean s/step): " + ", ".join(
+                        f"{k[5:-2]} {v:.4f}" for k, v in r["perf"].items() if k.startswith("perf/") and k.endswith("_s")
+                        and "tokens" not in k))
         elif args.suite == "games":
             keys = ["gen", "judge", "reward", "ref", "update"]
             base = arms["grpo_data"]["step_s_mean"]

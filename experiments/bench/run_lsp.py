@@ -48,6 +48,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--natural-lengths", action="store_true", help="let the Solver stop at its end token")
+    p.add_argument("--before", action="store_true",
+                   help="the step before the speed-ups: transformers' generate, no shared-prefix log-prob passes")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. kl=none")
     args = p.parse_args()
     set_threads(args.threads)
@@ -67,6 +69,10 @@ def main() -> None:
                    f"trainer.max_steps={args.steps}", "trainer.enable_progress_bar=false",
                    "eval.every_n_steps=0", "eval.sample_table_every=0", f"seed={args.seed}", *args.overrides])
     validate(cfg)
+    if args.before:
+        import lsp_exp.generation as generation
+
+        generation.USE_HF_GENERATE, generation.SHARE_PREFIXES = True, False
     if not args.natural_lengths:
         force_solver_lengths()
     L.seed_everything(cfg.seed, verbose=False)
@@ -104,7 +110,7 @@ def main() -> None:
     kept = slice(args.warmup, None)
     perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
     emit(summarise(timer.ends, timer.start, args.warmup, args.n * args.g * args.max_tokens,
-                   {"framework": "lsp-exp", "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
+                   {"framework": "lsp-exp" + (" (before)" if args.before else ""), "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
                     "threads": torch.get_num_threads()}))
 
 
