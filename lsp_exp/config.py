@@ -262,6 +262,23 @@ class EvalRunSchema:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class ReportSchema:
+    """`lsp-report`: which runs, grouped how, which metrics (lsp_exp/report.py)."""
+
+    tracking_uri: str = "sqlite:///${paths.outputs}/mlflow.db"
+    experiment_names: list[str] = field(default_factory=list)  # empty: every experiment
+    parent_run: Optional[str] = None    # a sweep's parent run id: only its child runs
+    filter: Optional[str] = None        # an MLflow filter, e.g. "tags.game = 'lsp'"
+    group_by: list[str] = field(default_factory=lambda: ["tags.game"])  # tags.<tag> or a config key (game.name)
+    metrics: list[str] = field(default_factory=lambda: ["eval/accuracy"])
+    percent: list[str] = field(default_factory=lambda: ["eval/accuracy", "eval/win_rate"])  # shown x100
+    curves: list[str] = field(default_factory=lambda: ["eval/accuracy"])
+    order: list[str] = field(default_factory=list)  # groups listed first, in this order
+    output_dir: str = "${paths.outputs}/reports/latest"
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 GROUP_SCHEMAS = {
     "world": WorldSchema, "model": ModelSchema, "game": GameSchema, "reward": RewardSchema, "kl": KLSchema,
     "algorithm": AlgorithmSchema, "trainer": TrainerSchema, "logger": LoggerSchema,
@@ -273,6 +290,7 @@ def register_configs() -> None:
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="bootstrap_schema", node=BootstrapConfigSchema)
     cs.store(name="eval_schema", node=EvalRunSchema)
+    cs.store(name="report_schema", node=ReportSchema)
     for group, schema in GROUP_SCHEMAS.items():
         cs.store(group=group, name="schema", node=schema)
 

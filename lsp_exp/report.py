@@ -1,0 +1,190 @@
+"""`lsp-report`: MLflow runs -> a table (mean +- std over seeds, grouped by config keys) and curves.
+
+    lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm]
+    lsp-report parent_run=<sweep parent run id> group_by=[algorithm.name] metrics=[eval/accuracy]
+    lsp-report "filter=\\"tags.game = 'lsp'\\"" group_by=[game.challenger_objective,kl.placement]
+
+Writes `<output_dir>/table.md`, `table.csv` (one row per group), `runs.csv` (one row per run) and
+`<metric>.png` (one line per group, the mean over its runs with a band of +- one std) for each
+curve. A group key is a tag (`tags.arm`) or a config key (`game.name`, i.e. the run's params).
+Only FINISHED runs are read. A metric's value for a run is its last logged value.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
+
+
+class ReportError(ValueError):
+    """Nothing to report (no runs, unknown experiment); the message says what was looked for."""
+
+
+def find_runs(client, cfg: DictConfig) -> list:
+    """Finished runs of the named experiments (all when none is named), under a sweep parent, matching a filter."""
+    if cfg.experiment_names:
+        experiments = []
+        for name in cfg.experiment_names:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise ReportError(f"experiment_names: no MLflow experiment named {name!r} in {cfg.tracking_uri}")
+            experiments.append(exp.experiment_id)
+    else:
+        experiments = [e.experiment_id for e in client.search_experiments()]
+    clauses = ["attributes.status = 'FINISHED'"]
+    if cfg.parent_run:
+        clauses.append(f"tags.mlflow.parentRunId = '{cfg.parent_run}'")
+    if cfg.filter:
+        clauses.append(cfg.filter)  # MLflow filters are flat: clauses joined by `and`
+    runs = client.search_runs(experiments, filter_string=" and ".join(clauses), max_results=5000,
+                              order_by=["attributes.start_time ASC"])
+    if not runs:
+        raise ReportError(f"no finished run matches {' and '.join(clauses)} in {cfg.tracking_uri}")
+    return runs
+
+
+def group_key(run, keys) -> str:
+    """The run's group label: the values of the group keys, joined by ' / ' ('?' when absent)."""
+    values = []
+    for key in keys:
+        if key.startswith("tags."):
+            values.append(run.data.tags.get(key.removeprefix("tags."), "?"))
+        else:
+            values.append(run.data.params.get(key.removeprefix("params."), "?"))
+    return " / ".join(values) if values else "all"
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
+    n = len(values)
+    mean = sum(values) / n
+    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
+
+
+def summarise(runs, cfg: DictConfig) -> dict[str, dict[str, list[float]]]:
+    """group -> metric -> the last value of each run of the group that logged it."""
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        g = group_key(run, cfg.group_by)
+        groups[g]["runs"].append(1.0)
+        for metric in cfg.metrics:
+            if metric in run.data.metrics:
+                groups[g][metric].append(run.data.metrics[metric])
+    order = list(cfg.order) + sorted(g for g in groups if g not in cfg.order)
+    return {g: groups[g] for g in order if g in groups}
+
+
+def fmt(values: list[float], percent: bool) -> str:
+    if not values:
+        return "-"
+    mean, std = mean_std(values)
+    scale = 100.0 if percent else 1.0
+    digits = 1 if percent else 3
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if len(values) > 1 else f"{mean * scale:.{digits}f}"
+
+
+def write_table(summary, cfg: DictConfig, out: Path) -> str:
+    header = ["group", "runs", *cfg.metrics]
+    percent = set(cfg.percent)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["group", "runs"] + [f"{m}{s}" for m in cfg.metrics for s in ("_mean", "_std", "_n")])
+        for g, metrics in summary.items():
+            cells = [fmt(metrics.get(m, []), m in percent) for m in cfg.metrics]
+            lines.append(f"| {g} | {len(metrics['runs'])} | " + " | ".join(cells) + " |")
+            row = [g, len(metrics["runs"])]
+            for m in cfg.metrics:
+                vals = metrics.get(m, [])
+                row += list(mean_std(vals)) + [len(vals)] if vals else ["", "", 0]
+            writer.writerow(row)
+    note = (f"\nMean ± sample std over runs (last logged value of each metric); "
+            f"{', '.join(sorted(percent & set(cfg.metrics))) or 'no metric'} in %.\n")
+    table = "\n".join(lines) + "\n" + note
+    (out / "table.md").write_text(table)
+    return table
+
+
+def write_runs(runs, cfg: DictConfig, out: Path) -> None:
+    with open(out / "runs.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run_id", "group", "seed", *cfg.metrics])
+        for run in runs:
+            writer.writerow([run.info.run_id, group_key(run, cfg.group_by), run.data.params.get("seed", "")]
+                            + [run.data.metrics.get(m, "") for m in cfg.metrics])
+
+
+def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
+    """One PNG per curve metric: per group, the mean over its runs at each step, +- one std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for metric in cfg.curves:
+        by_group: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for run in runs:
+            for m in client.get_metric_history(run.info.run_id, metric):
+                by_group[group_key(run, cfg.group_by)][m.step].append(m.value)
+        if not by_group:
+            continue
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        order = [g for g in cfg.order if g in by_group] + sorted(g for g in by_group if g not in cfg.order)
+        for g in order:
+            steps = sorted(by_group[g])
+            stats = [mean_std(by_group[g][s]) for s in steps]
+            mean = [m for m, _ in stats]
+            ax.plot(steps, mean, label=g, marker="o" if len(steps) < 20 else None, markersize=3)
+            ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} (mean ± std over runs)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        path = out / (metric.replace("/", "_") + ".png")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def report(cfg: DictConfig) -> str:
+    import mlflow
+
+    client = mlflow.MlflowClient(cfg.tracking_uri)
+    runs = find_runs(client, cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = write_table(summarise(runs, cfg), cfg, out)
+    write_runs(runs, cfg, out)
+    plots = plot_curves(client, runs, cfg, out)
+    console = Console()
+    console.print(table)
+    console.print(f"{len(runs)} runs -> {out}/table.md, table.csv, runs.csv" + "".join(f", {p.name}" for p in plots))
+    return table
+
+
+@hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="report")
+def main(cfg: DictConfig) -> None:
+    try:
+        report(cfg)
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
