@@ -61,3 +61,25 @@ def reward_metrics(*, scores, truth, judged, sol_rewards, ch_rewards, query_vali
         metrics["train/solver/true_accuracy"] = float(truth.values.view(n, g)[graded].mean()) if graded.any() else 0.0
         metrics["train/query_valid_frac"] = float((graded.all(-1) & queries.finished.cpu()).float().mean())
     return metrics
+
+
+def degenerate_metrics(*, queries, answers, tokenizer, max_query_tokens: int) -> dict[str, float]:
+    """The fractions of degenerate generations in a step, `train/degenerate/<who>_<kind>_frac`.
+
+    Kinds: `empty` (nothing but whitespace after decoding), `truncated` (no end token within the
+    length limit), `all_pad` (not one token counts: all padding), for queries also `over_length`
+    (longer than `game.max_query_tokens`: only a query from a prompt file can be). None of them
+    stops a step: an empty or unfinished query is invalid (its answers leave the Solver loss), an
+    all-padding row adds nothing to a loss (masked means are clamped)."""
+    def kinds(texts, rollout) -> dict[str, float]:
+        out = {"empty": sum(not t.strip() for t in texts) / max(1, len(texts))}
+        if rollout is not None:
+            out["truncated"] = float((~rollout.finished).float().mean())
+            out["all_pad"] = float((rollout.completion_lengths == 0).float().mean())
+        return out
+
+    metrics = {f"train/degenerate/answer_{k}_frac": v for k, v in kinds(answers.texts, answers).items()}
+    metrics.update({f"train/degenerate/query_{k}_frac": v for k, v in kinds(queries.texts, queries.rollout).items()})
+    lengths = [len(ids) for ids in tokenizer(list(queries.texts), add_special_tokens=False)["input_ids"]]
+    metrics["train/degenerate/query_over_length_frac"] = sum(n > max_query_tokens for n in lengths) / max(1, len(lengths))
+    return metrics

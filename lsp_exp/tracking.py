@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from lsp_exp.config import PROJECT_ROOT  # noqa: E402
+from lsp_exp.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ResilientMLFlowLogger,  # noqa: E402
+                                       TrackingLostError, is_remote, one_line)
 
 
 def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
@@ -23,10 +25,12 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
     if log.tracking_uri and log.tracking_uri.startswith("sqlite:///"):
         init_sqlite_store(log.tracking_uri)
     artifact_location = Path(log.artifact_location).as_uri() if log.artifact_location else None
-    return MLFlowLogger(
+    logger = ResilientMLFlowLogger(
         experiment_name=log.experiment_name, run_name=log.run_name, tracking_uri=log.tracking_uri,
         artifact_location=artifact_location, tags=run_tags(cfg),
     )
+    ACTIVE_LOGGERS.append(logger)
+    return logger
 
 
 def tracking_uri(cfg: DictConfig) -> str | None:
@@ -60,6 +64,8 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     if cfg.get("init_from"):
         tags["init_from"] = str(cfg.init_from)
     tags.update({str(k): str(v) for k, v in (cfg.get("tags") or {}).items()})
+    if os.environ.get("LSP_MLFLOW_PARENT_RUN_ID"):  # a multirun job: the sweep's parent (sweep_callback.py)
+        tags["mlflow.parentRunId"] = os.environ["LSP_MLFLOW_PARENT_RUN_ID"]
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
@@ -114,16 +120,46 @@ def sample_rows(queries, answers, per_pair: dict, per_query: dict, texts: dict |
 
 def log_sample_table(logger, step: int, rows: dict[str, list]) -> None:
     """The sample table (see `sample_rows`) as the run artifact `samples/step_<step>.json`."""
-    if logger is None or not isinstance(logger, MLFlowLogger):
-        return
-    logger.experiment.log_table(logger.run_id, data=rows, artifact_file=f"samples/step_{step:06d}.json")
+    if logger is None or not isinstance(logger, MLFlowLogger) or getattr(logger, "down_since", None) is not None:
+        return  # (no tables while the tracking server is down)
+    try:
+        logger.experiment.log_table(logger.run_id, data=rows, artifact_file=f"samples/step_{step:06d}.json")
+    except TRACKING_ERRORS as err:
+        if not hasattr(logger, "went_down"):
+            raise
+        logger.went_down(err, step)
 
 
-def log_final_model(logger, policy, tokenizer) -> None:
-    """The trained model (or LoRA adapter) in Hugging Face format, as the run's `model/` artifact."""
+def log_final_model(logger, policy, tokenizer, outputs: str | None = None) -> Path | None:
+    """The trained model (or LoRA adapter) in Hugging Face format, as the run's `model/` artifact.
+
+    With a remote tracking server it is first saved under `<outputs>/models/<run id>/model` (and
+    kept), so a server that went away does not lose it: then TrackingLostError says where it is,
+    with the metrics the server never got beside it (`unlogged_metrics.jsonl`). Returns that folder."""
     if logger is None:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        policy.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        logger.experiment.log_artifacts(logger.run_id, tmp, "model")
+        return None
+    if not (outputs and is_remote(logger._tracking_uri)):
+        with tempfile.TemporaryDirectory() as tmp:
+            policy.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            logger.experiment.log_artifacts(logger.run_id, tmp, "model")
+        return None
+    local = Path(outputs) / "models" / logger.run_id / "model"
+    local.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    try:
+        if getattr(logger, "flush", lambda: True)() is False:
+            raise logger.last_error
+        logger.experiment.log_artifacts(logger.run_id, str(local), "model")
+        if getattr(logger, "unfinished", None):  # the server came back after training ended
+            logger.finalize(logger.unfinished)
+    except TRACKING_ERRORS as err:
+        if hasattr(logger, "went_down"):
+            logger.went_down(err)
+            logger.dump_pending(local.parent / "unlogged_metrics.jsonl")
+        raise TrackingLostError(
+            f"lost the tracking server {logger._tracking_uri} ({one_line(err, 200)}); the final model is saved in "
+            f"{local}, the metrics it did not get in {local.parent / 'unlogged_metrics.jsonl'}; run "
+            f"{logger.run_id} stays RUNNING there") from None
+    return local

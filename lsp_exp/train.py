@@ -28,13 +28,15 @@ from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, reso
 from lsp_exp.prompts import read_prompts  # noqa: E402
 from lsp_exp.rewards import ArithmeticReward, RewardModelError, build_reward  # noqa: E402
 from lsp_exp.rl.challenger import check_objective  # noqa: E402
-from lsp_exp.selfplay import SelfPlayModule  # noqa: E402
+from lsp_exp.selfplay import NonFiniteLossError, SelfPlayModule  # noqa: E402
 from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
 from lsp_exp.toy.data import read_problems  # noqa: E402
 from lsp_exp.toy.judge_data import labelled_pairs  # noqa: E402
 from lsp_exp.toy.world import heldout_slices  # noqa: E402
 from lsp_exp.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
-from lsp_exp.validation import ConfigError, validate  # noqa: E402
+from lsp_exp.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, TrackingLostError,  # noqa: E402
+                                       TrackingUnreachableError, fail_active_runs, one_line)
+from lsp_exp.validation import ConfigError, check_overrides, preflight, validate  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
@@ -61,6 +63,7 @@ def data_paths(cfg: DictConfig) -> tuple[str | None, str | None]:
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
     validate(cfg)
+    preflight(cfg)  # files the config names, the tracking server: before anything is built
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -102,7 +105,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         callbacks=[RichProgressBar()] if cfg.trainer.enable_progress_bar else [],
     )
     trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None))
-    log_final_model(logger, policy, tokenizer)
+    log_final_model(logger, policy, tokenizer, cfg.paths.outputs)
     report(module.eval_history, logger, module.judging)
     return module.eval_history
 
@@ -124,13 +127,35 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
         console.print("open it with `make ui` (http://127.0.0.1:5000)")
 
 
+# Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
+CLEAR_ERRORS = (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError,
+                TrackingUnreachableError, TrackingLostError, NonFiniteLossError)
+
+
+def main() -> None:
+    """`lsp-train`: an override that does not parse fails with one line naming it; then Hydra."""
+    check_overrides(sys.argv[1:])
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
+    """One job. Any exception ends its MLflow run FAILED with the error (tag `error`, `error.txt`)."""
+    ACTIVE_LOGGERS.clear()
     try:
         history = train(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except CLEAR_ERRORS as err:
+        fail_active_runs(err)
+        print(f"error: {one_line(err, 1000)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except TRACKING_ERRORS as err:  # the tracking server failed outside the training loop
+        fail_active_runs(err)
+        print(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except BaseException as err:  # a bug or an interrupt: the run ends FAILED and Hydra prints the traceback
+        fail_active_runs(err)
+        raise
+    ACTIVE_LOGGERS.clear()
     return history[max(history)]["accuracy"] if history else float("nan")
 
 

@@ -1,6 +1,8 @@
 """Checks that the schema cannot express: ranges and cross-field rules, each naming the key."""
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from omegaconf import DictConfig, OmegaConf
 
 from lsp_exp.judge.parsing import MAX_SCORE
@@ -11,6 +13,13 @@ from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVE
                         TOKEN_POLICY_LOSSES)
 from lsp_exp.rl.kl import PLACEMENTS
 from lsp_exp.toy.world import FLAWS
+
+
+# Lightning's precision flags; MLflow's tracking store schemes (a database scheme may name a driver,
+# e.g. postgresql+psycopg2).
+PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
+              "transformer-engine", "transformer-engine-float16")
+TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
 class ConfigError(ValueError):
@@ -60,9 +69,24 @@ def validate(cfg: DictConfig) -> None:
     require(kl.horizon > 0, "kl.horizon", "must be > 0")
     require(cfg.optim.lr > 0, "optim.lr", "must be > 0")
     require(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 disables clipping)")
+    require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
+            "must be two numbers in [0, 1)")
+    require(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be at least 1")
+    require(str(cfg.trainer.precision) in PRECISIONS, "trainer.precision", f"unknown; available: {', '.join(PRECISIONS)}")
+    require(cfg.trainer.get("max_consecutive_nonfinite", 1) >= 1, "trainer.max_consecutive_nonfinite",
+            "must be at least 1")
     require(cfg.eval.every_n_steps >= 0, "eval.every_n_steps", "must be >= 0")
     require(cfg.eval.samples >= 0, "eval.samples", "must be >= 0")
+    require(cfg.eval.sample_table_every >= 0, "eval.sample_table_every", "must be >= 0 (0: never)")
+    require(cfg.eval.max_problems is None or cfg.eval.max_problems >= 1, "eval.max_problems",
+            "must be at least 1 (or null for all)")
+    require(0 <= cfg.eval.judge_threshold <= MAX_SCORE, "eval.judge_threshold", f"must be in [0, {MAX_SCORE}]")
+    if cfg.logger.name != "none":
+        uri = cfg.logger.tracking_uri
+        scheme = urlparse(uri).scheme.split("+")[0] if uri else ""
+        require(not uri or not scheme or scheme in TRACKING_SCHEMES, "logger.tracking_uri",
+                f"unsupported scheme {scheme!r}; use one of {', '.join(s + ':' for s in TRACKING_SCHEMES)}")
     world = cfg.world
     require(world.flaw in FLAWS, "world.flaw", f"unknown; available: {', '.join(FLAWS)}")
     require(0 <= world.flaw_rate <= 1, "world.flaw_rate", "must be in [0, 1]")
@@ -72,3 +96,55 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.model.source in ("toy", "hf"), "model.source", "must be 'toy' or 'hf'")
     require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "must be float32, bfloat16 or float16")
 
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What must be there before anything is built: the files the config names and the tracking
+    server. Raises ConfigError, ModelNotFoundError (a FileNotFoundError) or TrackingUnreachableError,
+    each naming the key; cheap, so a bad path or a dead server fails in seconds, not after the model
+    is loaded."""
+    from pathlib import Path
+
+    from lsp_exp.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
+    from lsp_exp.tracking_failures import check_reachable  # noqa: PLC0415
+
+    if cfg.model.source == "hf":
+        find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.name!r}")
+    rewards = [("reward", cfg.reward)]
+    if cfg.reward.kind == "composite":
+        rewards += [(f"reward.parts.{name}", part) for name, part in cfg.reward.parts.items()]
+    for key, reward in rewards:
+        if reward.get("kind") == "reward_model":
+            find_local_or_cached(reward.get("path"), f"{key}.path", f"reward model {reward.get('name', key)!r}")
+    for key in ("eval.heldout_path", "game.prompts_path"):
+        path = OmegaConf.select(cfg, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{key}={path!r}: no such file")
+    if cfg.logger.name != "none" and cfg.logger.tracking_uri:
+        check_reachable(cfg.logger.tracking_uri, key="logger.tracking_uri")
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Exit 2 with one line naming the first command-line override Hydra's grammar rejects (Hydra's
+    own message does not always name it). Anything else is left to Hydra."""
+    import sys
+
+    try:
+        from hydra._internal.utils import get_args_parser  # noqa: PLC0415 (what hydra.main parses argv with)
+        from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+        from hydra.errors import OverrideParseException  # noqa: PLC0415
+
+        overrides = get_args_parser().parse_known_args(argv)[0].overrides
+    except (ImportError, SystemExit, ValueError):
+        return
+    parser = OverridesParser.create()
+    for override in overrides:
+        try:
+            parser.parse_overrides([override])
+        except OverrideParseException as err:
+            reason = next((line for line in str(err).splitlines()
+                           if line.strip() and not line.startswith(("See https", "Error parsing override"))),
+                          "syntax error")
+            print(f"error: cannot parse the override {override!r}: {reason} "
+                  "(grammar: https://hydra.cc/docs/1.3/advanced/override_grammar/basic/)", file=sys.stderr)
+            raise SystemExit(2) from None

@@ -1,0 +1,181 @@
+"""Tracking that fails well: a dead server at start fails in seconds; one that goes away mid-run
+costs no training (metrics are kept and replayed); a run that raises ends FAILED with its error.
+
+- MLflow's HTTP client retries 7 times with a backoff factor of 2 and a 120 s timeout by default
+  (minutes per call against a dead server). Unless the environment says otherwise, a call here
+  gives up after 3 retries (about 7 s) and 20 s per request.
+- `check_reachable` asks an http(s) server once, with a 5 s timeout, before anything is built.
+- `ResilientMLFlowLogger` keeps the metrics a failed call could not send, retries at most every
+  `retry_s` seconds, and replays them in order once the server answers; `finalize` never raises for
+  the server, so training ends normally and the final model is saved locally (see
+  `tracking.log_final_model`).
+- `record_failure` tags the run `error` (one line), logs `error.txt` (the traceback) and ends it
+  FAILED; the logger does it itself when Lightning finalizes it after an exception inside `fit`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+import requests  # noqa: E402
+from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
+from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+# What a tracking server that is down, slow or gone raises through MLflow's client.
+TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
+REMOTE_SCHEMES = ("http", "https", "databricks")
+
+
+class TrackingUnreachableError(ConnectionError):
+    """The tracking store named by the config cannot be reached; the message names the key."""
+
+
+class TrackingLostError(RuntimeError):
+    """The tracking server went away and did not come back before the run ended; the message says
+    where the final model and the metrics it did not get are kept."""
+
+
+def one_line(err: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_remote(uri: str | None) -> bool:
+    return bool(uri) and urlparse(uri).scheme in REMOTE_SCHEMES
+
+
+def check_reachable(uri: str, key: str = "logger.tracking_uri", timeout: float = 5.0) -> None:
+    """One request to an http(s) server (any HTTP answer will do), or the folder of a sqlite store."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingUnreachableError(
+                f"{key}={uri!r}: tracking server unreachable ({one_line(reason)}); start it, point {key} "
+                "(or MLFLOW_TRACKING_URI) at a running one, or use a local store (sqlite:///...) or logger=none"
+            ) from None
+    elif scheme == "sqlite":
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingUnreachableError(f"{key}={uri!r}: cannot create {folder} ({one_line(err)})") from None
+
+
+class ResilientMLFlowLogger(MLFlowLogger):
+    """An MLFlowLogger whose metrics survive a tracking server that goes away mid-run."""
+
+    def __init__(self, *args, retry_s: float = 60.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.retry_s = retry_s
+        self.pending: list[tuple[dict[str, float], int | None]] = []
+        self.down_since: float | None = None  # time.monotonic() of the first failure of an outage
+        self.down_step: int | None = None
+        self.last_error: BaseException | None = None
+        self._last_try = 0.0
+        self.error_recorded = False
+        self.unfinished: str | None = None  # the status `finalize` could not set (server down)
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        self.pending.append((dict(metrics), step))
+        if self.down_since is not None and time.monotonic() - self._last_try < self.retry_s:
+            return
+        self.flush()
+
+    def flush(self) -> bool:
+        """Send what is pending, oldest first; False while the server is still down."""
+        self._last_try = time.monotonic()
+        try:
+            while self.pending:
+                metrics, step = self.pending[0]
+                super().log_metrics(metrics, step)
+                self.pending.pop(0)
+        except TRACKING_ERRORS as err:
+            self.went_down(err, self.pending[0][1] if self.pending else None)
+            return False
+        if self.down_since is not None:
+            log.warning("tracking server %s is back after %.0f s; the metrics kept meanwhile are logged",
+                        self._tracking_uri, time.monotonic() - self.down_since)
+            self.down_since = None
+        return True
+
+    def went_down(self, err: BaseException, step: int | None = None) -> None:
+        self.last_error = err
+        if self.down_since is None:
+            self.down_since, self.down_step = time.monotonic(), step
+            log.warning("tracking server %s unreachable at step %s (%s); training goes on, metrics are kept and "
+                        "sent when it answers (retry every %.0f s)", self._tracking_uri, step, one_line(err, 200),
+                        self.retry_s)
+
+    def dump_pending(self, path: Path) -> None:
+        """The metrics the server never got, one JSON object per call, for the record."""
+        with open(path, "w") as f:
+            for metrics, step in self.pending:
+                f.write(json.dumps({"step": step, "metrics": metrics}) + "\n")
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if not self._initialized:
+            return
+        error = sys.exc_info()[1] if status == "failed" else None  # Lightning finalizes inside its `except`
+        if not self.flush():
+            self.unfinished = status  # the run stays RUNNING on the server; log_final_model / main say so
+            return
+        self.unfinished = None
+        if error is not None:
+            record_failure(self, error)
+            return
+        try:
+            super().finalize(status)
+        except TRACKING_ERRORS as err:
+            self.went_down(err)
+
+
+def record_failure(logger, err: BaseException) -> None:
+    """Tag the run `error` (one line), log `error.txt` (the traceback) and end it FAILED. Never
+    raises: a server that is down only gets a warning (the run then stays RUNNING there)."""
+    run_id = getattr(logger, "_run_id", None)
+    if logger is None or run_id is None or getattr(logger, "error_recorded", False):
+        return
+    if getattr(logger, "down_since", None) is not None:
+        log.warning("run %s stays RUNNING on %s: the tracking server is down", run_id, logger._tracking_uri)
+        return
+    client = logger.experiment
+    try:
+        client.set_tag(run_id, "error", f"{type(err).__name__}: {one_line(err, 4000)}")
+        client.log_text(run_id, "".join(traceback.format_exception(err)), "error.txt")
+        client.set_terminated(run_id, "FAILED")
+        logger.error_recorded = True
+    except TRACKING_ERRORS as tracking_err:
+        log.warning("could not mark run %s FAILED on %s (%s)", run_id, logger._tracking_uri, one_line(tracking_err))
+
+
+ACTIVE_LOGGERS: list = []  # the loggers of the job now running in this process (for main's error handler)
+
+
+def fail_active_runs(err: BaseException) -> None:
+    """End the runs of the job that raised `err` FAILED, with the error (see `record_failure`)."""
+    while ACTIVE_LOGGERS:
+        record_failure(ACTIVE_LOGGERS.pop(), err)

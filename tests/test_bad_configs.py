@@ -1,0 +1,103 @@
+"""Bad configurations through the real `lsp-train` entry: each exits non-zero with a clear message
+that names the offending key or value, and no Python traceback; none builds anything first.
+
+The cases run in one batch (tests/cli_batch.py: the entry's imports paid once, one forked child
+per case, in parallel); one case also runs through the installed `lsp-train` script itself, to show
+the batch sees what a user sees."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_overrides
+
+HERE = Path(__file__).resolve().parent
+CLOSED_PORT = "<closed>"  # replaced by a loopback port nothing listens on
+
+# (overrides, what the message must name). Hydra's composition errors are its own short message
+# (plus its HYDRA_FULL_ERROR hint); everything else is one line `error: <key>=<value>: <why>`.
+BAD = [
+    ("game=nope", "Could not find 'game/nope'"),                     # unknown group option
+    ("algorithm=nope", "Could not find 'algorithm/nope'"),           # unknown algorithm name
+    ("game.n_queries=abc", "game.n_queries=abc"),                    # wrong type
+    ("seed=1.5", "seed=1.5"),
+    ("game.nope=1", "game.nope"),                                    # unknown key
+    ("game.n_queries=[", "'game.n_queries=['"),                      # unparseable override
+    ("nokey", "'nokey'"),
+    ("game.n_queries=0", "game.n_queries=0: N must be at least 1"),  # N < 1
+    ("game.group_size=1", "game.group_size=1: G must be at least 2"),  # G < 2 with a group baseline
+    ("kl.beta=-0.1", "kl.beta=-0.1: must be >= 0"),                  # negative beta
+    ("optim.lr=0", "optim.lr=0.0: must be > 0"),                     # lr <= 0
+    ("optim.betas=[0.9]", "optim.betas="),
+    ("model=llama3_2_3b_instruct", "model.path='meta-llama/Llama-3.2-3B-Instruct' is not in the Hugging Face cache"),
+    ("model.source=hf model.path=/nonexistent/model", "model.path='/nonexistent/model': directory does not exist"),
+    ("algorithm.advantage=nope", "algorithm.advantage='nope': unknown; available:"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: must be at least 1"),
+    ("trainer.precision=64x", "trainer.precision='64x': unknown"),
+    ("trainer.max_consecutive_nonfinite=0", "trainer.max_consecutive_nonfinite=0"),
+    ("reward=reward_model reward.path=/nonexistent/rm", "reward.path='/nonexistent/rm': directory does not exist"),
+    ("reward.kind=oracle", "reward.kind='oracle': unknown"),
+    ("kl.estimator=k9", "kl.estimator='k9': unknown; available: k1, k2, k3"),
+    ("eval.samples=-1", "eval.samples=-1: must be >= 0"),
+    ("eval.heldout_path=/nonexistent/heldout.jsonl", "eval.heldout_path='/nonexistent/heldout.jsonl': no such file"),
+    ("game=grpo_data game.prompts_path=/nonexistent/p.jsonl", "game.prompts_path='/nonexistent/p.jsonl': no such file"),
+    ("logger.tracking_uri=ftp://example.org/mlflow", "logger.tracking_uri='ftp://example.org/mlflow': unsupported scheme"),
+    (f"logger.tracking_uri=http://127.0.0.1:{CLOSED_PORT}", "tracking server unreachable"),
+]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free once closed: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Run every case in one batch; also run the first case through the installed script."""
+    outputs = tmp_path_factory.mktemp("bad_configs")
+    port = str(closed_port())
+    cases = [{"argv": tiny_overrides(outputs, *args.replace(CLOSED_PORT, port).split()),
+              "env": {"HF_HUB_OFFLINE": "1"}} for args, _ in BAD]
+    (outputs / "cases.json").write_text(json.dumps(cases))
+    script = Path(sys.executable).parent / "lsp-train"
+    real = subprocess.Popen([str(script), *cases[0]["argv"]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) if script.exists() else None
+    batch = subprocess.run([sys.executable, str(HERE / "cli_batch.py"), str(outputs / "cases.json"),
+                            str(outputs / "results.json")], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    out = dict(zip((args for args, _ in BAD), json.loads((outputs / "results.json").read_text())))
+    if real is not None:
+        stdout, stderr = real.communicate(timeout=300)
+        out["<installed script>"] = {"rc": real.returncode, "stdout": stdout, "stderr": stderr}
+    out["<outputs>"] = outputs
+    return out
+
+
+@pytest.mark.parametrize("args, named", BAD, ids=[args for args, _ in BAD])
+def test_bad_config_fails_clearly(results, args, named):
+    res = results[args]
+    assert res["rc"] != 0, res
+    assert "Traceback" not in res["stderr"], res["stderr"]
+    assert named in res["stderr"], res["stderr"]
+    lines = [line for line in res["stderr"].splitlines() if line.strip()]
+    if lines[0].startswith("error: "):  # ours: exactly one line
+        assert len(lines) == 1, res["stderr"]
+    else:  # Hydra's: its message, then the pointer to HYDRA_FULL_ERROR, no stack
+        assert "HYDRA_FULL_ERROR" in lines[-1], res["stderr"]
+    assert res["seconds"] < 60, res  # the closed port included: no MLflow retries for minutes
+
+
+def test_nothing_was_built_and_the_installed_script_agrees(results):
+    assert not (results["<outputs>"] / "toy_world").exists()  # every case failed before the toy world build
+    real, batch = results.get("<installed script>"), results[BAD[0][0]]
+    if real is None:
+        pytest.skip("no installed lsp-train script next to this Python")
+    assert (real["rc"], real["stderr"]) == (batch["rc"], batch["stderr"])
