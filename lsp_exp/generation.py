@@ -151,22 +151,30 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     masked positions, from the same forward pass: returns (logp, entropy)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     split = shared_prefix(input_ids, attention_mask) if SHARE_PREFIXES else None
-    if split is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        chosen = _chosen(logits[:, :-1], input_ids[:, 1:])
+    if split is None:  # the last token predicts nothing: it is not run
+        logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                       position_ids=position_ids[:, :-1]).logits
+        chosen = _chosen(logits, input_ids[:, 1:])
         if entropy_mask is None:
             return chosen
-        return chosen, token_entropy(logits[:, :-1].detach(), entropy_mask)
+        return chosen, token_entropy(logits.detach(), entropy_mask)
 
     s, firsts, group = split
     head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
                  position_ids=position_ids[firsts, :s], use_cache=True)
     cache = head.past_key_values
-    cache.batch_select_indices(group)
-    tail = model(input_ids=input_ids[:, s:], attention_mask=attention_mask, position_ids=position_ids[:, s:],
-                 past_key_values=cache, use_cache=True)
+    sizes = torch.bincount(group)
+    if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
+        cache.batch_repeat_interleave(int(sizes[0]))
+    else:
+        cache.batch_select_indices(group)
     head_logits = head.logits[:, :-1]                                            # predicts tokens 1 .. s-1
-    tail_logits = torch.cat([head.logits[group, -1:], tail.logits[:, :-1]], 1)  # predicts tokens s .. L-1
+    if s < input_ids.shape[1] - 1:
+        tail = model(input_ids=input_ids[:, s:-1], attention_mask=attention_mask[:, :-1],
+                     position_ids=position_ids[:, s:-1], past_key_values=cache, use_cache=True)
+        tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
+    else:
+        tail_logits = head.logits[group, -1:]
     chosen = torch.cat([_chosen(head_logits, input_ids[firsts, 1:s])[group], _chosen(tail_logits, input_ids[:, s:])], 1)
     if entropy_mask is None:
         return chosen

@@ -57,13 +57,15 @@ def test_sampling_is_seeded_and_honours_min_new_tokens(tiny, switches):
     assert (forced.completion_lengths == 5).all() and not forced.finished.any()
 
 
-def test_shared_prefix_log_probs_entropy_and_gradients_equal_a_plain_pass(tiny, switches):
+@pytest.mark.parametrize("problems,copies", [(PROBLEMS, 4), (["1+2", "1+2", "1+2", "12+3*4"], 1)])
+def test_shared_prefix_log_probs_entropy_and_gradients_equal_a_plain_pass(tiny, switches, problems, copies):
     model, tokenizer = tiny
     switches(False, True)
     torch.manual_seed(0)
-    rollout = generate(model, tokenizer, chat_prompts(tokenizer, PROBLEMS), max_new_tokens=6, num_return_sequences=4)
+    rollout = generate(model, tokenizer, chat_prompts(tokenizer, problems), max_new_tokens=6,
+                       num_return_sequences=copies)
     split = shared_prefix(rollout.input_ids, rollout.attention_mask)
-    assert split is not None and split[1].numel() == len(PROBLEMS)  # one prefix per prompt
+    assert split is not None and split[1].numel() == len(set(problems))  # one prefix per distinct prompt
     mask = rollout.completion_mask[:, 1:].float()
     results = {}
     for share in (False, True):

@@ -97,6 +97,8 @@ def main() -> None:
     p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
     p.add_argument("--before", action="store_true",
                    help="suite trl: also run this project's step as it was before the speed-ups (generation.py switches)")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="suite trl: also run this project's step with the proposed fused AdamW (selfplay.py diff)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
 
@@ -121,6 +123,8 @@ def main() -> None:
             arms = {"lsp-exp grpo_data": lsp("grpo_data", args.n, args.g), "trl GRPOTrainer": trl(args.n, args.g)}
             if args.before:
                 arms["lsp-exp grpo_data (before)"] = lsp("grpo_data", args.n, args.g, "--before")
+            if args.fused_adamw:
+                arms["lsp-exp grpo_data + fused AdamW"] = lsp("grpo_data", args.n, args.g, "--fused-adamw")
         elif args.suite == "games":
             arms = {"grpo_data": lsp("grpo_data", args.n, args.g), "lsp_zero": lsp("lsp_zero", args.n, args.g),
                     "lsp": lsp("lsp", args.n, args.g)}
@@ -154,6 +158,10 @@ def main() -> None:
                 old = arms["lsp-exp grpo_data (before)"]
                 body.append(["ratio after/before", ours["step_s"] / old["step_s"], ours["tokens_per_s"] / old["tokens_per_s"],
                              ours["peak_rss_mb"] / old["peak_rss_mb"], ours["rss_before_train_mb"] / old["rss_before_train_mb"]])
+            if args.fused_adamw:
+                new = arms["lsp-exp grpo_data + fused AdamW"]
+                body.append(["ratio (+ fused AdamW)/TRL", new["step_s"] / theirs["step_s"], new["tokens_per_s"] / theirs["tokens_per_s"],
+                             new["peak_rss_mb"] / theirs["peak_rss_mb"], new["rss_before_train_mb"] / theirs["rss_before_train_mb"]])
             print(table(body, ["framework", "step s (median)", "completion tok/s", "peak RSS MiB", "RSS before train MiB"]))
             for name, r in arms.items():
                 if name.startswith("lsp-exp"):
