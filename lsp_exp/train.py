@@ -17,11 +17,14 @@ import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import RichProgressBar  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
+from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.checkpointing import StepCheckpoint, check_launch, checkpoint_dir, continue_run, prepare_resume  # noqa: E402
 from lsp_exp.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
@@ -62,6 +65,7 @@ def data_paths(cfg: DictConfig) -> tuple[str | None, str | None]:
 
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
+    cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
     validate(cfg)
     preflight(cfg)  # files the config names, the tracking server: before anything is built
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
@@ -95,18 +99,29 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world),
                             verifier=verifier, labelled_pairs=pairs, judge_template=judge_template)
 
-    logger = build_logger(cfg)
-    log_run_start(logger, cfg)
+    check_launch(cfg)
+    logger = build_logger(cfg) if rank_zero_only.rank == 0 else None  # only rank 0 touches the store
+    if resume is None:
+        log_run_start(logger, cfg)
+    else:
+        continue_run(logger, cfg, resume)
+    run_id = logger.run_id if logger is not None else None
+    checkpoints = StepCheckpoint(checkpoint_dir(cfg, logger), cfg.trainer.checkpoint_every, run_id, overrides)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
-        precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps, logger=logger or False,
-        log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
+        num_nodes=cfg.trainer.num_nodes, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
+        logger=logger or False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
-        callbacks=[RichProgressBar()] if cfg.trainer.enable_progress_bar else [],
+        callbacks=[checkpoints, *([RichProgressBar()] if cfg.trainer.enable_progress_bar else [])],
     )
-    trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None))
-    log_final_model(logger, policy, tokenizer, cfg.paths.outputs)
-    report(module.eval_history, logger, module.judging)
+    try:
+        trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
+                    ckpt_path=str(resume.path) if resume else None, weights_only=False)  # our own checkpoints
+    except SIGTERMException:  # preempted: the checkpoint is written; exit like a process ended by SIGTERM
+        raise SystemExit(143) from None
+    if trainer.is_global_zero:
+        log_final_model(logger, policy, tokenizer, cfg.paths.outputs)
+        report(module.eval_history, logger, module.judging)
     return module.eval_history
 
 

@@ -14,6 +14,15 @@ class DataGame:
         self.prompts = prompts
         self.generator = torch.Generator().manual_seed(seed)  # its own stream, so sampling does not move it
 
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
     def queries(self, policy, tokenizer) -> Queries:
         index = torch.randint(len(self.prompts), (self.cfg.n_queries,), generator=self.generator)
         texts = [self.prompts[i] for i in index.tolist()]

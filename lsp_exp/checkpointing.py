@@ -1,0 +1,308 @@
+"""Exact resume: checkpoints every k steps and on SIGTERM or Ctrl-C, with every RNG state.
+
+A checkpoint is Lightning's (`trainer.save_checkpoint`): the weights (only the trainable ones when
+some are frozen, as under LoRA: `SelfPlayModule.on_save_checkpoint`), the optimizer, the loop
+counters (the step), the module's own state (KL controllers, the game's sampler, counters), and,
+from `StepCheckpoint` below, under `"lsp"`:
+
+- `rng`: the RNG states of python `random`, numpy, torch CPU and CUDA, one entry per rank (each
+  rank plays its own games from its own stream; Lightning does not save them);
+- `run_id`: the MLflow run, so `lsp-train resume=...` continues it;
+- `overrides`: the run's Hydra command-line overrides, so `lsp-train resume=<...>` recomposes the
+  same config (later overrides, e.g. `trainer.max_steps=...`, win).
+
+Files: `<trainer.checkpoint_dir or <outputs>/checkpoints/<run id>>/step_<step>.ckpt`; only the newest
+is kept. `resume=` takes a checkpoint file, a directory of them, or an MLflow run id.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+CKPT_NAME = re.compile(r"^step_(\d+)\.ckpt$")
+
+
+class ResumeError(ValueError):
+    """`resume` names no checkpoint; the message says what was looked for."""
+
+
+# ---- RNG states -------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """The state of every RNG a step draws from (python, numpy, torch CPU and every CUDA device)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_objects(obj: Any, trainer) -> list[Any]:
+    """`obj` of every rank, in rank order (a list of one without a process group)."""
+    if trainer is None or trainer.world_size <= 1 or not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+# ---- the callback -----------------------------------------------------------------------------
+class StepCheckpoint(Callback):
+    """Save `step_<step>.ckpt` every `every` steps and at the last step (0: never periodically),
+    and on SIGTERM or a first Ctrl-C, at the end of the step in progress (so the checkpoint is at a
+    step boundary and resuming from it is exact). A second Ctrl-C stops at once without one.
+
+    `run_id` and `overrides` go into every checkpoint; on load, the saved RNG states are restored
+    at the start of the first step (after the resumed run's start-up, which may draw from them)."""
+
+    def __init__(self, dirpath: str | Path, every: int = 0, run_id: str | None = None,
+                 overrides: list[str] | None = None):
+        self.dirpath, self.every, self.run_id, self.overrides = Path(dirpath), every, run_id, overrides or []
+        self._pending_rng: dict[str, Any] | None = None
+        self._previous_sigint = None
+        self.last_path: Path | None = None
+
+    # saving
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if self.every and (step % self.every == 0 or step >= trainer.max_steps):
+            self.save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception):
+        if isinstance(exception, SIGTERMException) and trainer.global_step > 0:
+            path = self.save(trainer)
+            if trainer.is_global_zero:
+                print(f"interrupted: checkpoint at {path}; continue with `lsp-train resume={path}`", flush=True)
+
+    def save(self, trainer) -> Path:
+        path = self.dirpath / f"step_{trainer.global_step:07d}.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            for old in self.dirpath.glob("step_*.ckpt"):  # keep only the newest
+                if old != path:
+                    old.unlink(missing_ok=True)
+        self.last_path = path
+        return path
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["lsp"] = {"rng": gather_objects(rng_state(), trainer), "run_id": self.run_id,
+                             "overrides": list(self.overrides), "world_size": trainer.world_size}
+
+    # loading
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+        states = checkpoint.get("lsp", {}).get("rng") or []
+        if states:
+            if len(states) != trainer.world_size:
+                log.warning("resuming %d ranks from a checkpoint of %d: RNG streams are reassigned",
+                            trainer.world_size, len(states))
+            self._pending_rng = states[trainer.global_rank % len(states)]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    # Ctrl-C: stop at the end of the step, like SIGTERM
+    def on_train_start(self, trainer, pl_module):
+        def first_interrupt(signum, frame):
+            signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
+            trainer._signal_connector.received_sigterm = True  # the loop raises SIGTERMException after this step
+
+        try:
+            self._previous_sigint = signal.signal(signal.SIGINT, first_interrupt)
+        except ValueError:  # not the main thread (e.g. some launchers): Lightning's own handling applies
+            self._previous_sigint = None
+
+    def on_train_end(self, trainer, pl_module):
+        self._restore_sigint()
+
+    def teardown(self, trainer, pl_module, stage):
+        self._restore_sigint()
+
+    def _restore_sigint(self):
+        if self._previous_sigint is not None:
+            try:
+                signal.signal(signal.SIGINT, self._previous_sigint)
+            except ValueError:
+                pass
+            self._previous_sigint = None
+
+
+# ---- finding the checkpoint to resume ---------------------------------------------------------
+def default_dir(outputs: str, run_id: str | None) -> Path:
+    if run_id is None:  # logger=none: one folder per run
+        import time
+
+        run_id = f"untracked/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
+    return Path(outputs) / "checkpoints" / run_id
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in directory.glob("step_*.ckpt") if (m := CKPT_NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None) -> Path:
+    """The checkpoint file `spec` names: a file, a directory of `step_*.ckpt`, or an MLflow run id
+    (its checkpoints under `trainer.checkpoint_dir` when set, else `<outputs>/checkpoints/<run id>`)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise ResumeError(f"resume={spec!r}: no step_*.ckpt in that directory")
+        return found
+    if RUN_ID.match(spec):
+        directory = Path(checkpoint_dir) if checkpoint_dir else default_dir(outputs, spec)
+        found = latest_checkpoint(directory)
+        if found is None:
+            raise ResumeError(f"resume={spec!r}: no checkpoint of that MLflow run in {directory} "
+                              "(was it trained with trainer.checkpoint_every > 0?)")
+        return found
+    raise ResumeError(f"resume={spec!r}: not a checkpoint file, a directory of checkpoints or an MLflow run id")
+
+
+def checkpoint_meta(path: Path) -> dict[str, Any]:
+    """The `"lsp"` entry of a checkpoint (run id, overrides, world size) and its step."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    meta = dict(ckpt.get("lsp", {}))
+    meta.pop("rng", None)
+    meta["step"] = ckpt.get("global_step", 0)
+    return meta
+
+
+def job_overrides() -> list[str] | None:
+    """This Hydra job's command-line overrides (None outside a Hydra app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(saved: list[str], current: list[str]) -> list[str]:
+    """The saved run's overrides updated by this command's (a key given again takes the new value),
+    without `resume=`."""
+    merged = {_key(o): o for o in saved}
+    merged.update({_key(o): o for o in current})
+    merged.pop("resume", None)
+    return list(merged.values())
+
+
+@dataclass
+class Resume:
+    path: Path                  # the checkpoint
+    run_id: str | None          # the MLflow run it continues
+    step: int                   # the step it was saved at
+
+
+def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str]]:
+    """(config, what to resume, the overrides to save in this run's checkpoints).
+
+    Under Hydra, `resume=` recomposes the config from the checkpoint's saved overrides followed by
+    this command's, so `lsp-train resume=<run id>` needs no other argument and
+    `lsp-train resume=<run id> trainer.max_steps=4000` extends a run. Outside Hydra (a composed
+    config handed to `train()`), the config is used as given."""
+    current = job_overrides()
+    if not cfg.get("resume"):
+        return cfg, None, without_resume(current or [])
+    path = resolve_resume(str(cfg.resume), cfg.paths.outputs, cfg.trainer.get("checkpoint_dir"))
+    meta = checkpoint_meta(path)
+    overrides = merge_overrides(meta.get("overrides") or [], current or [])
+    if current is not None and meta.get("overrides") is not None:
+        from hydra import compose
+        from hydra.core.hydra_config import HydraConfig
+
+        cfg = compose(config_name=HydraConfig.get().job.config_name, overrides=[*overrides, f"resume={path}"])
+    return cfg, Resume(path, meta.get("run_id"), int(meta["step"])), overrides
+
+
+def without_resume(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if _key(o) != "resume"]
+
+
+def continue_run(logger, cfg: DictConfig, resume: Resume) -> None:
+    """Point the MLflow logger at the checkpoint's run, mark it RUNNING again, and log this
+    command's resolved config beside the original (params are not logged again: MLflow refuses a
+    changed value, e.g. a larger trainer.max_steps)."""
+    if logger is None or not resume.run_id:
+        return
+    from omegaconf import OmegaConf
+
+    logger._run_id = resume.run_id  # MLFlowLogger(run_id=...) after construction: it then logs to that run
+    client = logger.experiment
+    client.update_run(resume.run_id, status="RUNNING")
+    client.set_tag(resume.run_id, "resumed_from_step", str(resume.step))
+    client.log_text(resume.run_id, OmegaConf.to_yaml(cfg, resolve=True), f"config/resumed_step_{resume.step:07d}.yaml")
+
+
+def checkpoint_dir(cfg: DictConfig, logger) -> Path:
+    """`trainer.checkpoint_dir`, else `<outputs>/checkpoints/<MLflow run id>` (rank 0 names it)."""
+    if cfg.trainer.get("checkpoint_dir"):
+        return Path(cfg.trainer.checkpoint_dir)
+    return default_dir(cfg.paths.outputs, logger.run_id if logger is not None else None)
+
+
+# ---- starting the ranks -----------------------------------------------------------------------
+def is_multiprocess(trainer_cfg) -> bool:
+    strategy = str(trainer_cfg.strategy)
+    return strategy.startswith(("ddp", "fsdp", "deepspeed")) and str(trainer_cfg.devices) != "1"
+
+
+def started_outside() -> bool:
+    """The ranks are started by SLURM (one task per device) or torchrun: Lightning only joins them."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Lightning's `ddp` strategy starts ranks 1.. by re-running the command line (with the Hydra
+    run dir set). Inside a Hydra multirun that command is the whole sweep, so:
+    - basic launcher (jobs one after another): the re-run command becomes this job's own overrides;
+    - joblib launcher: its workers are not a command to re-run: refused, with what to use instead;
+    - SLURM (submitit, one task per device) or torchrun: the ranks exist already; nothing to do."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or not is_multiprocess(cfg.trainer) or started_outside():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    if "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
+        from lsp_exp.validation import ConfigError
+
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy} with {cfg.trainer.devices} devices starts its ranks by re-running "
+            "the command, which a joblib worker cannot do: sweep DDP jobs with the default launcher (one job at a "
+            "time) or hydra/launcher=slurm (tasks_per_node = devices)")
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]

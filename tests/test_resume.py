@@ -1,0 +1,58 @@
+"""Exact resume: a run of 2k steps and a run of k steps resumed to 2k log the same metrics (but perf/*)."""
+import mlflow
+import torch
+
+from lsp_exp.checkpointing import latest_checkpoint, resolve_resume
+from lsp_exp.train import train
+
+from conftest import compose_config, tiny_overrides
+from test_train_e2e import TINY_RM
+
+
+def history(outputs, run_id):
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    run = client.get_run(run_id)
+    return run, {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
+                 for k in run.data.metrics if not k.startswith("perf/")}
+
+
+def run_ids(outputs):
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    exp = client.get_experiment_by_name("lsp-exp")
+    return [r.info.run_id for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])]
+
+
+def one_run(outputs, *extra):
+    train(compose_config("train", tiny_overrides(outputs, "trainer.checkpoint_every=2", *extra)))
+    return run_ids(outputs)[0]
+
+
+def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(shared_outputs):
+    """k=2, 2k=4: grpo_data (its prompt sampler is state too), adaptive KL (controller state), and the
+    tiny reward model, so that rewards vary and the weights move (the tiny policy never answers right)."""
+    common = ["game=grpo_data", "kl=adaptive", "eval.every_n_steps=2", "reward=tiny_rm", *TINY_RM]
+    full = one_run(shared_outputs, "trainer.max_steps=4", *common)
+    first = one_run(shared_outputs, "trainer.max_steps=2", *common)
+    ckpt = latest_checkpoint(shared_outputs / "checkpoints" / first)
+    assert ckpt is not None and ckpt.name == "step_0000002.ckpt"
+    assert resolve_resume(first, str(shared_outputs)) == ckpt  # a run id finds its newest checkpoint
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    assert saved["lsp"]["run_id"] == first and saved["global_step"] == 2
+    assert {"python", "numpy", "torch"} <= set(saved["lsp"]["rng"][0]) and "game" in saved and "kl_controllers" in saved
+    assert saved["optimizer_states"]
+
+    train(compose_config("train", tiny_overrides(shared_outputs, "trainer.max_steps=4", *common,
+                                                 "trainer.checkpoint_every=2", f"resume={first}")))
+    assert run_ids(shared_outputs)[0] == first  # no new run: the same one continued
+    run_full, expected = history(shared_outputs, full)
+    run_resumed, got = history(shared_outputs, first)
+    assert run_resumed.info.status == "FINISHED" and run_resumed.data.tags["resumed_from_step"] == "2"
+    assert set(got) == set(expected)
+    for key in expected:
+        if key.startswith("eval/"):  # the first segment's end-of-run evaluation (at step 2) is extra
+            extra = [point for point in got[key] if point not in expected[key]]
+            assert all(step == 2 for step, _ in extra), key
+            got[key] = [point for point in got[key] if point in expected[key]]
+        assert got[key] == expected[key], key
+    assert len(got["train/solver/reward"]) == 4
+    assert len({v for _, v in got["train/solver/reward"]}) > 1 and all(v > 0 for _, v in got["train/grad_norm"])
