@@ -3,9 +3,14 @@ the base model's accuracy and how well its judge mode and the reward model judge
 from __future__ import annotations
 
 import json
+import os
+import sys
 
-import hydra
-from omegaconf import DictConfig
+for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(_key, _value)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console
 
 from lsp_exp import config  # noqa: F401  (registers the schemas)
@@ -14,15 +19,31 @@ from lsp_exp.judge.judge import SelfQualityJudge
 from lsp_exp.judge.judging import judge_the_judges
 from lsp_exp.judge.templates import get_template
 from lsp_exp.models import Reference, load_toy_world
-from lsp_exp.rewards import build_reward
+from lsp_exp.rewards import RewardModelError, build_reward
 from lsp_exp.toy.build import build_toy_world, world_config
 from lsp_exp.toy.judge_data import labelled_pairs
 from lsp_exp.toy.reward_model import build_tiny_rm
 from lsp_exp.toy.world import heldout_slices
+from lsp_exp.validation import ConfigError, check_overrides, validate_world_and_model
+
+
+def main() -> None:
+    """`lsp-bootstrap`: an override that does not parse fails with one line naming it; then Hydra."""
+    check_overrides(sys.argv[1:])
+    hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="bootstrap")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
+    try:
+        validate_world_and_model(cfg)
+        bootstrap(cfg)
+    except (ConfigError, FileNotFoundError, RewardModelError) as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def bootstrap(cfg: DictConfig) -> None:
     console = Console()
     path = build_toy_world(cfg.world, cfg.model.bootstrap, cfg.paths.outputs, force=cfg.force)
     info = json.loads((path / "info.json").read_text())

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # What a tracking server that is down, slow or gone raises through MLflow's client.
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
 REMOTE_SCHEMES = ("http", "https", "databricks")
+RETRY_S = 60.0  # while the server is down, how often a metrics call tries it again (the rest are kept)
 
 
 class TrackingUnreachableError(ConnectionError):
@@ -86,9 +87,9 @@ def check_reachable(uri: str, key: str = "logger.tracking_uri", timeout: float =
 class ResilientMLFlowLogger(MLFlowLogger):
     """An MLFlowLogger whose metrics survive a tracking server that goes away mid-run."""
 
-    def __init__(self, *args, retry_s: float = 60.0, **kwargs):
+    def __init__(self, *args, retry_s: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.retry_s = retry_s
+        self.retry_s = RETRY_S if retry_s is None else retry_s
         self.pending: list[tuple[dict[str, float], int | None]] = []
         self.down_since: float | None = None  # time.monotonic() of the first failure of an outage
         self.down_step: int | None = None

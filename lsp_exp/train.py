@@ -11,7 +11,9 @@ import os
 import sys
 import warnings
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# No telemetry, and nothing fetched from the Hugging Face hub at run time (HF_HUB_OFFLINE=0 allows it).
+for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
+    os.environ.setdefault(_key, _value)
 
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402

@@ -87,14 +87,25 @@ def validate(cfg: DictConfig) -> None:
         scheme = urlparse(uri).scheme.split("+")[0] if uri else ""
         require(not uri or not scheme or scheme in TRACKING_SCHEMES, "logger.tracking_uri",
                 f"unsupported scheme {scheme!r}; use one of {', '.join(s + ':' for s in TRACKING_SCHEMES)}")
+    validate_world_and_model(cfg)
+
+
+def validate_world_and_model(cfg: DictConfig) -> None:
+    """The checks `lsp-bootstrap` shares with `lsp-train`."""
+    def require(ok: bool, key: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: {message}")
+
     world = cfg.world
     require(world.flaw in FLAWS, "world.flaw", f"unknown; available: {', '.join(FLAWS)}")
     require(0 <= world.flaw_rate <= 1, "world.flaw_rate", "must be in [0, 1]")
     shares = (world.share_one_op, world.share_two_op, world.share_precedence)
     require(min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6, "world.share_one_op",
             "the shares of one_op, two_op and precedence must be >= 0 and sum to 1")
+    require(world.n_heldout >= 1 and world.n_train >= 1, "world.n_heldout", "n_heldout and n_train must be at least 1")
     require(cfg.model.source in ("toy", "hf"), "model.source", "must be 'toy' or 'hf'")
     require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "must be float32, bfloat16 or float16")
+    require(cfg.reward.kind in REWARD_KINDS, "reward.kind", f"unknown; available: {', '.join(REWARD_KINDS)}")
 
 
 

@@ -1,0 +1,179 @@
+"""Failing well (issue 7, item 4): non-finite losses, exceptions, a tracking server that is dead or
+goes away, degenerate generations. Tiny in-process runs on the toy world built in the tests."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import mlflow
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import lsp_exp.games.selfplay
+import lsp_exp.selfplay
+import lsp_exp.train
+from lsp_exp import tracking_failures
+from lsp_exp.selfplay import NonFiniteLossError, SelfPlayModule
+from lsp_exp.tracking_failures import TrackingLostError, TrackingUnreachableError, check_reachable
+from lsp_exp.train import train
+
+from conftest import compose_config, tiny_overrides
+from test_bad_configs import closed_port
+
+# Keep each run to the step itself: no sampled eval, no judge, no tables, 4 held-out problems.
+FAST = ["game=lsp_zero", "eval.samples=0", "eval.every_n_steps=0", "eval.judge_pairs=0", "eval.max_problems=4",
+        "eval.sample_table_every=0"]
+
+
+def run_of(outputs, case: str):
+    client = MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.failcase = '{case}'", order_by=["attributes.start_time DESC"])
+    assert runs, case
+    run = runs[0]
+    history = {k: [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
+    return run, history, client
+
+
+def test_mlflow_http_client_is_bounded_and_a_dead_server_fails_in_seconds():
+    import os
+
+    assert int(os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 3
+    assert int(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
+    uri = f"http://127.0.0.1:{closed_port()}"
+    start = time.perf_counter()
+    with pytest.raises(TrackingUnreachableError, match="logger.tracking_uri='http://127.0.0.1:.*tracking server unreachable"):
+        check_reachable(uri)
+    assert time.perf_counter() - start < 10
+
+
+def test_nonfinite_losses_are_skipped_counted_and_too_many_stop_the_run_failed(shared_outputs, monkeypatch):
+    real = SelfPlayModule._optimizer_step
+
+    def poisoned(self, loss, last):  # NaN losses at steps 1, 3 and 4: 2 in a row at step 4
+        return real(self, loss * float("nan") if self.global_step in (1, 3, 4) else loss, last)
+
+    monkeypatch.setattr(SelfPlayModule, "_optimizer_step", poisoned)
+    cfg = compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=8",
+                                                 "trainer.max_consecutive_nonfinite=2", "+tags.failcase=nonfinite"))
+    with pytest.raises(NonFiniteLossError, match=r"^2 non-finite losses or gradients in a row \(the last at step 4; "
+                                                 r"3 skipped in all\).*trainer.max_consecutive_nonfinite=2"):
+        train(cfg)
+    run, history, client = run_of(shared_outputs, "nonfinite")
+    assert history["train/nonfinite_skips"] == [(0, 0.0), (1, 1.0), (2, 1.0), (3, 2.0)]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"].startswith("NonFiniteLossError: 2 non-finite losses")
+    text = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/error.txt")
+    assert "Traceback" in text and "NonFiniteLossError" in text
+
+
+def test_an_exception_outside_the_training_loop_ends_the_run_failed_with_the_error(shared_outputs, monkeypatch, capsys):
+    """Through the `lsp-train` entry in-process: the final model cannot be saved (after Lightning
+    has already ended the run FINISHED); the run ends FAILED, the error is logged, Hydra prints it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full while saving the model")
+
+    monkeypatch.setattr(lsp_exp.train, "log_final_model", broken)
+    monkeypatch.setattr(sys, "argv", ["lsp-train", *tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=1",
+                                                                   "+tags.failcase=after_fit")])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            lsp_exp.train.main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_.value.code not in (0, None)
+    assert "disk full while saving the model" in capsys.readouterr().err
+    run, _, _ = run_of(shared_outputs, "after_fit")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "OSError: disk full while saving the model"
+
+
+def test_a_tracking_outage_mid_run_costs_no_training_and_the_final_model_is_kept(shared_outputs, monkeypatch, caplog):
+    """The server 'goes away' at step 1 and comes back at step 3: training goes on, the metrics
+    kept meanwhile are replayed. Then (a remote store, pretended) it goes away for good before the
+    final model is uploaded: the model is saved locally first, and the error says where."""
+    monkeypatch.setattr(tracking_failures, "RETRY_S", 0.0)
+    monkeypatch.setattr(lsp_exp.tracking, "is_remote", lambda uri: True)
+    outage = {"on": False}
+    real_step, real_log_batch = SelfPlayModule.training_step, MlflowClient.log_batch
+
+    def step(self, batch, batch_idx):
+        outage["on"] = self.global_step in (1, 2)
+        return real_step(self, batch, batch_idx)
+
+    def log_batch(self, *args, **kwargs):
+        if outage["on"]:
+            raise MlflowException("API request to http://tracking.invalid failed: Max retries exceeded")
+        return real_log_batch(self, *args, **kwargs)
+
+    def log_artifacts(self, *args, **kwargs):
+        raise MlflowException("API request to http://tracking.invalid failed: Connection refused")
+
+    monkeypatch.setattr(SelfPlayModule, "training_step", step)
+    monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
+    monkeypatch.setattr(MlflowClient, "log_artifacts", log_artifacts)
+    cfg = compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=5", "+tags.failcase=outage"))
+    with caplog.at_level("WARNING", logger="lsp_exp.tracking_failures"):
+        with pytest.raises(TrackingLostError, match="the final model is saved in") as err:
+            train(cfg)
+    assert "unreachable at step 1" in caplog.text and "is back" in caplog.text
+    run, history, _ = run_of(shared_outputs, "outage")
+    assert [s for s, _ in history["train/solver/reward"]] == [0, 1, 2, 3, 4]  # nothing lost
+    assert run.info.status == "FINISHED"  # Lightning ended it while the server was back
+    local = shared_outputs / "models" / run.info.run_id / "model"
+    assert (local / "config.json").is_file() and str(local) in str(err.value)
+    assert (local.parent / "unlogged_metrics.jsonl").is_file()
+
+
+def stub_degenerate(real):
+    """`generate` whose rows 0-2 are made degenerate: all padding, an end token at once (empty),
+    no end token at all (truncated at the length limit)."""
+    def generate(model, tokenizer, prompts, **kwargs):
+        out = real(model, tokenizer, prompts, **kwargs)
+        ids, attn, comp = out.input_ids, out.attention_mask, out.completion_mask
+        started = comp.any(0).nonzero()
+        p = int(started[0]) if len(started) else ids.shape[1]
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        filler = tokenizer.convert_tokens_to_ids("7")
+        for row, (first, rest, count) in enumerate([(pad, pad, 0), (eos, pad, 1), (filler, filler, ids.shape[1] - p)]):
+            if row >= len(ids) or p >= ids.shape[1]:
+                break
+            ids[row, p:], ids[row, p] = rest, first
+            attn[row, p:], comp[row, p:] = 0, 0
+            attn[row, p:p + count], comp[row, p:p + count] = 1, 1
+            out.texts[row] = "7" * count if first == filler else ""
+            out.finished[row] = first == eos
+        return out
+    return generate
+
+
+def test_degenerate_generations_are_counted_and_logged_without_crashing(shared_outputs, monkeypatch):
+    monkeypatch.setattr(lsp_exp.games.selfplay, "generate", stub_degenerate(lsp_exp.games.selfplay.generate))
+    monkeypatch.setattr(lsp_exp.selfplay, "generate", stub_degenerate(lsp_exp.selfplay.generate))
+    train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=2", "game.n_queries=4",
+                                                 "game.group_size=2", "+tags.failcase=degenerate")))
+    run, history, _ = run_of(shared_outputs, "degenerate")
+    last = {k: v[-1][1] for k, v in history.items()}
+    assert run.info.status == "FINISHED" and last["train/nonfinite_skips"] == 0
+    assert last["train/degenerate/query_all_pad_frac"] == 0.25                 # 1 of 4 queries
+    assert last["train/degenerate/query_empty_frac"] >= 0.5                    # all padding and end-at-once
+    assert last["train/degenerate/query_truncated_frac"] >= 0.5
+    assert last["train/degenerate/answer_all_pad_frac"] == 1 / 8               # 1 of 4 x 2 answers
+    assert last["train/degenerate/answer_empty_frac"] >= 2 / 8
+    assert last["train/degenerate/query_over_length_frac"] == 0.0
+    assert last["train/query_valid_frac"] <= 0.25                              # degenerate queries are invalid
+
+
+def test_degenerate_prompts_from_a_file_are_counted(shared_outputs, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["1+" * 40 + "1", "2+3"]) + "\n")
+    train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "game=grpo_data", f"game.prompts_path={prompts}",
+                                                 "trainer.max_steps=1", "game.n_queries=6", "+tags.failcase=prompts")))
+    _, history, _ = run_of(shared_outputs, "prompts")
+    assert history["train/degenerate/query_empty_frac"][0][1] == 0  # (a prompt file refuses empty prompts)
+    assert 0 < history["train/degenerate/query_over_length_frac"][0][1] < 1
+    assert "train/degenerate/answer_truncated_frac" in history
