@@ -77,13 +77,6 @@ class SelfPlayModule(L.LightningModule):
         self.reference.to(self.device)
         if hasattr(self.reward, "to"):
             self.reward.to(self.device)
-        # Each rank plays its own games: rollouts (and a data game's sampler) draw from seed + rank.
-        # A resumed run has its saved streams instead (loaded before this hook; the global RNGs are
-        # set at its first step, checkpointing.py).
-        if self.resumed_at is None:
-            L.seed_everything(self.cfg.seed + self.global_rank, workers=True, verbose=False)
-            if hasattr(self.game, "reseed"):
-                self.game.reseed(self.cfg.seed + self.global_rank)
 
     def on_train_start(self):
         if self.resumed_at is not None:  # judged and evaluated at the start of the first run
@@ -93,6 +86,12 @@ class SelfPlayModule(L.LightningModule):
             log_eval(self.logger, 0, metrics)
             self.judging = metrics
         self._evaluate(samples=self.cfg.eval.samples)
+        # Each rank plays its own games: rollouts (and a data game's sampler) draw from seed + rank,
+        # whatever the start-up above drew. A resumed run has its saved streams instead (the game's
+        # is loaded with the checkpoint, the global RNGs are set at its first step: checkpointing.py).
+        L.seed_everything(self.cfg.seed + self.global_rank, workers=True, verbose=False)
+        if hasattr(self.game, "reseed"):
+            self.game.reseed(self.cfg.seed + self.global_rank)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
