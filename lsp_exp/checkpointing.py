@@ -262,6 +262,17 @@ def continue_run(logger, cfg: DictConfig, resume: Resume) -> None:
     client.log_text(resume.run_id, OmegaConf.to_yaml(cfg, resolve=True), f"config/resumed_step_{resume.step:07d}.yaml")
 
 
+def mark_interrupted(logger, path: Path | None) -> None:
+    """End the run KILLED (not FAILED: it can be resumed), tagged with its checkpoint."""
+    if logger is None or logger.run_id is None:
+        return
+    client = logger.experiment
+    if path is not None:
+        client.set_tag(logger.run_id, "checkpoint", str(path))
+    client.set_terminated(logger.run_id, "KILLED")
+    logger.error_recorded = True  # lsp_exp.tracking_failures: the run's end is recorded already
+
+
 def checkpoint_dir(cfg: DictConfig, logger) -> Path:
     """`trainer.checkpoint_dir`, else `<outputs>/checkpoints/<MLflow run id>` (rank 0 names it)."""
     if cfg.trainer.get("checkpoint_dir"):

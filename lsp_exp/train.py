@@ -26,7 +26,8 @@ from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.checkpointing import StepCheckpoint, check_launch, checkpoint_dir, continue_run, prepare_resume  # noqa: E402
+from lsp_exp.checkpointing import (StepCheckpoint, check_launch, checkpoint_dir, continue_run,  # noqa: E402
+                                   mark_interrupted, prepare_resume)
 from lsp_exp.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
@@ -86,8 +87,8 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     heldout = read_problems(heldout_path) if heldout_path else []
     if cfg.eval.max_problems:
         heldout = heldout[: cfg.eval.max_problems]
-    prompts = read_prompts(prompts_path) if (prompts_path and not cfg.game.challenger) else None
     try:
+        prompts = read_prompts(prompts_path) if (prompts_path and not cfg.game.challenger) else None
         reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
         check_objective(cfg.game.challenger_objective, reward.bounds)
         game = build_game(cfg.game, prompts, cfg.seed)
@@ -119,7 +120,8 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     try:
         trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
                     ckpt_path=str(resume.path) if resume else None, weights_only=False)  # our own checkpoints
-    except SIGTERMException:  # preempted: the checkpoint is written; exit like a process ended by SIGTERM
+    except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint written at the step's end; run KILLED; exit 143
+        mark_interrupted(logger, checkpoints.last_path)
         raise SystemExit(143) from None
     if trainer.is_global_zero:
         log_final_model(logger, policy, tokenizer, cfg.paths.outputs)

@@ -1,8 +1,15 @@
 """Exact resume: a run of 2k steps and a run of k steps resumed to 2k log the same metrics (but perf/*)."""
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import mlflow
 import torch
 
 from lsp_exp.checkpointing import latest_checkpoint, resolve_resume
+from lsp_exp.tracking import init_sqlite_store
 from lsp_exp.train import train
 
 from conftest import compose_config, tiny_overrides
@@ -19,6 +26,8 @@ def history(outputs, run_id):
 def run_ids(outputs):
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     exp = client.get_experiment_by_name("lsp-exp")
+    if exp is None:
+        return []
     return [r.info.run_id for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])]
 
 
@@ -56,3 +65,41 @@ def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(shared_output
         assert got[key] == expected[key], key
     assert len(got["train/solver/reward"]) == 4
     assert len({v for _, v in got["train/solver/reward"]}) > 1 and all(v > 0 for _, v in got["train/grad_norm"])
+
+
+def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path):
+    """SIGTERM (a preemption) mid-run: the step in progress finishes, a checkpoint is written, the
+    process exits 143 and the run is KILLED; `resume=<run id>` then finishes the same run."""
+    outputs = tmp_path / "store"
+    args = [*tiny_overrides(shared_outputs, "game=lsp_zero", "trainer.max_steps=500", "trainer.checkpoint_every=0",
+                            "eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0", "eval.sample_table_every=0"),
+            f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", f"logger.artifact_location={outputs}/artifacts"]
+    init_sqlite_store(f"sqlite:///{outputs}/mlflow.db")  # before this test's client reads it, as the run would
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_exp.train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:  # wait for the first logged step
+            time.sleep(1)
+            if (outputs / "mlflow.db").exists():
+                ids = run_ids(outputs)
+                client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+                if ids and client.get_metric_history(ids[0], "train/solver/reward"):
+                    break
+        proc.send_signal(signal.SIGTERM)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, log[-3000:]
+    run_id = run_ids(outputs)[0]
+    run = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db").get_run(run_id)
+    assert run.info.status == "KILLED"
+    ckpt = Path(run.data.tags["checkpoint"])
+    step = int(ckpt.stem.split("_")[1])
+    assert ckpt.is_file() and 1 <= step < 500 and "interrupted: checkpoint at" in log
+
+    train(compose_config("train", [*args, f"resume={ckpt}", f"trainer.max_steps={step + 1}"]))
+    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
+    assert run_ids(outputs) == [run_id] and client.get_run(run_id).info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/solver/reward")]
+    assert steps == list(range(step + 1))  # every step once: none lost, none repeated
