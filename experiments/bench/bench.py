@@ -51,15 +51,29 @@ def run_worker(python: str, script: str, args: list[str], log: Path) -> dict:
 
 
 def pooled(results: list[dict], warmup: int) -> dict:
-    """One row from the repeats of one configuration."""
+    """One row from the repeats of one configuration: medians over the steps after `warmup`."""
     steps = [t for r in results for t in r["step_s_all"][warmup:]]
-    median = statistics.median(steps)
+    cpu = [t for r in results for t in r["cpu_s_all"][warmup:]]
+    median, cpu_median = statistics.median(steps), statistics.median(cpu)
     perf_keys = sorted({k for r in results for k in r.get("perf", {})})
     perf = {k: statistics.fmean(r["perf"][k] for r in results if k in r["perf"]) for k in perf_keys}
-    return {"step_s": median, "step_s_mean": statistics.fmean(steps), "tokens_per_s": results[0]["tokens_per_step"] / median,
+    tokens = results[0]["tokens_per_step"]
+    return {"step_s": median, "step_s_mean": statistics.fmean(steps), "cpu_s": cpu_median,
+            "tokens_per_s": tokens / median, "tokens_per_cpu_s": tokens / cpu_median,
             "peak_rss_mb": max(r["child_maxrss_mb"] for r in results),
             "rss_before_train_mb": max(r["rss_before_train_mb"] for r in results), "perf": perf,
             "framework": results[0]["framework"], "game": results[0]["game"], "runs": len(results)}
+
+
+COLUMNS = ["step s (wall)", "CPU s/step", "tok/s (wall)", "tok/CPU-s", "peak RSS MiB", "RSS before train MiB"]
+
+
+def row(r: dict) -> list[float]:
+    return [r["step_s"], r["cpu_s"], r["tokens_per_s"], r["tokens_per_cpu_s"], r["peak_rss_mb"], r["rss_before_train_mb"]]
+
+
+def ratio(a: dict, b: dict) -> list[float]:
+    return [x / y for x, y in zip(row(a), row(b))]
 
 
 def table(rows: list[list], header: list[str]) -> str:
@@ -150,19 +164,13 @@ def main() -> None:
         print(f"## model {model}\n")
         if args.suite == "trl":
             ours, theirs = arms["lsp-exp grpo_data"], arms["trl GRPOTrainer"]
-            body = [[name, r["step_s"], r["tokens_per_s"], r["peak_rss_mb"], r["rss_before_train_mb"]]
-                    for name, r in arms.items()]
-            body.append(["ratio this/TRL", ours["step_s"] / theirs["step_s"], ours["tokens_per_s"] / theirs["tokens_per_s"],
-                         ours["peak_rss_mb"] / theirs["peak_rss_mb"], ours["rss_before_train_mb"] / theirs["rss_before_train_mb"]])
+            body = [[name, *row(r)] for name, r in arms.items()]
+            body.append(["ratio this/TRL", *ratio(ours, theirs)])
             if args.before:
-                old = arms["lsp-exp grpo_data (before)"]
-                body.append(["ratio after/before", ours["step_s"] / old["step_s"], ours["tokens_per_s"] / old["tokens_per_s"],
-                             ours["peak_rss_mb"] / old["peak_rss_mb"], ours["rss_before_train_mb"] / old["rss_before_train_mb"]])
+                body.append(["ratio after/before", *ratio(ours, arms["lsp-exp grpo_data (before)"])])
             if args.fused_adamw:
-                new = arms["lsp-exp grpo_data + fused AdamW"]
-                body.append(["ratio (+ fused AdamW)/TRL", new["step_s"] / theirs["step_s"], new["tokens_per_s"] / theirs["tokens_per_s"],
-                             new["peak_rss_mb"] / theirs["peak_rss_mb"], new["rss_before_train_mb"] / theirs["rss_before_train_mb"]])
-            print(table(body, ["framework", "step s (median)", "completion tok/s", "peak RSS MiB", "RSS before train MiB"]))
+                body.append(["ratio (+ fused AdamW)/TRL", *ratio(arms["lsp-exp grpo_data + fused AdamW"], theirs)])
+            print(table(body, ["framework", *COLUMNS]))
             for name, r in arms.items():
                 if name.startswith("lsp-exp"):
                     print(f"\n{name} split (mean s/step): " + ", ".join(
@@ -170,21 +178,25 @@ def main() -> None:
                         and "tokens" not in k))
         elif args.suite == "games":
             keys = ["gen", "judge", "reward", "ref", "update"]
-            base = arms["grpo_data"]["step_s_mean"]
+            base = arms["grpo_data"]
             body = []
             for name, r in arms.items():
                 perf = r["perf"]
-                judge = perf.get("perf/judge_s", 0.0)
-                body.append([name, r["step_s_mean"], *[perf.get(f"perf/{k}_s", 0.0) for k in keys],
-                             (r["step_s_mean"] - judge) / base, r["step_s_mean"] / base, r["peak_rss_mb"]])
-            print(table(body, ["game", "step s (mean)", *[f"{k} s" for k in keys], "step excl. judge / grpo_data",
-                               "step / grpo_data", "peak RSS MiB"]))
+                no_judge = 1 - perf.get("perf/judge_s", 0.0) / perf["perf/step_s"]  # the judge's share of the step
+                body.append([name, r["step_s_mean"], r["cpu_s"], *[perf.get(f"perf/{k}_s", 0.0) for k in keys],
+                             r["step_s"] * no_judge / base["step_s"], r["cpu_s"] * no_judge / base["cpu_s"],
+                             r["cpu_s"] / base["cpu_s"], r["peak_rss_mb"]])
+            print(table(body, ["game", "step s (wall)", "CPU s/step", *[f"{k} s" for k in keys],
+                               "excl. judge / grpo_data (wall)", "excl. judge / grpo_data (CPU)",
+                               "step / grpo_data (CPU)", "peak RSS MiB"]))
         else:
             body = []
             for n, g in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4)):
                 a, b = arms[f"lsp-exp NxG={n * g}"], arms[f"trl NxG={n * g}"]
-                body.append([n * g, a["step_s"], b["step_s"], a["step_s"] / b["step_s"], a["tokens_per_s"], b["tokens_per_s"]])
-            print(table(body, ["N x G", "lsp-exp step s", "TRL step s", "ratio", "lsp-exp tok/s", "TRL tok/s"]))
+                body.append([n * g, a["step_s"], b["step_s"], a["cpu_s"], b["cpu_s"], b["cpu_s"] / a["cpu_s"],
+                             a["tokens_per_cpu_s"], b["tokens_per_cpu_s"], a["peak_rss_mb"], b["peak_rss_mb"]])
+            print(table(body, ["N x G", "lsp-exp step s", "TRL step s", "lsp-exp CPU s", "TRL CPU s", "TRL/lsp-exp CPU",
+                               "lsp-exp tok/CPU-s", "TRL tok/CPU-s", "lsp-exp peak MiB", "TRL peak MiB"]))
         print()
     if args.json:
         Path(args.json).write_text(json.dumps({m: a for m, a in rows}, indent=1))

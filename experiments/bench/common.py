@@ -15,6 +15,7 @@ import os
 import resource
 import statistics
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +89,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def summarise(step_ends: list[float], start: float, warmup: int, tokens_per_step: int, extra: dict) -> dict:
-    """Per-step wall times (from the end of one step to the end of the next, so nothing between steps
-    is left out), without the first `warmup` steps."""
-    times = [step_ends[0] - start] + [b - a for a, b in zip(step_ends, step_ends[1:])]
+class Clock:
+    """Wall (perf_counter) and CPU (process_time: this process's user + system time, which a busy
+    shared machine disturbs far less than wall time) at the start and at the end of every step."""
+
+    def __init__(self):
+        self.start = self.cpu_start = None
+        self.ends, self.cpu_ends = [], []
+
+    def begin(self):
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def tick(self):
+        self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
+
+
+def _deltas(start: float, ends: list[float]) -> list[float]:
+    return [ends[0] - start] + [b - a for a, b in zip(ends, ends[1:])]
+
+
+def summarise(clock: Clock, warmup: int, tokens_per_step: int, extra: dict) -> dict:
+    """Per-step wall and CPU times (from the end of one step to the end of the next, so nothing between
+    steps is left out); the means leave out the first `warmup` steps."""
+    times, cpu = _deltas(clock.start, clock.ends), _deltas(clock.cpu_start, clock.cpu_ends)
     kept = times[warmup:] or times
     mean = statistics.fmean(kept)
     return {"step_s_mean": mean, "step_s_median": statistics.median(kept),
-            "step_s_all": times, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / mean,
+            "step_s_all": times, "cpu_s_all": cpu, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / mean,
             "rss_before_train_mb": extra.pop("rss_before_train_mb", float("nan")),
             "peak_rss_mb": peak_rss_mb(), **extra}
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections import defaultdict
 
-from common import compose, emit, rss_mb, set_threads, summarise
+from common import Clock, compose, emit, rss_mb, set_threads, summarise
 
 
 def force_solver_lengths() -> None:
@@ -98,14 +97,13 @@ def main() -> None:
 
     class Timer(L.Callback):
         def __init__(self):
-            self.start, self.ends, self.perf = None, [], defaultdict(list)
-            self.lengths = []
+            self.clock, self.perf = Clock(), defaultdict(list)
 
         def on_train_start(self, trainer, pl_module):
-            self.start = time.perf_counter()
+            self.clock.begin()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.ends.append(time.perf_counter())
+            self.clock.tick()
             for k, v in trainer.callback_metrics.items():
                 if k.startswith("perf/") or k in ("train/answer_len", "train/query_len"):
                     self.perf[k].append(float(v))
@@ -118,7 +116,7 @@ def main() -> None:
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
     kept = slice(args.warmup, None)
     perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
-    emit(summarise(timer.ends, timer.start, args.warmup, args.n * args.g * args.max_tokens,
+    emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,
                    {"framework": "lsp-exp" + (" (before)" if args.before else "") + (" + fused AdamW" if args.fused_adamw else ""), "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
                     "threads": torch.get_num_threads()}))
 

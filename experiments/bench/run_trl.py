@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
-from common import emit, read_train_prompts, rss_mb, set_threads, summarise
+from common import Clock, emit, read_train_prompts, rss_mb, set_threads, summarise
 
 
 def main() -> None:
@@ -56,13 +55,13 @@ def main() -> None:
 
     class Timer(TrainerCallback):
         def __init__(self):
-            self.start, self.ends = None, []
+            self.clock = Clock()
 
         def on_train_begin(self, *a, **k):
-            self.start = time.perf_counter()
+            self.clock.begin()
 
         def on_step_end(self, *a, **k):
-            self.ends.append(time.perf_counter())
+            self.clock.tick()
 
     out = tempfile.mkdtemp(prefix="trl-bench-")
     config = GRPOConfig(
@@ -82,7 +81,7 @@ def main() -> None:
     rss_before = rss_mb()
     trainer.train()
     lengths = trainer._metrics["train"].get("completions/mean_length", [])
-    emit(summarise(timer.ends, timer.start, args.warmup, args.n * args.g * args.max_tokens,
+    emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,
                    {"framework": f"trl {trl.__version__}", "game": "GRPOTrainer", "rss_before_train_mb": rss_before,
                     "perf": {"train/answer_len": sum(lengths) / len(lengths) if lengths else float("nan")},
                     "threads": torch.get_num_threads()}))
