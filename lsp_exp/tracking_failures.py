@@ -33,6 +33,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 import requests  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
+from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 # What a tracking server that is down, slow or gone raises through MLflow's client.
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
 REMOTE_SCHEMES = ("http", "https", "databricks")
+INTERRUPTS = (KeyboardInterrupt, SIGTERMException)  # a run they stop ends KILLED, not FAILED
 RETRY_S = 60.0  # while the server is down, how often a metrics call tries it again (the rest are kept)
 
 
@@ -145,7 +147,9 @@ class ResilientMLFlowLogger(MLFlowLogger):
             self.unfinished = status  # the run stays RUNNING on the server; log_final_model / main say so
             return
         self.unfinished = None
-        if error is not None:
+        if isinstance(error, INTERRUPTS):  # stopped, not failed (a checkpointed run can be resumed)
+            status = "KILLED"
+        elif error is not None:
             record_failure(self, error)
             return
         try:
@@ -155,8 +159,9 @@ class ResilientMLFlowLogger(MLFlowLogger):
 
 
 def record_failure(logger, err: BaseException) -> None:
-    """Tag the run `error` (one line), log `error.txt` (the traceback) and end it FAILED. Never
-    raises: a server that is down only gets a warning (the run then stays RUNNING there)."""
+    """Tag the run `error` (one line), log `error.txt` (the traceback) and end it FAILED (KILLED
+    for Ctrl-C or SIGTERM, without the error). Never raises: a server that is down only gets a
+    warning (the run then stays RUNNING there)."""
     run_id = getattr(logger, "_run_id", None)
     if logger is None or run_id is None or getattr(logger, "error_recorded", False):
         return
@@ -165,6 +170,10 @@ def record_failure(logger, err: BaseException) -> None:
         return
     client = logger.experiment
     try:
+        if isinstance(err, INTERRUPTS):
+            client.set_terminated(run_id, "KILLED")
+            logger.error_recorded = True
+            return
         client.set_tag(run_id, "error", f"{type(err).__name__}: {one_line(err, 4000)}")
         client.log_text(run_id, "".join(traceback.format_exception(err)), "error.txt")
         client.set_terminated(run_id, "FAILED")

@@ -171,7 +171,10 @@ def hydra_main(cfg: DictConfig) -> float:
         fail_active_runs(err)
         print(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", file=sys.stderr)
         raise SystemExit(2) from None
-    except BaseException as err:  # a bug or an interrupt: the run ends FAILED and Hydra prints the traceback
+    except SystemExit:  # its run is ended already (e.g. KILLED with its checkpoint after SIGTERM)
+        ACTIVE_LOGGERS.clear()
+        raise
+    except BaseException as err:  # a bug (FAILED; Hydra prints the traceback) or Ctrl-C (KILLED)
         fail_active_runs(err)
         raise
     ACTIVE_LOGGERS.clear()
