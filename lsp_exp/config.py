@@ -86,6 +86,7 @@ class GameSchema:
     group_size: int = 8                 # G
     task: str = "arithmetic"
     template: str = ""
+    prompt: str = "auto"                # the Challenger's prompt: toy | paper | auto (toy for the toy model)
     alpha_ch: float = 1.0
     self_reward: bool = False           # full LSP: add the judge's R_Q (LSP_SPEC 4.3)
     self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)

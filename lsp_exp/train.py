@@ -91,7 +91,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         prompts = read_prompts(prompts_path) if (prompts_path and not cfg.game.challenger) else None
         reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
         check_objective(cfg.game.challenger_objective, reward.bounds)
-        game = build_game(cfg.game, prompts, cfg.seed)
+        game = build_game(cfg.game, prompts, cfg.seed, toy=cfg.model.source == "toy")
     except ValueError as err:
         raise ConfigError(str(err)) from None
     toy = cfg.model.source == "toy"

@@ -8,9 +8,10 @@ from lsp_exp.games.data import DataGame
 from lsp_exp.games.selfplay import SelfPlayGame
 
 
-def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int):
+def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int, toy: bool = True):
+    """The game of `cfg`; `toy` resolves `game.prompt=auto` (the toy task line, else the paper's prompt)."""
     if cfg.challenger:
-        return SelfPlayGame(cfg)
+        return SelfPlayGame(cfg, cfg.get("prompt", "auto") if cfg.get("prompt", "auto") != "auto" else ("toy" if toy else "paper"))
     if not prompts:
         raise ValueError(f"game {cfg.name!r} needs a prompt file (game.prompts_path)")
     return DataGame(cfg, prompts, seed)

@@ -5,15 +5,15 @@ import torch
 
 from lsp_exp.games.base import Queries
 from lsp_exp.generation import chat_prompts, generate
-from lsp_exp.toy.build import challenger_user_turn
+from lsp_exp.games.challenger_prompt import challenger_prompt
 
 
 class SelfPlayGame:
     plays_challenger = True
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, prompt_style: str = "toy"):
         self.cfg = cfg
-        self.user_turn = challenger_user_turn(cfg.task, cfg.template)
+        self.user_turn = challenger_prompt(prompt_style, cfg.task, cfg.template)
 
     def queries(self, policy, tokenizer) -> Queries:
         prompt = chat_prompts(tokenizer, [self.user_turn])
