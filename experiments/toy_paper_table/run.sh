@@ -37,6 +37,7 @@ report() {
   $BIN/lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm] \
     "metrics=[eval/accuracy,eval/accuracy/flawed,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,eval/tie_rate,eval/perplexity,eval/diversity/distinct_2,train/tokens/solver,train/tokens/challenger]" \
     "curves=[eval/accuracy,eval/diversity/distinct_2,train/query_valid_frac]" \
+    "percent=[eval/accuracy,eval/accuracy/flawed,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,eval/tie_rate]" \
     "order=[base,rl,lsp_zero,lsp,lsp_learnability,lsp_zero_rl,lsp_rl]" output_dir=$OUT/results
 }
 
