@@ -230,6 +230,17 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
     `lsp-train resume=<run id> trainer.max_steps=4000` extends a run. Outside Hydra (a composed
     config handed to `train()`), the config is used as given."""
     current = job_overrides()
+    if cfg.get("resume") == "auto":  # a requeued job: its own checkpoint if it has one, else a fresh start
+        if not cfg.trainer.get("checkpoint_dir"):
+            from lsp_exp.validation import ConfigError
+
+            raise ConfigError("resume=auto needs trainer.checkpoint_dir (the job's own folder, e.g. "
+                              "'${hydra:runtime.output_dir}/checkpoints')")
+        found = latest_checkpoint(Path(cfg.trainer.checkpoint_dir))
+        if found is None:
+            return cfg, None, current or []  # (resume=auto stays in the saved overrides)
+        cfg = cfg.copy()
+        cfg.resume = str(found)
     if not cfg.get("resume"):
         return cfg, None, without_resume(current or [])
     path = resolve_resume(str(cfg.resume), cfg.paths.outputs, cfg.trainer.get("checkpoint_dir"))
@@ -293,6 +304,20 @@ def started_outside() -> bool:
     return SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
 
 
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "PL_GLOBAL_SEED")
+
+
+def release_ranks(cfg: DictConfig) -> None:
+    """After a job whose ranks Lightning started here: end the process group and drop the launcher's
+    environment, so the next job of a multirun (same process) starts its own ranks afresh."""
+    if not is_multiprocess(cfg.trainer) or os.environ.get("LSP_RANKS_STARTED_HERE") != str(os.getpid()):
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in (*LAUNCH_ENV, "LSP_RANKS_STARTED_HERE"):
+        os.environ.pop(key, None)
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Lightning's `ddp` strategy starts ranks 1.. by re-running the command line (with the Hydra
     run dir set). Inside a Hydra multirun that command is the whole sweep, so:
@@ -304,7 +329,10 @@ def check_launch(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or not is_multiprocess(cfg.trainer) or started_outside():
+    if not is_multiprocess(cfg.trainer) or started_outside():
+        return
+    os.environ["LSP_RANKS_STARTED_HERE"] = str(os.getpid())  # this process starts the others
+    if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:

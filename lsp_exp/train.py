@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
 from lsp_exp.checkpointing import (StepCheckpoint, check_launch, checkpoint_dir, continue_run,  # noqa: E402
-                                   mark_interrupted, prepare_resume)
+                                   mark_interrupted, prepare_resume, release_ranks)
 from lsp_exp.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
@@ -123,6 +123,8 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint written at the step's end; run KILLED; exit 143
         mark_interrupted(logger, checkpoints.last_path)
         raise SystemExit(143) from None
+    finally:
+        release_ranks(cfg)  # a multirun's next DDP job starts its own ranks
     if trainer.is_global_zero:
         log_final_model(logger, policy, tokenizer, cfg.paths.outputs)
         report(module.eval_history, logger, module.judging)
