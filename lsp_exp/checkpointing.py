@@ -125,6 +125,8 @@ class StepCheckpoint(Callback):
 
     # Ctrl-C: stop at the end of the step, like SIGTERM
     def on_train_start(self, trainer, pl_module):
+        if trainer.is_global_zero and self.run_id and trainer.logger is not None:  # for resume=<run id>
+            trainer.logger.experiment.set_tag(self.run_id, "checkpoint_dir", str(self.dirpath.resolve()))
         def first_interrupt(signum, frame):
             signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
             trainer._signal_connector.received_sigterm = True  # the loop raises SIGTERMException after this step
@@ -163,9 +165,10 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None) -> Path:
+def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, tracking_uri: str | None = None) -> Path:
     """The checkpoint file `spec` names: a file, a directory of `step_*.ckpt`, or an MLflow run id
-    (its checkpoints under `trainer.checkpoint_dir` when set, else `<outputs>/checkpoints/<run id>`)."""
+    (its checkpoints under `trainer.checkpoint_dir` when set, else `<outputs>/checkpoints/<run id>`,
+    else where the run's `checkpoint_dir` tag says)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -175,12 +178,21 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None) -
             raise ResumeError(f"resume={spec!r}: no step_*.ckpt in that directory")
         return found
     if RUN_ID.match(spec):
-        directory = Path(checkpoint_dir) if checkpoint_dir else default_dir(outputs, spec)
-        found = latest_checkpoint(directory)
-        if found is None:
-            raise ResumeError(f"resume={spec!r}: no checkpoint of that MLflow run in {directory} "
-                              "(was it trained with trainer.checkpoint_every > 0?)")
-        return found
+        tried = [Path(checkpoint_dir) if checkpoint_dir else default_dir(outputs, spec)]
+        if tracking_uri:  # where the run said its checkpoints are (tag `checkpoint_dir`)
+            try:
+                import mlflow
+
+                tagged = mlflow.MlflowClient(tracking_uri).get_run(spec).data.tags.get("checkpoint_dir")
+                if tagged:
+                    tried.append(Path(tagged))
+            except Exception as err:  # MLflow raises its own types for an unknown run
+                log.debug("resume: no run %s in %s (%s)", spec, tracking_uri, err)
+        for directory in tried:
+            if (found := latest_checkpoint(directory)) is not None:
+                return found
+        raise ResumeError(f"resume={spec!r}: no checkpoint of that MLflow run in {' or '.join(map(str, tried))} "
+                          "(trainer.checkpoint_every > 0 writes them; logger.tracking_uri must name its store)")
     raise ResumeError(f"resume={spec!r}: not a checkpoint file, a directory of checkpoints or an MLflow run id")
 
 
@@ -243,7 +255,8 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
         cfg.resume = str(found)
     if not cfg.get("resume"):
         return cfg, None, without_resume(current or [])
-    path = resolve_resume(str(cfg.resume), cfg.paths.outputs, cfg.trainer.get("checkpoint_dir"))
+    uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
+    path = resolve_resume(str(cfg.resume), cfg.paths.outputs, cfg.trainer.get("checkpoint_dir"), uri)
     meta = checkpoint_meta(path)
     overrides = merge_overrides(meta.get("overrides") or [], current or [])
     if current is not None and meta.get("overrides") is not None:

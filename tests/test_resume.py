@@ -98,8 +98,15 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path):
     step = int(ckpt.stem.split("_")[1])
     assert ckpt.is_file() and 1 <= step < 500 and "interrupted: checkpoint at" in log
 
-    train(compose_config("train", [*args, f"resume={ckpt}", f"trainer.max_steps={step + 1}"]))
+    # The command line names only the run (and its store): the config is the run's own, recomposed
+    # from the overrides saved in the checkpoint (else this would build the full-size toy world).
+    done = subprocess.run([sys.executable, "-m", "lsp_exp.train", f"resume={run_id}", f"trainer.max_steps={step + 1}",
+                           f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     assert run_ids(outputs) == [run_id] and client.get_run(run_id).info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "train/solver/reward")]
     assert steps == list(range(step + 1))  # every step once: none lost, none repeated
+    config = client.download_artifacts(run_id, f"config/resumed_step_{step:07d}.yaml", str(tmp_path))
+    assert "name: lsp_zero" in Path(config).read_text() and f"max_steps: {step + 1}" in Path(config).read_text()
