@@ -110,3 +110,21 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path):
     assert steps == list(range(step + 1))  # every step once: none lost, none repeated
     config = client.download_artifacts(run_id, f"config/resumed_step_{step:07d}.yaml", str(tmp_path))
     assert "name: lsp_zero" in Path(config).read_text() and f"max_steps: {step + 1}" in Path(config).read_text()
+
+
+def test_lora_checkpoint_holds_only_the_adapter_and_resumes(shared_outputs, tmp_path):
+    common = ["game=grpo_data", "reward=tiny_rm", *TINY_RM, "model.lora.enabled=true", "model.lora.r=2", "eval.samples=0", "eval.judge_pairs=0",
+              "trainer.checkpoint_every=1", f"trainer.checkpoint_dir={tmp_path}", "logger=none"]
+    train(compose_config("train", tiny_overrides(shared_outputs, *common, "trainer.max_steps=1")))
+    ckpt = latest_checkpoint(tmp_path)
+    keys = list(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    assert keys and all("lora_" in k for k in keys)
+    history = train(compose_config("train", tiny_overrides(shared_outputs, *common, "trainer.max_steps=2",
+                                                           f"resume={ckpt}")))
+    assert max(history) == 2 and latest_checkpoint(tmp_path).name == "step_0000002.ckpt"
+    resumed = torch.load(latest_checkpoint(tmp_path), map_location="cpu", weights_only=False)["state_dict"]
+    common[-2] = f"trainer.checkpoint_dir={tmp_path / 'full'}"  # the same 2 steps without a stop
+    train(compose_config("train", tiny_overrides(shared_outputs, *common, "trainer.max_steps=2")))
+    full = torch.load(latest_checkpoint(tmp_path / "full"), map_location="cpu", weights_only=False)["state_dict"]
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+    assert any(v.abs().sum() > 0 for k, v in full.items() if "lora_B" in k)  # the adapter moved (from zero)
