@@ -139,7 +139,7 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
                 f"{k} {judging[f'{who}/{k}']:.3f}" for k in ("precision", "recall", "f1", "auc") if f"{who}/{k}" in judging))
     if history:
         first, last = min(history), max(history)
-        for label, step in (("before", first), ("after", last)):
+        for label, step in (("before", first), ("after", last))[first == last:]:  # (a resumed run: no "before")
             m = history[step]
             extra = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("pass_at_") and "/" not in k)
             console.print(f"held-out Solver accuracy {label} training (step {step}): {m['accuracy']:.3f}  {extra}")
