@@ -276,6 +276,9 @@ class ReportSchema:
     percent: list[str] = field(default_factory=lambda: ["eval/accuracy", "eval/win_rate"])  # shown x100
     curves: list[str] = field(default_factory=lambda: ["eval/accuracy"])
     order: list[str] = field(default_factory=list)  # groups listed first, in this order
+    tail: int = 1                       # per-step metrics: the mean of a run's last `tail` values (1: the last)
+    tail_prefixes: list[str] = field(default_factory=lambda: ["train/", "perf/"])  # which metrics are per step
+    smooth: int = 1                     # curves: a moving average over this many points (per-step train/* metrics)
     output_dir: str = "${paths.outputs}/reports/latest"
     paths: PathsConfig = field(default_factory=PathsConfig)
 

@@ -72,15 +72,28 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
-def summarise(runs, cfg: DictConfig) -> dict[str, dict[str, list[float]]]:
-    """group -> metric -> the last value of each run of the group that logged it."""
+def run_value(client, run, metric: str, tail: int, prefixes=("train/", "perf/")) -> float | None:
+    """A run's value of `metric`: its last logged value, or for per-step metrics (`prefixes`) the
+    mean of its last `tail` values."""
+    if metric not in run.data.metrics:
+        return None
+    if tail <= 1 or not metric.startswith(tuple(prefixes)):
+        return run.data.metrics[metric]
+    history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
+    last = [m.value for m in history[-tail:]]
+    return sum(last) / len(last)
+
+
+def summarise(client, runs, cfg: DictConfig) -> dict[str, dict[str, list[float]]]:
+    """group -> metric -> the value (`run_value`) of each run of the group that logged it."""
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
         g = group_key(run, cfg.group_by)
         groups[g]["runs"].append(1.0)
         for metric in cfg.metrics:
-            if metric in run.data.metrics:
-                groups[g][metric].append(run.data.metrics[metric])
+            value = run_value(client, run, metric, cfg.tail, cfg.tail_prefixes)
+            if value is not None:
+                groups[g][metric].append(value)
     order = list(cfg.order) + sorted(g for g in groups if g not in cfg.order)
     return {g: groups[g] for g in order if g in groups}
 
@@ -109,7 +122,9 @@ def write_table(summary, cfg: DictConfig, out: Path) -> str:
                 vals = metrics.get(m, [])
                 row += list(mean_std(vals)) + [len(vals)] if vals else ["", "", 0]
             writer.writerow(row)
-    note = (f"\nMean ± sample std over runs (last logged value of each metric); "
+    value = ("the last logged value of each metric" if cfg.tail <= 1 else
+             f"the mean of the last {cfg.tail} logged values of {', '.join(cfg.tail_prefixes)}* metrics, else the last")
+    note = (f"\nMean ± sample std over runs ({value}); "
             f"{', '.join(sorted(percent & set(cfg.metrics))) or 'no metric'} in %.\n")
     table = "\n".join(lines) + "\n" + note
     (out / "table.md").write_text(table)
@@ -144,13 +159,13 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
         order = [g for g in cfg.order if g in by_group] + sorted(g for g in by_group if g not in cfg.order)
         for g in order:
             steps = sorted(by_group[g])
-            stats = [mean_std(by_group[g][s]) for s in steps]
+            stats = smooth([mean_std(by_group[g][s]) for s in steps], cfg.smooth)
             mean = [m for m, _ in stats]
             ax.plot(steps, mean, label=g, marker="o" if len(steps) < 20 else None, markersize=3)
             ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} (mean ± std over runs)")
+        ax.set_title(f"{metric} (mean ± std over runs" + (f", {cfg.smooth}-point moving average)" if cfg.smooth > 1 else ")"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         path = out / (metric.replace("/", "_") + ".png")
@@ -161,6 +176,17 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
     return paths
 
 
+def smooth(stats: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
+    """A trailing moving average of (mean, std) pairs over `window` points (1: unchanged)."""
+    if window <= 1:
+        return stats
+    out = []
+    for i in range(len(stats)):
+        chunk = stats[max(0, i - window + 1): i + 1]
+        out.append((sum(m for m, _ in chunk) / len(chunk), sum(s for _, s in chunk) / len(chunk)))
+    return out
+
+
 def report(cfg: DictConfig) -> str:
     import mlflow
 
@@ -168,7 +194,7 @@ def report(cfg: DictConfig) -> str:
     runs = find_runs(client, cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = write_table(summarise(runs, cfg), cfg, out)
+    table = write_table(summarise(client, runs, cfg), cfg, out)
     write_runs(runs, cfg, out)
     plots = plot_curves(client, runs, cfg, out)
     console = Console()

@@ -53,6 +53,16 @@ def test_report_groups_runs_and_writes_table_csv_and_curves(tmp_path):
     table = report(compose_config("report", [f"tracking_uri={uri}", f"parent_run={parent}", "group_by=[game.name]",
                                              f"output_dir={tmp_path / 'sweep'}"]))
     assert "| lsp | 3 | 60.0 ± 10.0 |" in table and "grpo_data" not in table
+    # tail=2 with eval/ as a per-step prefix: each run's value is the mean of its last two points.
+    table = report(compose_config("report", [f"tracking_uri={uri}", f"parent_run={parent}", "group_by=[tags.arm]",
+                                             "tail=2", "tail_prefixes=[eval/]", "smooth=2", f"output_dir={tmp_path / 'tail'}"]))
+    assert "| lsp | 3 | 50.0 ± 5.0 |" in table
+
+
+def test_smoothing_is_a_trailing_moving_average():
+    from lsp_exp.report import smooth
+
+    assert smooth([(1.0, 0.0), (3.0, 2.0), (5.0, 0.0)], 2) == [(1.0, 0.0), (2.0, 1.0), (4.0, 1.0)]
 
 
 def test_report_without_runs_says_what_it_looked_for(tmp_path):
