@@ -17,8 +17,8 @@ from conftest import compose_config, tiny_overrides
 TOY_EXPERIMENTS = sorted(str(p.relative_to(PROJECT_ROOT / "conf" / "experiment").with_suffix(""))
                          for p in (PROJECT_ROOT / "conf" / "experiment").rglob("*.yaml")
                          if not p.is_relative_to(PROJECT_ROOT / "conf" / "experiment" / "paper_llama3b"))
-TINY_LIMITS = ["trainer.max_steps=2", "eval.every_n_steps=0", "eval.samples=0", "eval.max_problems=16",
-               "eval.judge_pairs=8", "eval.sample_table_every=1"]
+TINY_LIMITS = ["trainer.max_steps=1", "eval.every_n_steps=0", "eval.samples=0", "eval.max_problems=8",
+               "eval.judge_pairs=0", "eval.sample_table_every=1"]
 
 
 def test_every_toy_experiment_runs_in_one_sweep_with_a_parent_run(shared_outputs, tmp_path):
