@@ -178,17 +178,18 @@ def main() -> None:
                         and "tokens" not in k))
         elif args.suite == "games":
             keys = ["gen", "judge", "reward", "ref", "update"]
-            base = arms["grpo_data"]
-            body = []
-            for name, r in arms.items():
-                perf = r["perf"]
-                no_judge = 1 - perf.get("perf/judge_s", 0.0) / perf["perf/step_s"]  # the judge's share of the step
-                body.append([name, r["step_s_mean"], r["cpu_s"], *[perf.get(f"perf/{k}_s", 0.0) for k in keys],
-                             r["step_s"] * no_judge / base["step_s"], r["cpu_s"] * no_judge / base["cpu_s"],
-                             r["cpu_s"] / base["cpu_s"], r["peak_rss_mb"]])
-            print(table(body, ["game", "step s (wall)", "CPU s/step", *[f"{k} s" for k in keys],
-                               "excl. judge / grpo_data (wall)", "excl. judge / grpo_data (CPU)",
-                               "step / grpo_data (CPU)", "peak RSS MiB"]))
+            base, zero, full = arms["grpo_data"], arms["lsp_zero"], arms["lsp"]
+            body = [[name, r["step_s"], r["cpu_s"], r["cpu_s"] / base["cpu_s"],
+                     *[r["perf"].get(f"perf/{k}_s", 0.0) for k in keys], r["peak_rss_mb"]] for name, r in arms.items()]
+            print(table(body, ["game", "step s (wall)", "CPU s/step", "CPU / grpo_data",
+                               *[f"{k} s (wall)" for k in keys], "peak RSS MiB"]))
+            # lsp_zero is lsp without the judge (same Challenger and Solver work): the differences in CPU
+            # time per step are the Challenger's cost and the judge's.
+            challenger, judge = zero["cpu_s"] - base["cpu_s"], full["cpu_s"] - zero["cpu_s"]
+            print(f"\nChallenger (lsp_zero - grpo_data): {challenger:.4f} CPU s/step; judge (lsp - lsp_zero): "
+                  f"{judge:.4f} CPU s/step ({full['perf'].get('perf/judge_s', 0.0):.4f} s wall in perf/judge_s)")
+            print(f"LSP step excluding the judge / grpo_data step (CPU): {(full['cpu_s'] - judge) / base['cpu_s']:.3f} "
+                  f"(= lsp_zero / grpo_data); with the judge: {full['cpu_s'] / base['cpu_s']:.3f}")
         else:
             body = []
             for n, g in ((1, 4), (2, 4), (4, 4), (8, 4), (16, 4)):
