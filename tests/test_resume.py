@@ -6,9 +6,10 @@ import time
 from pathlib import Path
 
 import mlflow
+import pytest
 import torch
 
-from lsp_exp.checkpointing import latest_checkpoint, resolve_resume
+from lsp_exp.checkpointing import ResumeError, latest_checkpoint, merge_overrides, resolve_resume
 from lsp_exp.tracking import init_sqlite_store
 from lsp_exp.train import train
 
@@ -67,9 +68,11 @@ def test_resumed_run_logs_the_same_metrics_as_an_uninterrupted_one(shared_output
     assert len({v for _, v in got["train/solver/reward"]}) > 1 and all(v > 0 for _, v in got["train/grad_norm"])
 
 
-def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path):
-    """SIGTERM (a preemption) mid-run: the step in progress finishes, a checkpoint is written, the
-    process exits 143 and the run is KILLED; `resume=<run id>` then finishes the same run."""
+@pytest.mark.slow  # about 45 s on 2 busy cores: two lsp-train processes
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig):
+    """SIGTERM (a preemption) or Ctrl-C mid-run: the step in progress finishes, a checkpoint is
+    written, the process exits 143 and the run is KILLED; `resume=<run id>` then finishes the same run."""
     outputs = tmp_path / "store"
     args = [*tiny_overrides(shared_outputs, "game=lsp_zero", "trainer.max_steps=500", "trainer.checkpoint_every=0",
                             "eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0", "eval.sample_table_every=0"),
@@ -86,7 +89,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path):
                 client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
                 if ids and client.get_metric_history(ids[0], "train/solver/reward"):
                     break
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         log, _ = proc.communicate(timeout=120)
     finally:
         proc.kill()
@@ -128,3 +131,21 @@ def test_lora_checkpoint_holds_only_the_adapter_and_resumes(shared_outputs, tmp_
     full = torch.load(latest_checkpoint(tmp_path / "full"), map_location="cpu", weights_only=False)["state_dict"]
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
     assert any(v.abs().sum() > 0 for k, v in full.items() if "lora_B" in k)  # the adapter moved (from zero)
+
+
+def test_resume_finds_checkpoints_and_merges_overrides(tmp_path):
+    run_id = "0123456789abcdef0123456789abcdef"
+    folder = tmp_path / "checkpoints" / run_id
+    folder.mkdir(parents=True)
+    for step in (2, 10, 9):
+        (folder / f"step_{step:07d}.ckpt").write_bytes(b"")
+    newest = folder / "step_0000010.ckpt"
+    assert resolve_resume(run_id, str(tmp_path)) == newest          # a run id: <outputs>/checkpoints/<id>
+    assert resolve_resume(str(folder), "unused") == newest          # a folder: its newest
+    assert resolve_resume(str(folder / "step_0000002.ckpt"), "unused").name == "step_0000002.ckpt"
+    for bad in ("no-such-thing", "fedcba9876543210fedcba9876543210", str(tmp_path / "checkpoints")):
+        with pytest.raises(ResumeError, match="resume="):
+            resolve_resume(bad, str(tmp_path))
+    saved = ["game=grpo_data", "trainer.max_steps=2", "+tags.arm=a", "resume=old"]
+    assert merge_overrides(saved, ["resume=x", "trainer.max_steps=4", "seed=1"]) == [
+        "game=grpo_data", "trainer.max_steps=4", "+tags.arm=a", "seed=1"]
