@@ -95,7 +95,7 @@ class SelfPlayModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
-        checkpoint["generated_tokens"] = dict(self.tokens)
+        checkpoint["generated_tokens"] = gather_objects(dict(self.tokens), self.trainer)  # one per rank
         checkpoint["counters"] = {"skipped_steps": self.skipped_steps, "consecutive_nonfinite": self.consecutive_nonfinite}
         if hasattr(self.game, "state_dict"):
             checkpoint["game"] = gather_objects(self.game.state_dict(), self.trainer)  # one per rank
@@ -106,7 +106,8 @@ class SelfPlayModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         for k, state in checkpoint.get("kl_controllers", {}).items():
             self.kl_controllers[k].load_state_dict(state)
-        self.tokens.update(checkpoint.get("generated_tokens", {}))
+        tokens = checkpoint.get("generated_tokens", {})
+        self.tokens.update(tokens[self.global_rank % len(tokens)] if isinstance(tokens, list) else tokens)
         for k, v in checkpoint.get("counters", {}).items():
             setattr(self, k, v)
         if checkpoint.get("game") and hasattr(self.game, "load_state_dict"):

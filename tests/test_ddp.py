@@ -65,3 +65,30 @@ def test_two_process_cpu_ddp_reduces_metrics_across_ranks(shared_outputs, tmp_pa
     for key in SUM:
         assert ddp[key] == pytest.approx(single[0][key] + single[1][key]), key
     print(f"ddp_cpu run: {wall:.1f} s wall")
+
+
+@pytest.mark.slow  # three 2-process runs
+def test_ddp_resume_is_exact_per_rank(shared_outputs, tmp_path):
+    """Every rank's RNG streams, data sampler and token counts are in the checkpoint: 2 + 2 resumed
+    steps of trainer=ddp_cpu log what 4 uninterrupted steps do. The resume command names only the run."""
+    from test_resume import history
+    from test_train_e2e import TINY_RM
+
+    store = [f"logger.tracking_uri=sqlite:///{shared_outputs}/mlflow.db"]
+    args = tiny_overrides(shared_outputs, "trainer=ddp_cpu", "game=grpo_data", "reward=tiny_rm", *TINY_RM,
+                          "eval.samples=0", "eval.judge_pairs=0", "trainer.checkpoint_every=2")
+
+    def cli(*extra):
+        out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *extra], capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return runs(shared_outputs)[1][0].info.run_id
+
+    full = cli(*args, "trainer.max_steps=4")
+    first = cli(*args, "trainer.max_steps=2")
+    assert cli(f"resume={first}", "trainer.max_steps=4", *store) == first
+    _, expected = history(shared_outputs, full)
+    _, got = history(shared_outputs, first)
+    for key in expected:
+        if key.startswith("train/"):
+            assert got[key] == expected[key], key
