@@ -342,6 +342,13 @@ def check_launch(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    if str(cfg.trainer.strategy).startswith("fsdp"):
+        from lsp_exp.validation import ConfigError
+
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy}: Lightning's FSDP strategy does not support manual optimization "
+            "(backward inside training_step: Lightning-AI/pytorch-lightning#19626), which the self-play step needs; "
+            "use trainer=ddp, with model.lora.enabled=true for a model too big to replicate with its optimizer")
     if not is_multiprocess(cfg.trainer) or started_outside():
         return
     os.environ["LSP_RANKS_STARTED_HERE"] = str(os.getpid())  # this process starts the others

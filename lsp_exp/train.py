@@ -70,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
     cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
     validate(cfg)
+    check_launch(cfg)  # how the ranks start (DDP in a multirun; FSDP refused)
     preflight(cfg)  # files the config names, the tracking server: before anything is built
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
     if cfg.trainer.num_threads:
@@ -102,7 +103,6 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world),
                             verifier=verifier, labelled_pairs=pairs, judge_template=judge_template)
 
-    check_launch(cfg)
     logger = build_logger(cfg) if rank_zero_only.rank == 0 else None  # only rank 0 touches the store
     if resume is None:
         log_run_start(logger, cfg)
