@@ -126,7 +126,10 @@ class StepCheckpoint(Callback):
     # Ctrl-C: stop at the end of the step, like SIGTERM
     def on_train_start(self, trainer, pl_module):
         if trainer.is_global_zero and self.run_id and trainer.logger is not None:  # for resume=<run id>
-            trainer.logger.experiment.set_tag(self.run_id, "checkpoint_dir", str(self.dirpath.resolve()))
+            try:
+                trainer.logger.experiment.set_tag(self.run_id, "checkpoint_dir", str(self.dirpath.resolve()))
+            except Exception as err:  # a tracking server that is down must not stop training
+                log.warning("could not tag run %s with its checkpoint_dir (%s)", self.run_id, err)
         def first_interrupt(signum, frame):
             signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
             trainer._signal_connector.received_sigterm = True  # the loop raises SIGTERMException after this step
@@ -290,11 +293,14 @@ def mark_interrupted(logger, path: Path | None) -> None:
     """End the run KILLED (not FAILED: it can be resumed), tagged with its checkpoint."""
     if logger is None or logger.run_id is None:
         return
-    client = logger.experiment
-    if path is not None:
-        client.set_tag(logger.run_id, "checkpoint", str(path))
-    client.set_terminated(logger.run_id, "KILLED")
-    logger.error_recorded = True  # lsp_exp.tracking_failures: the run's end is recorded already
+    try:
+        client = logger.experiment
+        if path is not None:
+            client.set_tag(logger.run_id, "checkpoint", str(path))
+        client.set_terminated(logger.run_id, "KILLED")
+        logger.error_recorded = True  # lsp_exp.tracking_failures: the run's end is recorded already
+    except Exception as err:  # the checkpoint is on disk; the exit must not become a tracking error
+        log.warning("could not mark run %s KILLED (%s); its checkpoint is %s", logger.run_id, err, path)
 
 
 def checkpoint_dir(cfg: DictConfig, logger) -> Path:
