@@ -26,8 +26,8 @@ from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.checkpointing import (StepCheckpoint, check_launch, checkpoint_dir, continue_run,  # noqa: E402
-                                   mark_interrupted, prepare_resume, release_ranks)
+from lsp_exp.checkpointing import StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
+from lsp_exp.launch import check_launch, release_ranks  # noqa: E402
 from lsp_exp.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402

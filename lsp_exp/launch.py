@@ -1,0 +1,75 @@
+"""How the ranks of a distributed job start, and what is refused.
+
+Lightning's `ddp` strategy starts ranks 1.. by re-running the command line (its subprocess
+launcher, which also sets Hydra's run dir for them); under SLURM (one task per device) or torchrun
+the ranks are started outside and Lightning joins them. Inside a Hydra multirun the command line is
+the whole sweep: `check_launch` makes it the job's own, and `release_ranks` lets the next job of
+the same process start its own ranks.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from omegaconf import DictConfig
+
+def is_multiprocess(trainer_cfg) -> bool:
+    strategy = str(trainer_cfg.strategy)
+    return strategy.startswith(("ddp", "fsdp", "deepspeed")) and str(trainer_cfg.devices) != "1"
+
+
+def started_outside() -> bool:
+    """The ranks are started by SLURM (one task per device) or torchrun: Lightning only joins them."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    return SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
+
+
+LAUNCH_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "PL_GLOBAL_SEED")
+
+
+def release_ranks(cfg: DictConfig) -> None:
+    """After a job whose ranks Lightning started here: end the process group and drop the launcher's
+    environment, so the next job of a multirun (same process) starts its own ranks afresh."""
+    if not is_multiprocess(cfg.trainer) or os.environ.get("LSP_RANKS_STARTED_HERE") != str(os.getpid()):
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key in (*LAUNCH_ENV, "LSP_RANKS_STARTED_HERE"):
+        os.environ.pop(key, None)
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Lightning's `ddp` strategy starts ranks 1.. by re-running the command line (with the Hydra
+    run dir set). Inside a Hydra multirun that command is the whole sweep, so:
+    - basic launcher (jobs one after another): the re-run command becomes this job's own overrides;
+    - joblib launcher: its workers are not a command to re-run: refused, with what to use instead;
+    - SLURM (submitit, one task per device) or torchrun: the ranks exist already; nothing to do."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if str(cfg.trainer.strategy).startswith("fsdp"):
+        from lsp_exp.validation import ConfigError
+
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy}: Lightning's FSDP strategy does not support manual optimization "
+            "(backward inside training_step: Lightning-AI/pytorch-lightning#19626), which the self-play step needs; "
+            "use trainer=ddp, with model.lora.enabled=true for a model too big to replicate with its optimizer")
+    if not is_multiprocess(cfg.trainer) or started_outside():
+        return
+    os.environ["LSP_RANKS_STARTED_HERE"] = str(os.getpid())  # this process starts the others
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return
+    if "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
+        from lsp_exp.validation import ConfigError
+
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy} with {cfg.trainer.devices} devices starts its ranks by re-running "
+            "the command, which a joblib worker cannot do: sweep DDP jobs with the default launcher (one job at a "
+            "time) or hydra/launcher=slurm (tasks_per_node = devices)")
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
