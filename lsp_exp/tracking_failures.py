@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 TRACKING_ERRORS = (MlflowException, requests.RequestException, ConnectionError, TimeoutError)
 REMOTE_SCHEMES = ("http", "https", "databricks")
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)  # a run they stop ends KILLED, not FAILED
-RETRY_S = 60.0  # while the server is down, how often a metrics call tries it again (the rest are kept)
+# While the server is down, how often a metrics call tries it again (the others are kept meanwhile).
+RETRY_S = float(os.environ.get("LSP_TRACKING_RETRY_S", "60"))
 
 
 class TrackingUnreachableError(ConnectionError):

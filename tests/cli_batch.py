@@ -63,10 +63,11 @@ def main(cases_path: str, results_path: str) -> None:
         children[pid] = (i, out, err, time.perf_counter())
     results: list[dict | None] = [None] * len(cases)
     while children:
-        pid, status = os.wait()
+        pid, status, usage = os.wait4(-1, 0)
         i, out, err, start = children.pop(pid)
         results[i] = {"rc": os.waitstatus_to_exitcode(status), "stdout": open(out).read(),
-                      "stderr": open(err).read(), "seconds": round(time.perf_counter() - start, 2)}
+                      "stderr": open(err).read(), "seconds": round(time.perf_counter() - start, 2),
+                      "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2)}
     with open(results_path, "w") as f:
         json.dump(results, f)
 

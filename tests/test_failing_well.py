@@ -177,3 +177,64 @@ def test_degenerate_prompts_from_a_file_are_counted(shared_outputs, tmp_path):
     assert history["train/degenerate/query_empty_frac"][0][1] == 0  # (a prompt file refuses empty prompts)
     assert 0 < history["train/degenerate/query_over_length_frac"][0][1] < 1
     assert "train/degenerate/answer_truncated_frac" in history
+
+
+@pytest.mark.slow
+def test_a_real_tracking_server_that_goes_away_mid_run_and_comes_back(shared_outputs, tmp_path):
+    """`mlflow server` on loopback, stopped after a few steps and started again 10 s later on the
+    same store: `lsp-train` trains on, replays the metrics it kept, and ends the run FINISHED with
+    every step and the model."""
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    port = closed_port()
+    uri = f"http://127.0.0.1:{port}"
+    server_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                  "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")]
+
+    def start_server():
+        proc = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).close()
+                return proc
+            except OSError:
+                time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("mlflow server did not start")
+
+    def stop_server(proc):
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and its workers
+        proc.wait(timeout=60)
+
+    server = start_server()
+    run = subprocess.Popen([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(
+        shared_outputs, *FAST, "trainer.max_steps=150", f"logger.tracking_uri={uri}", "+tags.failcase=real_server")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LSP_TRACKING_RETRY_S": "2"})
+    try:
+        client = MlflowClient(uri)
+        for _ in range(600):  # until a few steps are logged
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "train/solver/reward")) >= 3:
+                break
+            assert run.poll() is None, run.communicate()
+            time.sleep(0.5)
+        run_id = runs[0].info.run_id
+        stop_server(server)
+        time.sleep(10)
+        assert run.poll() is None, "the run ended before the server went away"
+        server = start_server()
+        stdout, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+        assert "unreachable at step" in stdout + stderr and "is back after" in stdout + stderr
+        finished = MlflowClient(uri).get_run(run_id)
+        steps = [m.step for m in MlflowClient(uri).get_metric_history(run_id, "train/solver/reward")]
+        assert finished.info.status == "FINISHED" and sorted(steps) == list(range(150))
+        assert "model" in {a.path for a in MlflowClient(uri).list_artifacts(run_id)}
+        assert (shared_outputs / "models" / run_id / "model" / "config.json").is_file()
+    finally:
+        if run.poll() is None:
+            run.kill()
+        stop_server(server)
