@@ -130,6 +130,7 @@ class StepCheckpoint(Callback):
                 trainer.logger.experiment.set_tag(self.run_id, "checkpoint_dir", str(self.dirpath.resolve()))
             except Exception as err:  # a tracking server that is down must not stop training
                 log.warning("could not tag run %s with its checkpoint_dir (%s)", self.run_id, err)
+
         def first_interrupt(signum, frame):
             signal.signal(signal.SIGINT, self._previous_sigint or signal.default_int_handler)
             trainer._signal_connector.received_sigterm = True  # the loop raises SIGTERMException after this step
