@@ -38,3 +38,24 @@ def test_build_is_cached_and_deterministic(tmp_path):
     info = json.loads((first / "info.json").read_text())
     assert info["parameters"] == sum(p.numel() for p in model_a.parameters())
     assert tok.apply_chat_template([{"role": "user", "content": "1+2"}], tokenize=False) == "<bos><|user|>1+2<|end|>"
+
+
+def test_parallel_first_runs_build_the_toy_world_once(tmp_path, monkeypatch):
+    """Jobs of a parallel multirun on a fresh outputs/ share one build (a lock per cache entry)."""
+    import threading
+
+    from lsp_exp.toy import build as build_module
+
+    from conftest import TINY_WORLD, compose_config
+
+    cfg = compose_config("train", TINY_WORLD + ["model.bootstrap.judge.steps=0", f"paths.outputs={tmp_path}"])
+    calls, real = [], build_module._build_base_stage
+    monkeypatch.setattr(build_module, "_build_base_stage", lambda *a: calls.append(1) or real(*a))
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        build_module.build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(results)) == 1 and build_module.is_complete(results[0])

@@ -1,10 +1,12 @@
 """Build and cache the toy world: tokenizer, tiny base model and data splits, keyed by config."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,6 +67,18 @@ def is_complete(path: Path) -> bool:
     return (path / "DONE").is_file()
 
 
+@contextmanager
+def cache_lock(target: Path):
+    """Hold `<target>.lock`, so parallel first runs (a multirun's jobs) build a cache entry once."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Path, force: bool = False) -> Path:
     """Return the cached toy world, copying a shipped copy or building it when missing.
 
@@ -74,9 +88,17 @@ def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Pat
     target = toy_world_dir(world, bootstrap, outputs)
     if is_complete(target) and not force:
         return target
+    with cache_lock(target):
+        if is_complete(target) and not force:  # another process built it while we waited
+            return target
+        return _build_toy_world(world, bootstrap, outputs, target, force)
+
+
+def _build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs, target: Path, force: bool) -> Path:
     shipped = SHIPPED_DIR / target.name
     if is_complete(shipped) and not force:
-        shutil.copytree(shipped, target, dirs_exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(shipped, target)
         return target
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

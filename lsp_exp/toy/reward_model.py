@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from lsp_exp.toy.build import publish, world_config
+from lsp_exp.toy.build import cache_lock, publish, world_config
 from lsp_exp.toy.data import make_splits
 from lsp_exp.toy.judge_data import sample_answer
 from lsp_exp.toy.sft import lr_at
@@ -95,11 +95,19 @@ def tiny_rm_dir(world: DictConfig, cfg: DictConfig, outputs: str | Path) -> Path
 def build_tiny_rm(world: DictConfig, cfg: DictConfig, outputs: str | Path, force: bool = False) -> Path:
     """The cached tiny reward model directory (copied from the shipped one, or trained: ~1 minute)."""
     target = tiny_rm_dir(world, cfg, outputs)
-    shipped = SHIPPED_DIR / target.name
     if (target / "DONE").is_file() and not force:
         return target
+    with cache_lock(target):  # parallel first runs build it once
+        if (target / "DONE").is_file() and not force:
+            return target
+        return _build_tiny_rm(world, cfg, target, force)
+
+
+def _build_tiny_rm(world: DictConfig, cfg: DictConfig, target: Path, force: bool) -> Path:
+    shipped = SHIPPED_DIR / target.name
     if (shipped / "DONE").is_file() and not force:
-        shutil.copytree(shipped, target, dirs_exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(shipped, target)
         return target
     started = time.time()
     rm_cfg = TinyRMConfig(**OmegaConf.to_container(cfg))
