@@ -47,8 +47,11 @@ def find_runs(client, cfg: DictConfig) -> list:
         clauses.append(f"tags.mlflow.parentRunId = '{cfg.parent_run}'")
     if cfg.filter:
         clauses.append(cfg.filter)  # MLflow filters are flat: clauses joined by `and`
-    runs = client.search_runs(experiments, filter_string=" and ".join(clauses), max_results=5000,
-                              order_by=["attributes.start_time ASC"])
+    try:
+        runs = client.search_runs(experiments, filter_string=" and ".join(clauses), max_results=5000,
+                                  order_by=["attributes.start_time ASC"])
+    except Exception as err:  # MLflow's own exception types: a malformed filter, an unreachable store
+        raise ReportError(f"MLflow could not search runs ({' and '.join(clauses)}): {err}") from None
     if not runs:
         raise ReportError(f"no finished run matches {' and '.join(clauses)} in {cfg.tracking_uri}")
     return runs

@@ -69,3 +69,5 @@ def test_report_without_runs_says_what_it_looked_for(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(ReportError, match="no MLflow experiment named 'nope'"):
         report(compose_config("report", [f"tracking_uri={uri}", "experiment_names=[nope]", f"output_dir={tmp_path}"]))
+    with pytest.raises(ReportError, match="could not search runs"):
+        report(compose_config("report", [f"tracking_uri={uri}", "filter=\"tags.arm LIKE\"", f"output_dir={tmp_path}"]))
