@@ -44,6 +44,8 @@ def _read(path: Path) -> dict[str, str]:
 
 class MLflowSweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
+            return  # one task per node of a SLURM job, or a DDP rank: only rank 0 logs
         os.environ.pop(PARENT_ENV, None)
         if config.hydra.mode != RunMode.MULTIRUN or config.get("logger", {}).get("name", "none") == "none":
             return
