@@ -23,6 +23,7 @@ from lsp_exp.judge.judge import SelfQualityJudge
 from lsp_exp.judge.judging import judge_the_judges
 from lsp_exp.judge.templates import get_template
 from lsp_exp.models import Reference
+from lsp_exp.perf import mfu, peak_flops
 from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -181,6 +182,8 @@ class SelfPlayModule(L.LightningModule):
                                           max_query_tokens=cfg.max_query_tokens))
         metrics.update({f"perf/{k}_s": v for k, v in times.items()})
         metrics.update({"perf/step_s": step_s, "perf/tokens_per_s": float(generated) / step_s})
+        if self.device.type == "cuda":  # the update's model FLOPs utilisation (lsp_exp/perf.py)
+            metrics.update(self._update_mfu(roles, times["update"] / self.algorithm.epochs))
         metrics.update({f"train/tokens/{role}": float(count) for role, count in self.tokens.items()})  # cumulative
         # The mean over ranks (sync_dist); cumulative token counts are summed.
         tokens = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("train/tokens/")]}
@@ -202,6 +205,14 @@ class SelfPlayModule(L.LightningModule):
         every = self.cfg.eval.every_n_steps
         if every and step % every == 0 and step < self.trainer.max_steps:
             self._evaluate(samples=0)
+
+    def _update_mfu(self, roles, seconds: float) -> dict[str, float]:
+        peak = peak_flops(torch.cuda.get_device_name(self.device))
+        if peak is None or seconds <= 0:
+            return {}
+        tokens = sum(int(b.rollout.attention_mask.sum()) for b in roles)
+        n_params = sum(p.numel() for p in self.policy.parameters())
+        return {"perf/mfu": mfu(n_params, tokens, seconds, peak, lora=self.reference.uses_adapter)}
 
     def _optimizer_step(self, loss: torch.Tensor, last: bool) -> float:
         """Backward and one optimizer step; a non-finite loss or gradient norm skips the update and
