@@ -170,6 +170,7 @@ class OptimSchema:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    fused: bool = True                  # torch's fused AdamW kernel (CPU and GPU)
 
 
 @dataclass

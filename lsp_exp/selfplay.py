@@ -71,7 +71,8 @@ class SelfPlayModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         o = self.cfg.optim
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        # fused: one kernel for all parameters (TRL's default too); 186 -> ~25 ms a step on a 25M model (experiments/bench)
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=o.fused)
 
     def on_fit_start(self):
         # The frozen copy and a reward model are not submodules: Lightning does not move them.

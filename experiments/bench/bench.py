@@ -111,8 +111,8 @@ def main() -> None:
     p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
     p.add_argument("--before", action="store_true",
                    help="suite trl: also run this project's step as it was before the speed-ups (generation.py switches)")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="suite trl: also run this project's step with the proposed fused AdamW (selfplay.py diff)")
+    p.add_argument("--unfused-adamw", action="store_true",
+                   help="suite trl: also run this project's step with the earlier unfused AdamW (optim.fused=false)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
 
@@ -137,8 +137,8 @@ def main() -> None:
             arms = {"lsp-exp grpo_data": lsp("grpo_data", args.n, args.g), "trl GRPOTrainer": trl(args.n, args.g)}
             if args.before:
                 arms["lsp-exp grpo_data (before)"] = lsp("grpo_data", args.n, args.g, "--before")
-            if args.fused_adamw:
-                arms["lsp-exp grpo_data + fused AdamW"] = lsp("grpo_data", args.n, args.g, "--fused-adamw")
+            if args.unfused_adamw:
+                arms["lsp-exp grpo_data, unfused AdamW"] = lsp("grpo_data", args.n, args.g, "--unfused-adamw")
         elif args.suite == "games":
             arms = {"grpo_data": lsp("grpo_data", args.n, args.g), "lsp_zero": lsp("lsp_zero", args.n, args.g),
                     "lsp": lsp("lsp", args.n, args.g)}
@@ -168,8 +168,8 @@ def main() -> None:
             body.append(["ratio this/TRL", *ratio(ours, theirs)])
             if args.before:
                 body.append(["ratio after/before", *ratio(ours, arms["lsp-exp grpo_data (before)"])])
-            if args.fused_adamw:
-                body.append(["ratio (+ fused AdamW)/TRL", *ratio(arms["lsp-exp grpo_data + fused AdamW"], theirs)])
+            if args.unfused_adamw:
+                body.append(["ratio (unfused AdamW)/TRL", *ratio(arms["lsp-exp grpo_data, unfused AdamW"], theirs)])
             print(table(body, ["framework", *COLUMNS]))
             for name, r in arms.items():
                 if name.startswith("lsp-exp"):

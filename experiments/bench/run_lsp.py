@@ -49,8 +49,8 @@ def main() -> None:
     p.add_argument("--natural-lengths", action="store_true", help="let the Solver stop at its end token")
     p.add_argument("--before", action="store_true",
                    help="the step before the speed-ups: transformers' generate, no shared-prefix log-prob passes")
-    p.add_argument("--fused-adamw", action="store_true",
-                   help="the proposed selfplay.py diff: torch.optim.AdamW(..., fused=True) (TRL's default optimizer)")
+    p.add_argument("--unfused-adamw", action="store_true",
+                   help="the earlier optimizer: torch.optim.AdamW without fused=True (optim.fused=false)")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. kl=none")
     args = p.parse_args()
     set_threads(args.threads)
@@ -68,7 +68,8 @@ def main() -> None:
     cfg = compose([f"game={args.game}", "logger=none", f"paths.outputs={args.outputs}",
                    f"game.n_queries={args.n}", f"game.group_size={args.g}", f"game.max_answer_tokens={args.max_tokens}",
                    f"trainer.max_steps={args.steps}", "trainer.enable_progress_bar=false",
-                   "eval.every_n_steps=0", "eval.sample_table_every=0", f"seed={args.seed}", *args.overrides])
+                   "eval.every_n_steps=0", "eval.sample_table_every=0", f"seed={args.seed}",
+                   *(["optim.fused=false"] if args.unfused_adamw else []), *args.overrides])
     validate(cfg)
     if args.before:
         import lsp_exp.generation as generation
@@ -87,13 +88,6 @@ def main() -> None:
     reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
     game = build_game(cfg.game, prompts, cfg.seed)
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout=[], judge_template="toy")
-    if args.fused_adamw:
-        def configure_optimizers():
-            params = [p for p in module.policy.parameters() if p.requires_grad]
-            o = module.cfg.optim
-            return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=True)
-
-        module.configure_optimizers = configure_optimizers
 
     class Timer(L.Callback):
         def __init__(self):
@@ -117,7 +111,7 @@ def main() -> None:
     kept = slice(args.warmup, None)
     perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
     emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,
-                   {"framework": "lsp-exp" + (" (before)" if args.before else "") + (" + fused AdamW" if args.fused_adamw else ""), "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
+                   {"framework": "lsp-exp" + (" (before)" if args.before else "") + (" unfused AdamW" if args.unfused_adamw else ""), "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
                     "threads": torch.get_num_threads()}))
 
 
