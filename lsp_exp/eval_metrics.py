@@ -97,8 +97,8 @@ def conditional_perplexity(model, tokenizer, prompts: list[str], targets: list[s
         pad = tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows_ids], device=model.device)
         labels = torch.tensor([[-100] * (width - len(r)) + r for r in rows_labels], device=model.device)
-        mask = (labels != -100) | (torch.arange(width, device=model.device)[None] >= width - torch.tensor(
-            [len(r) for r in rows_ids], device=model.device)[:, None])
+        lengths = torch.tensor([len(r) for r in rows_ids], device=model.device)
+        mask = torch.arange(width, device=model.device)[None] >= width - lengths[:, None]  # left padding
         positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
         logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits.float()
         metric.update(logits[:, :-1].cpu(), labels[:, 1:].cpu())

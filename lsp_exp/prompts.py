@@ -47,17 +47,15 @@ def _row(obj: dict, where: str) -> PromptRow:
         raise ValueError(f"{where}: empty prompt")
     split = next((str(obj[k]) for k in SPLIT_FIELDS if obj.get(k) not in (None, "")), "all")
     reference = obj.get("reference", obj.get("output"))
-    answer = obj.get("answer")
-    return PromptRow(prompt, split, None if reference is None else str(reference),
-                     int(answer) if isinstance(answer, (int, float)) or (isinstance(answer, str) and _is_int(answer)) else None)
+    return PromptRow(prompt, split, None if reference is None else str(reference), _int_or_none(obj.get("answer")))
 
 
-def _is_int(text: str) -> bool:
+def _int_or_none(value) -> int | None:
+    """A numeric ground truth (`answer`: 41 or "41"), or None when there is none."""
     try:
-        int(text)
-        return True
-    except ValueError:
-        return False
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def read_prompt_rows(path: str | Path) -> list[PromptRow]:

@@ -212,8 +212,9 @@ class SelfPlayModule(L.LightningModule):
         if peak is None or seconds <= 0:
             return {}
         tokens = sum(int(b.rollout.attention_mask.sum()) for b in roles)
-        n_params = sum(p.numel() for p in self.policy.parameters())
-        return {"perf/mfu": mfu(n_params, tokens, seconds, peak, lora=self.reference.uses_adapter)}
+        if not hasattr(self, "_n_params"):
+            self._n_params = sum(p.numel() for p in self.policy.parameters())
+        return {"perf/mfu": mfu(self._n_params, tokens, seconds, peak, lora=self.reference.uses_adapter)}
 
     def _optimizer_step(self, loss: torch.Tensor, last: bool) -> float:
         """Backward and one optimizer step; a non-finite loss or gradient norm skips the update and

@@ -126,6 +126,18 @@ def emit(result: dict) -> None:
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
+def add_work_args(p) -> None:
+    """The arguments both frameworks' runners take, so the two sides are given the same work."""
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--g", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def set_threads(n: int) -> None:
     import torch
 

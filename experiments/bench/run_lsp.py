@@ -13,7 +13,7 @@ import argparse
 import statistics
 from collections import defaultdict
 
-from common import Clock, compose, emit, rss_mb, set_threads, summarise
+from common import add_work_args, Clock, compose, emit, rss_mb, set_threads, summarise
 
 
 def force_solver_lengths() -> None:
@@ -36,16 +36,9 @@ def force_solver_lengths() -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model-dir", required=True)
+    add_work_args(p)
     p.add_argument("--outputs", required=True)
     p.add_argument("--game", default="grpo_data")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--g", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--natural-lengths", action="store_true", help="let the Solver stop at its end token")
     p.add_argument("--before", action="store_true",
                    help="the step before the speed-ups: transformers' generate, no shared-prefix log-prob passes")

@@ -13,20 +13,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from common import Clock, emit, read_train_prompts, rss_mb, set_threads, summarise
+from common import add_work_args, Clock, emit, read_train_prompts, rss_mb, set_threads, summarise
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model-dir", required=True)
+    add_work_args(p)
     p.add_argument("--prompts", required=True)
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--g", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--beta", type=float, default=0.05)
     args = p.parse_args()
     set_threads(args.threads)
