@@ -91,7 +91,7 @@ class GameSchema:
     self_reward: bool = False           # full LSP: add the judge's R_Q (LSP_SPEC 4.3)
     self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)
     judge: JudgeSchema = field(default_factory=JudgeSchema)
-    invalid_query_value: float = 1.0
+    invalid_query_value: Optional[float] = None  # V of an invalid query; None: the reward's upper bound
     challenger_objective: str = "neg_value"
     max_query_tokens: int = 12
     max_answer_tokens: int = 8

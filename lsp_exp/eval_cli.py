@@ -32,9 +32,10 @@ from lsp_exp.chaining import InitFromError, find_runs, is_adapter, resolve_init_
 from lsp_exp.eval_metrics import conditional_perplexity, diversity, spaced_chars, text_overlap, win_rate  # noqa: E402
 from lsp_exp.evaluation import evaluate_solver  # noqa: E402
 from lsp_exp.generation import chat_prompts, generate  # noqa: E402
-from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.models import ModelNotFoundError, load_frozen, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
 from lsp_exp.prompts import PromptRow, read_prompt_rows  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
+from lsp_exp.special_tokens import check_chat_model  # noqa: E402
 from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
 from lsp_exp.toy.data import read_problems  # noqa: E402
 from lsp_exp.toy.world import encode_answer, heldout_slices  # noqa: E402
@@ -63,21 +64,23 @@ def targets(cfg: DictConfig, uri: str | None) -> list[Target]:
 def load_model(cfg: DictConfig, base_path: str, path: str | None):
     """(model, tokenizer) of a target: the base, a full model directory, or a LoRA adapter over the base."""
     if path is None:
-        return load_policy(cfg.model, base_path).eval(), load_tokenizer(base_path)
-    if is_adapter(Path(path)):
-        return load_policy(cfg.model, base_path, adapter=path).eval(), load_tokenizer(base_path)
-    return load_policy(cfg.model, path).eval(), load_tokenizer(path)
+        model, tokenizer = load_policy(cfg.model, base_path).eval(), load_tokenizer(base_path)
+    elif is_adapter(Path(path)):
+        model, tokenizer = load_policy(cfg.model, base_path, adapter=path).eval(), load_tokenizer(base_path)
+    else:
+        model, tokenizer = load_policy(cfg.model, path).eval(), load_tokenizer(path)
+    check_chat_model(model, tokenizer, path or base_path)
+    return model, tokenizer
 
 
 def answer_texts(model, tokenizer, rows: list[PromptRow], wr: DictConfig, batch_size: int) -> list[str]:
-    """The model's answers to every prompt (greedy at temperature 0), with the sampling RNG forked."""
+    """The model's answers to every prompt (greedy at temperature 0; sampled from a generator of its own)."""
     out: list[str] = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for start in range(0, len(rows), batch_size):
-            prompts = chat_prompts(tokenizer, [r.prompt for r in rows[start:start + batch_size]])
-            out += generate(model, tokenizer, prompts, max_new_tokens=wr.max_new_tokens,
-                            do_sample=wr.temperature > 0, temperature=max(wr.temperature, 1e-5)).texts
+    generator = torch.Generator(device=model.device).manual_seed(0)
+    for start in range(0, len(rows), batch_size):
+        prompts = chat_prompts(tokenizer, [r.prompt for r in rows[start:start + batch_size]])
+        out += generate(model, tokenizer, prompts, max_new_tokens=wr.max_new_tokens, do_sample=wr.temperature > 0,
+                        temperature=max(wr.temperature, 1e-5), generator=generator).texts
     return out
 
 
@@ -94,9 +97,9 @@ class Judge:
             from lsp_exp.models import Reference
 
             path = cfg.win_rate.judge_model or base_path
-            model, tokenizer = load_policy(cfg.model, path).eval(), load_tokenizer(path)
+            model, tokenizer = load_frozen(cfg.model, path), load_tokenizer(path)
             template = cfg.win_rate.judge_template if cfg.win_rate.judge_template != "auto" else ("toy" if toy else "paper")
-            self.llm = SelfQualityJudge(Reference(model), tokenizer, get_template(template))
+            self.llm = SelfQualityJudge(Reference(model, shared=True), tokenizer, get_template(template))  # no copy
         else:
             raise ConfigError(f"win_rate.judge={self.kind!r}: unknown; available: reward, llm")
 

@@ -22,25 +22,24 @@ def evaluate_solver(model, tokenizer, problems: list[Problem], *, max_new_tokens
     (keys `pass_at_1`, `pass_at_<k>`: MLflow metric names cannot hold '@').
 
     pass_at_1 is the mean correctness of the k samples; pass_at_k is the share of problems with at least
-    one correct sample. Sampling runs under `torch.random.fork_rng`, so evaluating does not change
-    the training trajectory. Every metric is also reported per slice (`accuracy/<slice>`); a
+    one correct sample. Sampling draws from its own generator (seed 0) on the model's device, so
+    evaluating leaves every global RNG as it was: it does not change the training trajectory. Every metric is also reported per slice (`accuracy/<slice>`); a
     problem's slices are its difficulty, or what `slices(problem)` returns.
     """
     was_training = model.training
     model.eval()
     greedy, sampled = [], []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for start in range(0, len(problems), batch_size):
-            chunk = problems[start:start + batch_size]
-            prompts = chat_prompts(tokenizer, [p.text for p in chunk])
-            answers = [p.answer for p in chunk]
-            out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False)
-            greedy.append(_correct(out.texts, answers))
-            if samples > 0:
-                out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
-                               temperature=temperature, num_return_sequences=samples)
-                sampled.append(_correct(out.texts, [a for a in answers for _ in range(samples)]).view(-1, samples))
+    generator = torch.Generator(device=model.device).manual_seed(0)
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start:start + batch_size]
+        prompts = chat_prompts(tokenizer, [p.text for p in chunk])
+        answers = [p.answer for p in chunk]
+        out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False)
+        greedy.append(_correct(out.texts, answers))
+        if samples > 0:
+            out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                           temperature=temperature, num_return_sequences=samples, generator=generator)
+            sampled.append(_correct(out.texts, [a for a in answers for _ in range(samples)]).view(-1, samples))
     model.train(was_training)
     greedy_t = torch.cat(greedy)
     metrics = {"accuracy": greedy_t.mean().item()}

@@ -1,8 +1,10 @@
 """Generation and log-probabilities: the one place the model is sampled and scored.
 
-Prompts are left-padded once; completions are cut after their first end token. Log-probs are
-computed with position ids derived from the attention mask, so that they match what generation used
-for left-padded rows.
+Prompts are left-padded once; completions are cut by position after their first end token (any of
+the model's end ids, `special_tokens.py`): the end token itself counts (it gets a policy gradient and
+a KL term), what follows it does not, whatever the pad token is. Log-probs are computed with position
+ids derived from the attention mask, so that they match what generation used for left-padded rows,
+and at the temperature the completion was sampled at: log pi_T(y_t) = log_softmax(z_t / T)[y_t].
 
 Two savings, both exact (the same numbers up to float rounding), measured in `experiments/bench/`:
 - **one prefill per distinct prompt**: with `num_return_sequences = G`, each prompt is run once and
@@ -18,12 +20,14 @@ Two savings, both exact (the same numbers up to float rounding), measured in `ex
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lsp_exp.rl.diagnostics import token_entropy
+from lsp_exp.special_tokens import end_ids_tensor
 
 USE_HF_GENERATE = False   # True: transformers' `generate` (every copy of a prompt prefilled)
 SHARE_PREFIXES = True     # False: one plain forward pass over every full row in `token_logprobs`
@@ -38,7 +42,8 @@ class Rollout:
     attention_mask: torch.Tensor   # [B, P + T] 1 on real prompt tokens and on completion tokens up to the end token
     completion_mask: torch.Tensor  # [B, P + T] 1 only on completion tokens that count (incl. the end token)
     texts: list[str]               # decoded completions, special tokens removed
-    finished: torch.Tensor         # [B] bool: the completion ended with the end token
+    finished: torch.Tensor         # [B] bool: the completion ended with an end token
+    temperature: float = 1.0       # the sampling temperature: log-probs of these rows are scored at it
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -59,31 +64,36 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = True,
-             temperature: float = 1.0, num_return_sequences: int = 1) -> Rollout:
+             temperature: float = 1.0, num_return_sequences: int = 1,
+             generator: torch.Generator | None = None) -> Rollout:
     """Sample (or greedily decode) completions for rendered prompts in one batched call.
 
     Rows are prompt-major: the `num_return_sequences` completions of prompt i are rows
-    i * n .. i * n + n - 1. Sampling runs under `torch.inference_mode`; the returned tensors are
-    ordinary tensors (cloned out of inference mode), so the update can run autograd through them.
+    i * n .. i * n + n - 1. Sampling stops a row at any end id and draws from `generator` when given
+    (else the global RNG of the model's device). It runs under `torch.inference_mode`; the returned
+    tensors are ordinary tensors (cloned out of inference mode), so the update can run autograd
+    through them.
     """
     enc = encode_prompts(tokenizer, prompts, model.device)
+    ends = end_ids_tensor(model, tokenizer, model.device)
     with torch.inference_mode():
         if USE_HF_GENERATE or getattr(model.config, "is_encoder_decoder", False):
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-            out = model.generate(
-                **enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **sampling,
-            )
+            with _seeded_from(generator, model.device):  # `generate` draws from the global RNG only
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
+                    pad_token_id=tokenizer.pad_token_id, eos_token_id=ends.tolist(), **sampling,
+                )
         else:
             out = _sample(model, enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                          copies=num_return_sequences, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+                          copies=num_return_sequences, ends=ends, pad=tokenizer.pad_token_id, generator=generator)
     out = out.clone()
     prompt_len = enc["input_ids"].shape[1]
     completion = out[:, prompt_len:]
-    is_eos = completion == tokenizer.eos_token_id
-    # Keep tokens up to and including the first end token.
-    after_eos = (is_eos.cumsum(-1) - is_eos.long()) > 0
-    keep = ~after_eos & (completion != tokenizer.pad_token_id)
+    is_end = torch.isin(completion, ends)
+    # Keep tokens up to and including the first end token, by position: a pad id sampled mid-answer
+    # is a real token, and an end token equal to the pad id is still the end (Llama-3: pad = eos).
+    keep = (is_end.long().cumsum(-1) - is_end.long()) == 0
     prompt_mask = enc["attention_mask"].repeat_interleave(num_return_sequences, dim=0)
     completion_ids = torch.where(keep, completion, torch.full_like(completion, tokenizer.pad_token_id))
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -92,8 +102,22 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
         attention_mask=torch.cat([prompt_mask, keep.long()], dim=1),
         completion_mask=torch.cat([torch.zeros_like(prompt_mask), keep.long()], dim=1),
         texts=texts,
-        finished=is_eos.any(-1),
+        finished=is_end.any(-1),
+        temperature=float(temperature) if do_sample else 1.0,
     )
+
+
+@contextmanager
+def _seeded_from(generator: torch.Generator | None, device: torch.device):
+    """With a generator: the global RNGs of the CPU and of `device` seeded from it, and restored after."""
+    if generator is None:
+        yield
+        return
+    device = torch.device(device)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(generator.initial_seed())
+        yield
 
 
 def _min_new_tokens(model) -> int:
@@ -102,7 +126,7 @@ def _min_new_tokens(model) -> int:
 
 
 def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_sample: bool, temperature: float,
-            copies: int, eos: int, pad: int) -> torch.Tensor:
+            copies: int, ends: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """[B * copies, P + T] prompts and completions (T <= max_new_tokens: it stops when every row has
     ended; rows that ended are padded), the same contract as `generate` of transformers.
 
@@ -126,14 +150,15 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
     for t in range(max_new_tokens):
         logits = logits.float()
         if t < min_new:
-            logits[:, eos] = float("-inf")
+            logits[:, ends] = float("-inf")
         if do_sample:
-            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1).squeeze(-1)
+            token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), num_samples=1,
+                                      generator=generator).squeeze(-1)
         else:
             token = logits.argmax(-1)
         token = token.masked_fill(done, pad)
         tokens[:, t] = token
-        done |= token == eos
+        done |= torch.isin(token, ends)
         steps = t + 1
         if steps == max_new_tokens or bool(done.all()):
             break
@@ -144,20 +169,22 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   entropy_mask: torch.Tensor | None = None):
-    """log p(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask).
+                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0):
+    """log pi_T(token_t | tokens_<t) = log_softmax(z_t / T)[token_t] for t >= 1, shape [B, L - 1]
+    (position ids follow the mask; T: the temperature the tokens were sampled at, `Rollout.temperature`).
 
-    With `entropy_mask` [B, L - 1], also the mean entropy of the predicted distributions over the
+    With `entropy_mask` [B, L - 1], also the mean entropy of the same tempered distributions over the
     masked positions, from the same forward pass: returns (logp, entropy)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     split = shared_prefix(input_ids, attention_mask) if SHARE_PREFIXES else None
+    t = float(temperature)
     if split is None:  # the last token predicts nothing: it is not run
         logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
                        position_ids=position_ids[:, :-1]).logits
-        chosen = _chosen(logits, input_ids[:, 1:])
+        chosen = _chosen(logits, input_ids[:, 1:], t)
         if entropy_mask is None:
             return chosen
-        return chosen, token_entropy(logits.detach(), entropy_mask)
+        return chosen, token_entropy(logits.detach(), entropy_mask, temperature=t)
 
     s, firsts, group = split
     head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
@@ -175,19 +202,23 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
     else:
         tail_logits = head.logits[group, -1:]
-    chosen = torch.cat([_chosen(head_logits, input_ids[firsts, 1:s])[group], _chosen(tail_logits, input_ids[:, s:])], 1)
+    chosen = torch.cat([_chosen(head_logits, input_ids[firsts, 1:s], t)[group],
+                        _chosen(tail_logits, input_ids[:, s:], t)], 1)
     if entropy_mask is None:
         return chosen
     n_head, n_tail = entropy_mask[:, :s - 1].sum(), entropy_mask[:, s - 1:].sum()
-    entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:]) * n_tail
+    entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:], temperature=t) * n_tail
     if n_head > 0:
-        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, :s - 1]) * n_head
+        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, :s - 1], temperature=t) * n_head
     return chosen, entropy / (n_head + n_tail).clamp(min=1)
 
 
-def _chosen(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log_softmax(logits)[target] per position: logits [B, T, V], targets [B, T] -> [B, T]."""
-    return F.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)
+def _chosen(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / T)[target] per position: logits [B, T, V], targets [B, T] -> [B, T]."""
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
 
 
 def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor):

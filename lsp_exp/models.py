@@ -64,6 +64,8 @@ def _looks_like_hub_id(path: str) -> bool:
 
 
 def load_tokenizer(path: str):
+    """The model's tokenizer, left-padding; a model without a pad token (Llama-3) pads with its end
+    token, which is safe because completions are masked by position (generation.py)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
@@ -71,6 +73,15 @@ def load_tokenizer(path: str):
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return tokenizer
+
+
+def load_frozen(cfg: DictConfig, path: str):
+    """A model that is only read (a judge): `model.dtype`, eval mode, no gradients, no adapter."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline())
+    return model.eval().requires_grad_(False)
 
 
 def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
@@ -98,15 +109,18 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
 
 class Reference:
     """pi_ref, the frozen initial model: the policy with its adapter disabled under LoRA (no second
-    copy), a frozen deep copy otherwise."""
+    copy), a frozen deep copy otherwise. `shared=True`: `policy` is never trained (a judge of
+    `lsp-eval`), so it is its own reference and is not copied."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, shared: bool = False):
         self.policy = policy
         from peft import PeftModel
 
-        self.uses_adapter = isinstance(policy, PeftModel)
+        self.uses_adapter = isinstance(policy, PeftModel) and not shared
         self.frozen = None
-        if not self.uses_adapter:
+        if shared:
+            self.frozen = policy.eval().requires_grad_(False)
+        elif not self.uses_adapter:
             self.frozen = copy.deepcopy(policy).eval().requires_grad_(False)
 
     def to(self, device) -> "Reference":

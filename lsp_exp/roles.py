@@ -18,7 +18,7 @@ class RoleBatch:
     rollout: Rollout
     rewards: torch.Tensor        # [groups, members]: Solver [N, G]; Challenger [1, N] (the N queries are the group)
     member_mask: torch.Tensor    # [groups, members] bool: members that count (answers to valid queries)
-    ref_logp: torch.Tensor       # [B, T] token log-probs under pi_ref
+    ref_logp: torch.Tensor       # [B, T] token log-probs under pi_ref, at the rollout's temperature
     beta: float
     max_tokens: int              # the generation limit, Dr. GRPO's constant normaliser
     advantages: torch.Tensor | None = None  # fixed at the first epoch
@@ -36,10 +36,11 @@ def role_terms(batch: RoleBatch, policy, *, estimator, placement: str, algorithm
     first = batch.advantages is None
     if first:
         logp, entropy = token_logprobs(policy, batch.rollout.input_ids, batch.rollout.attention_mask,
-                                       entropy_mask=batch.token_mask)
+                                       entropy_mask=batch.token_mask, temperature=batch.rollout.temperature)
         batch.entropy = float(entropy)
     else:
-        logp = token_logprobs(policy, batch.rollout.input_ids, batch.rollout.attention_mask)
+        logp = token_logprobs(policy, batch.rollout.input_ids, batch.rollout.attention_mask,
+                              temperature=batch.rollout.temperature)
     kl = sequence_kl(estimator, logp, batch.ref_logp, batch.token_mask)
     if first:
         batch.advantages = role_advantages(batch.rewards, batch.member_mask, kl, beta=batch.beta, placement=placement,

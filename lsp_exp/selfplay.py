@@ -27,10 +27,10 @@ from lsp_exp.perf import mfu, peak_flops
 from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
-from lsp_exp.rl.objective import query_values
+from lsp_exp.rl.objective import invalid_query_value, query_values
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
 from lsp_exp.roles import RoleBatch, role_terms
-from lsp_exp.step_metrics import degenerate_metrics, reward_metrics, step_metrics
+from lsp_exp.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
 from lsp_exp.tracking import log_eval, log_sample_table, sample_rows
 
 
@@ -60,6 +60,7 @@ class SelfPlayModule(L.LightningModule):
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
         self.objective_fn = get(CHALLENGER_OBJECTIVES, cfg.game.challenger_objective, "game.challenger_objective")
         self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
+        self.invalid_query_value = invalid_query_value(cfg.game.invalid_query_value, getattr(reward, "bounds", None))
         self.eval_history: dict[int, dict[str, float]] = {}
         self.judging: dict[str, float] = {}  # eval/judge/* and eval/reward/* at the start
         self.skipped_steps = 0           # updates skipped for a non-finite loss or gradient norm
@@ -133,30 +134,33 @@ class SelfPlayModule(L.LightningModule):
                                num_return_sequences=g)
         n = len(queries.texts)
         pair_queries = [q for q in queries.texts for _ in range(g)]
-        with _timed(times, "reward"):
+        with _timed(times, "reward"):  # rewards may answer on any device: everything below is on ours
             scores = self.reward.score(pair_queries, answers.texts)
-            rewards = scores.values.view(n, g).to(self.device)
-            query_valid = queries.finished.to(self.device) & scores.valid.view(n, g).all(-1)
+            rewards = scores.values.to(self.device).view(n, g)
+            query_valid = queries.finished.to(self.device) & scores.valid.to(self.device).view(n, g).all(-1)
             truth = self.verifier.score(pair_queries, answers.texts) if self.verifier is not None else None
         judged = None
         if self.judge is not None:
             with _timed(times, "judge"):
                 judged = self.judge.score(pair_queries, answers.texts)
-        # LSP_SPEC 4.3: r_sol = R + w R_Q and r_ch = objective(V) + w V_Q, V from the task reward alone.
-        values = query_values(rewards, query_valid, cfg.invalid_query_value)
+        # r_sol = R + w R_Q and r_ch = objective(V) + w V_Q, V from the task reward alone (README,
+        # "The method"); an invalid query is worth `invalid_query_value` and collects no V_Q.
+        values = query_values(rewards, query_valid, self.invalid_query_value)
         sol_rewards, ch_rewards = rewards, self.objective_fn(values)
         if judged is not None:
-            quality = judged.values.view(n, g).to(self.device)
+            quality = judged.values.to(self.device).view(n, g)
             sol_rewards = solver_rewards(rewards, quality, cfg.self_reward_weight)
-            ch_rewards = challenger_rewards(ch_rewards, quality, cfg.self_reward_weight)
+            ch_rewards = challenger_rewards(ch_rewards, quality, cfg.self_reward_weight, valid=query_valid)
         with _timed(times, "ref"), torch.no_grad(), self.reference.model() as ref:
             roles = [RoleBatch("solver", answers, sol_rewards, query_valid[:, None].expand(n, g),
-                               token_logprobs(ref, answers.input_ids, answers.attention_mask),
+                               token_logprobs(ref, answers.input_ids, answers.attention_mask,
+                                              temperature=answers.temperature),
                                self.kl_controllers["solver"].value, cfg.max_answer_tokens)]
             if queries.rollout is not None:
                 roles.append(RoleBatch("challenger", queries.rollout, ch_rewards[None, :],
                                        torch.ones(1, n, dtype=torch.bool, device=self.device),
-                                       token_logprobs(ref, queries.rollout.input_ids, queries.rollout.attention_mask),
+                                       token_logprobs(ref, queries.rollout.input_ids, queries.rollout.attention_mask,
+                                                      temperature=queries.rollout.temperature),
                                        self.kl_controllers["challenger"].value, cfg.max_query_tokens))
         weights = {"solver": 1.0, "challenger": cfg.alpha_ch}
         with _timed(times, "update"):
@@ -166,9 +170,6 @@ class SelfPlayModule(L.LightningModule):
                                             algorithm=self.algorithm) for b in roles}
                 grad_norm = self._optimizer_step(sum(weights[k] * t.total for k, t in terms.items()),
                                                  last=epoch == epochs - 1)
-        for b in roles:  # the adaptive controller moves beta towards the target KL (fixed: no-op)
-            if math.isfinite(grad_norm) and math.isfinite(float(terms[b.name].kl_mean)):  # not a skipped step
-                self.kl_controllers[b.name].update(terms[b.name].kl_mean)
 
         step_s = time.perf_counter() - step_start
         self.tokens["solver"] += int(answers.completion_mask.sum())
@@ -186,10 +187,14 @@ class SelfPlayModule(L.LightningModule):
         if self.device.type == "cuda":  # the update's model FLOPs utilisation (lsp_exp/perf.py)
             metrics.update(self._update_mfu(roles, times["update"] / self.algorithm.epochs))
         metrics.update({f"train/tokens/{role}": float(count) for role, count in self.tokens.items()})  # cumulative
-        # The mean over ranks (sync_dist); cumulative token counts are summed.
-        tokens = {k: metrics.pop(k) for k in [k for k in metrics if k.startswith("train/tokens/")]}
-        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
-        self.log_dict(tokens, on_step=True, on_epoch=False, sync_dist=True, reduce_fx="sum")
+        # One gather per step: every rank gets the same figures (the mean over the ranks that have a
+        # key, ignoring NaN; cumulative token counts summed), whatever keys each rank produced.
+        metrics = reduce_over_ranks(gather_objects(metrics, self.trainer), sums=("train/tokens/",))
+        for b in roles:  # the adaptive controller moves beta towards the target KL (fixed: no-op), from
+            kl = metrics[f"train/kl/{b.name}"]  # the KL of all ranks, so beta stays the same on every rank
+            if math.isfinite(metrics["train/grad_norm"]) and math.isfinite(kl):  # not a skipped step
+                self.kl_controllers[b.name].update(kl)
+        self.log_dict(metrics, on_step=True, on_epoch=False)
         self.log("valid", metrics["train/query_valid_frac"], prog_bar=True, logger=False)
         self.log("reward", metrics["train/solver/reward"], prog_bar=True, logger=False)
 

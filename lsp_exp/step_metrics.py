@@ -1,6 +1,8 @@
 """The per-step metrics of a self-play step (metric keys: DESIGN.md)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from lsp_exp.rl.diagnostics import advantage_stats, zero_std_fraction
@@ -83,3 +85,23 @@ def degenerate_metrics(*, queries, answers, tokenizer, max_query_tokens: int) ->
     lengths = [len(ids) for ids in tokenizer(list(queries.texts), add_special_tokens=False)["input_ids"]]
     metrics["train/degenerate/query_over_length_frac"] = sum(n > max_query_tokens for n in lengths) / max(1, len(lengths))
     return metrics
+
+
+def reduce_over_ranks(per_rank: list[dict[str, float]], sums: tuple[str, ...] = ()) -> dict[str, float]:
+    """One dict of figures from each rank's: for each key any rank has, the mean of the ranks' finite
+    values (NaN when none has one), or their sum for keys starting with one of `sums`.
+
+    A key one rank lacks (e.g. `train/judge/query_points` where no judgement parsed) or a NaN
+    (a skipped step's gradient norm) is left out of that key's figure instead of pairing the
+    wrong values, so every rank logs, and adapts its KL coefficient to, the same numbers."""
+    keys = list(dict.fromkeys(k for metrics in per_rank for k in metrics))
+    out = {}
+    for key in keys:
+        values = [float(m[key]) for m in per_rank if key in m and not math.isnan(float(m[key]))]
+        if not values:
+            out[key] = float("nan")
+        elif key.startswith(sums):
+            out[key] = sum(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out

@@ -35,6 +35,7 @@ from lsp_exp.prompts import read_prompts  # noqa: E402
 from lsp_exp.rewards import ArithmeticReward, RewardModelError, build_reward  # noqa: E402
 from lsp_exp.rl.challenger import check_objective  # noqa: E402
 from lsp_exp.selfplay import NonFiniteLossError, SelfPlayModule  # noqa: E402
+from lsp_exp.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
 from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
 from lsp_exp.toy.data import read_problems  # noqa: E402
 from lsp_exp.toy.judge_data import labelled_pairs  # noqa: E402
@@ -84,6 +85,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = load_tokenizer(model_path)
     policy = load_policy(cfg.model, model_path, adapter=init if init is not None and is_adapter(init) else None).train()
+    check_chat_model(policy, tokenizer, cfg.model.path or cfg.model.name)  # a chat template and end ids
     heldout_path, prompts_path = data_paths(cfg)
     heldout = read_problems(heldout_path) if heldout_path else []
     if cfg.eval.max_problems:
@@ -149,7 +151,7 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
 
 
 # Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
-CLEAR_ERRORS = (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError,
+CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, FileNotFoundError, RewardModelError, InitFromError,
                 TrackingUnreachableError, TrackingLostError, NonFiniteLossError)
 
 

@@ -20,4 +20,5 @@ class SelfPlayGame:
         rollout = generate(policy, tokenizer, prompt, max_new_tokens=self.cfg.max_query_tokens,
                            temperature=self.cfg.temperature, num_return_sequences=self.cfg.n_queries)
         texts = [t.strip() for t in rollout.texts]
-        return Queries(texts, rollout.finished & torch.tensor([bool(t) for t in texts]), rollout)
+        nonempty = torch.tensor([bool(t) for t in texts], dtype=torch.bool, device=rollout.finished.device)
+        return Queries(texts, rollout.finished & nonempty, rollout)

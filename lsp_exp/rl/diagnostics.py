@@ -7,8 +7,9 @@ from lsp_exp.rl.advantages import masked_group_std
 
 
 @torch.no_grad()
-def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Mean over counted tokens of H(p_t) = -sum_v p_tv log p_tv = logsumexp(z_t) - sum_v p_tv z_tv.
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over counted tokens of H(p_t) = -sum_v p_tv log p_tv = logsumexp(z_t) - sum_v p_tv z_tv,
+    with z_t = logits_t / temperature (the distribution that was sampled).
 
     logits [B, T, V], mask [B, T]. Computed in float32 over chunks of `chunk` counted positions, so
     the extra memory is O(chunk * V) whatever the batch and dtype of the logits. 0 if nothing counts.
@@ -18,6 +19,8 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024) -
     total = torch.zeros((), dtype=torch.float32, device=logits.device)
     for start in range(0, index.numel(), chunk):
         z = rows[index[start:start + chunk]].float()       # indexing copies: the only copy of the chunk
+        if temperature != 1.0:
+            z.div_(temperature)
         z.clamp_(min=torch.finfo(torch.float32).min)        # -inf logits: p = 0 and p * z = 0, not NaN
         p = torch.softmax(z, -1)
         total += (torch.logsumexp(z, -1) - (p * z).sum(-1)).sum()

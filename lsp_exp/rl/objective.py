@@ -24,9 +24,26 @@ class RoleLoss:
         return self.policy + self.kl
 
 
-def query_values(rewards: torch.Tensor, valid: torch.Tensor, invalid_value: float) -> torch.Tensor:
-    """V(q_i) = (1/G) sum_j R(q_i, a_i^j) (LSP eq. 2); an invalid query is worth `invalid_value`."""
-    return torch.where(valid, rewards.mean(-1), torch.full_like(rewards[:, 0], invalid_value))
+def query_values(rewards: torch.Tensor, valid: torch.Tensor, invalid_value: float | None) -> torch.Tensor:
+    """V(q_i) = (1/G) sum_j R(q_i, a_i^j) (LSP eq. 2) for a valid query; an invalid one is worth
+    `invalid_value`, or, when that is None (an unbounded reward), the highest V of the step's valid
+    queries (0 when none is valid): never more for the Challenger than its worst real query."""
+    value = rewards.mean(-1)
+    if invalid_value is None:
+        highest = torch.where(valid, value, torch.full_like(value, float("-inf"))).max()
+        invalid_value = highest if bool(valid.any()) else torch.zeros_like(highest)
+    return torch.where(valid, value, torch.as_tensor(invalid_value, dtype=value.dtype, device=value.device))
+
+
+def invalid_query_value(configured: float | None, reward_bounds: tuple[float, float] | None) -> float | None:
+    """The value V of an invalid query (unfinished, empty, or one the reward cannot grade):
+    `configured` (game.invalid_query_value) when set; otherwise the reward's upper bound, at which
+    the Challenger earns the least any objective gives (-V is lowest; uncertainty and learnability
+    are 0 at V = 1); None for an unbounded reward (a raw reward-model score): then `query_values`
+    takes the step's highest valid V."""
+    if configured is not None:
+        return float(configured)
+    return None if reward_bounds is None else float(reward_bounds[1])
 
 
 def role_advantages(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor, *, beta: float, placement: str,
