@@ -112,8 +112,8 @@ def sample_rows(queries, answers, per_pair: dict, per_query: dict, texts: dict |
     per-pair texts (lists of N * G strings, e.g. the judge's replies)."""
     g = len(answers) // max(1, len(queries))
     rows: dict[str, list] = {"query": [q for q in queries for _ in range(g)], "answer": list(answers)}
-    rows.update({k: [float(x) for x in v.flatten()] for k, v in per_pair.items()})
-    rows.update({k: [float(x) for x in v for _ in range(g)] for k, v in per_query.items()})
+    rows.update({k: v.detach().float().flatten().cpu().tolist() for k, v in per_pair.items()})  # one copy per tensor
+    rows.update({k: [x for x in v.detach().float().cpu().tolist() for _ in range(g)] for k, v in per_query.items()})
     rows.update({k: list(v) for k, v in (texts or {}).items()})
     return rows
 

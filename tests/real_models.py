@@ -74,7 +74,7 @@ def build_llama3_tokenizer() -> PreTrainedTokenizerFast:
     core.post_processor = processors.TemplateProcessing(  # Llama-3 prepends bos on every encode
         single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, core.token_to_id(bos))])
     tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token=bos, eos_token="<|eot_id|>",
-                                  padding_side="left", model_max_length=256)
+                                  padding_side="left", model_max_length=4096)
     tok.chat_template = LLAMA3_CHAT_TEMPLATE
     return tok
 
@@ -83,7 +83,7 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
     core = _bpe(QWEN_SPECIALS, digits="")
     core.normalizer = normalizers.NFC()  # what transformers' Qwen2Tokenizer rebuilds on reload anyway
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", padding_side="left", model_max_length=256)
+                                  pad_token="<|endoftext|>", padding_side="left", model_max_length=4096)
     tok.chat_template = QWEN_CHAT_TEMPLATE
     tok.init_kwargs["unk_token"] = None  # saved as null like Qwen2.5, else Qwen2Tokenizer reloads unk=<|endoftext|>
     return tok
@@ -108,7 +108,7 @@ def build_tiny_model(style: str, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     else:
         raise ValueError(f"unknown style {style!r} (expected 'llama3' or 'qwen')")
     config = config_cls(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
                         tie_word_embeddings=False, **ids)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
@@ -117,12 +117,56 @@ def build_tiny_model(style: str, seed: int = 0) -> tuple[PreTrainedModel, PreTra
     return model, tok
 
 
-def save_tiny_model(path, style: str, seed: int = 0) -> Path:
-    """Write model, tokenizer (with chat template) and generation_config.json to `path`."""
+def instruct(model, tok, steps: int = 80) -> PreTrainedModel:
+    """A few steps of supervised chat training, so that the model writes short turns that end with its
+    end token (a random model almost never samples it): enough for games whose turns must finish."""
+    pairs = [(q, a) for q, a in zip(_CORPUS[0::2], _CORPUS[1::2])]
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                     tokenize=False) for q, a in pairs]
+    enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(**enc, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def save_tiny_model(path, style: str, seed: int = 0, chat_trained: bool = False) -> Path:
+    """Write model, tokenizer (with chat template) and generation_config.json to `path`;
+    `chat_trained`: after a few steps of `instruct`."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     model, tok = build_tiny_model(style, seed)
+    if chat_trained:
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+            model = instruct(model, tok)
+            tok.pad_token = None  # saved as the real checkpoint has it: no pad token
+        else:
+            model = instruct(model, tok)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     model.generation_config.save_pretrained(path)
+    return path
+
+
+def save_tiny_reward_model(path, style: str, seed: int = 1) -> Path:
+    """A tiny sequence classifier with one scalar head (a raw, unbounded score, like Skywork-Reward-V2)
+    on the tokenizer of `style`, saved to `path`."""
+    from transformers import LlamaForSequenceClassification, Qwen2ForSequenceClassification
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model, tok = build_tiny_model(style, seed)
+    cls = LlamaForSequenceClassification if style == "llama3" else Qwen2ForSequenceClassification
+    config = model.config
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    reward_model = cls(config).to(torch.float32).eval()
+    reward_model.save_pretrained(path)
+    tok.save_pretrained(path)
     return path

@@ -40,6 +40,7 @@ BAD = [
     ("algorithm.advantage=nope", "algorithm.advantage='nope': unknown; available:"),
     ("trainer.max_steps=0", "trainer.max_steps=0: must be at least 1"),
     ("trainer.precision=64x", "trainer.precision='64x': unknown"),
+    ("trainer.precision=16-mixed", "trainer.precision='16-mixed': fp16 mixed precision (a gradient scaler) is not supported"),
     ("trainer.max_consecutive_nonfinite=0", "trainer.max_consecutive_nonfinite=0"),
     ("reward=reward_model reward.path=/nonexistent/rm", "reward.path='/nonexistent/rm': directory does not exist"),
     ("reward.kind=oracle", "reward.kind='oracle': unknown"),

@@ -51,3 +51,19 @@ def test_left_padded_log_probs_equal_unpadded_ones():
         single = token_logprobs(model, ids, torch.ones_like(ids))
         n = keep.sum() - 1
         torch.testing.assert_close(batched[i, -n:][out.attention_mask[i, 1:][-n:].bool()], single[0], atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_leaves_every_global_rng_as_it_was():
+    """Held-out sampling draws from a generator of its own: the training trajectory is not moved,
+    and the same evaluation twice gives the same figures."""
+    from lsp_exp.evaluation import evaluate_solver
+    from lsp_exp.toy.world import Problem
+
+    model, tokenizer = tiny()
+    problems = [Problem("1+2", 3, "one_op"), Problem("12+3*4", 24, "precedence")]
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = evaluate_solver(model, tokenizer, problems, samples=4, max_new_tokens=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert evaluate_solver(model, tokenizer, problems, samples=4, max_new_tokens=3) == first
+    assert torch.equal(torch.get_rng_state(), before)

@@ -123,6 +123,9 @@ def test_self_reward_combination_by_hand():
     # -V + V_Q: V = (0.5, 0), V_Q = (6, 3)
     assert torch.equal(challenger_rewards(-task.mean(-1), quality), torch.tensor([5.5, 3.0]))
     assert torch.equal(challenger_rewards(-task.mean(-1), quality, weight=0.5), torch.tensor([2.5, 1.5]))
+    # An invalid query collects no V_Q: only its objective (-V at the invalid value) is left.
+    assert torch.equal(challenger_rewards(-task.mean(-1), quality, valid=torch.tensor([True, False])),
+                       torch.tensor([5.5, -task.mean(-1)[1].item()]))
     assert torch.equal(solver_rewards(task, quality, weight=0.0), task)
 
 

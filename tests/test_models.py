@@ -48,3 +48,16 @@ def test_full_finetune_reference_is_a_frozen_copy(tmp_path):
         ids = torch.tensor([[1, 5, 16, 17, 2, 6]])
         with reference.model() as ref:
             assert not torch.allclose(ref(input_ids=ids).logits, policy(input_ids=ids).logits)
+
+
+def test_a_shared_reference_is_the_model_itself_not_a_copy(tmp_path):
+    """`lsp-eval`'s LLM judge is never trained: it reads through the loaded model, no second copy."""
+    from lsp_exp.models import load_frozen
+
+    tiny_saved(tmp_path)
+    model = load_frozen(model_cfg(lora=False), str(tmp_path))
+    reference = Reference(model, shared=True)
+    with reference.model() as ref:
+        assert ref is model
+    assert reference.frozen is model and not reference.uses_adapter
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training

@@ -9,7 +9,8 @@ from lsp_exp.rl.algorithms import ALGORITHMS
 from lsp_exp.rl.challenger import check_objective, learnability, neg_value, uncertainty
 from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
 from lsp_exp.rl.losses import kl_penalised, reinforce_loss
-from lsp_exp.rl.objective import query_values, role_advantages, role_loss
+from lsp_exp.rl.objective import invalid_query_value, query_values, role_advantages, role_loss
+from lsp_exp.step_metrics import reduce_over_ranks
 
 close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
 
@@ -37,6 +38,29 @@ def test_query_values_with_invalid_queries():
     rewards = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     close(query_values(rewards, torch.tensor([True, False]), 1.0), [0.75, 1.0])
     close(query_values(rewards, torch.tensor([True, False]), 0.0), [0.75, 0.0])
+
+
+def test_invalid_query_value_on_any_reward_scale():
+    """null: the reward's upper bound (the verifier's 1, a sigmoid's 1); an unbounded reward (raw
+    reward-model scores) takes the highest reward of an answer to a valid query this step, so an
+    invalid query earns the Challenger less under -V than its worst real query."""
+    assert invalid_query_value(None, (0.0, 1.0)) == 1.0 and invalid_query_value(None, (-2.0, 3.5)) == 3.5
+    assert invalid_query_value(0.25, (0.0, 1.0)) == 0.25 and invalid_query_value(-3.0, None) == -3.0
+    assert invalid_query_value(None, None) is None
+    raw = torch.tensor([[4.0, 6.0], [9.0, 11.0], [-3.0, -1.0], [20.0, 30.0]])   # V = 5, 10, -2, 25
+    valid = torch.tensor([True, True, True, False])
+    close(query_values(raw, valid, None), [5.0, 10.0, -2.0, 11.0])       # 30 belongs to the invalid query
+    assert neg_value(query_values(raw, valid, None))[3] < neg_value(query_values(raw, valid, None))[:3].min()
+    close(query_values(raw, torch.zeros(4, dtype=torch.bool), None), [0.0, 0.0, 0.0, 0.0])  # nothing valid
+
+
+def test_metrics_are_reduced_over_ranks_whatever_keys_each_rank_has():
+    ranks = [{"a": 1.0, "b": 2.0, "train/tokens/solver": 10.0, "train/judge/query_points": 1.5},
+             {"a": 3.0, "b": float("nan"), "train/tokens/solver": 14.0}]
+    out = reduce_over_ranks(ranks, sums=("train/tokens/",))
+    assert out == {"a": 2.0, "b": 2.0, "train/tokens/solver": 24.0, "train/judge/query_points": 1.5}
+    assert math.isnan(reduce_over_ranks([{"g": float("nan")}, {"g": float("nan")}])["g"])
+    assert reduce_over_ranks([{"a": 0.5}]) == {"a": 0.5}   # one process: unchanged
 
 
 def test_challenger_objectives():

@@ -9,6 +9,9 @@ import torch
 
 @dataclass
 class Scores:
+    """A reward's answer for B (query, answer) pairs. The tensors may live on any device (the CPU for
+    the rewards here): the self-play step moves them to the policy's device before combining them."""
+
     values: torch.Tensor  # [B] R(q, a); 0 where not valid
     valid: torch.Tensor   # [B] bool: the pair could be graded (e.g. the query is a valid problem)
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per named part (composite rewards)

@@ -26,12 +26,13 @@ class RoleLoss:
 
 def query_values(rewards: torch.Tensor, valid: torch.Tensor, invalid_value: float | None) -> torch.Tensor:
     """V(q_i) = (1/G) sum_j R(q_i, a_i^j) (LSP eq. 2) for a valid query; an invalid one is worth
-    `invalid_value`, or, when that is None (an unbounded reward), the highest V of the step's valid
-    queries (0 when none is valid): never more for the Challenger than its worst real query."""
+    `invalid_value`, or, when that is None (an unbounded reward), the highest reward any answer to a
+    valid query earned this step (0 when none is valid): at least the highest V, so under -V an
+    invalid query earns the Challenger no more than its worst real query (and less when answers differ)."""
     value = rewards.mean(-1)
     if invalid_value is None:
-        highest = torch.where(valid, value, torch.full_like(value, float("-inf"))).max()
-        invalid_value = highest if bool(valid.any()) else torch.zeros_like(highest)
+        graded = valid[:, None].expand_as(rewards)
+        invalid_value = rewards[graded].max() if bool(valid.any()) else value.new_zeros(())
     return torch.where(valid, value, torch.as_tensor(invalid_value, dtype=value.dtype, device=value.device))
 
 
@@ -40,7 +41,7 @@ def invalid_query_value(configured: float | None, reward_bounds: tuple[float, fl
     `configured` (game.invalid_query_value) when set; otherwise the reward's upper bound, at which
     the Challenger earns the least any objective gives (-V is lowest; uncertainty and learnability
     are 0 at V = 1); None for an unbounded reward (a raw reward-model score): then `query_values`
-    takes the step's highest valid V."""
+    takes the highest reward of the step, the batch's stand-in for an upper bound."""
     if configured is not None:
         return float(configured)
     return None if reward_bounds is None else float(reward_bounds[1])
