@@ -78,3 +78,20 @@ def test_lsp_eval_logs_into_the_run_and_a_base_run(shared_outputs):
     exp = client.get_experiment_by_name("evals")
     (base_run,) = client.search_runs([exp.experiment_id])
     assert base_run.data.tags["arm"] == "base" and base_run.info.status == "FINISHED"
+
+
+def test_lsp_eval_llm_judge_reads_the_judge_model_without_copying_it(shared_outputs, monkeypatch):
+    """`win_rate.judge=llm`: the judge model is loaded once and read in place (a 3B judge would
+    otherwise be held twice): `Reference` must not deep-copy it."""
+    from types import SimpleNamespace
+
+    import lsp_exp.models
+
+    def no_copy(obj, memo=None):
+        raise AssertionError("the judge model was deep-copied")
+
+    monkeypatch.setattr(lsp_exp.models, "copy", SimpleNamespace(deepcopy=no_copy))
+    (base,) = evaluate(compose_config("eval", TINY_WORLD + [
+        f"paths.outputs={shared_outputs}", "logger=none", "win_rate.judge=llm", "win_rate.max_prompts=4",
+        "heldout.enabled=false", "perplexity.enabled=false", "diversity=false"]))
+    assert base["win_rate"] == pytest.approx(0.5) and base["tie_rate"] == 1.0  # the base against itself
