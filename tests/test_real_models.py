@@ -260,3 +260,23 @@ def test_real_style_models_play_every_game(style, game, lora, prompt, tmp_path):
     assert grad_norm[0] > 0 and all(g == g for g in grad_norm), grad_norm  # a learning signal, nothing non-finite
     kl = metric(f"train/kl/{role}")
     assert kl[0] == 0.0 and kl[1] != 0.0, kl       # step 0: policy = reference; step 1: the update moved it
+
+
+def test_a_reward_model_without_pad_token_reads_its_score_at_the_final_end_token(tmp_path):
+    """Llama-3-style reward model (pad = eos = <|eot_id|>, which also closes the rendered answer): the
+    score is the head at that last <|eot_id|> of each row, batched or alone; transformers' pooling
+    (the last token that is not the pad id) would read the token before it."""
+    from lsp_exp.rewards.reward_model import load_reward_model
+
+    reward = load_reward_model(str(save_tiny_reward_model(tmp_path / "rm", "llama3")), batch_size=3)
+    queries, answers = ["Say hi.", "What is 12+3*4?", "Name a fox."], ["Hi!", "24", "The quick brown fox"]
+    scores = reward.score(queries, answers).values
+    model, tokenizer = reward.model, reward.tokenizer
+    for i, (q, a) in enumerate(zip(queries, answers)):
+        ids = tokenizer(reward.render(q, a), return_tensors="pt", add_special_tokens=False).input_ids
+        assert ids[0, -1] == tokenizer.convert_tokens_to_ids("<|eot_id|>") == tokenizer.pad_token_id
+        with torch.no_grad():
+            at_end = model.score(model.model(input_ids=ids).last_hidden_state[:, -1])[0, 0]
+            pooled_by_transformers = model(input_ids=ids).logits[0, 0]
+        assert scores[i].item() == pytest.approx(at_end.item(), abs=1e-5)
+        assert scores[i].item() != pytest.approx(pooled_by_transformers.item(), abs=1e-5)

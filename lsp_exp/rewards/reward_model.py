@@ -3,8 +3,11 @@ output (the paper's Skywork-Reward-V2-Llama-3.2-3B, or the toy world's `tiny_rm`
 
 The (query, answer) pair is rendered with the model's own chat template as one user turn and one
 assistant turn, scored in batches, truncated to `max_length` tokens (right padding, so positions
-are those of an unpadded sequence). The raw score is unbounded; `transform: sigmoid` maps it to
-(0, 1), which the bounded Challenger objectives need.
+are those of an unpadded sequence). The score is read at each row's last real token, found from the
+attention mask: transformers' own pooling looks for the last token that is not the pad id, which
+for a tokenizer without a pad token (Llama-3: pad = eos = the turn's final `<|eot_id|>`) is the
+token *before* the end. The raw score is unbounded; `transform: sigmoid` maps it to (0, 1), which
+the bounded Challenger objectives need.
 """
 from __future__ import annotations
 
@@ -54,9 +57,18 @@ class RewardModelReward:
             enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
                                  padding_side="right", truncation=True, max_length=self.max_length,
                                  add_special_tokens=False)
-            logits = self.model(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
-            out.append(logits[:, 0].float().cpu())
+            out.append(self._last_token_scores(enc["input_ids"].to(device), enc["attention_mask"].to(device)).cpu())
         return torch.cat(out) if out else torch.zeros(0)
+
+    def _last_token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B] float32: the scalar head at each row's last real token (right padding: mask.sum - 1).
+        Models without a `score` head over a decoder (encoders) use transformers' own pooling."""
+        head, backbone = getattr(self.model, "score", None), getattr(self.model, "model", None)
+        if head is None or backbone is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(-1) - 1
+        return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])[:, 0].float()
 
     def score(self, queries: list[str], answers: list[str]) -> Scores:
         values = self.raw_scores(queries, answers)
