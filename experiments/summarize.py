@@ -14,7 +14,7 @@ import statistics
 
 import mlflow
 
-from lsp_exp.config import PROJECT_ROOT
+from lsp_exp.run.config import PROJECT_ROOT
 
 MEANS = ["train/query_valid_frac", "train/solver/reward", "train/solver/true_accuracy", "train/judge/score",
          "train/judge/parse_fail_frac", "train/kl/challenger", "perf/step_s", "perf/judge_s"]

@@ -3,7 +3,7 @@
     python tests/cli_batch.py cases.json results.json
 
 `cases.json` is a list of {"argv": [...], "env": {...}}. The heavy imports (torch, Lightning,
-transformers, MLflow) take most of a CLI call's time, so this process imports `lsp_exp.train` once
+transformers, MLflow) take most of a CLI call's time, so this process imports `lsp_exp.cli.train` once
 and forks one child per case; each child does what the `lsp-train` console script does
 (`sys.exit(main())` with `sys.argv` set) and, like the interpreter, prints the traceback of an
 uncaught exception and exits 1. Its stdout and stderr go to files; `results.json` gets
@@ -29,7 +29,7 @@ def run_case(case: dict, out_path: str, err_path: str) -> None:
     sys.argv = ["lsp-train", *case["argv"]]
     code = 1
     try:
-        from lsp_exp.train import main
+        from lsp_exp.cli.train import main
 
         sys.exit(main())
     except SystemExit as exit_:
@@ -49,7 +49,7 @@ def run_case(case: dict, out_path: str, err_path: str) -> None:
 
 def main(cases_path: str, results_path: str) -> None:
     cases = json.loads(open(cases_path).read())
-    import lsp_exp.train  # noqa: F401  (the expensive part, once)
+    import lsp_exp.cli.train  # noqa: F401  (the expensive part, once)
 
     work = tempfile.mkdtemp(prefix="cli_batch_")
     children = {}

@@ -9,7 +9,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from lsp_exp.config import PROJECT_ROOT  # noqa: E402
+from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
 
 CONF_DIR = str(PROJECT_ROOT / "conf")
 

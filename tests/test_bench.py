@@ -3,10 +3,10 @@ what transformers' `generate` and one plain forward pass give (timings live in e
 import pytest
 import torch
 
-import lsp_exp.generation as generation
-from lsp_exp.generation import chat_prompts, generate, shared_prefix, token_logprobs
-from lsp_exp.toy.sft import TinyModelConfig, build_model
-from lsp_exp.toy.tokenizer import build_tokenizer
+import lsp_exp.core.generation as generation
+from lsp_exp.core.generation import chat_prompts, generate, shared_prefix, token_logprobs
+from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 
 import torch
 
-from lsp_exp.models import load_toy_world
-from lsp_exp.toy.build import build_toy_world, world_key
+from lsp_exp.core.models import load_toy_world
+from lsp_exp.tasks.arith.build import build_toy_world, world_key
 
 from conftest import TINY_WORLD, compose_config
 
@@ -44,7 +44,7 @@ def test_parallel_first_runs_build_the_toy_world_once(tmp_path, monkeypatch):
     """Jobs of a parallel multirun on a fresh outputs/ share one build (a lock per cache entry)."""
     import threading
 
-    from lsp_exp.toy import build as build_module
+    from lsp_exp.tasks.arith import build as build_module
 
     from conftest import TINY_WORLD, compose_config
 

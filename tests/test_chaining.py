@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lsp_exp.chaining import InitFromError, find_run, resolve_init_from
-from lsp_exp.prompts import alpaca_prompt, read_prompt_rows, read_prompts
-from lsp_exp.train import train
+from lsp_exp.run.chaining import InitFromError, find_run, resolve_init_from
+from lsp_exp.core.prompts import alpaca_prompt, read_prompt_rows, read_prompts
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 from test_train_e2e import latest_run_id

@@ -5,9 +5,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from lsp_exp.config import PROJECT_ROOT
+from lsp_exp.run.config import PROJECT_ROOT
 from lsp_exp.rewards import build_reward
-from lsp_exp.validation import ConfigError, validate
+from lsp_exp.run.validation import ConfigError, validate
 
 from conftest import compose_config
 

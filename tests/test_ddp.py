@@ -12,7 +12,7 @@ import time
 import mlflow
 import pytest
 
-from lsp_exp.train import train
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 
@@ -39,7 +39,7 @@ def test_two_process_cpu_ddp_reduces_metrics_across_ranks(shared_outputs, tmp_pa
                             "trainer.checkpoint_every=0", "trainer.enable_progress_bar=false"),
             f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", f"logger.artifact_location={outputs}/artifacts"]
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *args], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *args], capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - start
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout
@@ -79,7 +79,7 @@ def test_ddp_resume_is_exact_per_rank(shared_outputs, tmp_path):
                           "eval.samples=0", "eval.judge_pairs=0", "trainer.checkpoint_every=2")
 
     def cli(*extra):
-        out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *extra], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *extra], capture_output=True, text=True,
                              timeout=600)
         assert out.returncode == 0, out.stderr[-3000:]
         return runs(shared_outputs)[1][0].info.run_id
@@ -95,7 +95,7 @@ def test_ddp_resume_is_exact_per_rank(shared_outputs, tmp_path):
 
 
 def test_fsdp_is_refused_with_the_reason(shared_outputs):
-    from lsp_exp.validation import ConfigError
+    from lsp_exp.run.validation import ConfigError
 
     with pytest.raises(ConfigError, match="manual optimization"):
         train(compose_config("train", tiny_overrides(shared_outputs, "trainer=fsdp", "logger=none")))

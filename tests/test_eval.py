@@ -6,10 +6,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lsp_exp.eval_cli import evaluate
-from lsp_exp.eval_metrics import conditional_perplexity, distinct_n, self_bleu, spaced_chars, text_overlap, win_rate
-from lsp_exp.toy.tokenizer import build_tokenizer
-from lsp_exp.train import train
+from lsp_exp.cli.evaluate import evaluate
+from lsp_exp.eval.metrics import conditional_perplexity, distinct_n, self_bleu, spaced_chars, text_overlap, win_rate
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
+from lsp_exp.cli.train import train
 
 from conftest import TINY_WORLD, compose_config, tiny_overrides
 from test_train_e2e import latest_run_id
@@ -85,12 +85,12 @@ def test_lsp_eval_llm_judge_reads_the_judge_model_without_copying_it(shared_outp
     otherwise be held twice): `Reference` must not deep-copy it."""
     from types import SimpleNamespace
 
-    import lsp_exp.models
+    import lsp_exp.core.models
 
     def no_copy(obj, memo=None):
         raise AssertionError("the judge model was deep-copied")
 
-    monkeypatch.setattr(lsp_exp.models, "copy", SimpleNamespace(deepcopy=no_copy))
+    monkeypatch.setattr(lsp_exp.core.models, "copy", SimpleNamespace(deepcopy=no_copy))
     (base,) = evaluate(compose_config("eval", TINY_WORLD + [
         f"paths.outputs={shared_outputs}", "logger=none", "win_rate.judge=llm", "win_rate.max_prompts=4",
         "heldout.enabled=false", "perplexity.enabled=false", "diversity=false"]))

@@ -8,9 +8,9 @@ import mlflow
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-from lsp_exp.config import PROJECT_ROOT
-from lsp_exp.toy.tokenizer import build_tokenizer
-from lsp_exp.train import train
+from lsp_exp.run.config import PROJECT_ROOT
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 
@@ -25,7 +25,7 @@ def test_every_toy_experiment_runs_in_one_sweep_with_a_parent_run(shared_outputs
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     overrides = [o for o in tiny_overrides(shared_outputs, *TINY_LIMITS) if not o.startswith("logger.tracking_uri")]
     # Hydra's glob(*) does not descend into conf/experiment/<folder>/, so the sweep lists every file found.
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", "-m", "experiment=" + ",".join(TOY_EXPERIMENTS),
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", "-m", "experiment=" + ",".join(TOY_EXPERIMENTS),
                           *overrides, f"logger.tracking_uri={uri}", f"hydra.sweep.dir={tmp_path}/sweep"],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -11,13 +11,13 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-import lsp_exp.games.selfplay
-import lsp_exp.selfplay
-import lsp_exp.train
-from lsp_exp import tracking_failures
-from lsp_exp.selfplay import NonFiniteLossError, SelfPlayModule
-from lsp_exp.tracking_failures import TrackingLostError, TrackingUnreachableError, check_reachable
-from lsp_exp.train import train
+import lsp_exp.games.challenger
+import lsp_exp.core.module
+import lsp_exp.cli.train
+from lsp_exp.run import tracking_failures
+from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule
+from lsp_exp.run.tracking_failures import TrackingLostError, TrackingUnreachableError, check_reachable
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 from test_bad_configs import closed_port
@@ -77,12 +77,12 @@ def test_an_exception_outside_the_training_loop_ends_the_run_failed_with_the_err
     def broken(*args, **kwargs):
         raise OSError("disk full while saving the model")
 
-    monkeypatch.setattr(lsp_exp.train, "log_final_model", broken)
+    monkeypatch.setattr(lsp_exp.cli.train, "log_final_model", broken)
     monkeypatch.setattr(sys, "argv", ["lsp-train", *tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=1",
                                                                    "+tags.failcase=after_fit")])
     try:
         with pytest.raises(SystemExit) as exit_:
-            lsp_exp.train.main()
+            lsp_exp.cli.train.main()
     finally:
         GlobalHydra.instance().clear()
     assert exit_.value.code not in (0, None)
@@ -97,7 +97,7 @@ def test_a_tracking_outage_mid_run_costs_no_training_and_the_final_model_is_kept
     kept meanwhile are replayed. Then (a remote store, pretended) it goes away for good before the
     final model is uploaded: the model is saved locally first, and the error says where."""
     monkeypatch.setattr(tracking_failures, "RETRY_S", 0.0)
-    monkeypatch.setattr(lsp_exp.tracking, "is_remote", lambda uri: True)
+    monkeypatch.setattr(lsp_exp.run.tracking, "is_remote", lambda uri: True)
     outage = {"on": False}
     real_step, real_log_batch = SelfPlayModule.training_step, MlflowClient.log_batch
 
@@ -117,7 +117,7 @@ def test_a_tracking_outage_mid_run_costs_no_training_and_the_final_model_is_kept
     monkeypatch.setattr(MlflowClient, "log_batch", log_batch)
     monkeypatch.setattr(MlflowClient, "log_artifacts", log_artifacts)
     cfg = compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=5", "+tags.failcase=outage"))
-    with caplog.at_level("WARNING", logger="lsp_exp.tracking_failures"):
+    with caplog.at_level("WARNING", logger="lsp_exp.run.tracking_failures"):
         with pytest.raises(TrackingLostError, match="the final model is saved in") as err:
             train(cfg)
     assert "unreachable at step 1" in caplog.text and "is back" in caplog.text
@@ -152,8 +152,8 @@ def stub_degenerate(real):
 
 
 def test_degenerate_generations_are_counted_and_logged_without_crashing(shared_outputs, monkeypatch):
-    monkeypatch.setattr(lsp_exp.games.selfplay, "generate", stub_degenerate(lsp_exp.games.selfplay.generate))
-    monkeypatch.setattr(lsp_exp.selfplay, "generate", stub_degenerate(lsp_exp.selfplay.generate))
+    monkeypatch.setattr(lsp_exp.games.challenger, "generate", stub_degenerate(lsp_exp.games.challenger.generate))
+    monkeypatch.setattr(lsp_exp.core.module, "generate", stub_degenerate(lsp_exp.core.module.generate))
     train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=2", "game.n_queries=4",
                                                  "game.group_size=2", "+tags.failcase=degenerate")))
     run, history, _ = run_of(shared_outputs, "degenerate")
@@ -210,7 +210,7 @@ def test_a_real_tracking_server_that_goes_away_mid_run_and_comes_back(shared_out
         proc.wait(timeout=60)
 
     server = start_server()
-    run = subprocess.Popen([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(
+    run = subprocess.Popen([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(
         shared_outputs, *FAST, "trainer.max_steps=150", f"logger.tracking_uri={uri}", "+tags.failcase=real_server")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "LSP_TRACKING_RETRY_S": "2"})
     try:

@@ -1,9 +1,9 @@
 """Tokenizer, chat format, rollouts and log-probs on a tiny random model."""
 import torch
 
-from lsp_exp.generation import chat_prompts, generate, token_logprobs
-from lsp_exp.toy.sft import TinyModelConfig, build_model
-from lsp_exp.toy.tokenizer import JUDGE_TAGS, build_tokenizer
+from lsp_exp.core.generation import chat_prompts, generate, token_logprobs
+from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
+from lsp_exp.tasks.arith.tokenizer import JUDGE_TAGS, build_tokenizer
 
 
 def tiny():
@@ -56,8 +56,8 @@ def test_left_padded_log_probs_equal_unpadded_ones():
 def test_evaluation_leaves_every_global_rng_as_it_was():
     """Held-out sampling draws from a generator of its own: the training trajectory is not moved,
     and the same evaluation twice gives the same figures."""
-    from lsp_exp.evaluation import evaluate_solver
-    from lsp_exp.toy.world import Problem
+    from lsp_exp.eval.heldout import evaluate_solver
+    from lsp_exp.tasks.arith.world import Problem
 
     model, tokenizer = tiny()
     problems = [Problem("1+2", 3, "one_op"), Problem("12+3*4", 24, "precedence")]

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import torch
 
-from lsp_exp.train import train
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 from real_models import save_tiny_model, save_tiny_reward_model
@@ -65,8 +65,8 @@ def test_a_llama3_style_model_in_bf16_plays_lsp_with_a_reward_model(tmp_path):
 
 
 def test_evaluation_leaves_the_devices_rng_as_it_was():
-    from lsp_exp.evaluation import evaluate_solver
-    from lsp_exp.toy.world import Problem
+    from lsp_exp.eval.heldout import evaluate_solver
+    from lsp_exp.tasks.arith.world import Problem
     from test_generation import tiny
 
     model, tokenizer = tiny()

@@ -6,16 +6,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lsp_exp.judge.judge import SelfQualityJudge
+from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.parsing import parse_calculation, parse_judgement
 from lsp_exp.judge.templates import TEMPLATES, get_template
-from lsp_exp.models import Reference
+from lsp_exp.core.models import Reference
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
-from lsp_exp.toy.judge_data import judge_example, labelled_pairs
-from lsp_exp.toy.rubric import believed_value, grade, judgement_text
-from lsp_exp.toy.sft import TinyModelConfig, build_model
-from lsp_exp.toy.tokenizer import build_tokenizer
-from lsp_exp.toy.world import Problem, WorldConfig
+from lsp_exp.tasks.arith.judge_data import judge_example, labelled_pairs
+from lsp_exp.tasks.arith.rubric import believed_value, grade, judgement_text
+from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
+from lsp_exp.tasks.arith.world import Problem, WorldConfig
 
 WORLD = WorldConfig()
 
@@ -135,7 +135,7 @@ def test_judge_scores_every_pair_in_one_batch_with_the_frozen_reference(monkeypa
     policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                     num_attention_heads=2), seed=0)
     calls = []
-    import lsp_exp.judge.judge as judge_module
+    import lsp_exp.judge.self_quality as judge_module
 
     def fake_generate(model, tok, prompts, **kwargs):
         calls.append((model, prompts, kwargs))

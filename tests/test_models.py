@@ -2,9 +2,9 @@
 import torch
 from omegaconf import OmegaConf
 
-from lsp_exp.models import Reference, load_policy
-from lsp_exp.toy.sft import TinyModelConfig, build_model
-from lsp_exp.toy.tokenizer import build_tokenizer
+from lsp_exp.core.models import Reference, load_policy
+from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 
 
 def tiny_saved(tmp_path):
@@ -52,7 +52,7 @@ def test_full_finetune_reference_is_a_frozen_copy(tmp_path):
 
 def test_a_shared_reference_is_the_model_itself_not_a_copy(tmp_path):
     """`lsp-eval`'s LLM judge is never trained: it reads through the loaded model, no second copy."""
-    from lsp_exp.models import load_frozen
+    from lsp_exp.core.models import load_frozen
 
     tiny_saved(tmp_path)
     model = load_frozen(model_cfg(lora=False), str(tmp_path))

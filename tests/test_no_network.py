@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from lsp_exp.config import PROJECT_ROOT
-from lsp_exp.train import train
+from lsp_exp.run.config import PROJECT_ROOT
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 
@@ -86,7 +86,7 @@ def test_telemetry_is_off_and_the_hub_offline_without_the_makefile():
     scrub = {"MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "CI",
              "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS"}
     env = {k: v for k, v in os.environ.items() if k not in scrub}
-    code = ("import lsp_exp.train; from mlflow.telemetry.utils import is_telemetry_disabled; "
+    code = ("import lsp_exp.cli.train; from mlflow.telemetry.utils import is_telemetry_disabled; "
             "import huggingface_hub.constants as hub; print(is_telemetry_disabled(), hub.HF_HUB_OFFLINE)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]

@@ -1,7 +1,7 @@
-"""MFU of the update (lsp_exp/perf.py) against hand-computed values."""
+"""MFU of the update (lsp_exp/core/perf.py) against hand-computed values."""
 import pytest
 
-from lsp_exp.perf import mfu, peak_flops, update_flops
+from lsp_exp.core.perf import mfu, peak_flops, update_flops
 
 
 def test_update_flops_are_6n_per_token_or_4n_under_lora():

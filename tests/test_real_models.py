@@ -11,14 +11,14 @@ import sys
 import pytest
 import torch
 
-import lsp_exp.generation as generation
-from lsp_exp.generation import chat_prompts, generate, token_logprobs
-from lsp_exp.models import load_policy, load_tokenizer
+import lsp_exp.core.generation as generation
+from lsp_exp.core.generation import chat_prompts, generate, token_logprobs
+from lsp_exp.core.models import load_policy, load_tokenizer
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl import kl_k1, sequence_kl
-from lsp_exp.rl.objective import role_loss
-from lsp_exp.roles import RoleBatch, role_terms
-from lsp_exp.special_tokens import ModelSetupError, check_chat_model, end_token_ids
+from lsp_exp.rl.role_loss import role_loss
+from lsp_exp.core.roles import RoleBatch, role_terms
+from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model, end_token_ids
 
 from real_models import LLAMA3_END_TOKENS, QWEN_END_TOKENS, build_tiny_model, save_tiny_model, save_tiny_reward_model
 
@@ -212,7 +212,7 @@ def test_lsp_train_refuses_a_model_without_chat_template_in_one_line(tmp_path):
     path = save_tiny_model(tmp_path / "base", "llama3")
     for name in ("chat_template.jinja",):
         (path / name).unlink(missing_ok=True)
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", "model.source=hf", f"model.path={path}",
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", "model.source=hf", f"model.path={path}",
                           "logger=none", f"paths.outputs={tmp_path}", "trainer.enable_progress_bar=false"],
                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -239,7 +239,7 @@ def test_real_style_models_play_every_game(style, game, lora, prompt, tmp_path):
     import mlflow
 
     from conftest import compose_config
-    from lsp_exp.train import train
+    from lsp_exp.cli.train import train
 
     path = save_tiny_model(tmp_path / style, style, chat_trained=True)  # its turns end: queries can be valid
     reward = save_tiny_reward_model(tmp_path / "rm", style)   # raw scores: invalid queries take the step's highest V

@@ -5,7 +5,7 @@ import mlflow
 import pytest
 from mlflow.entities import Metric
 
-from lsp_exp.report import ReportError, mean_std, report
+from lsp_exp.cli.report import ReportError, mean_std, report
 
 from conftest import compose_config
 
@@ -60,7 +60,7 @@ def test_report_groups_runs_and_writes_table_csv_and_curves(tmp_path):
 
 
 def test_smoothing_is_a_trailing_moving_average():
-    from lsp_exp.report import smooth
+    from lsp_exp.cli.report import smooth
 
     assert smooth([(1.0, 0.0), (3.0, 2.0), (5.0, 0.0)], 2) == [(1.0, 0.0), (2.0, 1.0), (4.0, 1.0)]
 

@@ -9,9 +9,9 @@ import mlflow
 import pytest
 import torch
 
-from lsp_exp.checkpointing import ResumeError, latest_checkpoint, merge_overrides, resolve_resume
-from lsp_exp.tracking import init_sqlite_store
-from lsp_exp.train import train
+from lsp_exp.run.checkpointing import ResumeError, latest_checkpoint, merge_overrides, resolve_resume
+from lsp_exp.run.tracking import init_sqlite_store
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 from test_train_e2e import TINY_RM
@@ -78,7 +78,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig)
                             "eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0", "eval.sample_table_every=0"),
             f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", f"logger.artifact_location={outputs}/artifacts"]
     init_sqlite_store(f"sqlite:///{outputs}/mlflow.db")  # before this test's client reads it, as the run would
-    proc = subprocess.Popen([sys.executable, "-m", "lsp_exp.train", *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_exp.cli.train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
@@ -103,7 +103,7 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig)
 
     # The command line names only the run (and its store): the config is the run's own, recomposed
     # from the overrides saved in the checkpoint (else this would build the full-size toy world).
-    done = subprocess.run([sys.executable, "-m", "lsp_exp.train", f"resume={run_id}", f"trainer.max_steps={step + 1}",
+    done = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", f"resume={run_id}", f"trainer.max_steps={step + 1}",
                            f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

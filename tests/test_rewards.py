@@ -4,12 +4,12 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from lsp_exp.config import RewardSchema
-from lsp_exp.judge.judging import classifier_metrics, judge_the_judges, reward_probabilities
-from lsp_exp.models import ModelNotFoundError
+from lsp_exp.run.config import RewardSchema
+from lsp_exp.judge.judging_the_judges import classifier_metrics, judge_the_judges, reward_probabilities
+from lsp_exp.core.models import ModelNotFoundError
 from lsp_exp.rewards import CompositeReward, RewardModelError, RewardModelReward, Scores, build_reward
-from lsp_exp.rl.challenger import check_objective
-from lsp_exp.toy.tokenizer import build_tokenizer
+from lsp_exp.rl.challenger_objectives import check_objective
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 
 WORLD = OmegaConf.create({"max_operand": 19, "max_small_operand": 9, "share_one_op": 0.3, "share_two_op": 0.3,
                           "share_precedence": 0.4, "flaw": "precedence", "flaw_rate": 0.6, "seed": 0,
@@ -145,7 +145,7 @@ def test_judge_the_judges_scores_the_judge_on_its_scale():
         bounds = (0.0, 7.0)
 
         def score(self, queries, answers):
-            from lsp_exp.judge.judge import JudgeScores
+            from lsp_exp.judge.self_quality import JudgeScores
             values = torch.tensor([7.0, 5.0, 6.0, 2.0])
             return JudgeScores(values, torch.zeros(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool),
                                torch.full((4,), float("nan")), [""] * 4)

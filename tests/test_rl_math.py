@@ -6,11 +6,11 @@ import torch
 
 from lsp_exp.rl.advantages import group_mean_advantage
 from lsp_exp.rl.algorithms import ALGORITHMS
-from lsp_exp.rl.challenger import check_objective, learnability, neg_value, uncertainty
+from lsp_exp.rl.challenger_objectives import check_objective, learnability, neg_value, uncertainty
 from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
 from lsp_exp.rl.losses import kl_penalised, reinforce_loss
-from lsp_exp.rl.objective import invalid_query_value, query_values, role_advantages, role_loss
-from lsp_exp.step_metrics import reduce_over_ranks
+from lsp_exp.rl.role_loss import invalid_query_value, query_values, role_advantages, role_loss
+from lsp_exp.core.step_metrics import reduce_over_ranks
 
 close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from lsp_exp.evaluation import evaluate_solver
-from lsp_exp.models import load_toy_world
-from lsp_exp.toy.build import SHIPPED_DIR, build_toy_world, toy_world_dir
+from lsp_exp.eval.heldout import evaluate_solver
+from lsp_exp.core.models import load_toy_world
+from lsp_exp.tasks.arith.build import SHIPPED_DIR, build_toy_world, toy_world_dir
 
 from conftest import compose_config
 
@@ -36,7 +36,7 @@ def test_bootstrap_reproduces_the_shipped_base(tmp_path):
 def test_bootstrap_reproduces_the_shipped_tiny_rm(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from lsp_exp.toy.reward_model import SHIPPED_DIR as RM_SHIPPED, build_tiny_rm, tiny_rm_dir
+    from lsp_exp.tasks.arith.reward_model import SHIPPED_DIR as RM_SHIPPED, build_tiny_rm, tiny_rm_dir
 
     cfg = compose_config("bootstrap")
     shipped = RM_SHIPPED / tiny_rm_dir(cfg.world, cfg.reward.bootstrap, tmp_path).name

@@ -7,7 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from lsp_exp.train import train
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 
@@ -20,7 +20,7 @@ def test_joblib_sweep_logs_four_runs_to_one_sqlite_store(shared_outputs, tmp_pat
                                                  "eval.judge_pairs=0")))  # the toy world exists before the jobs start
     store = f"sqlite:///{tmp_path}/mlflow.db"
     out = subprocess.run(
-        [sys.executable, "-m", "lsp_exp.train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+        [sys.executable, "-m", "lsp_exp.cli.train", "-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
          "seed=0,1", "game=lsp_zero,grpo_data", *tiny_overrides(shared_outputs, *FAST),
          f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path}/artifacts",
          f"hydra.sweep.dir={tmp_path}/sweep"],
@@ -59,7 +59,7 @@ def test_launcher_presets_compose():
 def _multirun(shared_outputs, tmp_path, *args):
     store = f"sqlite:///{tmp_path}/mlflow.db"
     out = subprocess.run(
-        [sys.executable, "-m", "lsp_exp.train", "-m", *args, *tiny_overrides(shared_outputs, *FAST),
+        [sys.executable, "-m", "lsp_exp.cli.train", "-m", *args, *tiny_overrides(shared_outputs, *FAST),
          f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path}/artifacts",
          f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=900)
     return out, mlflow.MlflowClient(store)

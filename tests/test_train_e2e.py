@@ -5,7 +5,7 @@ import sys
 import mlflow
 import pytest
 
-from lsp_exp.train import train
+from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
 
@@ -60,11 +60,11 @@ def test_same_seed_gives_identical_metrics(shared_outputs):
 
 
 def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
-    ok = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "logger=none")],
+    ok = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "logger=none")],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "held-out Solver accuracy after training" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "game.group_size=1")],
+    bad = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "game.group_size=1")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert "game.group_size" in bad.stderr and "Traceback" not in bad.stderr
@@ -72,7 +72,7 @@ def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
 
 def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
     missing = tmp_path / "no-such-model"
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "model.source=hf",
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "model.source=hf",
                           f"model.path={missing}", "logger=none")], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
@@ -95,7 +95,7 @@ def test_cpu_options_instantiate_and_train_one_step(shared_outputs, override):
 
 
 def test_unknown_reward_kind_fails_with_a_clear_message(shared_outputs):
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(shared_outputs, "reward.kind=oracle",
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "reward.kind=oracle",
                           "logger=none")], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr and "oracle" in out.stderr
 
@@ -118,7 +118,7 @@ def test_composite_reward_logs_each_part(shared_outputs):
 
 
 def test_bounded_objective_refuses_an_unbounded_reward(shared_outputs, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.train", *tiny_overrides(
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(
         shared_outputs, "reward=tiny_rm", *TINY_RM, "reward.transform=none", "game.challenger_objective=uncertainty",
         "logger=none")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lsp_exp.toy import verifier
-from lsp_exp.toy.verifier import VerifierLimits, safe_value
+from lsp_exp.tasks.arith import verifier
+from lsp_exp.tasks.arith.verifier import VerifierLimits, safe_value
 
 
 @pytest.mark.parametrize("text, value", [

@@ -3,8 +3,8 @@ import random
 
 import pytest
 
-from lsp_exp.toy.data import make_splits
-from lsp_exp.toy.world import (WorldConfig, decode_answer, encode_answer, left_to_right_value, parse_problem,
+from lsp_exp.tasks.arith.data import make_splits
+from lsp_exp.tasks.arith.world import (WorldConfig, decode_answer, encode_answer, left_to_right_value, parse_problem,
                                sample_problem, teacher_answer, teacher_flawed)
 
 

@@ -1,12 +1,12 @@
 """What both benchmark workers share: the models, the prompts, the step timer's summary, the result line.
 
 Models (`--model`):
-- `toy`: the shipped toy base (`lsp_exp/assets/toy_world/<key>/model`, ~1M parameters), found the way
+- `toy`: the shipped toy base (`lsp_exp/tasks/arith/assets/toy_world/<key>/model`, ~1M parameters), found the way
   `lsp-train` finds it (`resolve_model_path`, which copies the shipped world under `outputs/`);
 - `25m`: a ~25M-parameter Llama built from a `LlamaConfig` with random weights (seed 0), saved to a
   temporary directory with the toy tokenizer, loaded back with `AutoModelForCausalLM` like the toy one.
 
-Prompts: the toy world's training split (what `game=grpo_data` samples from: `lsp_exp.train.data_paths`).
+Prompts: the toy world's training split (what `game=grpo_data` samples from: `lsp_exp.cli.train.data_paths`).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from lsp_exp import config  # noqa: F401  (registers the schemas)
+    from lsp_exp.run import config  # noqa: F401  (registers the schemas)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=overrides)
@@ -39,8 +39,8 @@ def compose(overrides: list[str]):
 
 def toy_paths(outputs: str) -> tuple[str, str]:
     """(toy model directory, training prompt file) of the default config's toy world."""
-    from lsp_exp.models import resolve_model_path
-    from lsp_exp.train import data_paths
+    from lsp_exp.core.models import resolve_model_path
+    from lsp_exp.cli.train import data_paths
 
     cfg = compose([f"paths.outputs={outputs}", "game=grpo_data"])
     model_dir = resolve_model_path(cfg.model, cfg.world, outputs)

@@ -1,5 +1,5 @@
 """Benchmark worker: this project's step (`game=grpo_data`, `lsp_zero` or `lsp`), built in-process the way
-`lsp_exp.train.train` builds it, run by a Lightning Trainer with `logger=none` and no evaluation.
+`lsp_exp.cli.train.train` builds it, run by a Lightning Trainer with `logger=none` and no evaluation.
 
 Timing excludes loading and evaluation (no held-out set, no judging of the judges): per-step wall time
 is measured by a callback from the end of one step to the end of the next, and the module's own
@@ -17,8 +17,8 @@ from common import add_work_args, Clock, compose, emit, rss_mb, set_threads, sum
 
 
 def force_solver_lengths() -> None:
-    """Make the Solver's `generate` call (the one `lsp_exp.selfplay` makes) run to its max length."""
-    import lsp_exp.selfplay as selfplay
+    """Make the Solver's `generate` call (the one `lsp_exp.core.module` makes) run to its max length."""
+    import lsp_exp.core.module as selfplay
 
     original = selfplay.generate
 
@@ -52,11 +52,11 @@ def main() -> None:
     import torch
 
     from lsp_exp.games import build_game
-    from lsp_exp.models import load_policy, load_tokenizer
+    from lsp_exp.core.models import load_policy, load_tokenizer
     from lsp_exp.rewards import build_reward
-    from lsp_exp.selfplay import SelfPlayModule
-    from lsp_exp.train import StepStream, data_paths
-    from lsp_exp.validation import validate
+    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.cli.train import StepStream, data_paths
+    from lsp_exp.run.validation import validate
 
     cfg = compose([f"game={args.game}", "logger=none", f"paths.outputs={args.outputs}",
                    f"game.n_queries={args.n}", f"game.group_size={args.g}", f"game.max_answer_tokens={args.max_tokens}",
@@ -65,7 +65,7 @@ def main() -> None:
                    *(["optim.fused=false"] if args.unfused_adamw else []), *args.overrides])
     validate(cfg)
     if args.before:
-        import lsp_exp.generation as generation
+        import lsp_exp.core.generation as generation
 
         generation.USE_HF_GENERATE, generation.SHARE_PREFIXES = True, False
     if not args.natural_lengths:

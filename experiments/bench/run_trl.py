@@ -31,7 +31,7 @@ def main() -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from lsp_exp.rewards import ArithmeticReward
-    from lsp_exp.toy.world import WorldConfig
+    from lsp_exp.tasks.arith.world import WorldConfig
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
     tokenizer.padding_side = "left"

@@ -16,8 +16,8 @@ import time
 
 from hydra import compose, initialize_config_dir
 
-from lsp_exp.config import PROJECT_ROOT
-from lsp_exp.train import train
+from lsp_exp.run.config import PROJECT_ROOT
+from lsp_exp.cli.train import train
 
 
 TABLE_KEYS = ["accuracy/flawed", "accuracy/unflawed", "pass_at_1", "pass_at_8", "pass_at_8/flawed"]

@@ -4,8 +4,8 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from lsp_exp.games.base import Queries
-from lsp_exp.games.data import DataGame
-from lsp_exp.games.selfplay import SelfPlayGame
+from lsp_exp.games.prompt_file import DataGame
+from lsp_exp.games.challenger import SelfPlayGame
 
 
 def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int, toy: bool = True):

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lsp_exp.generation import Rollout
+from lsp_exp.core.generation import Rollout
 
 
 @dataclass

@@ -8,7 +8,7 @@ the paper's instruction-following runs appear to use.
 """
 from __future__ import annotations
 
-from lsp_exp.toy.build import challenger_user_turn
+from lsp_exp.tasks.arith.build import challenger_user_turn
 
 PROMPTS = ("auto", "toy", "paper")
 

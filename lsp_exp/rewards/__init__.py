@@ -18,9 +18,9 @@ KINDS = ("arithmetic", "reward_model", "tiny_rm", "composite")
 
 def build_reward(cfg: DictConfig, world: DictConfig, outputs: str) -> Reward:
     """The reward of config `cfg` (`world`: the toy world's config; `outputs`: the cache root)."""
-    from lsp_exp.models import find_local_or_cached  # noqa: PLC0415 (models imports the toy world builder)
-    from lsp_exp.toy.build import world_config  # noqa: PLC0415
-    from lsp_exp.toy.reward_model import build_tiny_rm  # noqa: PLC0415
+    from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415 (models imports the toy world builder)
+    from lsp_exp.tasks.arith.build import world_config  # noqa: PLC0415
+    from lsp_exp.tasks.arith.reward_model import build_tiny_rm  # noqa: PLC0415
 
     options = dict(max_length=cfg.max_length, batch_size=cfg.batch_size, transform=cfg.transform, dtype=cfg.dtype)
     if cfg.kind == "arithmetic":
@@ -30,7 +30,7 @@ def build_reward(cfg: DictConfig, world: DictConfig, outputs: str) -> Reward:
     if cfg.kind == "tiny_rm":
         return load_reward_model(str(build_tiny_rm(world, cfg.bootstrap, outputs)), **options)
     if cfg.kind == "composite":
-        from lsp_exp.config import RewardSchema  # noqa: PLC0415
+        from lsp_exp.run.config import RewardSchema  # noqa: PLC0415
 
         parts = {}
         for name, part in cfg.parts.items():

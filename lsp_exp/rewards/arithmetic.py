@@ -6,7 +6,7 @@ from functools import lru_cache
 import torch
 
 from lsp_exp.rewards.base import Scores
-from lsp_exp.toy.world import WorldConfig, decode_answer, parse_problem
+from lsp_exp.tasks.arith.world import WorldConfig, decode_answer, parse_problem
 
 
 class ArithmeticReward:

@@ -12,11 +12,11 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from lsp_exp.toy.reward_model import TinyRMConfig
-from lsp_exp.toy.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
-from lsp_exp.toy.world import WorldConfig
+from lsp_exp.tasks.arith.reward_model import TinyRMConfig
+from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
+from lsp_exp.tasks.arith.world import WorldConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 if not OmegaConf.has_resolver("lsp.root"):
     OmegaConf.register_new_resolver("lsp.root", lambda: str(PROJECT_ROOT))
@@ -30,7 +30,7 @@ class PathsConfig:
 
 @dataclass
 class WorldSchema(WorldConfig):
-    """The toy world (lsp_exp/toy/world.py) and its deterministic data splits."""
+    """The toy world (lsp_exp/tasks/arith/world.py) and its deterministic data splits."""
 
     name: str = "arith"
     seed: int = 0
@@ -225,7 +225,7 @@ class HeldoutEvalSchema:
 @dataclass
 class WinRateSchema:
     enabled: bool = True
-    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/prompts.py: toy, plain or Alpaca/AlpacaEval); None -> held-out split
+    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/core/prompts.py: toy, plain or Alpaca/AlpacaEval); None -> held-out split
     judge: str = "reward"               # reward: the `reward` group scores each answer; llm: the judge template on judge_model
     judge_template: str = "auto"        # llm judge: auto | paper | toy
     judge_model: Optional[str] = None   # llm judge: a model directory or cached hub id; None -> the base model
@@ -266,7 +266,7 @@ class EvalRunSchema:
 
 @dataclass
 class ReportSchema:
-    """`lsp-report`: which runs, grouped how, which metrics (lsp_exp/report.py)."""
+    """`lsp-report`: which runs, grouped how, which metrics (lsp_exp/cli/report.py)."""
 
     tracking_uri: str = "sqlite:///${paths.outputs}/mlflow.db"
     experiment_names: list[str] = field(default_factory=list)  # empty: every experiment

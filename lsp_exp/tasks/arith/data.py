@@ -9,7 +9,7 @@ import json
 import random
 from pathlib import Path
 
-from lsp_exp.toy.world import Problem, WorldConfig, sample_problem
+from lsp_exp.tasks.arith.world import Problem, WorldConfig, sample_problem
 
 
 def make_splits(seed: int, world: WorldConfig, n_heldout: int, n_train: int) -> tuple[list[Problem], list[Problem]]:

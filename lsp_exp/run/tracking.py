@@ -12,8 +12,8 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from lsp_exp.config import PROJECT_ROOT  # noqa: E402
-from lsp_exp.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ResilientMLFlowLogger,  # noqa: E402
+from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
+from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ResilientMLFlowLogger,  # noqa: E402
                                        TrackingLostError, is_remote, one_line)
 
 

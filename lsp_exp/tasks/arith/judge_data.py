@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 
 from lsp_exp.judge.templates import TEMPLATES
-from lsp_exp.toy.rubric import believed_value, expression_value, grade, judgement_text
-from lsp_exp.toy.world import (
+from lsp_exp.tasks.arith.rubric import believed_value, expression_value, grade, judgement_text
+from lsp_exp.tasks.arith.world import (
     Problem, WorldConfig, encode_answer, left_to_right_value, sample_problem, teacher_flawed,
 )
 

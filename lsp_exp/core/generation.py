@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lsp_exp.rl.diagnostics import token_entropy
-from lsp_exp.special_tokens import end_ids_tensor
+from lsp_exp.core.special_tokens import end_ids_tensor
 
 USE_HF_GENERATE = False   # True: transformers' `generate` (every copy of a prompt prefilled)
 SHARE_PREFIXES = True     # False: one plain forward pass over every full row in `token_logprobs`

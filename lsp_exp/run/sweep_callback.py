@@ -49,7 +49,7 @@ class MLflowSweepCallback(Callback):
         os.environ.pop(PARENT_ENV, None)
         if config.hydra.mode != RunMode.MULTIRUN or config.get("logger", {}).get("name", "none") == "none":
             return
-        from lsp_exp.tracking import init_sqlite_store, tracking_uri
+        from lsp_exp.run.tracking import init_sqlite_store, tracking_uri
 
         import mlflow
 

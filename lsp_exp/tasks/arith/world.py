@@ -26,7 +26,7 @@ import ast
 import random
 from dataclasses import dataclass
 
-from lsp_exp.toy.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
+from lsp_exp.tasks.arith.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
 
 @dataclass
 class WorldConfig:

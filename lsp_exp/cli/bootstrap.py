@@ -13,18 +13,18 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console
 
-from lsp_exp import config  # noqa: F401  (registers the schemas)
-from lsp_exp.evaluation import evaluate_solver
-from lsp_exp.judge.judge import SelfQualityJudge
-from lsp_exp.judge.judging import judge_the_judges
+from lsp_exp.run import config  # noqa: F401  (registers the schemas)
+from lsp_exp.eval.heldout import evaluate_solver
+from lsp_exp.judge.self_quality import SelfQualityJudge
+from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template
-from lsp_exp.models import Reference, load_toy_world
+from lsp_exp.core.models import Reference, load_toy_world
 from lsp_exp.rewards import RewardModelError, build_reward
-from lsp_exp.toy.build import build_toy_world, world_config
-from lsp_exp.toy.judge_data import labelled_pairs
-from lsp_exp.toy.reward_model import build_tiny_rm
-from lsp_exp.toy.world import heldout_slices
-from lsp_exp.validation import ConfigError, check_overrides, validate_world_and_model
+from lsp_exp.tasks.arith.build import build_toy_world, world_config
+from lsp_exp.tasks.arith.judge_data import labelled_pairs
+from lsp_exp.tasks.arith.reward_model import build_tiny_rm
+from lsp_exp.tasks.arith.world import heldout_slices
+from lsp_exp.run.validation import ConfigError, check_overrides, validate_world_and_model
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ verifier (ground truth).
 It is trained on the verifier's labels (it knows better than the base's flawed teacher, as the
 paper's reward model knows better than its base), but it is small and briefly trained: an
 imperfect proxy that the Solver can learn to exploit. Built once, cached under
-`outputs/toy_rm/<key>` (and shipped in `lsp_exp/assets/toy_rm/<key>`).
+`outputs/toy_rm/<key>` (and shipped in `lsp_exp/tasks/arith/assets/toy_rm/<key>`).
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from lsp_exp.toy.build import cache_lock, publish, world_config
-from lsp_exp.toy.data import make_splits
-from lsp_exp.toy.judge_data import sample_answer
-from lsp_exp.toy.sft import lr_at
-from lsp_exp.toy.tokenizer import build_tokenizer
-from lsp_exp.toy.world import WorldConfig, decode_answer, sample_problem
+from lsp_exp.tasks.arith.build import cache_lock, publish, world_config
+from lsp_exp.tasks.arith.data import make_splits
+from lsp_exp.tasks.arith.judge_data import sample_answer
+from lsp_exp.tasks.arith.sft import lr_at
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
+from lsp_exp.tasks.arith.world import WorldConfig, decode_answer, sample_problem
 
 FORMAT_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_rm"
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_rm"
 
 
 @dataclass

@@ -24,7 +24,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
 
 
 class ReportError(ValueError):

@@ -14,14 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from lsp_exp.toy.data import make_splits, read_problems, write_problems
-from lsp_exp.toy.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
-from lsp_exp.toy.tokenizer import build_tokenizer
-from lsp_exp.toy.world import WorldConfig
+from lsp_exp.tasks.arith.data import make_splits, read_problems, write_problems
+from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
+from lsp_exp.tasks.arith.tokenizer import build_tokenizer
+from lsp_exp.tasks.arith.world import WorldConfig
 
 FORMAT_VERSION = 1  # bump when the tokenizer, the chat format or the SFT code changes
 JUDGE_FORMAT_VERSION = 2  # bump when the judge template, the toy rubric or the judge data change
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "toy_world"
+SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_world"
 
 
 def world_config(world: DictConfig) -> WorldConfig:

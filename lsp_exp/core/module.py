@@ -16,22 +16,22 @@ from contextlib import contextmanager
 import lightning as L
 import torch
 
-from lsp_exp.checkpointing import gather_objects
-from lsp_exp.evaluation import evaluate_solver
-from lsp_exp.generation import chat_prompts, generate, token_logprobs
-from lsp_exp.judge.judge import SelfQualityJudge
-from lsp_exp.judge.judging import judge_the_judges
+from lsp_exp.run.checkpointing import gather_objects
+from lsp_exp.eval.heldout import evaluate_solver
+from lsp_exp.core.generation import chat_prompts, generate, token_logprobs
+from lsp_exp.judge.self_quality import SelfQualityJudge
+from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template
-from lsp_exp.models import Reference
-from lsp_exp.perf import mfu, peak_flops
+from lsp_exp.core.models import Reference
+from lsp_exp.core.perf import mfu, peak_flops
 from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
-from lsp_exp.rl.objective import invalid_query_value, query_values
+from lsp_exp.rl.role_loss import invalid_query_value, query_values
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
-from lsp_exp.roles import RoleBatch, role_terms
-from lsp_exp.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
-from lsp_exp.tracking import log_eval, log_sample_table, sample_rows
+from lsp_exp.core.roles import RoleBatch, role_terms
+from lsp_exp.core.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
+from lsp_exp.run.tracking import log_eval, log_sample_table, sample_rows
 
 
 class NonFiniteLossError(RuntimeError):
@@ -184,7 +184,7 @@ class SelfPlayModule(L.LightningModule):
                                           max_query_tokens=cfg.max_query_tokens))
         metrics.update({f"perf/{k}_s": v for k, v in times.items()})
         metrics.update({"perf/step_s": step_s, "perf/tokens_per_s": float(generated) / step_s})
-        if self.device.type == "cuda":  # the update's model FLOPs utilisation (lsp_exp/perf.py)
+        if self.device.type == "cuda":  # the update's model FLOPs utilisation (lsp_exp/core/perf.py)
             metrics.update(self._update_mfu(roles, times["update"] / self.algorithm.epochs))
         metrics.update({f"train/tokens/{role}": float(count) for role, count in self.tokens.items()})  # cumulative
         # One gather per step: every rank gets the same figures (the mean over the ranks that have a

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lsp_exp.toy.build import build_toy_world
-from lsp_exp.toy.data import read_problems
+from lsp_exp.tasks.arith.build import build_toy_world
+from lsp_exp.tasks.arith.data import read_problems
 
 from transformers.utils import logging as hf_logging
 

@@ -6,8 +6,8 @@ from typing import Callable
 
 import torch
 
-from lsp_exp.generation import chat_prompts, generate
-from lsp_exp.toy.world import Problem, decode_answer
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.tasks.arith.world import Problem, decode_answer
 
 
 def _correct(texts: list[str], answers: list[int]) -> torch.Tensor:

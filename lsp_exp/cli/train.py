@@ -25,25 +25,25 @@ from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
-from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.checkpointing import StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
-from lsp_exp.launch import check_launch, release_ranks  # noqa: E402
-from lsp_exp.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
+from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.run.checkpointing import StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
+from lsp_exp.run.launch import check_launch, release_ranks  # noqa: E402
+from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
-from lsp_exp.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
-from lsp_exp.prompts import read_prompts  # noqa: E402
+from lsp_exp.core.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.core.prompts import read_prompts  # noqa: E402
 from lsp_exp.rewards import ArithmeticReward, RewardModelError, build_reward  # noqa: E402
-from lsp_exp.rl.challenger import check_objective  # noqa: E402
-from lsp_exp.selfplay import NonFiniteLossError, SelfPlayModule  # noqa: E402
-from lsp_exp.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
-from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
-from lsp_exp.toy.data import read_problems  # noqa: E402
-from lsp_exp.toy.judge_data import labelled_pairs  # noqa: E402
-from lsp_exp.toy.world import heldout_slices  # noqa: E402
-from lsp_exp.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
-from lsp_exp.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, TrackingLostError,  # noqa: E402
+from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
+from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule  # noqa: E402
+from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
+from lsp_exp.tasks.arith.build import toy_world_dir, world_config  # noqa: E402
+from lsp_exp.tasks.arith.data import read_problems  # noqa: E402
+from lsp_exp.tasks.arith.judge_data import labelled_pairs  # noqa: E402
+from lsp_exp.tasks.arith.world import heldout_slices  # noqa: E402
+from lsp_exp.run.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
+from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, TrackingLostError,  # noqa: E402
                                        TrackingUnreachableError, fail_active_runs, one_line)
-from lsp_exp.validation import ConfigError, check_overrides, preflight, validate  # noqa: E402
+from lsp_exp.run.validation import ConfigError, check_overrides, preflight, validate  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message=".*litlogger.*")

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lsp_exp.toy.judge_data import judge_example
-from lsp_exp.toy.world import WorldConfig, encode_answer, sample_problem, teacher_answer
+from lsp_exp.tasks.arith.judge_data import judge_example
+from lsp_exp.tasks.arith.world import WorldConfig, encode_answer, sample_problem, teacher_answer
 
 
 @dataclass

@@ -12,7 +12,7 @@ from lsp_exp.rewards.reward_model import TRANSFORMS
 from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,
                         TOKEN_POLICY_LOSSES)
 from lsp_exp.rl.kl import PLACEMENTS
-from lsp_exp.toy.world import FLAWS
+from lsp_exp.tasks.arith.world import FLAWS
 
 
 # Lightning's precision flags; MLflow's tracking store schemes (a database scheme may name a driver,
@@ -118,8 +118,8 @@ def preflight(cfg: DictConfig) -> None:
     is loaded."""
     from pathlib import Path
 
-    from lsp_exp.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
-    from lsp_exp.tracking_failures import check_reachable  # noqa: PLC0415
+    from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
+    from lsp_exp.run.tracking_failures import check_reachable  # noqa: PLC0415
 
     if cfg.model.source == "hf":
         find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.name!r}")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from lsp_exp.toy.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
-from lsp_exp.toy.world import WorldConfig, decode_answer, encode_answer, parse_problem, teacher_answer
+from lsp_exp.tasks.arith.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
+from lsp_exp.tasks.arith.world import WorldConfig, decode_answer, encode_answer, parse_problem, teacher_answer
 
 CRITERIA = ("task", "clear", "number", "plausible", "correct", "concise", "liked")
 QUERY_CRITERIA = 2  # criteria 1-2 grade the query

@@ -27,20 +27,20 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from lsp_exp import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.chaining import InitFromError, find_runs, is_adapter, resolve_init_from  # noqa: E402
-from lsp_exp.eval_metrics import conditional_perplexity, diversity, spaced_chars, text_overlap, win_rate  # noqa: E402
-from lsp_exp.evaluation import evaluate_solver  # noqa: E402
-from lsp_exp.generation import chat_prompts, generate  # noqa: E402
-from lsp_exp.models import ModelNotFoundError, load_frozen, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
-from lsp_exp.prompts import PromptRow, read_prompt_rows  # noqa: E402
+from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.run.chaining import InitFromError, find_runs, is_adapter, resolve_init_from  # noqa: E402
+from lsp_exp.eval.metrics import conditional_perplexity, diversity, spaced_chars, text_overlap, win_rate  # noqa: E402
+from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
+from lsp_exp.core.generation import chat_prompts, generate  # noqa: E402
+from lsp_exp.core.models import ModelNotFoundError, load_frozen, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
-from lsp_exp.special_tokens import check_chat_model  # noqa: E402
-from lsp_exp.toy.build import toy_world_dir, world_config  # noqa: E402
-from lsp_exp.toy.data import read_problems  # noqa: E402
-from lsp_exp.toy.world import encode_answer, heldout_slices  # noqa: E402
-from lsp_exp.tracking import flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
-from lsp_exp.validation import ConfigError  # noqa: E402
+from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
+from lsp_exp.tasks.arith.build import toy_world_dir, world_config  # noqa: E402
+from lsp_exp.tasks.arith.data import read_problems  # noqa: E402
+from lsp_exp.tasks.arith.world import encode_answer, heldout_slices  # noqa: E402
+from lsp_exp.run.tracking import flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
+from lsp_exp.run.validation import ConfigError  # noqa: E402
 
 
 @dataclass
@@ -92,9 +92,9 @@ class Judge:
         if self.kind == "reward":
             self.reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
         elif self.kind == "llm":
-            from lsp_exp.judge.judge import SelfQualityJudge
+            from lsp_exp.judge.self_quality import SelfQualityJudge
             from lsp_exp.judge.templates import get_template
-            from lsp_exp.models import Reference
+            from lsp_exp.core.models import Reference
 
             path = cfg.win_rate.judge_model or base_path
             model, tokenizer = load_frozen(cfg.model, path), load_tokenizer(path)

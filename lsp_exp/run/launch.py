@@ -51,7 +51,7 @@ def check_launch(cfg: DictConfig) -> None:
     from hydra.types import RunMode
 
     if str(cfg.trainer.strategy).startswith("fsdp"):
-        from lsp_exp.validation import ConfigError
+        from lsp_exp.run.validation import ConfigError
 
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.strategy}: Lightning's FSDP strategy does not support manual optimization "
@@ -66,7 +66,7 @@ def check_launch(cfg: DictConfig) -> None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return
     if "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
-        from lsp_exp.validation import ConfigError
+        from lsp_exp.run.validation import ConfigError
 
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.strategy} with {cfg.trainer.devices} devices starts its ranks by re-running "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from lsp_exp.games.base import Queries
-from lsp_exp.generation import chat_prompts, generate
+from lsp_exp.core.generation import chat_prompts, generate
 from lsp_exp.games.challenger_prompt import challenger_prompt
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lsp_exp.generation import chat_prompts, generate
+from lsp_exp.core.generation import chat_prompts, generate
 from lsp_exp.judge.parsing import MAX_SCORE, parse_judgement
 from lsp_exp.judge.templates import JudgeTemplate
 

@@ -248,7 +248,7 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
     current = job_overrides()
     if cfg.get("resume") == "auto":  # a requeued job: its own checkpoint if it has one, else a fresh start
         if not cfg.trainer.get("checkpoint_dir"):
-            from lsp_exp.validation import ConfigError
+            from lsp_exp.run.validation import ConfigError
 
             raise ConfigError("resume=auto needs trainer.checkpoint_dir (the job's own folder, e.g. "
                               "'${hydra:runtime.output_dir}/checkpoints')")
@@ -299,7 +299,7 @@ def mark_interrupted(logger, path: Path | None) -> None:
         if path is not None:
             client.set_tag(logger.run_id, "checkpoint", str(path))
         client.set_terminated(logger.run_id, "KILLED")
-        logger.error_recorded = True  # lsp_exp.tracking_failures: the run's end is recorded already
+        logger.error_recorded = True  # lsp_exp.run.tracking_failures: the run's end is recorded already
     except Exception as err:  # the checkpoint is on disk; the exit must not become a tracking error
         log.warning("could not mark run %s KILLED (%s); its checkpoint is %s", logger.run_id, err, path)
 

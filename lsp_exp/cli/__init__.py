@@ -1,0 +1,1 @@
+"""The entry points: lsp-train, lsp-bootstrap, lsp-eval, lsp-report."""

@@ -1,0 +1,1 @@
+"""Running an experiment: config schemas and checks, launch, checkpoints, MLflow tracking, sweeps, chaining."""
