@@ -15,11 +15,11 @@ CONF_DIR = str(PROJECT_ROOT / "conf")
 
 # A toy world small enough for a test: a 1-layer, 32-wide model trained for 3 SFT steps.
 TINY_WORLD = [
-    "world.n_heldout=40", "world.n_train=200",
-    "model.bootstrap.arch.hidden_size=32", "model.bootstrap.arch.intermediate_size=64",
-    "model.bootstrap.arch.num_hidden_layers=1", "model.bootstrap.arch.num_attention_heads=2",
-    "model.bootstrap.sft.steps=3", "model.bootstrap.sft.batch_size=8", "model.bootstrap.sft.warmup_steps=1",
-    "model.bootstrap.judge.steps=2", "model.bootstrap.judge.batch_size=8", "model.bootstrap.judge.warmup_steps=1",
+    "task.world.n_heldout=40", "task.world.n_train=200",
+    "task.bootstrap.arch.hidden_size=32", "task.bootstrap.arch.intermediate_size=64",
+    "task.bootstrap.arch.num_hidden_layers=1", "task.bootstrap.arch.num_attention_heads=2",
+    "task.bootstrap.sft.steps=3", "task.bootstrap.sft.batch_size=8", "task.bootstrap.sft.warmup_steps=1",
+    "task.bootstrap.judge.steps=2", "task.bootstrap.judge.batch_size=8", "task.bootstrap.judge.warmup_steps=1",
 ]
 TINY_RUN = TINY_WORLD + [
     "trainer.max_steps=3", "game.n_queries=2", "game.group_size=3", "eval.samples=2", "eval.every_n_steps=2",
@@ -38,5 +38,7 @@ def shared_outputs(tmp_path_factory):
     return tmp_path_factory.mktemp("outputs")
 
 
-def tiny_overrides(outputs, *extra: str) -> list[str]:
-    return TINY_RUN + [f"paths.outputs={outputs}", f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", *extra]
+def tiny_overrides(outputs, *extra: str, arith: bool = True) -> list[str]:
+    """TINY_RUN's overrides (without the arithmetic task's when `arith` is false: another task)."""
+    run = TINY_RUN if arith else TINY_RUN[len(TINY_WORLD):]
+    return run + [f"paths.outputs={outputs}", f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", *extra]

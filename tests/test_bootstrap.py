@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from lsp_exp.core.models import load_toy_world
+from lsp_exp.tasks.arith.build import load_toy_world
 from lsp_exp.tasks.arith.build import build_toy_world, world_key
 
 from conftest import TINY_WORLD, compose_config
@@ -15,20 +15,20 @@ def tiny_bootstrap_cfg(*extra):
 
 def test_key_changes_with_the_config():
     base = tiny_bootstrap_cfg()
-    assert world_key(base.world, base.model.bootstrap) == world_key(base.world, base.model.bootstrap)
-    changed = tiny_bootstrap_cfg("world.flaw_rate=0.5")
-    assert world_key(changed.world, changed.model.bootstrap) != world_key(base.world, base.model.bootstrap)
-    changed = tiny_bootstrap_cfg("model.bootstrap.sft.steps=4")
-    assert world_key(changed.world, changed.model.bootstrap) != world_key(base.world, base.model.bootstrap)
+    assert world_key(base.task.world, base.task.bootstrap) == world_key(base.task.world, base.task.bootstrap)
+    changed = tiny_bootstrap_cfg("task.world.flaw_rate=0.5")
+    assert world_key(changed.task.world, changed.task.bootstrap) != world_key(base.task.world, base.task.bootstrap)
+    changed = tiny_bootstrap_cfg("task.bootstrap.sft.steps=4")
+    assert world_key(changed.task.world, changed.task.bootstrap) != world_key(base.task.world, base.task.bootstrap)
 
 
 def test_build_is_cached_and_deterministic(tmp_path):
     cfg = tiny_bootstrap_cfg()
-    first = build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path / "a")
+    first = build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "a")
     stamp = (first / "DONE").stat().st_mtime_ns
-    assert build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path / "a") == first
+    assert build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "a") == first
     assert (first / "DONE").stat().st_mtime_ns == stamp          # reused, not rebuilt
-    second = build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path / "b")
+    second = build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "b")
     model_a, tok, heldout, train = load_toy_world(first)
     model_b, _, heldout_b, _ = load_toy_world(second)
     for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
@@ -48,12 +48,12 @@ def test_parallel_first_runs_build_the_toy_world_once(tmp_path, monkeypatch):
 
     from conftest import TINY_WORLD, compose_config
 
-    cfg = compose_config("train", TINY_WORLD + ["model.bootstrap.judge.steps=0", f"paths.outputs={tmp_path}"])
+    cfg = compose_config("train", TINY_WORLD + ["task.bootstrap.judge.steps=0", f"paths.outputs={tmp_path}"])
     calls, real = [], build_module._build_base_stage
     monkeypatch.setattr(build_module, "_build_base_stage", lambda *a: calls.append(1) or real(*a))
     results = []
     threads = [threading.Thread(target=lambda: results.append(
-        build_module.build_toy_world(cfg.world, cfg.model.bootstrap, tmp_path))) for _ in range(3)]
+        build_module.build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path))) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:

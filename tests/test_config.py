@@ -7,11 +7,12 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from lsp_exp.run.config import PROJECT_ROOT
 from lsp_exp.rewards import build_reward
+from lsp_exp.run.instantiate import build
 from lsp_exp.run.validation import ConfigError, validate
 
 from conftest import compose_config
 
-GROUPS = ["world", "model", "game", "reward", "kl", "algorithm", "trainer", "logger"]
+GROUPS = ["task", "model", "game", "reward", "kl", "algorithm", "trainer", "logger"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((PROJECT_ROOT / "conf" / g).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.relative_to(PROJECT_ROOT / "conf" / "experiment").with_suffix("").as_posix()
                      for p in (PROJECT_ROOT / "conf" / "experiment").rglob("*.yaml"))
@@ -31,12 +32,12 @@ def test_every_experiment_composes(experiment):
 
 def test_bootstrap_config_composes():
     cfg = compose_config("bootstrap")
-    assert cfg.model.source == "toy" and cfg.world.n_heldout >= 2000
+    assert cfg.model.path is None and cfg.task.world.n_heldout >= 2000  # the task's base model
 
 
 def test_rewards_instantiate():
     cfg = compose_config("train")
-    reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
+    reward = build_reward(cfg.reward)
     scores = reward.score(["2+3*4", "2+3*4", "nonsense"], ["41", "02", "1"])
     assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
 
@@ -67,17 +68,28 @@ def test_wrong_types_and_keys_fail_at_compose_time(override, named):
     ("algorithm.advantage=magic", "algorithm.advantage"), ("algorithm.policy_loss=magic", "algorithm.policy_loss"),
     ("game.challenger_objective=chaos", "game.challenger_objective"), ("trainer.max_steps=0", "trainer.max_steps"),
     ("game.temperature=0", "game.temperature"), ("model.dtype=float8", "model.dtype"),
-    ("world.flaw=typo", "world.flaw"), ("world.flaw_rate=1.5", "world.flaw_rate"),
-    ("world.share_one_op=0.9", "world.share_one_op"),
     ("game.self_reward_weight=-1", "game.self_reward_weight"), ("game.judge.template=fancy", "game.judge.template"),
     ("game.judge.temperature=-1", "game.judge.temperature"), ("game.judge.fallback_score=8", "game.judge.fallback_score"),
-    ("game.judge.max_new_tokens=0", "game.judge.max_new_tokens"), ("reward.kind=oracle", "reward.kind"),
-    ("reward.transform=tanh", "reward.transform"), ("eval.judge_pairs=-1", "eval.judge_pairs"),
+    ("game.judge.max_new_tokens=0", "game.judge.max_new_tokens"), ("eval.judge_pairs=-1", "eval.judge_pairs"),
+    ("reward._target_=lsp_exp.rewards.NoSuchReward", "reward._target_"), ("task._target_=nowhere.Task", "task._target_"),
 ])
 def test_out_of_range_values_name_the_key(override, key):
     cfg = compose_config("train", [override])
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("task.world.flaw=typo", "task.world.flaw"), ("task.world.flaw_rate=1.5", "task.world.flaw_rate"),
+    ("task.world.share_one_op=0.9", "task.world.share_one_op"), ("task.world.n_heldout=lots", "task.world"),
+    ("+task.world.colour=blue", "task.world"), ("+task.colour=blue", "task"),
+])
+def test_a_task_checks_its_own_arguments_when_built_naming_the_key(override, key):
+    """The task node is the task's business: its class checks it (no schema in the framework)."""
+    cfg = compose_config("train", [override])
+    validate(cfg)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build(cfg.task, "task")
 
 
 def test_schema_files_exist_for_every_group():

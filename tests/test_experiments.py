@@ -59,7 +59,7 @@ def stand_ins(tmp_path_factory):
 
 @pytest.mark.parametrize("arm", ["lsp", "lsp_zero", "grpo", "lsp_rl"])
 def test_paper_configs_compose_and_run_on_tiny_stand_ins(shared_outputs, stand_ins, arm):
-    cfg = compose_config("train", tiny_overrides(shared_outputs, *TINY_LIMITS) + [
+    cfg = compose_config("train", tiny_overrides(shared_outputs, *TINY_LIMITS, arith=False) + [
         f"experiment=paper_llama3b/{arm}", f"model.path={stand_ins / 'policy'}", f"reward.path={stand_ins / 'rm'}",
         f"game.prompts_path={stand_ins / 'alpaca.json'}", "trainer=cpu", "trainer.max_steps=1",
         "model.dtype=float32", "reward.dtype=float32", "game.max_query_tokens=6", "game.max_answer_tokens=6",

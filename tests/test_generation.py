@@ -57,10 +57,11 @@ def test_evaluation_leaves_every_global_rng_as_it_was():
     """Held-out sampling draws from a generator of its own: the training trajectory is not moved,
     and the same evaluation twice gives the same figures."""
     from lsp_exp.eval.heldout import evaluate_solver
-    from lsp_exp.tasks.arith.world import Problem
+    from lsp_exp.tasks.base import HeldoutSet
 
     model, tokenizer = tiny()
-    problems = [Problem("1+2", 3, "one_op"), Problem("12+3*4", 24, "precedence")]
+    problems = HeldoutSet(["1+2", "12+3*4"], lambda i, text: text == ["3", "42"][i], [["one_op"], ["precedence"]],
+                          ["3", "42"])
     torch.manual_seed(123)
     before = torch.get_rng_state()
     first = evaluate_solver(model, tokenizer, problems, samples=4, max_new_tokens=3)

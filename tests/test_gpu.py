@@ -54,7 +54,7 @@ def test_a_llama3_style_model_in_bf16_plays_lsp_with_a_reward_model(tmp_path):
     reward = save_tiny_reward_model(tmp_path / "rm", "llama3")
     store = f"sqlite:///{tmp_path}/mlflow.db"
     train(compose_config("train", [
-        *ON_DEVICE, "model.source=hf", f"model.path={path}", "model.name=llama3", "model.dtype=bfloat16",
+        *ON_DEVICE, "task=prompts", f"model.path={path}", "model.name=llama3", "model.dtype=bfloat16",
         "trainer.precision=bf16-true" if DEVICE == "cuda" else "trainer.precision=32-true",
         "reward=reward_model", f"reward.path={reward}", "reward.dtype=bfloat16", "game=lsp",
         "game.n_queries=4", "game.group_size=3", "game.max_query_tokens=16", "game.max_answer_tokens=8",
@@ -66,12 +66,13 @@ def test_a_llama3_style_model_in_bf16_plays_lsp_with_a_reward_model(tmp_path):
 
 def test_evaluation_leaves_the_devices_rng_as_it_was():
     from lsp_exp.eval.heldout import evaluate_solver
-    from lsp_exp.tasks.arith.world import Problem
+    from lsp_exp.tasks.base import HeldoutSet
     from test_generation import tiny
 
     model, tokenizer = tiny()
     model.to(DEVICE)
-    problems = [Problem("1+2", 3, "one_op"), Problem("12+3*4", 24, "precedence")]
+    problems = HeldoutSet(["1+2", "12+3*4"], lambda i, text: text == ["3", "42"][i], [["one_op"], ["precedence"]],
+                          ["3", "42"])
     torch.manual_seed(5)
     cpu, device = torch.get_rng_state(), (torch.cuda.get_rng_state() if DEVICE == "cuda" else None)
     first = evaluate_solver(model, tokenizer, problems, samples=4, max_new_tokens=3)

@@ -168,3 +168,27 @@ def test_judge_generates_real_replies_on_a_tiny_model():
     scores = judge.score(["1+2"] * 4, ["3", "4", "x", ""])
     assert scores.values.shape == (4,) and len(scores.texts) == 4
     assert scores.unscored.all() and (scores.values == 0).all()  # an untrained model: fallback, counted
+
+
+def test_in_a_training_step_an_invalid_query_collects_no_judge_score(shared_outputs, monkeypatch):
+    """Full LSP with a judge that gives every pair 7 points: a valid query's Challenger reward is
+    -V + 7, an invalid one's -1 (V = the verifier's upper bound, no V_Q). The tiny test policy
+    writes no valid problem at the first step, so every query there is worth exactly -1."""
+    from lsp_exp.cli.train import train
+    from lsp_exp.judge.self_quality import JudgeScores
+    from test_failing_well import run_of
+
+    from conftest import compose_config, tiny_overrides
+
+    def always_seven(self, queries, answers):
+        n = len(queries)
+        return JudgeScores(torch.full((n,), 7.0), torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool),
+                           torch.full((n,), 2.0), ["<Score>7</Score>"] * n)
+
+    monkeypatch.setattr(SelfQualityJudge, "score", always_seven)
+    train(compose_config("train", tiny_overrides(shared_outputs, "game=lsp", "trainer.max_steps=1", "eval.samples=0",
+                                                 "eval.judge_pairs=0", "+tags.failcase=invalid_vq")))
+    _, history, _ = run_of(shared_outputs, "invalid_vq")
+    assert history["train/query_valid_frac"][0][1] == 0.0
+    assert history["train/challenger/reward"][0][1] == -1.0           # not -1 + 7
+    assert history["train/judge/score"][0][1] == 7.0

@@ -212,7 +212,7 @@ def test_lsp_train_refuses_a_model_without_chat_template_in_one_line(tmp_path):
     path = save_tiny_model(tmp_path / "base", "llama3")
     for name in ("chat_template.jinja",):
         (path / name).unlink(missing_ok=True)
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", "model.source=hf", f"model.path={path}",
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", "task=prompts", f"model.path={path}",
                           "logger=none", f"paths.outputs={tmp_path}", "trainer.enable_progress_bar=false"],
                          capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": ""})
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -221,7 +221,7 @@ def test_lsp_train_refuses_a_model_without_chat_template_in_one_line(tmp_path):
                                              "every turn with it: use an instruct/chat model"], out.stderr[-2000:]
 
 
-REAL_RUN = ["model.source=hf", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
+REAL_RUN = ["task=prompts", "trainer.max_steps=2", "trainer.enable_progress_bar=false",
             "trainer.checkpoint_every=0", "game.n_queries=4", "game.group_size=3", "game.max_query_tokens=16",
             "game.max_answer_tokens=5", "game.judge.max_new_tokens=8", "eval.every_n_steps=0",
             "eval.sample_table_every=0", "eval.judge_pairs=0", "eval.samples=0"]
@@ -280,3 +280,56 @@ def test_a_reward_model_without_pad_token_reads_its_score_at_the_final_end_token
             pooled_by_transformers = model(input_ids=ids).logits[0, 0]
         assert scores[i].item() == pytest.approx(at_end.item(), abs=1e-5)
         assert scores[i].item() != pytest.approx(pooled_by_transformers.item(), abs=1e-5)
+
+
+def test_the_hf_generate_path_samples_what_is_scored(tmp_path, monkeypatch):
+    """`USE_HF_GENERATE` (the benchmark's switch): transformers' `generate` would apply the checkpoint's
+    own processors (Qwen2.5's repetition_penalty 1.05); here it decodes exactly what `_sample` does."""
+    model, tokenizer = loaded("qwen", tmp_path)
+    assert model.generation_config.repetition_penalty == 1.05
+    prompts = chat_prompts(tokenizer, ["Hello there", "What is 12+3*4?", "Name a fox."])
+    ours = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
+    monkeypatch.setattr(generation, "USE_HF_GENERATE", True)
+    theirs = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
+    assert torch.equal(ours.completion_mask, theirs.completion_mask)
+    assert torch.equal(ours.input_ids[ours.completion_mask.bool()], theirs.input_ids[theirs.completion_mask.bool()])
+    assert model.generation_config.repetition_penalty == 1.05  # the model's own config is back
+
+
+def test_sampling_draws_from_the_tempered_distribution(tmp_path):
+    """Logits forced to (0, log 3) on two tokens: at T = 0.5 the second is drawn with probability
+    9 / 10 (softmax(z / T)); at T = 1, 3 / 4. 4000 draws each (binomial std < 0.007)."""
+    model, tokenizer = loaded("llama3", tmp_path)
+    a, b = words(tokenizer, "The", " fox")
+
+    def hook(module, inputs, output):
+        forced = torch.full_like(output[:, -1], -1e4)
+        forced[:, a], forced[:, b] = 0.0, torch.log(torch.tensor(3.0))
+        output = output.clone()
+        output[:, -1] = forced
+        return output
+
+    handle = model.lm_head.register_forward_hook(hook)
+    generator = torch.Generator().manual_seed(0)
+    for temperature, expected in ((0.5, 0.9), (1.0, 0.75)):
+        out = generate(model, tokenizer, chat_prompts(tokenizer, ["Hi"]), max_new_tokens=1, temperature=temperature,
+                       num_return_sequences=4000, generator=generator)
+        share = (out.input_ids[:, -1] == b).float().mean().item()
+        assert share == pytest.approx(expected, abs=0.03), (temperature, share)
+    handle.remove()
+
+
+def test_later_ppo_epochs_score_at_the_sampling_temperature(tmp_path):
+    """A second inner epoch over the same playouts, the policy unchanged: ratio 1 on every token, so
+    nothing is clipped and the approximate KL to the playout policy is 0, at T = 0.7."""
+    model, tokenizer = loaded("qwen", tmp_path)
+    torch.manual_seed(0)
+    out = generate(model, tokenizer, chat_prompts(tokenizer, ["Hello"]), max_new_tokens=6, temperature=0.7,
+                   num_return_sequences=3)
+    with torch.no_grad():
+        ref = token_logprobs(model, out.input_ids, out.attention_mask, temperature=0.7)
+    batch = RoleBatch("solver", out, torch.tensor([[1.0, 0.0, 0.5]]), torch.ones(1, 3, dtype=torch.bool), ref, 0.1, 6)
+    spec = AlgorithmSpec("group_mean", "clipped", "token_mean", clip_low=0.01, clip_high=0.01, epochs=2)
+    role_terms(batch, model, estimator=kl_k1, placement="advantage", algorithm=spec)
+    second = role_terms(batch, model, estimator=kl_k1, placement="advantage", algorithm=spec)
+    assert float(second.approx_kl) == pytest.approx(0.0, abs=1e-7) and float(second.clip_frac) == 0.0

@@ -4,11 +4,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from lsp_exp.run.config import RewardSchema
 from lsp_exp.judge.judging_the_judges import classifier_metrics, judge_the_judges, reward_probabilities
 from lsp_exp.core.models import ModelNotFoundError
 from lsp_exp.rewards import CompositeReward, RewardModelError, RewardModelReward, Scores, build_reward
 from lsp_exp.rl.challenger_objectives import check_objective
+from lsp_exp.run.validation import ConfigError
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 
 WORLD = OmegaConf.create({"max_operand": 19, "max_small_operand": 9, "share_one_op": 0.3, "share_two_op": 0.3,
@@ -16,8 +16,12 @@ WORLD = OmegaConf.create({"max_operand": 19, "max_small_operand": 9, "share_one_
                           "n_heldout": 20, "n_train": 20, "name": "arith"})
 
 
-def reward_cfg(**kw):
-    return OmegaConf.merge(OmegaConf.structured(RewardSchema(name="test")), kw)
+def reward_cfg(target="lsp_exp.rewards.reward_model.load_reward_model", **kw):
+    """A reward's `_target_` config node, as the `reward` group writes it."""
+    return OmegaConf.create({"_target_": target, "name": "test", **kw})
+
+
+VERIFIER = "lsp_exp.tasks.arith.rewards.verifier"
 
 
 def tiny_classifier(num_labels=1, seed=0):
@@ -39,7 +43,7 @@ def saved_rm(tmp_path_factory):
 
 
 def test_reward_model_scores_the_chat_rendered_pair_in_batches(saved_rm):
-    reward = build_reward(reward_cfg(kind="reward_model", path=str(saved_rm), batch_size=2), WORLD, "unused")
+    reward = build_reward(reward_cfg(path=str(saved_rm), batch_size=2))
     assert reward.bounds is None  # a raw score is unbounded
     queries, answers = ["1+2", "13-4*2", "5", "7*3"], ["3", "5", "x", "12"]
     scores = reward.score(queries, answers)
@@ -55,8 +59,8 @@ def test_reward_model_scores_the_chat_rendered_pair_in_batches(saved_rm):
 
 
 def test_sigmoid_transform_bounds_the_reward(saved_rm):
-    raw = build_reward(reward_cfg(kind="reward_model", path=str(saved_rm)), WORLD, "unused")
-    squashed = build_reward(reward_cfg(kind="reward_model", path=str(saved_rm), transform="sigmoid"), WORLD, "unused")
+    raw = build_reward(reward_cfg(path=str(saved_rm)))
+    squashed = build_reward(reward_cfg(path=str(saved_rm), transform="sigmoid"))
     assert squashed.bounds == (0.0, 1.0)
     assert torch.allclose(squashed.score(["1+2"], ["3"]).values, raw.score(["1+2"], ["3"]).values.sigmoid())
     check_objective("uncertainty", squashed.bounds)
@@ -72,11 +76,11 @@ def test_reward_model_needs_a_scalar_head():
 
 def test_missing_reward_model_says_what_to_download(tmp_path):
     with pytest.raises(ModelNotFoundError, match="reward.path=.*does not exist"):
-        build_reward(reward_cfg(kind="reward_model", path=str(tmp_path / "nope")), WORLD, "unused")
+        build_reward(reward_cfg(path=str(tmp_path / "nope")))
     with pytest.raises(ModelNotFoundError, match="hf download Skywork/Skywork-Reward-V2-Llama-3.2-3B"):
-        build_reward(reward_cfg(kind="reward_model", path="Skywork/Skywork-Reward-V2-Llama-3.2-3B"), WORLD, "unused")
+        build_reward(reward_cfg(path="Skywork/Skywork-Reward-V2-Llama-3.2-3B"))
     with pytest.raises(ModelNotFoundError, match="reward.path is not set"):
-        build_reward(reward_cfg(kind="reward_model"), WORLD, "unused")
+        build_reward(reward_cfg(path=None))
 
 
 class Constant:
@@ -89,36 +93,44 @@ class Constant:
 
 
 def test_composite_is_the_weighted_sum_with_each_part_kept():
-    reward = CompositeReward({"a": (1.0, Constant([1.0, 0.0, 1.0])), "b": (0.5, Constant([0.2, 0.4, 1.0]))})
+    reward = CompositeReward({"a": Constant([1.0, 0.0, 1.0]), "b": Constant([0.2, 0.4, 1.0])}, {"b": 0.5})
     scores = reward.score(["q"] * 3, ["a"] * 3)
     assert torch.allclose(scores.values, torch.tensor([1.1, 0.2, 1.5]))
     assert set(scores.parts) == {"a", "b"} and torch.equal(scores.parts["b"], torch.tensor([0.2, 0.4, 1.0]))
     assert reward.bounds == (0.0, 1.5)
-    negative = CompositeReward({"a": (-2.0, Constant([1.0]))})
+    negative = CompositeReward({"a": Constant([1.0])}, {"a": -2.0})
     assert negative.bounds == (-2.0, 0.0)
-    assert CompositeReward({"a": (1.0, Constant([1.0], bounds=None))}).bounds is None
+    assert CompositeReward({"a": Constant([1.0], bounds=None)}).bounds is None
+    with pytest.raises(ValueError, match="reward.weights: \\['c'\\] name no part"):
+        CompositeReward({"a": Constant([1.0])}, {"c": 1.0})
 
 
 def test_composite_pairs_are_invalid_if_any_part_says_so():
-    reward = CompositeReward({"a": (1.0, Constant([1.0, 1.0], valid=[True, False])), "b": (1.0, Constant([1.0, 1.0]))})
+    reward = CompositeReward({"a": Constant([1.0, 1.0], valid=[True, False]), "b": Constant([1.0, 1.0])})
     scores = reward.score(["q"] * 2, ["a"] * 2)
     assert scores.valid.tolist() == [True, False] and scores.values.tolist() == [2.0, 0.0]
 
 
 def test_composite_from_config_builds_named_parts(saved_rm):
-    cfg = reward_cfg(kind="composite", parts={"verifier": {"kind": "arithmetic", "weight": 2.0},
-                                              "rm": {"kind": "reward_model", "path": str(saved_rm), "weight": 0.5,
-                                                     "transform": "sigmoid"}})
-    reward = build_reward(cfg, WORLD, "unused")
+    cfg = reward_cfg("lsp_exp.rewards.composite.CompositeReward", weights={"verifier": 2.0, "rm": 0.5}, parts={
+        "verifier": {"_target_": VERIFIER, "world": WORLD},
+        "rm": {"_target_": "lsp_exp.rewards.reward_model.load_reward_model", "path": str(saved_rm), "transform": "sigmoid"}})
+    reward = build_reward(cfg)
     scores = reward.score(["1+2", "1+2"], ["3", "4"])
     rm = scores.parts["rm"]
     assert torch.allclose(scores.values, torch.tensor([2.0, 0.0]) + 0.5 * rm)
     assert reward.bounds == (0.0, 2.5)
 
 
-def test_unknown_reward_kind_is_refused():
-    with pytest.raises(ValueError, match="reward.kind='nope': unknown; available: arithmetic"):
-        build_reward(reward_cfg(kind="nope"), WORLD, "unused")
+def test_a_reward_that_cannot_be_built_is_one_line_naming_the_key(saved_rm):
+    with pytest.raises(ConfigError, match=r"^reward._target_='nowhere.Oracle': "):
+        build_reward(reward_cfg("nowhere.Oracle"))
+    with pytest.raises(ConfigError, match=r"reward \(lsp_exp.rewards.reward_model.load_reward_model\): .*colour"):
+        build_reward(reward_cfg(path=str(saved_rm), colour="blue"))   # not an argument of the target
+    with pytest.raises(ConfigError, match="has no score"):
+        build_reward(reward_cfg("collections.OrderedDict"))
+    with pytest.raises(RewardModelError, match="reward.transform='tanh'"):
+        build_reward(reward_cfg(path=str(saved_rm), transform="tanh"))
 
 
 # ---- judging the judges ------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
 
 def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
     missing = tmp_path / "no-such-model"
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "model.source=hf",
-                          f"model.path={missing}", "logger=none")], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "task=prompts",
+                          f"model.path={missing}", "logger=none", arith=False)], capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
@@ -94,10 +94,11 @@ def test_cpu_options_instantiate_and_train_one_step(shared_outputs, override):
     assert sorted(history) == [0, 1]
 
 
-def test_unknown_reward_kind_fails_with_a_clear_message(shared_outputs):
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "reward.kind=oracle",
-                          "logger=none")], capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "Traceback" not in out.stderr and "oracle" in out.stderr
+def test_unknown_reward_target_fails_with_a_clear_message(shared_outputs):
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(
+        shared_outputs, "reward._target_=my_rewards.Oracle", "logger=none")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: reward._target_='my_rewards.Oracle': cannot be imported")
 
 
 def test_proxy_reward_logs_the_verifier_beside_it(shared_outputs):

@@ -2,11 +2,11 @@
 
 Models (`--model`):
 - `toy`: the shipped toy base (`lsp_exp/tasks/arith/assets/toy_world/<key>/model`, ~1M parameters), found the way
-  `lsp-train` finds it (`resolve_model_path`, which copies the shipped world under `outputs/`);
+  `lsp-train` finds it (the arithmetic task's `base_model`, which copies the shipped world under `outputs/`);
 - `25m`: a ~25M-parameter Llama built from a `LlamaConfig` with random weights (seed 0), saved to a
   temporary directory with the toy tokenizer, loaded back with `AutoModelForCausalLM` like the toy one.
 
-Prompts: the toy world's training split (what `game=grpo_data` samples from: `lsp_exp.cli.train.data_paths`).
+Prompts: the toy world's training split (what `game=grpo_data` samples from: the task's `train_prompts`).
 """
 from __future__ import annotations
 
@@ -40,11 +40,12 @@ def compose(overrides: list[str]):
 def toy_paths(outputs: str) -> tuple[str, str]:
     """(toy model directory, training prompt file) of the default config's toy world."""
     from lsp_exp.core.models import resolve_model_path
-    from lsp_exp.cli.train import data_paths
+    from lsp_exp.run.instantiate import build
 
     cfg = compose([f"paths.outputs={outputs}", "game=grpo_data"])
-    model_dir = resolve_model_path(cfg.model, cfg.world, outputs)
-    return model_dir, data_paths(cfg)[1]
+    task = build(cfg.task, "task")
+    model_dir = resolve_model_path(cfg.model, task)
+    return model_dir, str(task.directory / "data" / "train.jsonl")
 
 
 def build_25m(toy_model_dir: str, target: str | Path) -> str:

@@ -1,8 +1,12 @@
-"""`lsp-bootstrap`: build (or find in the cache) the toy world and the tiny reward model, and report
-the base model's accuracy and how well its judge mode and the reward model judge correctness."""
+"""`lsp-bootstrap`: build (or find in the cache) the task's base model and the reward, and report the
+base model's held-out accuracy and how well its judge mode and the reward judge correctness.
+
+For the arithmetic task this trains the toy world (tokenizer, tiny base model with its judge mode,
+data splits) and, with `reward=tiny_rm`, the tiny reward model; `force=true` rebuilds both.
+"""
 from __future__ import annotations
 
-import json
+import inspect
 import os
 import sys
 
@@ -10,21 +14,19 @@ for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "tru
     os.environ.setdefault(_key, _value)
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from rich.console import Console
+from hydra.utils import get_method  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+from rich.console import Console  # noqa: E402
 
-from lsp_exp.run import config  # noqa: F401  (registers the schemas)
-from lsp_exp.eval.heldout import evaluate_solver
-from lsp_exp.judge.self_quality import SelfQualityJudge
-from lsp_exp.judge.judging_the_judges import judge_the_judges
-from lsp_exp.judge.templates import get_template
-from lsp_exp.core.models import Reference, load_toy_world
-from lsp_exp.rewards import RewardModelError, build_reward
-from lsp_exp.tasks.arith.build import build_toy_world, world_config
-from lsp_exp.tasks.arith.judge_data import labelled_pairs
-from lsp_exp.tasks.arith.reward_model import build_tiny_rm
-from lsp_exp.tasks.arith.world import heldout_slices
-from lsp_exp.run.validation import ConfigError, check_overrides, validate_world_and_model
+from lsp_exp.core.models import ModelNotFoundError, Reference, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
+from lsp_exp.judge.judging_the_judges import judge_the_judges  # noqa: E402
+from lsp_exp.judge.self_quality import SelfQualityJudge  # noqa: E402
+from lsp_exp.judge.templates import get_template  # noqa: E402
+from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
+from lsp_exp.run import config  # noqa: E402
+from lsp_exp.run.instantiate import build  # noqa: E402
+from lsp_exp.run.validation import ConfigError, check_overrides, validate_model  # noqa: E402
 
 
 def main() -> None:
@@ -36,31 +38,36 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="bootstrap")
 def hydra_main(cfg: DictConfig) -> None:
     try:
-        validate_world_and_model(cfg)
+        validate_model(cfg)
         bootstrap(cfg)
-    except (ConfigError, FileNotFoundError, RewardModelError) as err:
+    except (ConfigError, FileNotFoundError, ModelNotFoundError, RewardModelError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 
 
 def bootstrap(cfg: DictConfig) -> None:
     console = Console()
-    path = build_toy_world(cfg.world, cfg.model.bootstrap, cfg.paths.outputs, force=cfg.force)
-    info = json.loads((path / "info.json").read_text())
-    console.print(f"toy world: {path}")
-    console.print(f"parameters: {info['parameters']:,}  SFT seconds: {info['sft_seconds']}"
-                  + (f"  judge stage seconds: {info['judge_seconds']}" if "judge_seconds" in info else ""))
-    model, tokenizer, heldout, _ = load_toy_world(path)
-    world = world_config(cfg.world)
-    metrics = evaluate_solver(model, tokenizer, heldout, samples=8, slices=heldout_slices(world))
-    console.print("base held-out: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    if cfg.reward.kind == "tiny_rm":  # (re)build it here so that force=true rebuilds it too
-        console.print(f"tiny reward model: {build_tiny_rm(cfg.world, cfg.reward.bootstrap, cfg.paths.outputs, cfg.force)}")
-    reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
-    judge = SelfQualityJudge(Reference(model), tokenizer, get_template("toy")) if "judge_seconds" in info else None
-    judged = judge_the_judges(labelled_pairs(heldout, world, 512, cfg.world.seed), reward, judge)
-    console.print(f"judging the judges (512 labelled held-out pairs), reward {cfg.reward.name!r} and the base's judge mode:")
-    console.print("  " + "  ".join(f"{k} {v:.3f}" for k, v in judged.items()))
+    task = build(cfg.task, "task")
+    if cfg.force and task.base_model(force=True) is None:
+        console.print(f"task {task.name!r} builds no base model")
+    path = resolve_model_path(cfg.model, task)
+    console.print(f"base model: {path}")
+    model, tokenizer = load_policy(cfg.model, path).eval(), load_tokenizer(path)
+    heldout = task.heldout()
+    if heldout is not None:
+        metrics = evaluate_solver(model, tokenizer, heldout, samples=8)
+        console.print("base held-out: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    if cfg.force and "force" in inspect.signature(get_method(cfg.reward._target_)).parameters:
+        with open_dict(cfg.reward):
+            cfg.reward.force = True  # (a cached reward model is rebuilt too)
+    reward = build_reward(cfg.reward)
+    pairs = task.labelled_pairs(512)
+    if pairs:
+        judge = SelfQualityJudge(Reference(model, shared=True), tokenizer, get_template(task.judge_template))
+        judged = judge_the_judges(pairs, reward, judge)
+        console.print(f"judging the judges ({len(pairs)} labelled pairs), reward {cfg.reward.get('name')!r} and the "
+                      "base's judge mode:")
+        console.print("  " + "  ".join(f"{k} {v:.3f}" for k, v in judged.items()))
 
 
 if __name__ == "__main__":

@@ -36,9 +36,7 @@ from lsp_exp.core.models import ModelNotFoundError, load_frozen, load_policy, lo
 from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
-from lsp_exp.tasks.arith.build import toy_world_dir, world_config  # noqa: E402
-from lsp_exp.tasks.arith.data import read_problems  # noqa: E402
-from lsp_exp.tasks.arith.world import encode_answer, heldout_slices  # noqa: E402
+from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.run.tracking import flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
 from lsp_exp.run.validation import ConfigError  # noqa: E402
 
@@ -87,10 +85,10 @@ def answer_texts(model, tokenizer, rows: list[PromptRow], wr: DictConfig, batch_
 class Judge:
     """Scores (prompt, answer) pairs for the win rate: the `reward` group, or an LLM with the rubric."""
 
-    def __init__(self, cfg: DictConfig, base_path: str, toy: bool):
+    def __init__(self, cfg: DictConfig, base_path: str, task):
         self.kind = cfg.win_rate.judge
         if self.kind == "reward":
-            self.reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
+            self.reward = build_reward(cfg.reward)
         elif self.kind == "llm":
             from lsp_exp.judge.self_quality import SelfQualityJudge
             from lsp_exp.judge.templates import get_template
@@ -98,7 +96,7 @@ class Judge:
 
             path = cfg.win_rate.judge_model or base_path
             model, tokenizer = load_frozen(cfg.model, path), load_tokenizer(path)
-            template = cfg.win_rate.judge_template if cfg.win_rate.judge_template != "auto" else ("toy" if toy else "paper")
+            template = cfg.win_rate.judge_template if cfg.win_rate.judge_template != "auto" else task.judge_template
             self.llm = SelfQualityJudge(Reference(model, shared=True), tokenizer, get_template(template))  # no copy
         else:
             raise ConfigError(f"win_rate.judge={self.kind!r}: unknown; available: reward, llm")
@@ -134,16 +132,15 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     if uri and uri.startswith("sqlite:///"):
         init_sqlite_store(uri)
     client = mlflow.MlflowClient(uri) if uri else None
-    toy = cfg.model.source == "toy"
-    base_path = resolve_model_path(cfg.model, cfg.world, cfg.paths.outputs)
-    world_dir = toy_world_dir(cfg.world, cfg.model.bootstrap, cfg.paths.outputs) if toy else None
-    char_level = toy if cfg.char_level is None else cfg.char_level
-    heldout_path = cfg.heldout.path or (str(world_dir / "data" / "heldout.jsonl") if toy else None)
-    heldout = read_problems(heldout_path)[: cfg.heldout.max_problems] if (cfg.heldout.enabled and heldout_path) else []
-    wr_rows = _rows(cfg.win_rate.prompts_path or heldout_path, cfg.win_rate.max_prompts) if cfg.win_rate.enabled else []
-    ppl_rows = [r for r in _rows(cfg.perplexity.path or heldout_path, cfg.perplexity.max_rows)
-                if _reference(r) is not None] if cfg.perplexity.enabled else []
-    judge = Judge(cfg, base_path, toy) if wr_rows else None
+    task = build(cfg.task, "task")
+    base_path = resolve_model_path(cfg.model, task)
+    char_level = task.char_level if cfg.char_level is None else cfg.char_level
+    task_set = task.heldout()
+    heldout = task_set.head(cfg.heldout.max_problems) if (cfg.heldout.enabled and task_set is not None) else None
+    wr_rows = _rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts) if cfg.win_rate.enabled else []
+    ppl_rows = [r for r in _rows(cfg.perplexity.path, task_set, cfg.perplexity.max_rows)
+                if r.reference is not None] if cfg.perplexity.enabled else []
+    judge = Judge(cfg, base_path, task) if wr_rows else None
     base_scores = None
     if wr_rows:
         base_model, base_tok = load_model(cfg, base_path, None)
@@ -155,23 +152,22 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
         start = time.perf_counter()
         model, tokenizer = load_model(cfg, base_path, target.path)
         metrics: dict[str, float] = {}
-        if heldout:
+        if heldout is not None:
             metrics.update(evaluate_solver(model, tokenizer, heldout, samples=cfg.heldout.samples,
-                                           max_new_tokens=cfg.heldout.max_new_tokens,
-                                           slices=heldout_slices(world_config(cfg.world)) if toy else None))
+                                           max_new_tokens=cfg.heldout.max_new_tokens))
         if wr_rows:
             answers = answer_texts(model, tokenizer, wr_rows, cfg.win_rate, cfg.batch_size)
             scores = judge.scores([r.prompt for r in wr_rows], answers)
             metrics.update(win_rate(scores, base_scores, [r.split for r in wr_rows],
                                     tie_value=cfg.win_rate.tie_value, margin=cfg.win_rate.margin))
-            refs = [(a, _reference(r)) for a, r in zip(answers, wr_rows) if _reference(r) is not None]
+            refs = [(a, r.reference) for a, r in zip(answers, wr_rows) if r.reference is not None]
             if refs:
                 shape = spaced_chars if char_level else (lambda t: t)
                 metrics.update(text_overlap([shape(a) for a, _ in refs], [shape(r) for _, r in refs],
                                             n_gram=2 if char_level else 4))  # toy answers are 1-4 characters
         if ppl_rows:
             prompts = chat_prompts(tokenizer, [r.prompt for r in ppl_rows])
-            metrics["perplexity"] = conditional_perplexity(model, tokenizer, prompts, [_reference(r) for r in ppl_rows],
+            metrics["perplexity"] = conditional_perplexity(model, tokenizer, prompts, [r.reference for r in ppl_rows],
                                                            batch_size=cfg.batch_size)
         curves = {}
         if cfg.diversity and client is not None and target.run_id is not None:
@@ -185,15 +181,15 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     return results
 
 
-def _rows(path: str | None, limit: int | None) -> list[PromptRow]:
-    return read_prompt_rows(path)[:limit] if path else []
-
-
-def _reference(row: PromptRow) -> str | None:
-    """The row's reference text: its `reference`/`output`, or the canonical answer of a toy problem."""
-    if row.reference is not None:
-        return row.reference
-    return encode_answer(row.answer) if row.answer is not None else None
+def _rows(path: str | None, task_set, limit: int | None) -> list[PromptRow]:
+    """A prompt file's rows, or the task's held-out set as rows (split: its first slice)."""
+    if path:
+        return read_prompt_rows(path)[:limit]
+    if task_set is None:
+        return []
+    rows = [PromptRow(p, s[0] if s else "all", r) for p, s, r in zip(task_set.prompts, task_set.slices,
+                                                                   task_set.references)]
+    return rows[:limit]
 
 
 def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float], curves: dict[int, dict[str, float]]) -> None:

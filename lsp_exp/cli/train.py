@@ -32,14 +32,11 @@ from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  #
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.core.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
 from lsp_exp.core.prompts import read_prompts  # noqa: E402
-from lsp_exp.rewards import ArithmeticReward, RewardModelError, build_reward  # noqa: E402
+from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
+from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
 from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule  # noqa: E402
 from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
-from lsp_exp.tasks.arith.build import toy_world_dir, world_config  # noqa: E402
-from lsp_exp.tasks.arith.data import read_problems  # noqa: E402
-from lsp_exp.tasks.arith.judge_data import labelled_pairs  # noqa: E402
-from lsp_exp.tasks.arith.world import heldout_slices  # noqa: E402
 from lsp_exp.run.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
 from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, TrackingLostError,  # noqa: E402
                                        TrackingUnreachableError, fail_active_runs, one_line)
@@ -59,14 +56,6 @@ class StepStream(IterableDataset):
             step += 1
 
 
-def data_paths(cfg: DictConfig) -> tuple[str | None, str | None]:
-    """(held-out file, prompt file): explicit paths, or the toy world's splits for the toy model."""
-    toy = toy_world_dir(cfg.world, cfg.model.bootstrap, cfg.paths.outputs) if cfg.model.source == "toy" else None
-    heldout = cfg.eval.heldout_path or (str(toy / "data" / "heldout.jsonl") if toy else None)
-    prompts = cfg.game.prompts_path or (str(toy / "data" / "train.jsonl") if toy else None)
-    return heldout, prompts
-
-
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
     cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
@@ -76,9 +65,9 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    world = world_config(cfg.world)
+    task = build(cfg.task, "task")
     # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
-    model_path = resolve_model_path(cfg.model, cfg.world, cfg.paths.outputs)
+    model_path = resolve_model_path(cfg.model, task)
     init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
     if init is not None and not is_adapter(init):
         model_path = str(init)  # a full model: weights and tokenizer from the earlier run
@@ -86,24 +75,25 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     tokenizer = load_tokenizer(model_path)
     policy = load_policy(cfg.model, model_path, adapter=init if init is not None and is_adapter(init) else None).train()
     check_chat_model(policy, tokenizer, cfg.model.path or cfg.model.name)  # a chat template and end ids
-    heldout_path, prompts_path = data_paths(cfg)
-    heldout = read_problems(heldout_path) if heldout_path else []
-    if cfg.eval.max_problems:
-        heldout = heldout[: cfg.eval.max_problems]
+    heldout = task.heldout()
+    if heldout is not None:
+        heldout = heldout.head(cfg.eval.max_problems)
+    reward = build_reward(cfg.reward)
     try:
-        prompts = read_prompts(prompts_path) if (prompts_path and not cfg.game.challenger) else None
-        reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
+        prompts = None
+        if not cfg.game.challenger:
+            prompts = read_prompts(cfg.game.prompts_path) if cfg.game.prompts_path else task.train_prompts()
         check_objective(cfg.game.challenger_objective, reward.bounds)
-        game = build_game(cfg.game, prompts, cfg.seed, toy=cfg.model.source == "toy")
+        game = build_game(cfg.game, prompts, cfg.seed, challenger_style=task.challenger_style)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    toy = cfg.model.source == "toy"
-    # Ground truth beside a proxy reward (toy world only): the verifier's accuracy and validity.
-    verifier = ArithmeticReward(world) if toy and cfg.reward.kind != "arithmetic" else None
-    pairs = labelled_pairs(heldout, world, cfg.eval.judge_pairs, cfg.world.seed) if heldout and toy else None
-    judge_template = cfg.game.judge.template if cfg.game.judge.template != "auto" else ("toy" if toy else "paper")
-    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, eval_slices=heldout_slices(world),
-                            verifier=verifier, labelled_pairs=pairs, judge_template=judge_template)
+    # Ground truth beside a proxy reward: the task's verifier, unless it is the reward itself.
+    truth = task.ground_truth()
+    verifier = truth if truth is not None and type(truth) is not type(reward) else None
+    pairs = task.labelled_pairs(cfg.eval.judge_pairs) if cfg.eval.judge_pairs else None
+    judge_template = cfg.game.judge.template if cfg.game.judge.template != "auto" else task.judge_template
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, verifier=verifier, labelled_pairs=pairs,
+                            judge_template=judge_template)
 
     logger = build_logger(cfg) if rank_zero_only.rank == 0 else None  # only rank 0 touches the store
     if resume is None:

@@ -79,7 +79,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     with torch.inference_mode():
         if USE_HF_GENERATE or getattr(model.config, "is_encoder_decoder", False):
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
-            with _seeded_from(generator, model.device):  # `generate` draws from the global RNG only
+            # `generate` draws from the global RNG only, and fills every field the call leaves unset from
+            # the model's generation config (Qwen2.5: repetition_penalty 1.05, top_k 20, ...): a plain
+            # config for the call, so the samples come from softmax(z / T), the distribution scored.
+            with _seeded_from(generator, model.device), _plain_generation_config(model):
                 out = model.generate(
                     **enc, max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences,
                     pad_token_id=tokenizer.pad_token_id, eos_token_id=ends.tolist(), **sampling,
@@ -109,15 +112,31 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
 
 @contextmanager
 def _seeded_from(generator: torch.Generator | None, device: torch.device):
-    """With a generator: the global RNGs of the CPU and of `device` seeded from it, and restored after."""
+    """With a generator: the global RNGs of the CPU and of `device` seeded from its next draw (so the
+    generator advances, as `_sample` advances it), and restored after."""
     if generator is None:
         yield
         return
+    seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
     device = torch.device(device)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(generator.initial_seed())
+        torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def _plain_generation_config(model):
+    """The model's generation config replaced, for one call, by one that sets nothing but its end and pad ids."""
+    from transformers import GenerationConfig  # noqa: PLC0415
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id,
+                                               bos_token_id=saved.bos_token_id, min_new_tokens=saved.min_new_tokens)
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 def _min_new_tokens(model) -> int:

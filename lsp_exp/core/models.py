@@ -1,7 +1,7 @@
-"""Loading the policy and its tokenizer, the same way for the toy model and a real one.
+"""Loading the policy and its tokenizer, the same way for a task's own base model and a real one.
 
-The toy model is loaded back through `AutoModelForCausalLM` / `AutoTokenizer` from the directory
-`lsp-bootstrap` wrote, exactly like a local copy of a real model.
+A task's base model (the toy world's, built by `lsp-bootstrap`) is loaded back through
+`AutoModelForCausalLM` / `AutoTokenizer` from its directory, exactly like a local copy of a real model.
 """
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
-
-from lsp_exp.tasks.arith.build import build_toy_world
-from lsp_exp.tasks.arith.data import read_problems
 
 from transformers.utils import logging as hf_logging
 
@@ -27,13 +24,16 @@ class ModelNotFoundError(FileNotFoundError):
     """The model is neither a local directory nor in the Hugging Face cache."""
 
 
-def resolve_model_path(cfg: DictConfig, world: DictConfig, outputs: str) -> str:
-    """A local directory (building the toy world when needed) or a hub id already in the cache."""
-    if cfg.source == "toy":
-        return str(build_toy_world(world, cfg.bootstrap, outputs) / "model")
-    if cfg.source != "hf":
-        raise ValueError(f"model.source must be 'toy' or 'hf', got {cfg.source!r}")
-    return find_local_or_cached(cfg.path, "model.path", f"model {cfg.name!r}")
+def resolve_model_path(cfg: DictConfig, task) -> str:
+    """`model.path` (a local directory or a hub id already in the cache), or, when it is null, the base
+    model the task builds (the toy world's)."""
+    if cfg.path:
+        return find_local_or_cached(cfg.path, "model.path", f"model {cfg.name!r}")
+    built = task.base_model()
+    if built is None:
+        raise ModelNotFoundError(f"model.path is not set for model {cfg.name!r}, and task {task.name!r} builds no "
+                                 "base model: set model.path to a directory or a hub id in the cache")
+    return built
 
 
 def find_local_or_cached(path: str | None, key: str, what: str) -> str:
@@ -136,16 +136,6 @@ class Reference:
                 yield self.policy
         else:
             yield self.frozen
-
-
-def load_toy_world(path: str | Path):
-    """(model, tokenizer, held-out problems, training problems) of a built toy world directory."""
-    path = Path(path)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path / "model", local_files_only=True)
-    tokenizer = load_tokenizer(str(path / "model"))
-    return model, tokenizer, read_problems(path / "data" / "heldout.jsonl"), read_problems(path / "data" / "train.jsonl")
 
 
 def _offline() -> bool:

@@ -39,15 +39,16 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SelfPlayModule(L.LightningModule):
-    """`verifier`: the ground truth logged beside a proxy reward (None when the reward is the verifier
-    or there is none); `labelled_pairs`: (query, answer, correct?) to judge the judges at start."""
+    """`heldout`: the task's HeldoutSet (None: no held-out evaluation); `verifier`: the ground truth
+    logged beside a proxy reward (None when the reward is the verifier or there is none);
+    `labelled_pairs`: (query, answer, correct?) to judge the judges at start."""
 
-    def __init__(self, cfg, policy, tokenizer, game, reward, heldout, eval_slices=None, verifier=None,
-                 labelled_pairs=None, judge_template: str = "toy"):
+    def __init__(self, cfg, policy, tokenizer, game, reward, heldout=None, verifier=None,
+                 labelled_pairs=None, judge_template: str = "paper"):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.policy, self.tokenizer, self.game, self.reward = cfg, policy, tokenizer, game, reward
-        self.heldout, self.eval_slices = heldout, eval_slices
+        self.heldout = heldout
         self.verifier, self.labelled_pairs = verifier, labelled_pairs or []
         self.reference = Reference(policy)
         j = cfg.game.judge
@@ -261,10 +262,10 @@ class SelfPlayModule(L.LightningModule):
 
     # ---- held-out evaluation -------------------------------------------------------------------
     def _evaluate(self, samples: int) -> None:
-        if not self.heldout or not self.trainer.is_global_zero:  # rank 0 evaluates; the others go on
+        if self.heldout is None or not self.heldout.prompts or not self.trainer.is_global_zero:  # rank 0 evaluates; the others go on
             return
         metrics = evaluate_solver(self.policy, self.tokenizer, self.heldout, samples=samples,
-                                  max_new_tokens=self.cfg.game.max_answer_tokens, slices=self.eval_slices)
+                                  max_new_tokens=self.cfg.game.max_answer_tokens)
         self.eval_history[self.global_step] = metrics
         log_eval(self.logger, self.global_step, metrics)
 

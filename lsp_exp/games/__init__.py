@@ -8,12 +8,12 @@ from lsp_exp.games.prompt_file import DataGame
 from lsp_exp.games.challenger import SelfPlayGame
 
 
-def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int, toy: bool = True):
-    """The game of `cfg`; `toy` resolves `game.prompt=auto` (the toy task line, else the paper's prompt)."""
+def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int, challenger_style: str = "paper"):
+    """The game of `cfg`; `challenger_style` (the task's) resolves `game.prompt=auto`."""
     if cfg.challenger:
-        return SelfPlayGame(cfg, cfg.get("prompt", "auto") if cfg.get("prompt", "auto") != "auto" else ("toy" if toy else "paper"))
+        return SelfPlayGame(cfg, cfg.prompt if cfg.prompt != "auto" else challenger_style)
     if not prompts:
-        raise ValueError(f"game {cfg.name!r} needs a prompt file (game.prompts_path)")
+        raise ValueError(f"game {cfg.name!r} needs prompts: set game.prompts_path (the task has no training prompts)")
     return DataGame(cfg, prompts, seed)
 
 

@@ -1,14 +1,17 @@
-"""The Challenger's user turn: the toy world's short task line, or the paper's four-part prompt.
+"""The Challenger's user turn: a short task line, or the paper's four-part prompt.
 
 `game.prompt`: `toy` (`task: <task>`, what the toy model was trained on), `paper` (LSP_SPEC 1.4,
-Box 1: Background, Request, Details, Final Remarks, in this project's own words), or `auto` (toy
-for the toy model, paper otherwise). `{task}` and `{template}` come from `game.task` and
+Box 1: Background, Request, Details, Final Remarks, in this project's own words), or `auto` (the
+task's `challenger_style`: toy for the arithmetic task, paper otherwise). `{task}` and `{template}` come from `game.task` and
 `game.template`; both empty selects the prompt's "use your best judgment" branch, which is what
 the paper's instruction-following runs appear to use.
 """
 from __future__ import annotations
 
-from lsp_exp.tasks.arith.build import challenger_user_turn
+
+def challenger_user_turn(task: str, template: str = "") -> str:
+    """The short Challenger prompt: `task: <task>` (and `template: <template>`), one fixed user turn."""
+    return f"task: {task}" + (f" template: {template}" if template else "")
 
 PROMPTS = ("auto", "toy", "paper")
 

@@ -7,11 +7,18 @@ from lsp_exp.rewards.base import Scores
 
 
 class CompositeReward:
-    def __init__(self, parts: dict[str, tuple[float, object]]):
+    """`parts`: name -> reward (built from their own `_target_`s); `weights`: name -> w_k (1 if absent)."""
+
+    def __init__(self, parts: dict, weights: dict | None = None):
         if not parts:
             raise ValueError("reward.parts: a composite reward needs at least one part")
-        self.parts = parts
-        bounds = [r.bounds for _, r in parts.values()]
+        weights = dict(weights or {})
+        unknown = set(weights) - set(parts)
+        if unknown:
+            raise ValueError(f"reward.weights: {sorted(unknown)} name no part; parts: {sorted(parts)}")
+        self.parts = {name: (float(weights.get(name, 1.0)), reward) for name, reward in parts.items()}
+        parts = self.parts
+        bounds = [getattr(r, "bounds", None) for _, r in parts.values()]
         if any(b is None for b in bounds):
             self.bounds = None
         else:  # the range of a weighted sum: each weight picks the end of its part's range
@@ -29,6 +36,8 @@ class CompositeReward:
         total, valid, logged = None, None, {}
         for name, (weight, reward) in self.parts.items():
             scores = reward.score(queries, answers)
+            if total is not None:  # parts may answer on different devices: all on the first part's
+                scores = Scores(scores.values.to(total.device), scores.valid.to(total.device))
             logged[name] = scores.values
             total = weight * scores.values if total is None else total + weight * scores.values
             valid = scores.valid if valid is None else valid & scores.valid

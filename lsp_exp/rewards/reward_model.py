@@ -62,9 +62,10 @@ class RewardModelReward:
 
     def _last_token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B] float32: the scalar head at each row's last real token (right padding: mask.sum - 1).
-        Models without a `score` head over a decoder (encoders) use transformers' own pooling."""
-        head, backbone = getattr(self.model, "score", None), getattr(self.model, "model", None)
-        if head is None or backbone is None:
+        Models without a `score` head over a decoder (encoders with a pooled classifier) use
+        transformers' own pooling."""
+        head, backbone = getattr(self.model, "score", None), getattr(self.model, "base_model", None)
+        if head is None or backbone is None or backbone is self.model:
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(-1) - 1
@@ -77,10 +78,13 @@ class RewardModelReward:
         return Scores(values, torch.ones_like(values, dtype=torch.bool))
 
 
-def load_reward_model(path: str, *, dtype: str = "float32", **kwargs) -> RewardModelReward:
+def load_reward_model(path: str | None, *, dtype: str = "float32", **kwargs) -> RewardModelReward:
     """Load a sequence classifier and its tokenizer from a directory or the hub cache (offline)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415
+
+    path = find_local_or_cached(path, "reward.path", "the reward model")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)
     return RewardModelReward(model, tokenizer, **kwargs)

@@ -12,9 +12,6 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from lsp_exp.tasks.arith.reward_model import TinyRMConfig
-from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
-from lsp_exp.tasks.arith.world import WorldConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,16 +26,6 @@ class PathsConfig:
 
 
 @dataclass
-class WorldSchema(WorldConfig):
-    """The toy world (lsp_exp/tasks/arith/world.py) and its deterministic data splits."""
-
-    name: str = "arith"
-    seed: int = 0
-    n_heldout: int = 2000
-    n_train: int = 20000
-
-
-@dataclass
 class LoraSchema:
     enabled: bool = False
     r: int = 8
@@ -48,31 +35,19 @@ class LoraSchema:
 
 
 @dataclass
-class BootstrapSchema:
-    """How `lsp-bootstrap` builds the toy base model (only for `source: toy`)."""
-
-    seed: int = 0
-    arch: TinyModelConfig = field(default_factory=TinyModelConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
-    judge: JudgeSFTConfig = field(default_factory=JudgeSFTConfig)
-
-
-@dataclass
 class ModelSchema:
     name: str = MISSING
-    source: str = "hf"                  # "toy": built by lsp-bootstrap; "hf": a local path or hub cache
-    path: Optional[str] = None          # for source=hf: a directory or a hub id already in the cache
+    path: Optional[str] = None          # a directory or a hub id already in the cache; None: the task's base model
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     lora: LoraSchema = field(default_factory=LoraSchema)
-    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
 
 
 @dataclass
 class JudgeSchema:
     """The self-quality judge of full LSP (LSP_SPEC 4): the frozen reference model with a rubric."""
 
-    template: str = "auto"              # auto: `toy` for the toy model, `paper` otherwise (judge/templates.py)
+    template: str = "auto"              # auto: the task's judge_template (judge/templates.py)
     max_new_tokens: Optional[int] = None  # None: the template's own default
     temperature: float = 0.0            # 0: greedy (the paper does not say)
     fallback_score: float = 0.0         # R_Q of a reply with neither a <Score> nor a <Calculation>
@@ -86,7 +61,7 @@ class GameSchema:
     group_size: int = 8                 # G
     task: str = "arithmetic"
     template: str = ""
-    prompt: str = "auto"                # the Challenger's prompt: toy | paper | auto (toy for the toy model)
+    prompt: str = "auto"                # the Challenger's prompt: toy | paper | auto (the task's challenger_style)
     alpha_ch: float = 1.0
     self_reward: bool = False           # full LSP: add the judge's R_Q (LSP_SPEC 4.3)
     self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)
@@ -96,21 +71,7 @@ class GameSchema:
     max_query_tokens: int = 12
     max_answer_tokens: int = 8
     temperature: float = 1.0
-    prompts_path: Optional[str] = None  # grpo_data: JSONL with a `prompt` field; None -> the toy train split
-
-
-@dataclass
-class RewardSchema:
-    name: str = MISSING
-    kind: str = "arithmetic"            # arithmetic | reward_model | tiny_rm | composite
-    path: Optional[str] = None          # reward_model: a local directory or a hub id already in the cache
-    dtype: str = "float32"
-    max_length: int = 1024              # tokens of the rendered (query, answer) pair
-    batch_size: int = 64
-    transform: str = "none"             # none (raw, unbounded score) | sigmoid (in (0, 1))
-    weight: float = 1.0                 # this reward's weight as a part of a composite
-    parts: dict[str, Any] = field(default_factory=dict)  # composite: name -> a reward config with a weight
-    bootstrap: TinyRMConfig = field(default_factory=TinyRMConfig)  # tiny_rm: how lsp-bootstrap trains it
+    prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's train prompts
 
 
 @dataclass
@@ -177,7 +138,6 @@ class OptimSchema:
 class EvalSchema:
     every_n_steps: int = 250
     samples: int = 8                    # k for sampled pass@1 / pass@k at start and end (0: greedy only)
-    heldout_path: Optional[str] = None  # None -> the toy world's held-out split
     max_problems: Optional[int] = None
     sample_table_every: int = 250
     judge_pairs: int = 512              # labelled (query, answer, correct?) pairs to judge the judges at start (0: off)
@@ -187,10 +147,10 @@ class EvalSchema:
 @dataclass
 class TrainSchema:
     seed: int = 0
-    world: WorldSchema = field(default_factory=WorldSchema)
+    task: Any = MISSING                 # a `_target_` node (conf/task): its arguments are the task's business
     model: ModelSchema = MISSING
     game: GameSchema = MISSING
-    reward: RewardSchema = MISSING
+    reward: Any = MISSING               # a `_target_` node (conf/reward)
     kl: KLSchema = MISSING
     algorithm: AlgorithmSchema = MISSING
     trainer: TrainerSchema = MISSING
@@ -206,9 +166,9 @@ class TrainSchema:
 
 @dataclass
 class BootstrapConfigSchema:
-    world: WorldSchema = MISSING
+    task: Any = MISSING
     model: ModelSchema = MISSING
-    reward: RewardSchema = MISSING
+    reward: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     force: bool = False
 
@@ -216,7 +176,7 @@ class BootstrapConfigSchema:
 @dataclass
 class HeldoutEvalSchema:
     enabled: bool = True
-    path: Optional[str] = None          # None -> the toy world's held-out split (toy models only)
+    path: Optional[str] = None          # a prompt file with references; None -> the task's held-out set
     max_problems: Optional[int] = None
     samples: int = 0                    # k > 0: also sampled pass@1 / pass@k
     max_new_tokens: int = 8
@@ -225,7 +185,7 @@ class HeldoutEvalSchema:
 @dataclass
 class WinRateSchema:
     enabled: bool = True
-    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/core/prompts.py: toy, plain or Alpaca/AlpacaEval); None -> held-out split
+    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/core/prompts.py: plain or Alpaca/AlpacaEval); None -> the task's held-out set
     judge: str = "reward"               # reward: the `reward` group scores each answer; llm: the judge template on judge_model
     judge_template: str = "auto"        # llm judge: auto | paper | toy
     judge_model: Optional[str] = None   # llm judge: a model directory or cached hub id; None -> the base model
@@ -249,9 +209,9 @@ class EvalRunSchema:
 
     run: Optional[str] = None           # None: the base model itself; a directory; an MLflow run id; filter:<expr> (each match)
     seed: int = 0
-    world: WorldSchema = field(default_factory=WorldSchema)
+    task: Any = MISSING
     model: ModelSchema = MISSING
-    reward: RewardSchema = MISSING
+    reward: Any = MISSING
     logger: LoggerSchema = MISSING
     heldout: HeldoutEvalSchema = field(default_factory=HeldoutEvalSchema)
     win_rate: WinRateSchema = field(default_factory=WinRateSchema)
@@ -284,8 +244,8 @@ class ReportSchema:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-GROUP_SCHEMAS = {
-    "world": WorldSchema, "model": ModelSchema, "game": GameSchema, "reward": RewardSchema, "kl": KLSchema,
+GROUP_SCHEMAS = {  # the framework's own groups: strict (task and reward are `_target_` nodes)
+    "model": ModelSchema, "game": GameSchema, "kl": KLSchema,
     "algorithm": AlgorithmSchema, "trainer": TrainerSchema, "logger": LoggerSchema,
 }
 

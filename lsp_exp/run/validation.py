@@ -7,12 +7,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from lsp_exp.judge.parsing import MAX_SCORE
 from lsp_exp.judge.templates import TEMPLATES
-from lsp_exp.rewards import KINDS as REWARD_KINDS
-from lsp_exp.rewards.reward_model import TRANSFORMS
 from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,
                         TOKEN_POLICY_LOSSES)
 from lsp_exp.rl.kl import PLACEMENTS
-from lsp_exp.tasks.arith.world import FLAWS
 
 
 # Lightning's precision flags; MLflow's tracking store schemes (a database scheme may name a driver,
@@ -47,8 +44,6 @@ def validate(cfg: DictConfig) -> None:
     require(0 <= game.judge.fallback_score <= MAX_SCORE, "game.judge.fallback_score", f"must be in [0, {MAX_SCORE}]")
     require(game.judge.max_new_tokens is None or game.judge.max_new_tokens >= 1, "game.judge.max_new_tokens",
             "must be at least 1 (or null for the template's default)")
-    require(cfg.reward.kind in REWARD_KINDS, "reward.kind", f"unknown; available: {', '.join(REWARD_KINDS)}")
-    require(cfg.reward.transform in TRANSFORMS, "reward.transform", f"unknown; available: {', '.join(TRANSFORMS)}")
     require(cfg.eval.judge_pairs >= 0, "eval.judge_pairs", "must be >= 0")
     for key in ("beta", "beta_challenger", "beta_solver"):
         value = kl[key]
@@ -89,25 +84,18 @@ def validate(cfg: DictConfig) -> None:
         scheme = urlparse(uri).scheme.split("+")[0] if uri else ""
         require(not uri or not scheme or scheme in TRACKING_SCHEMES, "logger.tracking_uri",
                 f"unsupported scheme {scheme!r}; use one of {', '.join(s + ':' for s in TRACKING_SCHEMES)}")
-    validate_world_and_model(cfg)
+    validate_model(cfg)
 
 
-def validate_world_and_model(cfg: DictConfig) -> None:
-    """The checks `lsp-bootstrap` shares with `lsp-train`."""
-    def require(ok: bool, key: str, message: str) -> None:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: {message}")
-
-    world = cfg.world
-    require(world.flaw in FLAWS, "world.flaw", f"unknown; available: {', '.join(FLAWS)}")
-    require(0 <= world.flaw_rate <= 1, "world.flaw_rate", "must be in [0, 1]")
-    shares = (world.share_one_op, world.share_two_op, world.share_precedence)
-    require(min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6, "world.share_one_op",
-            "the shares of one_op, two_op and precedence must be >= 0 and sum to 1")
-    require(world.n_heldout >= 1 and world.n_train >= 1, "world.n_heldout", "n_heldout and n_train must be at least 1")
-    require(cfg.model.source in ("toy", "hf"), "model.source", "must be 'toy' or 'hf'")
-    require(cfg.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", "must be float32, bfloat16 or float16")
-    require(cfg.reward.kind in REWARD_KINDS, "reward.kind", f"unknown; available: {', '.join(REWARD_KINDS)}")
+def validate_model(cfg: DictConfig) -> None:
+    """The checks `lsp-bootstrap` and `lsp-eval` share with `lsp-train`; a task and a reward check their
+    own arguments when they are built (`lsp_exp/run/instantiate.py`)."""
+    for group in ("task", "reward"):
+        node = cfg.get(group)
+        if node is not None:
+            check_targets(node, group)
+    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype={cfg.model.dtype!r}: must be float32, bfloat16 or float16")
 
 
 
@@ -121,20 +109,49 @@ def preflight(cfg: DictConfig) -> None:
     from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
     from lsp_exp.run.tracking_failures import check_reachable  # noqa: PLC0415
 
-    if cfg.model.source == "hf":
+    if cfg.model.path:
         find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.name!r}")
-    rewards = [("reward", cfg.reward)]
-    if cfg.reward.kind == "composite":
-        rewards += [(f"reward.parts.{name}", part) for name, part in cfg.reward.parts.items()]
-    for key, reward in rewards:
-        if reward.get("kind") == "reward_model":
-            find_local_or_cached(reward.get("path"), f"{key}.path", f"reward model {reward.get('name', key)!r}")
-    for key in ("eval.heldout_path", "game.prompts_path"):
+    for key, reward in _reward_models(cfg.reward, "reward"):
+        find_local_or_cached(reward.get("path"), f"{key}.path", f"reward model {reward.get('name', key)!r}")
+    for key in ("task.heldout_path", "task.train_path", "game.prompts_path"):
         path = OmegaConf.select(cfg, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"{key}={path!r}: no such file")
     if cfg.logger.name != "none" and cfg.logger.tracking_uri:
         check_reachable(cfg.logger.tracking_uri, key="logger.tracking_uri")
+
+
+def check_targets(node: DictConfig, key: str) -> None:
+    """Every `_target_` in a component's config tree can be imported (one line naming the key if not);
+    nothing is built. The top node must have one."""
+    from hydra._internal.utils import _locate  # noqa: PLC0415 (what hydra.utils.instantiate resolves with)
+
+    if "_target_" not in node:
+        raise ConfigError(f"{key}: needs a `_target_` (the class or function that builds it)")
+    for sub_key, sub in [(key, node), *_subnodes(node, key)]:
+        if "_target_" in sub:
+            try:
+                _locate(str(sub._target_))
+            except ImportError as err:
+                raise ConfigError(f"{sub_key}._target_={sub._target_!r}: cannot be imported "
+                                  f"({' '.join(str(err).split())[:300]})") from None
+
+
+def _subnodes(node: DictConfig, key: str):
+    """(key, node) of every dict node below `node`, without resolving interpolations."""
+    for name, child in node.items_ex(resolve=False):
+        if isinstance(child, DictConfig):
+            yield f"{key}.{name}", child
+            yield from _subnodes(child, f"{key}.{name}")
+
+
+def _reward_models(node, key: str):
+    """(key, node) of every reward-model node in a reward config tree (a composite's parts included)."""
+    if not isinstance(node, DictConfig):
+        return
+    for sub_key, sub in [(key, node), *_subnodes(node, key)]:
+        if str(sub.get("_target_", "")).endswith("load_reward_model"):
+            yield sub_key, sub
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from lsp_exp.games.challenger_prompt import challenger_user_turn
+from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
 from lsp_exp.tasks.arith.data import make_splits, read_problems, write_problems
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
@@ -29,11 +31,6 @@ def world_config(world: DictConfig) -> WorldConfig:
     return WorldConfig(**{k: v for k, v in OmegaConf.to_container(world).items() if k in fields})
 
 
-def challenger_user_turn(task: str, template: str = "") -> str:
-    """The toy Challenger prompt: a short fixed user turn (DESIGN.md)."""
-    return f"task: {task}" + (f" template: {template}" if template else "")
-
-
 def _base_bootstrap(bootstrap: DictConfig) -> dict:
     """The bootstrap config of the base stage (everything but the judge stage)."""
     return {k: v for k, v in OmegaConf.to_container(bootstrap).items() if k != "judge"}
@@ -45,6 +42,7 @@ def _judge_enabled(bootstrap: DictConfig) -> bool:
 
 def base_key(world: DictConfig, bootstrap: DictConfig) -> str:
     """A short hash of everything that changes what the base stage (SFT on both roles) builds."""
+    world, bootstrap = world_node(world), _bootstrap_node(bootstrap)
     payload = {"world": OmegaConf.to_container(world), "bootstrap": _base_bootstrap(bootstrap),
                "format": FORMAT_VERSION, "challenger_prompt": challenger_user_turn("arithmetic")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
@@ -53,10 +51,19 @@ def base_key(world: DictConfig, bootstrap: DictConfig) -> str:
 def world_key(world: DictConfig, bootstrap: DictConfig) -> str:
     """The base stage's key, or (with a judge stage) a hash of it and the judge stage's config."""
     key = base_key(world, bootstrap)
+    bootstrap = _bootstrap_node(bootstrap)
     if not _judge_enabled(bootstrap):
         return key
     payload = {"base": key, "judge": OmegaConf.to_container(bootstrap.judge), "format": JUDGE_FORMAT_VERSION}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _bootstrap_node(bootstrap) -> DictConfig:
+    """The recipe with every field; a base-stage recipe (no `judge`) stays without one."""
+    if bootstrap is not None and "judge" not in bootstrap:
+        full = checked(ArithBootstrap, bootstrap, "task.bootstrap")
+        return OmegaConf.create({k: v for k, v in OmegaConf.to_container(full).items() if k != "judge"})
+    return checked(ArithBootstrap, bootstrap, "task.bootstrap")
 
 
 def toy_world_dir(world: DictConfig, bootstrap: DictConfig, outputs: str | Path) -> Path:
@@ -85,6 +92,7 @@ def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Pat
     Two stages, each cached under its own key: the base (SFT on challenger and solver examples)
     and, when `bootstrap.judge.steps > 0`, the judge stage that continues from the base.
     """
+    world, bootstrap = world_node(world), _bootstrap_node(bootstrap)
     target = toy_world_dir(world, bootstrap, outputs)
     if is_complete(target) and not force:
         return target
@@ -163,3 +171,13 @@ def _build_judge_stage(world: DictConfig, bootstrap: DictConfig, base: Path, tmp
     base_info = json.loads((base / "info.json").read_text())
     return {"parameters": base_info["parameters"], "base": base.name, "sft_seconds": base_info["sft_seconds"],
             "judge_seconds": round(time.time() - started, 1), "torch_threads": torch.get_num_threads()}
+
+
+def load_toy_world(path: str | Path):
+    """(model, tokenizer, held-out problems, training problems) of a built toy world directory."""
+    from lsp_exp.core.models import load_tokenizer  # noqa: PLC0415
+
+    path = Path(path)
+    model = LlamaForCausalLM.from_pretrained(path / "model", local_files_only=True)
+    return model, load_tokenizer(str(path / "model")), read_problems(path / "data" / "heldout.jsonl"), \
+        read_problems(path / "data" / "train.jsonl")

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from lsp_exp.tasks.arith.build import cache_lock, publish, world_config
+from lsp_exp.tasks.arith.config import checked, world_node
 from lsp_exp.tasks.arith.data import make_splits
 from lsp_exp.tasks.arith.judge_data import sample_answer
 from lsp_exp.tasks.arith.sft import lr_at
@@ -88,6 +89,7 @@ def train_tiny_rm(cfg: TinyRMConfig, world: WorldConfig, exclude: set[str], toke
 
 
 def tiny_rm_dir(world: DictConfig, cfg: DictConfig, outputs: str | Path) -> Path:
+    world, cfg = world_node(world), checked(TinyRMConfig, cfg, "reward.bootstrap")
     payload = {"world": OmegaConf.to_container(world), "rm": OmegaConf.to_container(cfg), "format": FORMAT_VERSION}
     return Path(outputs) / "toy_rm" / hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

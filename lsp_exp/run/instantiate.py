@@ -1,0 +1,45 @@
+"""Building a component from its `_target_` config node (Hydra's `instantiate`), with one-line errors.
+
+Convention: a node's `name` is its label (logged, shown in reports), not an argument; every other
+key except Hydra's own (`_target_`, `_partial_`, ...) is an argument of the target, which checks
+them itself (a wrong key is a TypeError of its signature, reported with the config key).
+"""
+from __future__ import annotations
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lsp_exp.run.validation import ConfigError
+
+
+def build(node: DictConfig, key: str, **overrides):
+    """`instantiate(node)` without its `name`; a target that cannot be imported or called, or that
+    refuses its arguments, is a ConfigError naming `key` and the target."""
+    if node is None or "_target_" not in node:
+        raise ConfigError(f"{key}: needs a `_target_` (the class or function that builds it)")
+    try:
+        spec = OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
+    spec.pop("name", None)
+    try:
+        return instantiate(spec, **overrides)
+    except InstantiationException as err:
+        cause = _innermost(err)
+        if type(cause).__module__.startswith("lsp_exp."):  # the framework's own clear errors, as they are
+            raise cause from None
+        if isinstance(cause, (ImportError, AttributeError)) or cause is err:
+            raise ConfigError(f"{key}._target_={node._target_!r}: {_one_line(cause)}") from None
+        raise ConfigError(f"{key} ({node._target_}): {_one_line(cause)}") from None
+
+
+def _innermost(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

@@ -1,0 +1,79 @@
+"""The toy arithmetic world as a task (`task=arith`): a base model it builds (`lsp-bootstrap`), the
+verifier as ground truth, the held-out split with exact-match scoring and per-slice metrics, the
+training split for the data game, and labelled pairs to judge the judges.
+
+Its config (`conf/task/arith.yaml`) is checked against `ArithWorld` and `ArithBootstrap` when the
+task is built: a misspelt key or a wrong type stops the run with one line naming it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lsp_exp.tasks.arith.build import build_toy_world, toy_world_dir, world_config
+from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
+from lsp_exp.tasks.arith.data import read_problems
+from lsp_exp.tasks.arith.judge_data import labelled_pairs
+from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
+from lsp_exp.tasks.arith.world import FLAWS, Problem, WorldConfig, decode_answer, encode_answer, heldout_slices
+from lsp_exp.tasks.base import HeldoutSet, Task
+
+
+class ArithTask(Task):
+    name = "arith"
+    challenger_style = "toy"
+    judge_template = "toy"
+    char_level = True
+
+    def __init__(self, world=None, bootstrap=None, outputs: str = "outputs", heldout_path: str | None = None,
+                 challenger_style: str = "toy"):
+        self.world = world_node(world)
+        self.bootstrap = checked(ArithBootstrap, bootstrap, "task.bootstrap")
+        self.outputs, self.heldout_path, self.challenger_style = str(outputs), heldout_path, challenger_style
+        w = self.world
+        _require(w.flaw in FLAWS, "task.world.flaw", w.flaw, f"unknown; available: {', '.join(FLAWS)}")
+        _require(0 <= w.flaw_rate <= 1, "task.world.flaw_rate", w.flaw_rate, "must be in [0, 1]")
+        shares = (w.share_one_op, w.share_two_op, w.share_precedence)
+        _require(min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6, "task.world.share_one_op", w.share_one_op,
+                 "the shares of one_op, two_op and precedence must be >= 0 and sum to 1")
+        _require(w.n_heldout >= 1 and w.n_train >= 1, "task.world.n_heldout", w.n_heldout,
+                 "n_heldout and n_train must be at least 1")
+        self.config = world_config(self.world)  # the WorldConfig the world's functions take
+
+    @property
+    def directory(self) -> Path:
+        """Where the built world is cached (outputs/toy_world/<key>)."""
+        return toy_world_dir(self.world, self.bootstrap, self.outputs)
+
+    def base_model(self, force: bool = False) -> str:
+        return str(build_toy_world(self.world, self.bootstrap, self.outputs, force=force) / "model")
+
+    def problems(self, split: str) -> list[Problem]:
+        """`heldout` (or `task.heldout_path`) or `train` problems of the built world."""
+        if split == "heldout" and self.heldout_path:
+            return read_problems(self.heldout_path)
+        path = build_toy_world(self.world, self.bootstrap, self.outputs)
+        return read_problems(path / "data" / f"{split}.jsonl")
+
+    def heldout(self) -> HeldoutSet:
+        return heldout_set(self.problems("heldout"), self.config)
+
+    def train_prompts(self) -> list[str]:
+        return [p.text for p in self.problems("train")]
+
+    def ground_truth(self) -> ArithmeticReward:
+        return ArithmeticReward(self.config)
+
+    def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
+        return labelled_pairs(self.problems("heldout"), self.config, n, self.world.seed)
+
+
+def heldout_set(problems: list[Problem], config: WorldConfig = WorldConfig()) -> HeldoutSet:
+    """Problems as a HeldoutSet: exact match of the decoded answer; slices: difficulty, flawed or not."""
+    slices = heldout_slices(config)
+    return HeldoutSet([p.text for p in problems], lambda i, text: decode_answer(text) == problems[i].answer,
+                      [slices(p) for p in problems], [encode_answer(p.answer) for p in problems])
+
+
+def _require(ok: bool, key: str, value, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r}: {message}")

@@ -1,0 +1,63 @@
+"""What a task supplies to the framework, and nothing more.
+
+A task is the ground the game is played on: the Challenger's prompt style, the self-quality judge's
+rubric, optionally a base model it builds (the toy world trains one), a held-out evaluation, the
+prompts a data-driven game samples from, a ground-truth reward logged beside a proxy reward, and
+labelled (query, answer, correct?) pairs to judge the judges. The core asks only these questions;
+it never imports a task package. A task is chosen by the `task` config group and built from its
+`_target_` (`conf/task/*.yaml`); subclass `Task` and override what your task has.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass
+class HeldoutSet:
+    """A task's held-out problems: each prompt (the Solver's user turn), a check of an answer's text,
+    each prompt's slices (metrics are also reported per slice) and, where known, a reference text."""
+
+    prompts: list[str]
+    is_correct: Callable[[int, str], bool]     # (prompt index, answer text) -> correct?
+    slices: list[list[str]]
+    references: list[str | None]
+
+    def __post_init__(self):
+        if not (len(self.prompts) == len(self.slices) == len(self.references)):
+            raise ValueError("HeldoutSet: prompts, slices and references must have one entry per prompt")
+
+    def head(self, n: int | None) -> "HeldoutSet":
+        """The first n problems (all when n is None)."""
+        if n is None:
+            return self
+        return HeldoutSet(self.prompts[:n], self.is_correct, self.slices[:n], self.references[:n])
+
+
+class Task:
+    """The defaults of a task with nothing but a Challenger: override what your task has."""
+
+    name = "task"
+    challenger_style = "paper"   # the Challenger's prompt for `game.prompt=auto` (games/challenger_prompt.py)
+    judge_template = "paper"     # the self-quality judge's rubric for `game.judge.template=auto` (judge/templates.py)
+    char_level = False           # `lsp-eval`: BLEU, ROUGE and diversity over characters (answers of a few characters)
+
+    def base_model(self, force: bool = False) -> str | None:
+        """A model directory this task builds (or finds in its cache) when `model.path` is null."""
+        return None
+
+    def heldout(self) -> HeldoutSet | None:
+        """The held-out evaluation of the Solver (None: the run evaluates nothing)."""
+        return None
+
+    def train_prompts(self) -> list[str] | None:
+        """The prompts a data-driven game (`game=grpo_data`) samples when `game.prompts_path` is null."""
+        return None
+
+    def ground_truth(self):
+        """A reward that is always right (a verifier), logged beside a proxy reward; None if there is none."""
+        return None
+
+    def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
+        """n (query, answer, correct?) pairs to score the reward and the judge as classifiers at start."""
+        return []
