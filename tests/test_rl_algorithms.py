@@ -7,12 +7,28 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lsp_exp.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, ALGORITHMS, KL_CONTROLLERS, TOKEN_POLICY_LOSSES
+from lsp_exp.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_CONTROLLERS, TOKEN_POLICY_LOSSES
 from lsp_exp.rl.advantages import batch_norm_advantage, group_mean_advantage, group_std_advantage, rloo_advantage
-from lsp_exp.rl.algorithms import AlgorithmSpec, get_algorithm
+from lsp_exp.rl.algorithms import AlgorithmSpec, algorithm_spec
 from lsp_exp.rl.diagnostics import advantage_stats, token_entropy, zero_std_fraction
 from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
-from lsp_exp.rl.losses import clipped_loss, reinforce_loss, reinforce_token_loss
+from lsp_exp.rl.losses import clipped_loss, reinforce_token_loss
+
+from conftest import CONF_DIR, compose_config
+
+PRESETS = sorted(p.stem for p in __import__("pathlib").Path(CONF_DIR, "algorithm").glob("*.yaml"))
+
+
+def preset(name: str) -> AlgorithmSpec:
+    """The AlgorithmSpec the `algorithm=<name>` config builds (conf/algorithm/<name>.yaml)."""
+    return algorithm_spec(compose_config("train", [f"algorithm={name}"]).algorithm)
+
+
+def reinforce_loss(logp, advantages, mask):
+    """LSP eq. 4-5 written at the sequence level (the DiCE form): -mean over counted sequences of
+    pi / stop_grad(pi) * A; a reference for the token-level loss."""
+    ratio = torch.exp(logp - logp.detach())
+    return -(ratio * advantages * mask).sum() / mask.sum()
 
 close = lambda a, b, atol=1e-5: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=atol, rtol=1e-5)  # noqa: E731
 FEW = settings(max_examples=40, deadline=None)
@@ -195,21 +211,22 @@ def test_clipped_equals_reinforce_token_on_policy(seed, aggregation):
 # ---- algorithms -------------------------------------------------------------------------------
 
 def test_presets():
-    assert get_algorithm("lsp") == AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum", epochs=1)
-    assert get_algorithm("grpo") == AlgorithmSpec("group_std", "clipped", "seq_mean_token_mean", 0.2, 0.2, 1)
-    assert (ALGORITHMS["dr_grpo"].advantage, ALGORITHMS["dr_grpo"].aggregation) == ("group_mean", "seq_mean_token_sum_norm")
-    assert (ALGORITHMS["rloo"].advantage, ALGORITHMS["rloo"].policy_loss) == ("rloo", "reinforce_token")
-    assert (ALGORITHMS["reinforce_pp"].advantage, ALGORITHMS["reinforce_pp"].aggregation) == ("batch_norm", "token_mean")
-    assert (ALGORITHMS["ppo"].policy_loss, ALGORITHMS["ppo"].epochs) == ("clipped", 4)
+    """The table of rl/algorithms.py, as the YAML presets write it."""
+    assert preset("lsp") == AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum", epochs=1)
+    assert preset("grpo") == AlgorithmSpec("group_std", "clipped", "seq_mean_token_mean", 0.2, 0.2, 1)
+    assert (preset("dr_grpo").advantage, preset("dr_grpo").aggregation) == ("group_mean", "seq_mean_token_sum_norm")
+    assert (preset("rloo").advantage, preset("rloo").policy_loss) == ("rloo", "reinforce_token")
+    assert (preset("reinforce_pp").advantage, preset("reinforce_pp").aggregation) == ("batch_norm", "token_mean")
+    assert (preset("ppo").policy_loss, preset("ppo").epochs) == ("clipped", 4)
     with pytest.raises(ValueError, match="available"):
-        get_algorithm("trpo")
+        AlgorithmSpec("trpo", "clipped", "token_mean")
     with pytest.raises(ValueError, match="aggregation"):
         AlgorithmSpec("group_mean", "clipped", "token_max")
 
 
-@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+@pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_runs(name):
-    spec = ALGORITHMS[name]
+    spec = preset(name)
     adv = spec.advantage_fn(torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])).flatten()
     logp = torch.randn(6, 5, requires_grad=True)
     out = spec.loss(logp, logp.detach() + 0.1, adv, torch.ones(6, 5), max_tokens=5)
@@ -223,7 +240,7 @@ def test_lsp_token_loss_has_the_sequence_level_reinforce_gradient():
     logp, adv = torch.randn(5, 7, generator=g), torch.randn(5, generator=g)
     mask = torch.arange(7)[None] < torch.tensor([[7], [3], [1], [5], [0]])  # last sequence left out
     token = logp.clone().requires_grad_()
-    out = ALGORITHMS["lsp"].loss(token, None, adv, mask)
+    out = preset("lsp").loss(token, None, adv, mask)
     out.loss.backward()
     seq = logp.clone().requires_grad_()
     ref = reinforce_loss((seq * mask).sum(-1), adv, mask.any(-1))
@@ -235,7 +252,7 @@ def test_lsp_token_loss_has_the_sequence_level_reinforce_gradient():
     close(out.loss, -(adv[:4] * torch.tensor([7.0, 3.0, 1.0, 5.0])).mean())
     one = torch.zeros(5, 1, dtype=torch.bool)
     one[:4] = True
-    close(ALGORITHMS["lsp"].loss(logp[:, :1], None, adv, one).loss, ref)
+    close(preset("lsp").loss(logp[:, :1], None, adv, one).loss, ref)
 
 
 # ---- KL controllers ---------------------------------------------------------------------------

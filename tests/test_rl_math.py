@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from lsp_exp.rl.advantages import group_mean_advantage
-from lsp_exp.rl.algorithms import ALGORITHMS
+from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.challenger_objectives import check_objective, learnability, neg_value, uncertainty
 from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
-from lsp_exp.rl.losses import kl_penalised, reinforce_loss
+from lsp_exp.rl.losses import kl_penalised
 from lsp_exp.rl.role_loss import invalid_query_value, query_values, role_advantages, role_loss
 from lsp_exp.core.step_metrics import reduce_over_ranks
 
@@ -80,13 +80,15 @@ def test_bounded_objectives_refuse_unbounded_rewards():
 
 
 def test_reinforce_loss_value_and_gradient():
-    # LSP eq. 4: L = -mean[pi/stop_grad(pi) * A]; value -mean(A), gradient -A/n wrt log pi.
-    logp = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
+    # LSP eq. 4: L = -mean[pi/stop_grad(pi) * A]; value -mean(A), gradient -A/n wrt log pi
+    # (one-token sequences, so log pi(a) is the token's log-prob; the third sequence does not count).
+    logp = torch.tensor([[-1.0], [-2.0], [-3.0]], requires_grad=True)
     adv = torch.tensor([0.5, -0.5, 1.0])
-    loss = reinforce_loss(logp, adv, torch.tensor([True, True, False]))
+    loss = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum").loss(
+        logp, None, adv, torch.tensor([[True], [True], [False]])).loss
     close(loss, 0.0)
     loss.backward()
-    close(logp.grad, [-0.25, 0.25, 0.0])
+    close(logp.grad, [[-0.25], [0.25], [0.0]])
 
 
 def test_kl_estimators_hand_values():
@@ -137,7 +139,7 @@ def test_kl_in_advantage_gives_reverse_kl_gradient_and_literal_term_averages_to_
     close(torch.autograd.grad(literal, theta)[0], torch.zeros(3))
 
 
-LSP = ALGORITHMS["lsp"]
+LSP = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum")  # conf/algorithm/lsp.yaml
 
 
 def lsp_role_loss(rewards, mask, logp, kl, beta, placement):

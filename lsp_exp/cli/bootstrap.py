@@ -60,7 +60,7 @@ def bootstrap(cfg: DictConfig) -> None:
     if cfg.force and "force" in inspect.signature(get_method(cfg.reward._target_)).parameters:
         with open_dict(cfg.reward):
             cfg.reward.force = True  # (a cached reward model is rebuilt too)
-    reward = build_reward(cfg.reward)
+    reward = build_reward(cfg.reward, task=task)
     pairs = task.labelled_pairs(512)
     if pairs:
         judge = SelfQualityJudge(Reference(model, shared=True), tokenizer, get_template(task.judge_template))

@@ -88,7 +88,7 @@ class Judge:
     def __init__(self, cfg: DictConfig, base_path: str, task):
         self.kind = cfg.win_rate.judge
         if self.kind == "reward":
-            self.reward = build_reward(cfg.reward)
+            self.reward = build_reward(cfg.reward, task=task)
         elif self.kind == "llm":
             from lsp_exp.judge.self_quality import SelfQualityJudge
             from lsp_exp.judge.templates import get_template

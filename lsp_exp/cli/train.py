@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     heldout = task.heldout()
     if heldout is not None:
         heldout = heldout.head(cfg.eval.max_problems)
-    reward = build_reward(cfg.reward)
+    reward = build_reward(cfg.reward, task=task)
     try:
         prompts = None
         if not cfg.game.challenger:

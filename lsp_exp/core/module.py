@@ -24,11 +24,12 @@ from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template
 from lsp_exp.core.models import Reference
 from lsp_exp.core.perf import mfu, peak_flops
-from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS, get
-from lsp_exp.rl.algorithms import AlgorithmSpec
-from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
+from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_ESTIMATORS, get
+from lsp_exp.rl.algorithms import algorithm_spec
+from lsp_exp.rl.kl_control import kl_controller
 from lsp_exp.rl.role_loss import invalid_query_value, query_values
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
+from lsp_exp.run.instantiate import build
 from lsp_exp.core.roles import RoleBatch, role_terms
 from lsp_exp.core.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
 from lsp_exp.run.tracking import log_eval, log_sample_table, sample_rows
@@ -55,9 +56,7 @@ class SelfPlayModule(L.LightningModule):
         self.judge = SelfQualityJudge(
             self.reference, tokenizer, get_template(judge_template), max_new_tokens=j.max_new_tokens,
             temperature=j.temperature, fallback_score=j.fallback_score) if cfg.game.self_reward else None
-        a = cfg.algorithm
-        self.algorithm = AlgorithmSpec(a.advantage, a.policy_loss, a.aggregation, clip_low=a.clip_low,
-                                       clip_high=a.clip_low if a.clip_high is None else a.clip_high, epochs=a.epochs)
+        self.algorithm = algorithm_spec(cfg.algorithm, build)  # names, or a user's functions from `_target_`
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
         self.objective_fn = get(CHALLENGER_OBJECTIVES, cfg.game.challenger_objective, "game.challenger_objective")
         self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
@@ -268,15 +267,6 @@ class SelfPlayModule(L.LightningModule):
                                   max_new_tokens=self.cfg.game.max_answer_tokens)
         self.eval_history[self.global_step] = metrics
         log_eval(self.logger, self.global_step, metrics)
-
-
-def kl_controller(kl, role: str):
-    """The role's KL coefficient: `kl.beta_<role>` when set, else `kl.beta`; fixed or adaptive."""
-    beta = kl[f"beta_{role}"] if kl[f"beta_{role}"] is not None else kl.beta
-    get(KL_CONTROLLERS, kl.controller, "kl.controller")
-    if kl.controller == "adaptive":
-        return AdaptiveKLController(beta, kl.target, kl.horizon)
-    return FixedKLController(beta)
 
 
 @contextmanager

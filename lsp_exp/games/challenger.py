@@ -9,8 +9,6 @@ from lsp_exp.games.challenger_prompt import challenger_prompt
 
 
 class SelfPlayGame:
-    plays_challenger = True
-
     def __init__(self, cfg, prompt_style: str = "toy"):
         self.cfg = cfg
         self.user_turn = challenger_prompt(prompt_style, cfg.task, cfg.template)

@@ -7,8 +7,6 @@ from lsp_exp.games.base import Queries
 
 
 class DataGame:
-    plays_challenger = False
-
     def __init__(self, cfg, prompts: list[str], seed: int):
         self.cfg = cfg
         self.prompts = prompts

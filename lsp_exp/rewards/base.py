@@ -22,3 +22,19 @@ class Reward(Protocol):
     bounds: tuple[float, float] | None
 
     def score(self, queries: list[str], answers: list[str]) -> Scores: ...
+
+
+class FunctionReward:
+    """A plain function `(queries, answers) -> one float per pair` as a reward: every pair is valid;
+    `bounds` is the function's `bounds` attribute if it has one (else unbounded)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.bounds = getattr(getattr(fn, "func", fn), "bounds", None)
+
+    def score(self, queries: list[str], answers: list[str]) -> Scores:
+        values = torch.as_tensor(self.fn(queries, answers), dtype=torch.float32).flatten().cpu()
+        if values.numel() != len(answers):
+            raise ValueError(f"reward function {getattr(self.fn, 'func', self.fn)!r} returned {values.numel()} values "
+                             f"for {len(answers)} pairs")
+        return Scores(values, torch.ones(len(answers), dtype=torch.bool))

@@ -24,42 +24,49 @@ from lsp_exp.rl.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, TOKEN_POLICY
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
-    advantage: str                 # ADVANTAGE_ESTIMATORS name
-    policy_loss: str               # TOKEN_POLICY_LOSSES name
+    """A registered name or a callable for the advantage estimator and the policy loss (a user's
+    function from `_target_` with `_partial_: true`, its hyper-parameters bound); aggregation by name."""
+
+    advantage: str | Callable      # ADVANTAGE_ESTIMATORS name, or (rewards, mask) -> advantages
+    policy_loss: str | Callable    # TOKEN_POLICY_LOSSES name, or a function with their signature (losses.py)
     aggregation: str               # AGGREGATIONS name
     clip_low: float = 0.2          # ratio clipped to [1 - clip_low, 1 + clip_high] ("clipped" only)
     clip_high: float = 0.2
     epochs: int = 1                # optimiser passes over one batch of playouts (old_logp fixed before the first)
 
     def __post_init__(self):
-        get(ADVANTAGE_ESTIMATORS, self.advantage, "advantage estimator")
-        get(TOKEN_POLICY_LOSSES, self.policy_loss, "policy loss")
+        self.advantage_fn  # noqa: B018  (fails on an unknown name)
+        self.policy_loss_fn  # noqa: B018
         get(AGGREGATIONS, self.aggregation, "aggregation")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 
     @property
     def advantage_fn(self) -> Callable:
-        return ADVANTAGE_ESTIMATORS[self.advantage]
+        if callable(self.advantage):
+            return self.advantage
+        return get(ADVANTAGE_ESTIMATORS, self.advantage, "advantage estimator")
+
+    @property
+    def policy_loss_fn(self) -> Callable:
+        if callable(self.policy_loss):
+            return self.policy_loss
+        return get(TOKEN_POLICY_LOSSES, self.policy_loss, "policy loss")
 
     def loss(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
              max_tokens: int | None = None) -> _losses.PolicyLossOutput:
         """The token-level policy loss of this algorithm (see losses.py for the shapes)."""
-        return TOKEN_POLICY_LOSSES[self.policy_loss](
-            logp, old_logp, advantages, mask, clip_low=self.clip_low, clip_high=self.clip_high,
-            aggregation=self.aggregation, max_tokens=max_tokens)
+        return self.policy_loss_fn(logp, old_logp, advantages, mask, clip_low=self.clip_low, clip_high=self.clip_high,
+                                   aggregation=self.aggregation, max_tokens=max_tokens)
 
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {
-    "lsp": AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum"),
-    "grpo": AlgorithmSpec("group_std", "clipped", "seq_mean_token_mean"),
-    "dr_grpo": AlgorithmSpec("group_mean", "clipped", "seq_mean_token_sum_norm"),
-    "rloo": AlgorithmSpec("rloo", "reinforce_token", "seq_mean_token_sum"),
-    "reinforce_pp": AlgorithmSpec("batch_norm", "clipped", "token_mean"),
-    "ppo": AlgorithmSpec("group_mean", "clipped", "token_mean", epochs=4),
-}
+def algorithm_spec(cfg, build: Callable | None = None) -> AlgorithmSpec:
+    """The AlgorithmSpec of an `algorithm` config (conf/algorithm/*.yaml). `advantage` and `policy_loss`
+    are registered names or `_target_` nodes, which `build(node, key)` turns into callables."""
+    def part(key: str):
+        value = cfg[key]
+        return value if isinstance(value, str) else build(value, f"algorithm.{key}")
 
-
-def get_algorithm(name: str) -> AlgorithmSpec:
-    """Look a preset up, or fail with the list of available names."""
-    return get(ALGORITHMS, name, "algorithm")
+    clip_high = cfg.clip_low if cfg.clip_high is None else cfg.clip_high
+    return AlgorithmSpec(part("advantage"), part("policy_loss"), cfg.aggregation, clip_low=cfg.clip_low,
+                         clip_high=clip_high, epochs=cfg.epochs)

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from lsp_exp.rl.registry import KL_CONTROLLERS, register
+KL_CONTROLLERS = ("fixed", "adaptive")
 
 
 def _float(x) -> float:
     return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
 
 
-@register(KL_CONTROLLERS, "fixed")
 class FixedKLController:
     def __init__(self, beta: float):
         self.value = float(beta)
@@ -33,7 +32,6 @@ class FixedKLController:
         self.value = float(state["value"])
 
 
-@register(KL_CONTROLLERS, "adaptive")
 class AdaptiveKLController:
     def __init__(self, init_beta: float, target: float, horizon: float):
         if target <= 0 or horizon <= 0:
@@ -53,3 +51,13 @@ class AdaptiveKLController:
     def load_state_dict(self, state: dict) -> None:
         """Restores beta; target and horizon stay those of the config (they are saved for reference)."""
         self.value = float(state["value"])
+
+
+def kl_controller(kl, role: str):
+    """The role's KL coefficient: `kl.beta_<role>` when set, else `kl.beta`; fixed or adaptive."""
+    beta = kl[f"beta_{role}"] if kl[f"beta_{role}"] is not None else kl.beta
+    if kl.controller == "adaptive":
+        return AdaptiveKLController(beta, kl.target, kl.horizon)
+    if kl.controller == "fixed":
+        return FixedKLController(beta)
+    raise ValueError(f"kl.controller={kl.controller!r}: unknown; available: {', '.join(KL_CONTROLLERS)}")

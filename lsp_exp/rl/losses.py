@@ -1,6 +1,5 @@
 """Policy losses.
 
-POLICY_LOSSES: sequence log-probs [B] (with grad), advantages [B] (detached), mask [B] -> scalar.
 TOKEN_POLICY_LOSSES: token log-probs [B, T], old log-probs [B, T], advantages [B], mask [B, T]
 -> PolicyLossOutput(loss, clip_frac, approx_kl), aggregated by a registered AGGREGATIONS entry.
 """
@@ -12,23 +11,12 @@ import torch
 
 from lsp_exp.rl import aggregation as _aggregation  # noqa: F401  (registers the aggregations)
 from lsp_exp.rl.kl import kl_k3
-from lsp_exp.rl.registry import AGGREGATIONS, POLICY_LOSSES, TOKEN_POLICY_LOSSES, get, register
+from lsp_exp.rl.registry import AGGREGATIONS, TOKEN_POLICY_LOSSES, get, register
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(values.dtype)
     return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-@register(POLICY_LOSSES, "reinforce")
-def reinforce_loss(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L = -mean[ pi / stop_grad(pi) * A ] (LSP eq. 4-5, the DiCE form).
-
-    The ratio is exactly 1 in the forward pass, so the loss value is -mean(A); its gradient is
-    -mean(A * grad log pi): on-policy REINFORCE with a group baseline, no clipping, no old policy.
-    """
-    ratio = torch.exp(logp - logp.detach())
-    return -masked_mean(ratio * advantages.detach(), mask)
 
 
 def kl_penalised(advantages: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:

@@ -4,11 +4,9 @@ from __future__ import annotations
 from typing import Callable
 
 ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
-POLICY_LOSSES: dict[str, Callable] = {}
 KL_ESTIMATORS: dict[str, Callable] = {}
 TOKEN_POLICY_LOSSES: dict[str, Callable] = {}  # token-level losses with an old policy (losses.py)
 AGGREGATIONS: dict[str, Callable] = {}         # [B, T] per-token losses -> scalar (aggregation.py)
-KL_CONTROLLERS: dict[str, Callable] = {}       # classes: beta schedules (kl_control.py)
 
 
 def register(registry: dict[str, Callable], name: str):

@@ -92,8 +92,8 @@ class AlgorithmSchema:
     """A named combination of pure functions from lsp_exp/rl (see rl/algorithms.py)."""
 
     name: str = MISSING
-    advantage: str = "group_mean"       # group_mean | group_std | rloo | batch_norm
-    policy_loss: str = "reinforce_token"  # reinforce_token | clipped
+    advantage: Any = "group_mean"       # group_mean | group_std | rloo | batch_norm, or a `_target_` node (`_partial_: true`)
+    policy_loss: Any = "reinforce_token"  # reinforce_token | clipped, or a `_target_` node (`_partial_: true`)
     aggregation: str = "seq_mean_token_sum"  # seq_mean_token_sum | seq_mean_token_mean | token_mean | seq_mean_token_sum_norm
     clip_low: float = 0.2               # ratio clipped to [1 - clip_low, 1 + clip_high] (policy_loss=clipped)
     clip_high: Optional[float] = None   # None: = clip_low; DAPO's asymmetric epsilon_high otherwise

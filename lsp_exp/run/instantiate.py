@@ -6,6 +6,9 @@ them itself (a wrong key is a TypeError of its signature, reported with the conf
 """
 from __future__ import annotations
 
+import inspect
+
+from hydra._internal.utils import _locate
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -14,9 +17,11 @@ from omegaconf.errors import OmegaConfBaseException
 from lsp_exp.run.validation import ConfigError
 
 
-def build(node: DictConfig, key: str, **overrides):
+def build(node: DictConfig, key: str, offer: dict | None = None, **overrides):
     """`instantiate(node)` without its `name`; a target that cannot be imported or called, or that
-    refuses its arguments, is a ConfigError naming `key` and the target."""
+    refuses its arguments, is a ConfigError naming `key` and the target. `offer`: objects passed to
+    the target under their names when its signature takes them and the node does not set them
+    (e.g. `task`, so a reward can use the task it is built for)."""
     if node is None or "_target_" not in node:
         raise ConfigError(f"{key}: needs a `_target_` (the class or function that builds it)")
     try:
@@ -24,6 +29,9 @@ def build(node: DictConfig, key: str, **overrides):
     except OmegaConfBaseException as err:
         raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
     spec.pop("name", None)
+    for name, value in (offer or {}).items():
+        if name not in spec and _takes(spec.get("_target_"), name):
+            overrides.setdefault(name, value)
     try:
         return instantiate(spec, **overrides)
     except InstantiationException as err:
@@ -33,6 +41,14 @@ def build(node: DictConfig, key: str, **overrides):
         if isinstance(cause, (ImportError, AttributeError)) or cause is err:
             raise ConfigError(f"{key}._target_={node._target_!r}: {_one_line(cause)}") from None
         raise ConfigError(f"{key} ({node._target_}): {_one_line(cause)}") from None
+
+
+def _takes(target: str | None, name: str) -> bool:
+    """Whether the callable `target` names a parameter `name` (False when it cannot be inspected)."""
+    try:
+        return name in inspect.signature(_locate(str(target))).parameters
+    except (ImportError, TypeError, ValueError):
+        return False
 
 
 def _innermost(err: BaseException) -> BaseException:

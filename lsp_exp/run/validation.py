@@ -53,7 +53,11 @@ def validate(cfg: DictConfig) -> None:
     algo = cfg.algorithm
     for key, registry in (("advantage", ADVANTAGE_ESTIMATORS), ("policy_loss", TOKEN_POLICY_LOSSES),
                           ("aggregation", AGGREGATIONS)):
-        require(algo[key] in registry, f"algorithm.{key}", f"unknown; available: {', '.join(sorted(registry))}")
+        if isinstance(algo[key], DictConfig) and key != "aggregation":  # a user's function: `_target_` (+ `_partial_`)
+            check_targets(algo[key], f"algorithm.{key}")
+            continue
+        require(algo[key] in registry, f"algorithm.{key}",
+                f"unknown; available: {', '.join(sorted(registry))} (or a `_target_` node with `_partial_: true`)")
     require(0 <= algo.clip_low < 1, "algorithm.clip_low", "must be in [0, 1)")
     require(algo.clip_high is None or algo.clip_high >= 0, "algorithm.clip_high", "must be >= 0 (or null)")
     require(algo.epochs >= 1, "algorithm.epochs", "must be at least 1")
