@@ -19,9 +19,10 @@ def tiny():
 
 @pytest.fixture
 def switches(monkeypatch):
+    """Set trainer.hf_generate / trainer.share_prefixes for the rest of the test (restored after)."""
     def set_(hf: bool, share: bool):
-        monkeypatch.setattr(generation, "USE_HF_GENERATE", hf)
-        monkeypatch.setattr(generation, "SHARE_PREFIXES", share)
+        monkeypatch.setattr(generation.SETTINGS, "hf_generate", hf)
+        monkeypatch.setattr(generation.SETTINGS, "share_prefixes", share)
     return set_
 
 

@@ -138,13 +138,13 @@ def assert_batched_equals_alone(model, out, temperature: float = 1.0):
 @pytest.mark.parametrize("share_prefixes", [True, False])
 @pytest.mark.parametrize("style", STYLES)
 def test_log_probs_of_a_padded_batch_equal_each_sequence_scored_alone(style, share_prefixes, tmp_path, monkeypatch):
-    monkeypatch.setattr(generation, "SHARE_PREFIXES", share_prefixes)
     model, tokenizer = loaded(style, tmp_path)
     torch.manual_seed(0)
     out = generate(model, tokenizer, chat_prompts(tokenizer, ["Hi", "Please solve 12+3*4 and show your work."]),
                    max_new_tokens=6, temperature=0.8, num_return_sequences=3)
     assert out.temperature == 0.8
-    assert_batched_equals_alone(model, out, temperature=0.8)
+    with generation.settings(share_prefixes=share_prefixes):
+        assert_batched_equals_alone(model, out, temperature=0.8)
 
 
 def test_log_probs_are_those_of_the_sampling_temperature(tmp_path):
@@ -283,14 +283,14 @@ def test_a_reward_model_without_pad_token_reads_its_score_at_the_final_end_token
 
 
 def test_the_hf_generate_path_samples_what_is_scored(tmp_path, monkeypatch):
-    """`USE_HF_GENERATE` (the benchmark's switch): transformers' `generate` would apply the checkpoint's
+    """`trainer.hf_generate` (the benchmark's baseline): transformers' `generate` would apply the checkpoint's
     own processors (Qwen2.5's repetition_penalty 1.05); here it decodes exactly what `_sample` does."""
     model, tokenizer = loaded("qwen", tmp_path)
     assert model.generation_config.repetition_penalty == 1.05
     prompts = chat_prompts(tokenizer, ["Hello there", "What is 12+3*4?", "Name a fox."])
     ours = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
-    monkeypatch.setattr(generation, "USE_HF_GENERATE", True)
-    theirs = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
+    with generation.settings(hf_generate=True):
+        theirs = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
     assert torch.equal(ours.completion_mask, theirs.completion_mask)
     assert torch.equal(ours.input_ids[ours.completion_mask.bool()], theirs.input_ids[theirs.completion_mask.bool()])
     assert model.generation_config.repetition_penalty == 1.05  # the model's own config is back

@@ -55,32 +55,29 @@ def main() -> None:
     from lsp_exp.core.models import load_policy, load_tokenizer
     from lsp_exp.rewards import build_reward
     from lsp_exp.core.module import SelfPlayModule
-    from lsp_exp.cli.train import StepStream, data_paths
+    from lsp_exp.cli.train import StepStream
+    from lsp_exp.core.generation import settings as generation_settings
+    from lsp_exp.run.instantiate import build
     from lsp_exp.run.validation import validate
 
     cfg = compose([f"game={args.game}", "logger=none", f"paths.outputs={args.outputs}",
                    f"game.n_queries={args.n}", f"game.group_size={args.g}", f"game.max_answer_tokens={args.max_tokens}",
                    f"trainer.max_steps={args.steps}", "trainer.enable_progress_bar=false",
                    "eval.every_n_steps=0", "eval.sample_table_every=0", f"seed={args.seed}",
-                   *(["optim.fused=false"] if args.unfused_adamw else []), *args.overrides])
+                   *(["optim.fused=false"] if args.unfused_adamw else []),
+                   *(["trainer.hf_generate=true", "trainer.share_prefixes=false"] if args.before else []),
+                   *args.overrides])
     validate(cfg)
-    if args.before:
-        import lsp_exp.core.generation as generation
-
-        generation.USE_HF_GENERATE, generation.SHARE_PREFIXES = True, False
     if not args.natural_lengths:
         force_solver_lengths()
     L.seed_everything(cfg.seed, verbose=False)
     tokenizer = load_tokenizer(args.model_dir)
     policy = load_policy(cfg.model, args.model_dir).train()
-    prompts = None
-    if not cfg.game.challenger:
-        from common import read_train_prompts
-
-        prompts = read_train_prompts(data_paths(cfg)[1])
-    reward = build_reward(cfg.reward, cfg.world, cfg.paths.outputs)
-    game = build_game(cfg.game, prompts, cfg.seed)
-    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout=[], judge_template="toy")
+    task = build(cfg.task, "task")
+    prompts = task.train_prompts() if not cfg.game.challenger else None
+    reward = build_reward(cfg.reward, task=task)
+    game = build_game(cfg.game, task, prompts, cfg.seed)
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout=None, judge_template="toy")
 
     class Timer(L.Callback):
         def __init__(self):
@@ -100,7 +97,8 @@ def main() -> None:
                         logger=False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False, callbacks=[timer])
     rss_before = rss_mb()
-    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
+    with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes):
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
     kept = slice(args.warmup, None)
     perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
     emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,

@@ -29,6 +29,7 @@ from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
 from lsp_exp.run.checkpointing import StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
 from lsp_exp.run.launch import check_launch, release_ranks  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
+from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.core.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
 from lsp_exp.core.prompts import read_prompts  # noqa: E402
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if not cfg.game.challenger:
             prompts = read_prompts(cfg.game.prompts_path) if cfg.game.prompts_path else task.train_prompts()
         check_objective(cfg.game.challenger_objective, reward.bounds)
-        game = build_game(cfg.game, prompts, cfg.seed, challenger_style=task.challenger_style)
+        game = build_game(cfg.game, task, prompts, cfg.seed)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     # Ground truth beside a proxy reward: the task's verifier, unless it is the reward itself.
@@ -110,8 +111,9 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         callbacks=[checkpoints, *([RichProgressBar()] if cfg.trainer.enable_progress_bar else [])],
     )
     try:
-        trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
-                    ckpt_path=str(resume.path) if resume else None, weights_only=False)  # our own checkpoints
+        with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes):
+            trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
+                        ckpt_path=str(resume.path) if resume else None, weights_only=False)  # our own checkpoints
     except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint written at the step's end; run KILLED; exit 143
         mark_interrupted(logger, checkpoints.last_path)
         raise SystemExit(143) from None

@@ -16,10 +16,12 @@ Two savings, both exact (the same numbers up to float rounding), measured in `ex
   attends to the prefix's repeated KV cache (gradients flow through it), so a reference or policy
   pass over [N x G, prompt + answer] costs about N x prompt + N x G x answer tokens.
 
-`USE_HF_GENERATE` / `SHARE_PREFIXES` switch either back off (the benchmark measures both ways).
+`trainer.hf_generate` / `trainer.share_prefixes` switch either back off (the benchmark measures both
+ways): `lsp-train` runs the fit under `settings(...)`, which sets `SETTINGS` for its duration.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,9 +31,31 @@ import torch.nn.functional as F
 from lsp_exp.rl.diagnostics import token_entropy
 from lsp_exp.core.special_tokens import end_ids_tensor
 
-USE_HF_GENERATE = False   # True: transformers' `generate` (every copy of a prompt prefilled)
-SHARE_PREFIXES = True     # False: one plain forward pass over every full row in `token_logprobs`
 MIN_SAVING = 0.25         # share a prefix only when it saves at least this fraction of the tokens
+
+
+@dataclass
+class GenerationSettings:
+    hf_generate: bool = False    # True: transformers' `generate` (every copy of a prompt prefilled)
+    share_prefixes: bool = True  # False: one plain forward pass over every full row in `token_logprobs`
+
+
+SETTINGS = GenerationSettings()
+
+
+@contextmanager
+def settings(**changes):
+    """`SETTINGS` changed for the duration (`with settings(hf_generate=True): ...`), then restored."""
+    saved = dataclasses.replace(SETTINGS)
+    for key, value in changes.items():
+        if not hasattr(SETTINGS, key):
+            raise TypeError(f"unknown generation setting {key!r}")
+        setattr(SETTINGS, key, value)
+    try:
+        yield SETTINGS
+    finally:
+        for key in changes:
+            setattr(SETTINGS, key, getattr(saved, key))
 
 
 @dataclass
@@ -77,7 +101,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     enc = encode_prompts(tokenizer, prompts, model.device)
     ends = end_ids_tensor(model, tokenizer, model.device)
     with torch.inference_mode():
-        if USE_HF_GENERATE or getattr(model.config, "is_encoder_decoder", False):
+        if SETTINGS.hf_generate or getattr(model.config, "is_encoder_decoder", False):
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
             # `generate` draws from the global RNG only, and fills every field the call leaves unset from
             # the model's generation config (Qwen2.5: repetition_penalty 1.05, top_k 20, ...): a plain
@@ -195,7 +219,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     With `entropy_mask` [B, L - 1], also the mean entropy of the same tempered distributions over the
     masked positions, from the same forward pass: returns (logp, entropy)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    split = shared_prefix(input_ids, attention_mask) if SHARE_PREFIXES else None
+    split = shared_prefix(input_ids, attention_mask) if SETTINGS.share_prefixes else None
     t = float(temperature)
     if split is None:  # the last token predicts nothing: it is not run
         logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],

@@ -1,20 +1,24 @@
-"""Games decide where the Solver's queries come from: the Challenger (self-play) or a prompt file."""
+"""Games decide where the Solver's queries come from: the Challenger (self-play), a prompt file, or
+a query source of yours. `game.queries` is a `_target_` node; the class gets, by parameter name,
+any of `cfg` (the game config), `prompts` (the task's or `game.prompts_path`'s), `seed`,
+`prompt_style` (the Challenger's prompt style) and `task`, and has `queries(policy, tokenizer) ->
+Queries` (and, to be resumed exactly, `state_dict` / `load_state_dict` / `reseed`)."""
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from lsp_exp.games.base import Queries
-from lsp_exp.games.prompt_file import DataGame
-from lsp_exp.games.challenger import SelfPlayGame
+from lsp_exp.games.challenger import ChallengerGame
+from lsp_exp.games.prompt_file import PromptFileGame
 
 
-def build_game(cfg: DictConfig, prompts: list[str] | None, seed: int, challenger_style: str = "paper"):
-    """The game of `cfg`; `challenger_style` (the task's) resolves `game.prompt=auto`."""
-    if cfg.challenger:
-        return SelfPlayGame(cfg, cfg.prompt if cfg.prompt != "auto" else challenger_style)
-    if not prompts:
-        raise ValueError(f"game {cfg.name!r} needs prompts: set game.prompts_path (the task has no training prompts)")
-    return DataGame(cfg, prompts, seed)
+def build_game(cfg: DictConfig, task, prompts: list[str] | None, seed: int):
+    """The query source of `game.queries`, given what it asks for."""
+    from lsp_exp.run.instantiate import build  # noqa: PLC0415
+
+    style = cfg.prompt if cfg.prompt != "auto" else task.challenger_style
+    return build(cfg.queries, "game.queries", offer={"cfg": cfg, "task": task, "prompts": prompts, "seed": seed,
+                                                      "prompt_style": style})
 
 
-__all__ = ["DataGame", "Queries", "SelfPlayGame", "build_game"]
+__all__ = ["ChallengerGame", "PromptFileGame", "Queries", "build_game"]

@@ -8,7 +8,7 @@ from lsp_exp.core.generation import chat_prompts, generate
 from lsp_exp.games.challenger_prompt import challenger_prompt
 
 
-class SelfPlayGame:
+class ChallengerGame:
     def __init__(self, cfg, prompt_style: str = "toy"):
         self.cfg = cfg
         self.user_turn = challenger_prompt(prompt_style, cfg.task, cfg.template)

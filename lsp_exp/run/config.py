@@ -56,7 +56,8 @@ class JudgeSchema:
 @dataclass
 class GameSchema:
     name: str = MISSING
-    challenger: bool = True             # False: queries come from a prompt file (grpo_data)
+    queries: Any = None                 # the query source, a `_target_` node (lsp_exp/games/__init__.py)
+    challenger: bool = True             # the Challenger writes the queries and is trained (False: grpo_data)
     n_queries: int = 8                  # N
     group_size: int = 8                 # G
     task: str = "arithmetic"
@@ -114,6 +115,8 @@ class TrainerSchema:
     num_nodes: int = 1
     checkpoint_every: int = 500         # a checkpoint every k steps and at the last one (0: only on SIGTERM / Ctrl-C)
     checkpoint_dir: Optional[str] = None  # None -> <outputs>/checkpoints/<MLflow run id>
+    hf_generate: bool = False           # sample with transformers' generate (the benchmark's baseline; slower)
+    share_prefixes: bool = True         # log-prob passes run a prefix shared by rows once (exact; faster)
 
 
 @dataclass

@@ -6,6 +6,7 @@ them itself (a wrong key is a TypeError of its signature, reported with the conf
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 from hydra._internal.utils import _locate
@@ -29,18 +30,29 @@ def build(node: DictConfig, key: str, offer: dict | None = None, **overrides):
     except OmegaConfBaseException as err:
         raise ConfigError(f"{key}: {' '.join(str(err).split())}") from None
     spec.pop("name", None)
-    for name, value in (offer or {}).items():
-        if name not in spec and _takes(spec.get("_target_"), name):
-            overrides.setdefault(name, value)
-    try:
-        return instantiate(spec, **overrides)
+    partial = bool(spec.pop("_partial_", False))
+    offered = {name: value for name, value in (offer or {}).items()
+               if name not in spec and _takes(spec.get("_target_"), name)}
+    try:  # the config's arguments bound first, then the offered objects (never merged into the config)
+        bound = instantiate(spec, _partial_=True, **overrides)
     except InstantiationException as err:
-        cause = _innermost(err)
-        if type(cause).__module__.startswith("lsp_exp."):  # the framework's own clear errors, as they are
-            raise cause from None
-        if isinstance(cause, (ImportError, AttributeError)) or cause is err:
-            raise ConfigError(f"{key}._target_={node._target_!r}: {_one_line(cause)}") from None
+        _raise(_innermost(err), key, node, target_error=True)
+    if partial:
+        return functools.partial(bound, **offered)
+    try:
+        return bound(**offered)
+    except Exception as err:  # noqa: BLE001 (reported in one line, or as the framework's own error)
+        _raise(_innermost(err), key, node, target_error=False)
+
+
+def _raise(cause: BaseException, key: str, node: DictConfig, target_error: bool):
+    if type(cause).__module__.startswith("lsp_exp."):  # the framework's own clear errors, as they are
+        raise cause from None
+    if target_error and isinstance(cause, (ImportError, AttributeError)):
+        raise ConfigError(f"{key}._target_={node._target_!r}: {_one_line(cause)}") from None
+    if isinstance(cause, (TypeError, ValueError, KeyError, ImportError, AttributeError, FileNotFoundError)):
         raise ConfigError(f"{key} ({node._target_}): {_one_line(cause)}") from None
+    raise cause
 
 
 def _takes(target: str | None, name: str) -> bool:

@@ -94,10 +94,8 @@ def validate(cfg: DictConfig) -> None:
 def validate_model(cfg: DictConfig) -> None:
     """The checks `lsp-bootstrap` and `lsp-eval` share with `lsp-train`; a task and a reward check their
     own arguments when they are built (`lsp_exp/run/instantiate.py`)."""
-    for group in ("task", "reward"):
-        node = cfg.get(group)
-        if node is not None:
-            check_targets(node, group)
+    for key in ("task", "reward", *(("game.queries",) if "game" in cfg else ())):
+        check_targets(OmegaConf.select(cfg, key), key)
     if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={cfg.model.dtype!r}: must be float32, bfloat16 or float16")
 
@@ -130,7 +128,7 @@ def check_targets(node: DictConfig, key: str) -> None:
     nothing is built. The top node must have one."""
     from hydra._internal.utils import _locate  # noqa: PLC0415 (what hydra.utils.instantiate resolves with)
 
-    if "_target_" not in node:
+    if node is None or "_target_" not in node:
         raise ConfigError(f"{key}: needs a `_target_` (the class or function that builds it)")
     for sub_key, sub in [(key, node), *_subnodes(node, key)]:
         if "_target_" in sub:
