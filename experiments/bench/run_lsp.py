@@ -52,7 +52,6 @@ def main() -> None:
     import torch
 
     from lsp_exp.games import build_game
-    from lsp_exp.core.models import load_policy, load_tokenizer
     from lsp_exp.rewards import build_reward
     from lsp_exp.core.module import SelfPlayModule
     from lsp_exp.cli.train import StepStream
@@ -71,8 +70,9 @@ def main() -> None:
     if not args.natural_lengths:
         force_solver_lengths()
     L.seed_everything(cfg.seed, verbose=False)
-    tokenizer = load_tokenizer(args.model_dir)
-    policy = load_policy(cfg.model, args.model_dir).train()
+    loader = build(cfg.model, "model")
+    tokenizer = loader.tokenizer(args.model_dir)
+    policy = loader.policy(args.model_dir).train()
     task = build(cfg.task, "task")
     prompts = task.train_prompts() if not cfg.game.challenger else None
     reward = build_reward(cfg.reward, task=task)

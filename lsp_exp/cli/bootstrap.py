@@ -18,7 +18,7 @@ from hydra.utils import get_method  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from lsp_exp.core.models import ModelNotFoundError, Reference, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.core.models import ModelNotFoundError, Reference, resolve_model_path  # noqa: E402
 from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
 from lsp_exp.judge.judging_the_judges import judge_the_judges  # noqa: E402
 from lsp_exp.judge.self_quality import SelfQualityJudge  # noqa: E402
@@ -47,12 +47,12 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def bootstrap(cfg: DictConfig) -> None:
     console = Console()
-    task = build(cfg.task, "task")
+    task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     if cfg.force and task.base_model(force=True) is None:
         console.print(f"task {task.name!r} builds no base model")
     path = resolve_model_path(cfg.model, task)
     console.print(f"base model: {path}")
-    model, tokenizer = load_policy(cfg.model, path).eval(), load_tokenizer(path)
+    model, tokenizer = loader.policy(path).eval(), loader.tokenizer(path)
     heldout = task.heldout()
     if heldout is not None:
         metrics = evaluate_solver(model, tokenizer, heldout, samples=8)

@@ -32,7 +32,7 @@ from lsp_exp.run.chaining import InitFromError, find_runs, is_adapter, resolve_i
 from lsp_exp.eval.metrics import conditional_perplexity, diversity, spaced_chars, text_overlap, win_rate  # noqa: E402
 from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
 from lsp_exp.core.generation import chat_prompts, generate  # noqa: E402
-from lsp_exp.core.models import ModelNotFoundError, load_frozen, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
 from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
@@ -59,14 +59,14 @@ def targets(cfg: DictConfig, uri: str | None) -> list[Target]:
             for run_id in find_runs(cfg.run, uri, key="run")]
 
 
-def load_model(cfg: DictConfig, base_path: str, path: str | None):
+def load_model(loader, base_path: str, path: str | None):
     """(model, tokenizer) of a target: the base, a full model directory, or a LoRA adapter over the base."""
     if path is None:
-        model, tokenizer = load_policy(cfg.model, base_path).eval(), load_tokenizer(base_path)
+        model, tokenizer = loader.policy(base_path).eval(), loader.tokenizer(base_path)
     elif is_adapter(Path(path)):
-        model, tokenizer = load_policy(cfg.model, base_path, adapter=path).eval(), load_tokenizer(base_path)
+        model, tokenizer = loader.policy(base_path, adapter=path).eval(), loader.tokenizer(base_path)
     else:
-        model, tokenizer = load_policy(cfg.model, path).eval(), load_tokenizer(path)
+        model, tokenizer = loader.policy(path).eval(), loader.tokenizer(path)
     check_chat_model(model, tokenizer, path or base_path)
     return model, tokenizer
 
@@ -85,7 +85,7 @@ def answer_texts(model, tokenizer, rows: list[PromptRow], wr: DictConfig, batch_
 class Judge:
     """Scores (prompt, answer) pairs for the win rate: the `reward` group, or an LLM with the rubric."""
 
-    def __init__(self, cfg: DictConfig, base_path: str, task):
+    def __init__(self, cfg: DictConfig, base_path: str, task, loader):
         self.kind = cfg.win_rate.judge
         if self.kind == "reward":
             self.reward = build_reward(cfg.reward, task=task)
@@ -95,7 +95,7 @@ class Judge:
             from lsp_exp.core.models import Reference
 
             path = cfg.win_rate.judge_model or base_path
-            model, tokenizer = load_frozen(cfg.model, path), load_tokenizer(path)
+            model, tokenizer = loader.frozen(path), loader.tokenizer(path)
             template = cfg.win_rate.judge_template if cfg.win_rate.judge_template != "auto" else task.judge_template
             self.llm = SelfQualityJudge(Reference(model, shared=True), tokenizer, get_template(template))  # no copy
         else:
@@ -132,7 +132,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     if uri and uri.startswith("sqlite:///"):
         init_sqlite_store(uri)
     client = mlflow.MlflowClient(uri) if uri else None
-    task = build(cfg.task, "task")
+    task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     base_path = resolve_model_path(cfg.model, task)
     char_level = task.char_level if cfg.char_level is None else cfg.char_level
     task_set = task.heldout()
@@ -140,17 +140,17 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     wr_rows = _rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts) if cfg.win_rate.enabled else []
     ppl_rows = [r for r in _rows(cfg.perplexity.path, task_set, cfg.perplexity.max_rows)
                 if r.reference is not None] if cfg.perplexity.enabled else []
-    judge = Judge(cfg, base_path, task) if wr_rows else None
+    judge = Judge(cfg, base_path, task, loader) if wr_rows else None
     base_scores = None
     if wr_rows:
-        base_model, base_tok = load_model(cfg, base_path, None)
+        base_model, base_tok = load_model(loader, base_path, None)
         base_answers = answer_texts(base_model, base_tok, wr_rows, cfg.win_rate, cfg.batch_size)
         base_scores = judge.scores([r.prompt for r in wr_rows], base_answers)
         del base_model
     console, results = Console(), []
     for target in targets(cfg, uri):
         start = time.perf_counter()
-        model, tokenizer = load_model(cfg, base_path, target.path)
+        model, tokenizer = load_model(loader, base_path, target.path)
         metrics: dict[str, float] = {}
         if heldout is not None:
             metrics.update(evaluate_solver(model, tokenizer, heldout, samples=cfg.heldout.samples,

@@ -31,7 +31,7 @@ from lsp_exp.run.launch import check_launch, release_ranks  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
-from lsp_exp.core.models import ModelNotFoundError, load_policy, load_tokenizer, resolve_model_path  # noqa: E402
+from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
 from lsp_exp.core.prompts import read_prompts  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.run.instantiate import build  # noqa: E402
@@ -66,16 +66,16 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
-    task = build(cfg.task, "task")
+    task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
     model_path = resolve_model_path(cfg.model, task)
     init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
     if init is not None and not is_adapter(init):
         model_path = str(init)  # a full model: weights and tokenizer from the earlier run
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer = load_tokenizer(model_path)
-    policy = load_policy(cfg.model, model_path, adapter=init if init is not None and is_adapter(init) else None).train()
-    check_chat_model(policy, tokenizer, cfg.model.path or cfg.model.name)  # a chat template and end ids
+    tokenizer = loader.tokenizer(model_path)
+    policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
+    check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
     heldout = task.heldout()
     if heldout is not None:
         heldout = heldout.head(cfg.eval.max_problems)

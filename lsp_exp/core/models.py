@@ -8,7 +8,9 @@ from __future__ import annotations
 import copy
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from omegaconf import DictConfig
@@ -24,14 +26,56 @@ class ModelNotFoundError(FileNotFoundError):
     """The model is neither a local directory nor in the Hugging Face cache."""
 
 
+@dataclass
+class LoraSpec:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelSpec:
+    path: Optional[str] = None          # a directory or a hub id already in the cache; None: the task's base model
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    lora: LoraSpec = field(default_factory=LoraSpec)
+
+
+class HFModel:
+    """How a run loads its model (the `model` group's `_target_`): a Hugging Face causal LM from a
+    directory or the hub cache, in `dtype`, with `attn_implementation`, fully trainable or under a
+    LoRA adapter. Subclass it to load a model another way (quantised, another architecture)."""
+
+    def __init__(self, path: str | None = None, dtype: str = "float32", attn_implementation: str = "sdpa",
+                 lora=None):
+        from lsp_exp.run.instantiate import checked  # noqa: PLC0415
+
+        self.cfg = checked(ModelSpec, {"path": path, "dtype": dtype, "attn_implementation": attn_implementation,
+                                       "lora": lora or {}}, "model")
+        if self.cfg.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={dtype!r}: must be {', '.join(DTYPES)}")
+        self.path = path
+
+    def policy(self, path: str, adapter: str | Path | None = None):
+        return load_policy(self.cfg, path, adapter)
+
+    def frozen(self, path: str):
+        return load_frozen(self.cfg, path)
+
+    def tokenizer(self, path: str):
+        return load_tokenizer(path)
+
+
 def resolve_model_path(cfg: DictConfig, task) -> str:
     """`model.path` (a local directory or a hub id already in the cache), or, when it is null, the base
     model the task builds (the toy world's)."""
-    if cfg.path:
-        return find_local_or_cached(cfg.path, "model.path", f"model {cfg.name!r}")
+    if cfg.get("path"):
+        return find_local_or_cached(cfg.path, "model.path", f"model {cfg.get('name')!r}")
     built = task.base_model()
     if built is None:
-        raise ModelNotFoundError(f"model.path is not set for model {cfg.name!r}, and task {task.name!r} builds no "
+        raise ModelNotFoundError(f"model.path is not set for model {cfg.get('name')!r}, and task {task.name!r} builds no "
                                  "base model: set model.path to a directory or a hub id in the cache")
     return built
 

@@ -26,24 +26,6 @@ class PathsConfig:
 
 
 @dataclass
-class LoraSchema:
-    enabled: bool = False
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-
-
-@dataclass
-class ModelSchema:
-    name: str = MISSING
-    path: Optional[str] = None          # a directory or a hub id already in the cache; None: the task's base model
-    dtype: str = "float32"
-    attn_implementation: str = "sdpa"
-    lora: LoraSchema = field(default_factory=LoraSchema)
-
-
-@dataclass
 class JudgeSchema:
     """The self-quality judge of full LSP (LSP_SPEC 4): the frozen reference model with a rubric."""
 
@@ -151,7 +133,7 @@ class EvalSchema:
 class TrainSchema:
     seed: int = 0
     task: Any = MISSING                 # a `_target_` node (conf/task): its arguments are the task's business
-    model: ModelSchema = MISSING
+    model: Any = MISSING                # a `_target_` node (conf/model): how the model is loaded
     game: GameSchema = MISSING
     reward: Any = MISSING               # a `_target_` node (conf/reward)
     kl: KLSchema = MISSING
@@ -170,7 +152,7 @@ class TrainSchema:
 @dataclass
 class BootstrapConfigSchema:
     task: Any = MISSING
-    model: ModelSchema = MISSING
+    model: Any = MISSING                # a `_target_` node (conf/model): how the model is loaded
     reward: Any = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     force: bool = False
@@ -213,7 +195,7 @@ class EvalRunSchema:
     run: Optional[str] = None           # None: the base model itself; a directory; an MLflow run id; filter:<expr> (each match)
     seed: int = 0
     task: Any = MISSING
-    model: ModelSchema = MISSING
+    model: Any = MISSING                # a `_target_` node (conf/model): how the model is loaded
     reward: Any = MISSING
     logger: LoggerSchema = MISSING
     heldout: HeldoutEvalSchema = field(default_factory=HeldoutEvalSchema)
@@ -247,8 +229,8 @@ class ReportSchema:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
-GROUP_SCHEMAS = {  # the framework's own groups: strict (task and reward are `_target_` nodes)
-    "model": ModelSchema, "game": GameSchema, "kl": KLSchema,
+GROUP_SCHEMAS = {  # the framework's own groups: strict (task, model and reward are `_target_` nodes)
+    "game": GameSchema, "kl": KLSchema,
     "algorithm": AlgorithmSchema, "trainer": TrainerSchema, "logger": LoggerSchema,
 }
 

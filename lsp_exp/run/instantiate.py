@@ -55,6 +55,16 @@ def _raise(cause: BaseException, key: str, node: DictConfig, target_error: bool)
     raise cause
 
 
+def checked(schema, value, key: str) -> DictConfig:
+    """`value` (a dict or DictConfig) merged into the structured `schema`: a DictConfig with every
+    field, or a ValueError naming the key that does not fit (for a component that checks its own
+    arguments against a dataclass)."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), value or {})
+    except OmegaConfBaseException as err:
+        raise ValueError(f"{key}: {str(err).splitlines()[0]}") from None
+
+
 def _takes(target: str | None, name: str) -> bool:
     """Whether the callable `target` names a parameter `name` (False when it cannot be inspected)."""
     try:

@@ -94,9 +94,9 @@ def validate(cfg: DictConfig) -> None:
 def validate_model(cfg: DictConfig) -> None:
     """The checks `lsp-bootstrap` and `lsp-eval` share with `lsp-train`; a task and a reward check their
     own arguments when they are built (`lsp_exp/run/instantiate.py`)."""
-    for key in ("task", "reward", *(("game.queries",) if "game" in cfg else ())):
+    for key in ("task", "model", "reward", *(("game.queries",) if "game" in cfg else ())):
         check_targets(OmegaConf.select(cfg, key), key)
-    if cfg.model.dtype not in ("float32", "bfloat16", "float16"):
+    if cfg.model.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={cfg.model.dtype!r}: must be float32, bfloat16 or float16")
 
 
@@ -111,8 +111,8 @@ def preflight(cfg: DictConfig) -> None:
     from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
     from lsp_exp.run.tracking_failures import check_reachable  # noqa: PLC0415
 
-    if cfg.model.path:
-        find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.name!r}")
+    if cfg.model.get("path"):
+        find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.get('name')!r}")
     for key, reward in _reward_models(cfg.reward, "reward"):
         find_local_or_cached(reward.get("path"), f"{key}.path", f"reward model {reward.get('name', key)!r}")
     for key in ("task.heldout_path", "task.train_path", "game.prompts_path"):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
+
+from lsp_exp.run.instantiate import checked
 
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
 from lsp_exp.tasks.arith.world import WorldConfig
@@ -33,15 +34,6 @@ class ArithBootstrap:
     arch: TinyModelConfig = field(default_factory=TinyModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     judge: JudgeSFTConfig = field(default_factory=JudgeSFTConfig)
-
-
-def checked(schema, value, key: str):
-    """`value` (a dict or DictConfig) merged into the structured `schema`: a DictConfig with every field,
-    or a ValueError naming the key that does not fit."""
-    try:
-        return OmegaConf.merge(OmegaConf.structured(schema), value or {})
-    except OmegaConfBaseException as err:
-        raise ValueError(f"{key}: {str(err).splitlines()[0]}") from None
 
 
 def world_node(world) -> DictConfig:
