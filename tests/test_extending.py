@@ -194,3 +194,25 @@ def test_only_the_tasks_folder_imports_a_task_package():
                 if name.startswith("lsp_exp.tasks") and name != "lsp_exp.tasks.base":
                     offenders.append(f"{path.relative_to(PROJECT_ROOT)}: {name}")
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["game=grpo_data", "reward=reward_model"], "game.queries (lsp_exp.games.PromptFileGame): game 'grpo_data' "
+                                                 "needs prompts"),
+    ([], "reward: Interpolation key 'task.world' not found"),   # the arithmetic verifier needs task=arith
+    (["reward=ground_truth"], "reward (lsp_exp.rewards.task_ground_truth): reward=ground_truth: task 'prompts' has "
+                              "no ground truth"),
+])
+def test_a_task_without_what_the_run_needs_is_one_line_naming_the_key(tmp_path, overrides, message):
+    """task=prompts with no prompt file has no training prompts and no verifier."""
+    from real_models import save_tiny_model, save_tiny_reward_model
+    from lsp_exp.run.validation import ConfigError
+
+    path = save_tiny_model(tmp_path / "model", "qwen")
+    rm = save_tiny_reward_model(tmp_path / "rm", "qwen")
+    cfg = compose_config("train", tiny_overrides(tmp_path, "task=prompts", f"model.path={path}", "logger=none",
+                                                 *overrides, *([f"reward.path={rm}"] if "reward=reward_model" in
+                                                               overrides else []), arith=False))
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
