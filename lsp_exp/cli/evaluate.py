@@ -82,7 +82,7 @@ def answer_texts(model, tokenizer, rows: list[PromptRow], wr: DictConfig, batch_
     return out
 
 
-class Judge:
+class WinRateScorer:
     """Scores (prompt, answer) pairs for the win rate: the `reward` group, or an LLM with the rubric."""
 
     def __init__(self, cfg: DictConfig, base_path: str, task, loader):
@@ -140,7 +140,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     wr_rows = _rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts) if cfg.win_rate.enabled else []
     ppl_rows = [r for r in _rows(cfg.perplexity.path, task_set, cfg.perplexity.max_rows)
                 if r.reference is not None] if cfg.perplexity.enabled else []
-    judge = Judge(cfg, base_path, task, loader) if wr_rows else None
+    judge = WinRateScorer(cfg, base_path, task, loader) if wr_rows else None
     base_scores = None
     if wr_rows:
         base_model, base_tok = load_model(loader, base_path, None)

@@ -5,7 +5,7 @@ Real checkpoints differ in ways that silently break RL if they are ignored:
   its `generation_config.json` lists several end ids (`<|end_of_text|>`, `<|eom_id|>`, `<|eot_id|>`);
 - Qwen2.5 pads with `<|endoftext|>`, which is also one of its end ids, while `eos` is `<|im_end|>`.
 So a completion is cut *by position* after its first end token (any of the end ids), never by
-comparing tokens with the pad id (docs/method.md, "Masks").
+comparing tokens with the pad id (README, "Real models").
 """
 from __future__ import annotations
 
