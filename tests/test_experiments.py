@@ -64,7 +64,7 @@ def test_paper_configs_compose_and_run_on_tiny_stand_ins(shared_outputs, stand_i
         f"game.prompts_path={stand_ins / 'alpaca.json'}", "trainer=cpu", "trainer.max_steps=1",
         "model.dtype=float32", "reward.dtype=float32", "game.max_query_tokens=6", "game.max_answer_tokens=6",
         "game.judge.max_new_tokens=6", "eval.judge_pairs=0"])
-    paper = compose_config("train", [f"experiment=paper_llama3b/{arm}"])  # what Appendix C sets (LSP_SPEC 6)
+    paper = compose_config("train", [f"experiment=paper_llama3b/{arm}"])  # what Appendix C sets (docs/method.md §10)
     assert paper.model.name == "llama3_2_3b_instruct" and paper.reward.name == "skywork_v2_3b"
     assert paper.game.n_queries == 8 and paper.kl.beta == 0.05 and paper.model.lora.enabled
     assert paper.optim.lr == (1e-6 if arm in ("grpo", "lsp_rl") else 3e-6) == cfg.optim.lr

@@ -115,7 +115,7 @@ def test_labelled_pairs_are_balanced_and_labelled_by_the_verifier():
         assert correct == (answer == {"2+3*4": "41", "5+6": "11"}[query])
 
 
-# ---- R_Q in the rewards (LSP_SPEC 4.3) ---------------------------------------------------------
+# ---- R_Q in the rewards (docs/method.md §8) ---------------------------------------------------------
 def test_self_reward_combination_by_hand():
     task = torch.tensor([[1.0, 0.0], [0.0, 0.0]])     # R, N=2 queries, G=2 answers
     quality = torch.tensor([[7.0, 5.0], [2.0, 4.0]])  # R_Q

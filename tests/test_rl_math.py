@@ -1,4 +1,4 @@
-"""Every formula of the update against hand-computed values (LSP_SPEC sections 2-3)."""
+"""Every formula of the update against hand-computed values (docs/method.md §3-§7)."""
 import math
 
 import pytest
@@ -123,7 +123,7 @@ def test_kl_in_advantage_gives_reverse_kl_gradient_and_literal_term_averages_to_
 
     KL in the detached advantage: grad E[-(0 - beta*sg(x)) log p] = beta * grad KL(p || q).
     Literal term beta * log(p/q) in the loss: its sample gradient is beta * grad log p(y), whose
-    expectation is zero, so it does not pull the policy towards the reference (LSP_SPEC 3.3).
+    expectation is zero, so it does not pull the policy towards the reference (docs/method.md §7).
     """
     beta = 0.5
     theta = torch.tensor([0.3, -0.2, 0.9], requires_grad=True)

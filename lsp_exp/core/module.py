@@ -1,4 +1,4 @@
-"""The self-play LightningModule: Algorithm 1 of LSP (LSP_SPEC 3.4), one optimizer step per batch.
+"""The self-play LightningModule: Algorithm 1 of LSP (docs/method.md §2), one optimizer step per batch.
 
     challenger prompt --N--> queries --G each--> answers --> R(q, a) [+ R_Q(q, a), the judge]
       --> V(q), advantages --> log-probs of policy and reference --> L_Sol + alpha_Ch * L_Ch

@@ -1,4 +1,4 @@
-"""The per-step metrics of a self-play step (metric keys: DESIGN.md)."""
+"""The per-step metrics of a self-play step (metric keys: docs/method.md §13)."""
 from __future__ import annotations
 
 import math

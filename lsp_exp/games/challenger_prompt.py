@@ -1,6 +1,6 @@
 """The Challenger's user turn: a short task line, or the paper's four-part prompt.
 
-`game.prompt`: `toy` (`task: <task>`, what the toy model was trained on), `paper` (LSP_SPEC 1.4,
+`game.prompt`: `toy` (`task: <task>`, what the toy model was trained on), `paper` (docs/method.md §1; the paper's
 Box 1: Background, Request, Details, Final Remarks, in this project's own words), or `auto` (the
 task's `challenger_style`: toy for the arithmetic task, paper otherwise). `{task}` and `{template}` come from `game.task` and
 `game.template`; both empty selects the prompt's "use your best judgment" branch, which is what

@@ -1,4 +1,4 @@
-"""Reading a judge's reply (LSP_SPEC 4.2): `<Score>` first, the `<Calculation>` sum as a fallback.
+"""Reading a judge's reply (docs/method.md §8): `<Score>` first, the `<Calculation>` sum as a fallback.
 
 A reply that does not parse is data, not an error: `parse_judgement` says where the score came
 from, and the caller scores the rest with the configured fallback and counts them.

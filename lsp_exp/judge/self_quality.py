@@ -1,4 +1,4 @@
-"""The self-quality judge R_Q(q, a) of full LSP (LSP_SPEC 4.1-4.2).
+"""The self-quality judge R_Q(q, a) of full LSP (docs/method.md §8).
 
 The frozen reference model (the LoRA adapter disabled, or the frozen copy) reads each
 (query, answer) pair through a judge template and writes a justification, a `<Calculation>` and a

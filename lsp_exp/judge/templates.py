@@ -1,4 +1,4 @@
-"""Judge prompt templates (LSP_SPEC 4.2): the user turn that asks the reference model for a score.
+"""Judge prompt templates (docs/method.md §8): the user turn that asks the reference model for a score.
 
 - `paper`: the additive 0-7 rubric of the paper's Box 3, in this project's own words, for real
   instruction-tuned models;

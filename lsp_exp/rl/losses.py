@@ -20,7 +20,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def kl_penalised(advantages: torch.Tensor, kl: torch.Tensor, beta: float) -> torch.Tensor:
-    """KL inside the detached advantage: A - beta * stop_grad(KL) (LSP_SPEC 3.3, option (a)).
+    """KL inside the detached advantage: A - beta * stop_grad(KL) (docs/method.md §7).
 
     Multiplied by grad log pi this is a REINFORCE estimate of -beta * grad KL(pi || pi_ref), which
     pulls towards the reference; the literal term beta * log(pi / pi_ref) added to the loss has a

@@ -51,7 +51,7 @@ def role_advantages(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
                     advantage_fn: Callable) -> torch.Tensor:
     """Detached advantages [groups, members] from rewards and the sequence KL estimates [groups * members]:
 
-    - placement="advantage": A <- A(R) - beta * stop_grad(KL)   (LSP_SPEC 3.3 (a), the default);
+    - placement="advantage": A <- A(R) - beta * stop_grad(KL)   (docs/method.md §7, the default);
     - placement="reward":    A <- A(R - beta * stop_grad(KL))   (the KL shares the group baseline);
     - placement="loss":      A <- A(R), and beta * mean(KL) is added to the loss (the literal eq. 4-5).
     """

@@ -1,4 +1,4 @@
-"""How the self-quality reward R_Q enters full LSP (LSP_SPEC 4.3), before any advantage is computed.
+"""How the self-quality reward R_Q enters full LSP (docs/method.md §8), before any advantage is computed.
 
     r_sol(q_i, a_i^j) = R(q_i, a_i^j) + w * R_Q(q_i, a_i^j)
     r_ch(q_i)         = objective(V(q_i)) + w * V_Q(q_i),   V_Q(q_i) = (1/G) sum_j R_Q(q_i, a_i^j)

@@ -27,7 +27,7 @@ class PathsConfig:
 
 @dataclass
 class JudgeSchema:
-    """The self-quality judge of full LSP (LSP_SPEC 4): the frozen reference model with a rubric."""
+    """The self-quality judge of full LSP (docs/method.md §8): the frozen reference model with a rubric."""
 
     template: str = "auto"              # auto: the task's judge_template (judge/templates.py)
     max_new_tokens: Optional[int] = None  # None: the template's own default
@@ -46,7 +46,7 @@ class GameSchema:
     template: str = ""
     prompt: str = "auto"                # the Challenger's prompt: toy | paper | auto (the task's challenger_style)
     alpha_ch: float = 1.0
-    self_reward: bool = False           # full LSP: add the judge's R_Q (LSP_SPEC 4.3)
+    self_reward: bool = False           # full LSP: add the judge's R_Q (docs/method.md §8)
     self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)
     judge: JudgeSchema = field(default_factory=JudgeSchema)
     invalid_query_value: Optional[float] = None  # V of an invalid query; None: the reward's upper bound

@@ -1,4 +1,4 @@
-"""The self-quality rubric (LSP_SPEC 4.2) made programmatic for the toy world.
+"""The self-quality rubric (docs/method.md §8) made programmatic for the toy world.
 
 Seven binary criteria, +1 each, in the paper's order: 1-2 grade the query, 3-7 the answer.
 
@@ -77,6 +77,6 @@ def justification(criteria: tuple[int, ...], expected: int | None) -> str:
 
 
 def judgement_text(criteria: tuple[int, ...], expected: int | None) -> str:
-    """The judge's full output: justification, <Calculation> and <Score> (LSP_SPEC 4.2)."""
+    """The judge's full output: justification, <Calculation> and <Score> (docs/method.md §8)."""
     calculation = "+".join(map(str, criteria)) + f"={sum(criteria)}"
     return f"{justification(criteria, expected)} <Calculation>{calculation}</Calculation><Score>{sum(criteria)}</Score>"

@@ -1,7 +1,7 @@
 """The toy world's character-level tokenizer, built once for every role the model will play.
 
 It already holds what later features need (the judge's tags and score digits, a system role),
-so adding a role does not change the vocabulary and invalidate earlier results (DESIGN.md).
+so adding a role does not change the vocabulary and invalidate earlier results (docs/method.md §12).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ class ArithmeticReward:
 
     def score(self, queries: list[str], answers: list[str]) -> Scores:
         """Exact match against the verifier's value. A query outside the world has no ground truth:
-        its pairs are marked invalid (DESIGN.md, invalid challenger queries)."""
+        its pairs are marked invalid (docs/method.md §3, invalid queries)."""
         values, valid = [], []
         for query, answer in zip(queries, answers):
             problem = self._parse(query.strip())

@@ -12,13 +12,13 @@ Difficulty levels:
 
 The base model is taught by an *imperfect teacher* with a systematic flaw (`WorldConfig.flaw`),
 applied to `flaw_rate` of the examples it concerns; the verifier is always right. RL has a real
-flaw to repair, and an adversarial Challenger has a real weakness to find (TOY_WORLD_NOTES.md):
+flaw to repair, and an adversarial Challenger has a real weakness to find (docs/method.md §12):
 - ``precedence`` (default): the teacher evaluates ``a+b*d`` / ``a-b*d`` left to right;
 - ``sign``: the teacher drops the minus sign of a negative result (``3-7`` -> ``4``);
 - ``none``: a perfect teacher.
 
 Answers are written sign first, then digits least-significant first (``-123`` -> ``-321``), which
-a tiny model learns far more easily (TOY_WORLD_NOTES.md, prototype 1).
+a tiny model learns far more easily (docs/method.md §12).
 """
 from __future__ import annotations
 
