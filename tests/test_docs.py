@@ -1,0 +1,90 @@
+"""Docs that cannot rot silently: every relative link and every repository path named in the
+Markdown files exists (anchors included), nothing points outside the repository, and every
+`lsp-train` command the README shows composes (and passes the range checks)."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from lsp_exp.run.config import PROJECT_ROOT
+from lsp_exp.run.validation import validate
+
+from conftest import compose_config
+
+DOCS = sorted([PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs").glob("*.md"),
+               *(PROJECT_ROOT / "experiments").rglob("*.md")])
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+PATH = re.compile(r"`((?:lsp_exp|conf|tests|experiments|docs)/[\w./-]*\w)(?::[\w.]+)?`")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"(?m)^#+\s+(.*)$", text)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(PROJECT_ROOT)) for d in DOCS])
+def test_every_relative_link_and_named_path_exists(doc):
+    text = doc.read_text()
+    broken = []
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (doc.parent / file).resolve() if file else doc
+        if not resolved.exists():
+            broken.append(target)
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target} (no such heading)")
+    for path in PATH.findall(text):
+        if not any(c in path for c in "<*{") and not (PROJECT_ROOT / path).exists():
+            broken.append(f"`{path}`")
+    assert not broken, broken
+
+
+def test_nothing_points_outside_the_repository():
+    pattern = re.compile(r"LSP_SPEC|DESIGN\.md|TOY_WORLD_NOTES|\.\./shared")
+    files = [p for p in PROJECT_ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".sh", ".toml"}
+             and not {".venv", ".git", "outputs"} & set(p.relative_to(PROJECT_ROOT).parts)
+             and p.name != "test_docs.py"]
+    assert [str(p.relative_to(PROJECT_ROOT)) for p in files if pattern.search(p.read_text())] == []
+
+
+def readme_commands() -> list[str]:
+    """Every `lsp-train` line of the README's code blocks (a sweep's lists: their first values)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), flags=re.S)
+    lines = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if re.match(r"(\.venv/bin/)?lsp-train\b", line) and "..." not in line]
+
+
+def first_of_each_sweep(args: list[str]) -> list[str]:
+    out = []
+    for arg in args:
+        if arg in ("-m", "--multirun", "--cfg", "job"):
+            continue
+        override = OverridesParser.create().parse_overrides([arg])[0]
+        if override.is_sweep_override():
+            arg = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+        out.append(arg)
+    return out
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_commands():
+    assert len(COMMANDS) >= 10
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_command_composes(command):
+    overrides = first_of_each_sweep(shlex.split(command)[1:])
+    validate(compose_config("train", overrides))
