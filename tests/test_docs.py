@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,7 +85,36 @@ def test_the_readme_shows_commands():
     assert len(COMMANDS) >= 10
 
 
+@pytest.fixture
+def readme_examples(tmp_path, monkeypatch):
+    """The README's example files (code blocks that start with `# <file>.py` or `# my_conf/<file>.yaml`),
+    written out: the package on sys.path, the config directory returned."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    for kind, body in re.findall(r"```(python|yaml)\n(.*?)```", text, flags=re.S):
+        first = body.splitlines()[0]
+        match = re.fullmatch(r"# (my_conf/[\w/]+\.yaml|\w+\.py)(:.*)?", first.strip())
+        if match:
+            target = tmp_path / match.group(1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "my_conf"
+    for name in ("my_rewards", "reverse_task", "my_algos"):
+        sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_readme_command_composes(command):
+def test_every_readme_command_composes(command, readme_examples):
+    """Commands that use the Extending section's config directory get the README's own examples."""
+    command = command.replace("file:///path/to/my_conf", f"file://{readme_examples}")
     overrides = first_of_each_sweep(shlex.split(command)[1:])
     validate(compose_config("train", overrides))
+
+
+def test_the_readme_extension_examples_compose(readme_examples):
+    names = {p.relative_to(readme_examples).as_posix() for p in readme_examples.rglob("*.yaml")}
+    assert names == {"reward/brevity.yaml", "task/reverse.yaml", "algorithm/scaled.yaml"}
+    cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "reward=brevity",
+                                   "task=reverse", "algorithm=scaled"])
+    validate(cfg)   # every `_target_` imports
+    assert cfg.algorithm.advantage.scale == 2.5 and cfg.reward.max_chars == 1
