@@ -9,7 +9,8 @@ import mlflow
 import pytest
 import torch
 
-from lsp_exp.run.checkpointing import ResumeError, latest_checkpoint, merge_overrides, resolve_resume
+from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, latest_checkpoint, merge_overrides, readable,
+                                       resolve_resume)
 from lsp_exp.run.tracking import init_sqlite_store
 from lsp_exp.cli.train import train
 
@@ -138,7 +139,8 @@ def test_resume_finds_checkpoints_and_merges_overrides(tmp_path):
     folder = tmp_path / "checkpoints" / run_id
     folder.mkdir(parents=True)
     for step in (2, 10, 9):
-        (folder / f"step_{step:07d}.ckpt").write_bytes(b"")
+        torch.save({"global_step": step}, folder / f"step_{step:07d}.ckpt")
+    (folder / "step_0000011.ckpt").write_bytes(b"PK\x03\x04 truncated")   # a newer, truncated one: skipped
     newest = folder / "step_0000010.ckpt"
     assert resolve_resume(run_id, str(tmp_path)) == newest          # a run id: <outputs>/checkpoints/<id>
     assert resolve_resume(str(folder), "unused") == newest          # a folder: its newest
@@ -149,3 +151,42 @@ def test_resume_finds_checkpoints_and_merges_overrides(tmp_path):
     saved = ["game=grpo_data", "trainer.max_steps=2", "+tags.arm=a", "resume=old"]
     assert merge_overrides(saved, ["resume=x", "trainer.max_steps=4", "seed=1"]) == [
         "game=grpo_data", "trainer.max_steps=4", "+tags.arm=a", "seed=1"]
+
+
+FAST = ["eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0", "eval.sample_table_every=0", "logger=none"]
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_run_and_keeps_the_previous_one(tmp_path):
+    """A real fault: a folder where step 2's checkpoint is to be written. Step 1's checkpoint is kept
+    (older checkpoints are removed only after a new one is safely in place) and the run stops with
+    one line naming the file."""
+    folder = tmp_path / "ck"
+    (folder / "step_0000002.ckpt.tmp").mkdir(parents=True)
+    cfg = compose_config("train", tiny_overrides(tmp_path, *FAST, "trainer.max_steps=3", "trainer.checkpoint_every=1",
+                                                 f"trainer.checkpoint_dir={folder}"))
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*step_0000002.ckpt") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    kept = folder / "step_0000001.ckpt"
+    assert kept.is_file() and readable(kept) and latest_checkpoint(folder) == kept
+
+
+def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path):
+    """A checkpoint whose pickle would run a shell command when unpickled (`torch.load(weights_only=False)`
+    runs it): resume refuses it in one line, and the command never runs."""
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return os.system, (f"touch {marker}",)
+
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    crafted = folder / "step_0000005.ckpt"
+    torch.save({"global_step": 5, "lsp": {"run_id": None, "overrides": []}, "payload": Payload()}, crafted)
+    assert readable(crafted)   # a well-formed archive: only safe loading stops it
+    cfg = compose_config("train", tiny_overrides(tmp_path, *FAST, f"resume={folder}"))
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        train(cfg)
+    assert not marker.exists()

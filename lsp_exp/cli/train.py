@@ -26,7 +26,7 @@ from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.run.checkpointing import StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
+from lsp_exp.run.checkpointing import CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
 from lsp_exp.run.launch import check_launch, release_ranks  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     try:
         with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes):
             trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
-                        ckpt_path=str(resume.path) if resume else None, weights_only=False)  # our own checkpoints
+                        ckpt_path=str(resume.path) if resume else None, weights_only=True)  # runs no code
     except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint written at the step's end; run KILLED; exit 143
         mark_interrupted(logger, checkpoints.last_path)
         raise SystemExit(143) from None
@@ -143,7 +143,7 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
 
 
 # Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
-CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, FileNotFoundError, RewardModelError, InitFromError,
+CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, FileNotFoundError, RewardModelError, InitFromError,
                 TrackingUnreachableError, TrackingLostError, NonFiniteLossError)
 
 

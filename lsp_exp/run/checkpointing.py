@@ -11,16 +11,22 @@ from `StepCheckpoint` below, under `"lsp"`:
 - `overrides`: the run's Hydra command-line overrides, so `lsp-train resume=<...>` recomposes the
   same config (later overrides, e.g. `trainer.max_steps=...`, win).
 
-Files: `<trainer.checkpoint_dir or <outputs>/checkpoints/<run id>>/step_<step>.ckpt`; only the newest
-is kept. `resume=` takes a checkpoint file, a directory of them, or an MLflow run id.
+Files: `<trainer.checkpoint_dir or <outputs>/checkpoints/<run id>>/step_<step>.ckpt`. A checkpoint is
+written next to its final place (`.tmp`), checked (a complete archive), then renamed into place;
+only then are older ones removed, so the last good checkpoint is never lost. `resume=` takes a
+checkpoint file, a directory of them, or an MLflow run id; in a directory (or a run's) the newest
+*readable* checkpoint is used. Checkpoints are loaded with `weights_only=True`: loading one runs no
+code, whoever wrote it.
 """
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 import signal
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,21 +47,58 @@ class ResumeError(ValueError):
     """`resume` names no checkpoint; the message says what was looked for."""
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written, or cannot be read safely; the message names the file."""
+
+
+def readable(path: Path) -> bool:
+    """A complete checkpoint archive (torch's zip format, its central directory and pickle present):
+    a truncated or garbage file is not."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("data.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's contents, loaded without running any code (`weights_only=True`)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): {reason}") from None
+
+
 # ---- RNG states -------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
-    """The state of every RNG a step draws from (python, numpy, torch CPU and every CUDA device)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The state of every RNG a step draws from (python, numpy, torch CPU and every CUDA device), in
+    types a `weights_only` load accepts (numpy's key array as a tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_tuples(state["python"]))
+    n = state["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    else:  # a checkpoint written before numpy's state was stored as a tensor
+        np.random.set_state(n)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(value):
+    """Lists back to tuples (python's `random.setstate` wants its nested tuple)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def gather_objects(obj: Any, trainer) -> list[Any]:
@@ -96,12 +139,31 @@ class StepCheckpoint(Callback):
                 print(f"interrupted: checkpoint at {path}; continue with `lsp-train resume={path}`", flush=True)
 
     def save(self, trainer) -> Path:
+        """Write `step_<step>.ckpt` atomically: to `<name>.tmp` beside it, checked, then renamed; older
+        checkpoints are removed only after that (rank 0 does the file work; Lightning writes on it)."""
         path = self.dirpath / f"step_{trainer.global_step:07d}.ckpt"
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            for old in self.dirpath.glob("step_*.ckpt"):  # keep only the newest
-                if old != path:
-                    old.unlink(missing_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            if trainer.is_global_zero:
+                self.dirpath.mkdir(parents=True, exist_ok=True)
+            trainer.save_checkpoint(tmp)
+            if trainer.is_global_zero:
+                if not readable(tmp):  # (Lightning logs some write errors instead of raising them)
+                    raise CheckpointError(f"could not write checkpoint {path}: {tmp} is missing or incomplete (a full "
+                                          f"disk, or the writer failed); the previous one ({self.last_path or 'none'}) "
+                                          "is kept")
+                os.replace(tmp, path)
+                for old in self.dirpath.glob("step_*.ckpt"):  # keep only the newest, now that it is safe
+                    if old != path:
+                        old.unlink(missing_ok=True)
+        except OSError as err:
+            if trainer.is_global_zero and tmp.is_file():
+                tmp.unlink()
+            if isinstance(err, CheckpointError):
+                raise
+            raise CheckpointError(f"could not write checkpoint {path}: {' '.join(str(err).split())}; the previous "
+                                  f"one ({self.last_path or 'none'}) is kept") from None
+        trainer.strategy.barrier("lsp_checkpoint")
         self.last_path = path
         return path
 
@@ -165,8 +227,15 @@ def default_dir(outputs: str, run_id: str | None) -> Path:
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    found = [(int(m.group(1)), p) for p in directory.glob("step_*.ckpt") if (m := CKPT_NAME.match(p.name))]
-    return max(found)[1] if found else None
+    """The newest readable `step_*.ckpt` of `directory`; a newer truncated or garbage one is skipped
+    with a warning."""
+    found = sorted(((int(m.group(1)), p) for p in directory.glob("step_*.ckpt") if (m := CKPT_NAME.match(p.name))),
+                   reverse=True)
+    for _, path in found:
+        if readable(path):
+            return path
+        log.warning("resume: %s is not a complete checkpoint; trying the previous one", path)
+    return None
 
 
 def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, tracking_uri: str | None = None) -> Path:
@@ -202,7 +271,7 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """The `"lsp"` entry of a checkpoint (run id, overrides, world size) and its step."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(path)
     meta = dict(ckpt.get("lsp", {}))
     meta.pop("rng", None)
     meta["step"] = ckpt.get("global_step", 0)
