@@ -19,6 +19,7 @@ from conftest import tiny_overrides
 
 HERE = Path(__file__).resolve().parent
 CLOSED_PORT = "<closed>"  # replaced by a loopback port nothing listens on
+EMPTY = "<empty>"          # replaced by an empty file
 
 # (overrides, what the message must name). Hydra's composition errors are its own short message
 # (plus its HYDRA_FULL_ERROR hint); everything else is one line `error: <key>=<value>: <why>`.
@@ -50,6 +51,17 @@ BAD = [
     ("game=grpo_data game.prompts_path=/nonexistent/p.jsonl", "game.prompts_path='/nonexistent/p.jsonl': no such file"),
     ("logger.tracking_uri=ftp://example.org/mlflow", "logger.tracking_uri='ftp://example.org/mlflow': unsupported scheme"),
     (f"logger.tracking_uri=http://127.0.0.1:{CLOSED_PORT}", "tracking server unreachable"),
+    ("optim.lr=inf", "optim.lr=inf: must be a finite number"),             # would destroy the weights
+    ("kl.beta=nan", "kl.beta=nan: must be a finite number"),
+    ("seed=-1", "seed=-1: must be in [0, 2**32 - 1]"),
+    ("seed=4294967296", "seed=4294967296: must be in [0, 2**32 - 1]"),
+    ("trainer.num_threads=-1", "trainer.num_threads=-1: must be at least 1"),
+    ("trainer.devices=0", "trainer.devices=0: must be at least 1"),
+    ("trainer=gpu", "no CUDA device is visible"),
+    (f"model.path={HERE}", "not a model folder (no config.json in it)"),
+    (f"trainer.checkpoint_dir={HERE / 'conftest.py'}", "is a file, not a folder"),
+    (f"task.heldout_path={HERE.parent / 'README.md'}", "README.md line 1: not a problem row"),
+    ("task.heldout_path=<empty>", "empty.jsonl: no problems in it"),
 ]
 
 
@@ -64,7 +76,9 @@ def results(tmp_path_factory):
     """Run every case in one batch; also run the first case through the installed script."""
     outputs = tmp_path_factory.mktemp("bad_configs")
     port = str(closed_port())
-    cases = [{"argv": tiny_overrides(outputs, *args.replace(CLOSED_PORT, port).split()),
+    (outputs / "empty.jsonl").write_text("")
+    cases = [{"argv": tiny_overrides(outputs, *args.replace(CLOSED_PORT, port).replace(EMPTY, str(outputs / "empty.jsonl"))
+                                      .split()),
               "env": {"HF_HUB_OFFLINE": "1"}} for args, _ in BAD]
     (outputs / "cases.json").write_text(json.dumps(cases))
     script = Path(sys.executable).parent / "lsp-train"
@@ -84,6 +98,8 @@ def results(tmp_path_factory):
 
 @pytest.mark.parametrize("args, named", BAD, ids=[args for args, _ in BAD])
 def test_bad_config_fails_clearly(results, args, named):
+    if args == "trainer=gpu" and __import__("torch").cuda.is_available():
+        pytest.skip("a CUDA device is visible here")
     res = results[args]
     assert res["rc"] != 0, res
     assert "Traceback" not in res["stderr"], res["stderr"]

@@ -238,3 +238,16 @@ def test_a_real_tracking_server_that_goes_away_mid_run_and_comes_back(shared_out
         if run.poll() is None:
             run.kill()
         stop_server(server)
+
+
+def test_an_update_that_makes_the_weights_non_finite_stops_the_run(shared_outputs):
+    """optim.lr=1e39 is a finite number (it passes the start-up checks) but overflows float32 in the
+    optimizer: the first real update would leave inf weights behind; the run stops in one line."""
+    from lsp_exp.core.module import NonFiniteLossError
+    from test_train_e2e import TINY_RM
+
+    cfg = compose_config("train", tiny_overrides(shared_outputs, *FAST, "game=grpo_data", "reward=tiny_rm", *TINY_RM,
+                                                 "optim.lr=1e39", "trainer.max_steps=3", "logger=none"))
+    with pytest.raises(NonFiniteLossError, match="made the weights non-finite") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)

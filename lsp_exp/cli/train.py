@@ -67,6 +67,10 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
     task, loader = build(cfg.task, "task"), build(cfg.model, "model")
+    try:  # the task's data first: a malformed or empty file stops here, before the model is loaded
+        heldout = task.heldout()
+    except ValueError as err:
+        raise ConfigError(f"task ({cfg.task._target_}): {err}") from None
     # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
     model_path = resolve_model_path(cfg.model, task)
     init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
@@ -76,7 +80,6 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     tokenizer = loader.tokenizer(model_path)
     policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
     check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
-    heldout = task.heldout()
     if heldout is not None:
         heldout = heldout.head(cfg.eval.max_problems)
     reward = build_reward(cfg.reward, task=task)

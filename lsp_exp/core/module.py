@@ -257,6 +257,10 @@ class SelfPlayModule(L.LightningModule):
             self.log("train/nonfinite_skips", float(self.skipped_steps))
         elif finite:  # a real update
             opt.optimizer.step()
+        if finite and not _all_finite(p for p in self.policy.parameters() if p.requires_grad):
+            raise NonFiniteLossError(
+                f"the update at step {self.global_step} made the weights non-finite (finite loss and gradient norm "
+                f"{grad_norm:.3g}): stopping; the last checkpoint holds the last good weights; lower optim.lr")
         return grad_norm
 
     # ---- held-out evaluation -------------------------------------------------------------------
@@ -267,6 +271,12 @@ class SelfPlayModule(L.LightningModule):
                                   max_new_tokens=self.cfg.game.max_answer_tokens)
         self.eval_history[self.global_step] = metrics
         log_eval(self.logger, self.global_step, metrics)
+
+
+def _all_finite(params) -> bool:
+    """Every value of every tensor finite (one device synchronisation)."""
+    flags = [torch.isfinite(p).all() for p in params]
+    return bool(torch.stack(flags).all()) if flags else True
 
 
 @contextmanager

@@ -1,6 +1,8 @@
 """Checks that the schema cannot express: ranges and cross-field rules, each naming the key."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +30,9 @@ def validate(cfg: DictConfig) -> None:
         if not ok:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: {message}")
 
+    for key, value in _numbers(cfg, ("seed", "game", "kl", "algorithm", "optim", "trainer", "eval")):
+        require(math.isfinite(value), key, "must be a finite number")
+    require(0 <= cfg.seed < 2**32, "seed", "must be in [0, 2**32 - 1] (numpy's seed range)")
     game, kl = cfg.game, cfg.kl
     require(game.n_queries >= 1, "game.n_queries", "N must be at least 1")
     require(game.group_size >= 2, "game.group_size", "G must be at least 2 for a group baseline")
@@ -74,6 +79,14 @@ def validate(cfg: DictConfig) -> None:
             "must be two numbers in [0, 1)")
     require(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be at least 1")
+    require(cfg.trainer.num_threads is None or cfg.trainer.num_threads >= 1, "trainer.num_threads",
+            "must be at least 1 (or null for torch's default)")
+    devices = cfg.trainer.devices
+    require(devices in ("auto", -1) or (isinstance(devices, int) and devices >= 1) or
+            (not isinstance(devices, (int, str)) and len(devices) >= 1), "trainer.devices",
+            "must be at least 1, a list of device indices, -1 or 'auto'")
+    require(cfg.trainer.num_nodes >= 1, "trainer.num_nodes", "must be at least 1")
+    require(cfg.trainer.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0 (0: only on a signal)")
     require(str(cfg.trainer.precision) in PRECISIONS, "trainer.precision", f"unknown; available: {', '.join(PRECISIONS)}")
     require(cfg.trainer.get("max_consecutive_nonfinite", 1) >= 1, "trainer.max_consecutive_nonfinite",
             "must be at least 1")
@@ -111,8 +124,19 @@ def preflight(cfg: DictConfig) -> None:
     from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
     from lsp_exp.run.tracking_failures import check_reachable  # noqa: PLC0415
 
+    if cfg.trainer.accelerator in ("gpu", "cuda"):
+        import torch  # noqa: PLC0415
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator!r}: no CUDA device is visible on this "
+                              "machine; use trainer=cpu (or trainer=ddp_cpu)")
     if cfg.model.get("path"):
-        find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.get('name')!r}")
+        found = find_local_or_cached(cfg.model.path, "model.path", f"model {cfg.model.get('name')!r}")
+        check_model_dir(found, "model.path")
+    for key in ("trainer.checkpoint_dir", "paths.outputs"):
+        path = OmegaConf.select(cfg, key)
+        if path and Path(path).exists() and not Path(path).is_dir():
+            raise ConfigError(f"{key}={path!r}: is a file, not a folder")
     for key, reward in _reward_models(cfg.reward, "reward"):
         find_local_or_cached(reward.get("path"), f"{key}.path", f"reward model {reward.get('name', key)!r}")
     for key in ("task.heldout_path", "task.train_path", "game.prompts_path"):
@@ -121,6 +145,22 @@ def preflight(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={path!r}: no such file")
     if cfg.logger.name != "none" and cfg.logger.tracking_uri:
         check_reachable(cfg.logger.tracking_uri, key="logger.tracking_uri")
+
+
+def check_model_dir(path: str, key: str) -> None:
+    """A local model folder holds a readable config.json (a hub id in the cache is left to transformers)."""
+    import json  # noqa: PLC0415
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ConfigError(f"{key}={path!r}: not a model folder (no config.json in it)")
+    try:
+        json.loads(config.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{key}={path!r}: its config.json is not valid JSON ({err})") from None
 
 
 def check_targets(node: DictConfig, key: str) -> None:
@@ -145,6 +185,19 @@ def _subnodes(node: DictConfig, key: str):
         if isinstance(child, DictConfig):
             yield f"{key}.{name}", child
             yield from _subnodes(child, f"{key}.{name}")
+
+
+def _numbers(cfg: DictConfig, keys: tuple[str, ...]):
+    """(key, value) of every float or int in the framework's own groups (their schemas declare them)."""
+    for top in keys:
+        node = cfg.get(top)
+        if isinstance(node, (int, float)) and not isinstance(node, bool):
+            yield top, float(node)
+        elif isinstance(node, DictConfig):
+            for sub_key, sub in [(top, node), *_subnodes(node, top)]:
+                for name, value in sub.items_ex(resolve=False):
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        yield f"{sub_key}.{name}", float(value)
 
 
 def _reward_models(node, key: str):

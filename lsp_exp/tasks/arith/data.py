@@ -39,5 +39,20 @@ def read_problems(path: str | Path) -> list[Problem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file not found: {path} (run `lsp-bootstrap` to build the toy world)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [Problem(r["prompt"], int(r["answer"]), r.get("difficulty", "unknown")) for r in rows]
+    problems = []
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (JSONL rows with prompt, answer, difficulty)") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problems.append(Problem(str(row["prompt"]), int(row["answer"]), str(row.get("difficulty", "unknown"))))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path} line {n}: not a problem row (JSON with prompt and an integer answer): "
+                             f"{type(err).__name__}: {err}") from None
+    if not problems:
+        raise ValueError(f"{path}: no problems in it")
+    return problems
