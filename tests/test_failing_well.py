@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -251,3 +252,72 @@ def test_an_update_that_makes_the_weights_non_finite_stops_the_run(shared_output
     with pytest.raises(NonFiniteLossError, match="made the weights non-finite") as err:
         train(cfg)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow  # every refused write waits for sqlite's busy timeout (about 2 minutes in all)
+def test_a_local_store_locked_to_the_end_loses_no_metric_silently(tmp_path, monkeypatch):
+    """A real fault: from the second step on, another connection holds an exclusive lock on the
+    run's sqlite store until the run ends. The run stops with one line (exit 2 from the command
+    line) saying where the metrics the store refused are, and that file holds every step it refused."""
+    import sqlite3
+
+    import lsp_exp.core.module as module
+    from lsp_exp.run.tracking_failures import TrackingLostError
+
+    monkeypatch.setenv("LSP_TRACKING_RETRY_S", "0")
+    monkeypatch.setattr("lsp_exp.run.tracking_failures.RETRY_S", 0.0)
+    db = tmp_path / "mlflow.db"
+    lock = {}
+    real_step = module.SelfPlayModule.training_step
+
+    def step(self, batch, batch_idx):
+        if self.global_step == 1 and "conn" not in lock:
+            lock["conn"] = sqlite3.connect(db, timeout=0, isolation_level=None)
+            lock["conn"].execute("BEGIN EXCLUSIVE")
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(module.SelfPlayModule, "training_step", step)
+    cfg = compose_config("train", tiny_overrides(tmp_path, *FAST, "trainer.max_steps=3", "+tags.failcase=locked"))
+    try:
+        with pytest.raises(TrackingLostError, match="refused metrics until the end") as err:
+            train(cfg)
+    finally:
+        if "conn" in lock:
+            lock["conn"].execute("ROLLBACK")
+            lock["conn"].close()
+    assert "\n" not in str(err.value)
+    kept = Path(str(err.value).split("are in ")[1].split(";")[0])
+    steps = [json.loads(line)["step"] for line in kept.read_text().splitlines()]
+    assert {1, 2} <= set(steps)                 # the steps the locked store refused, kept on disk
+
+
+def test_sigterm_during_start_up_ends_the_run_killed(tmp_path):
+    """A real SIGTERM while the run exists but training has not started (its Trainer is slow to
+    build: 20 s here): the process exits 143 and the MLflow run ends KILLED, not RUNNING forever."""
+    import os
+    import signal
+    import subprocess
+
+    script = tmp_path / "start.py"
+    script.write_text(f"""
+import sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import lightning, lsp_exp.cli.train as entry
+from conftest import compose_config, tiny_overrides
+class SlowTrainer(lightning.Trainer):
+    def __init__(self, *a, **k):
+        print("RUN_EXISTS", flush=True); time.sleep(20); super().__init__(*a, **k)
+entry.L.Trainer = SlowTrainer
+entry.hydra_main.__wrapped__(compose_config("train", tiny_overrides({str(tmp_path)!r}, *{FAST!r},
+                             "trainer.max_steps=2", "+tags.failcase=startup")))
+""")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "RUN_EXISTS" in line:
+            break
+    os.kill(proc.pid, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "interrupted during start-up" in stderr and "Traceback" not in stderr
+    run, _, _ = run_of(tmp_path, "startup")
+    assert run.info.status == "KILLED"

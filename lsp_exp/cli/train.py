@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
+from contextlib import contextmanager
 
 # No telemetry, and nothing fetched from the Hugging Face hub at run time (HF_HUB_OFFLINE=0 allows it).
 for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
@@ -59,6 +62,30 @@ class StepStream(IterableDataset):
 
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
+    with interrupts_during_startup():
+        return _train(cfg)
+
+
+@contextmanager
+def interrupts_during_startup():
+    """Until `fit` installs Lightning's handler (a checkpoint at the end of the step in progress),
+    SIGTERM raises SIGTERMException: the start-up stops and its MLflow run ends KILLED, never left
+    RUNNING by a default-action kill. The previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SIGTERMException()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
     validate(cfg)
     check_launch(cfg)  # how the ranks start (DDP in a multirun; FSDP refused)
@@ -113,6 +140,7 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         enable_progress_bar=cfg.trainer.enable_progress_bar,
         callbacks=[checkpoints, *([RichProgressBar()] if cfg.trainer.enable_progress_bar else [])],
     )
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's handler: a checkpoint at the step's end
     try:
         with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes):
             trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
@@ -170,6 +198,10 @@ def hydra_main(cfg: DictConfig) -> float:
         fail_active_runs(err)
         print(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException as err:  # SIGTERM during start-up: no step to finish; the run ends KILLED
+        fail_active_runs(err)
+        print("interrupted during start-up (SIGTERM): the run is marked KILLED", file=sys.stderr)
+        raise SystemExit(143) from None
     except SystemExit:  # its run is ended already (e.g. KILLED with its checkpoint after SIGTERM)
         ACTIVE_LOGGERS.clear()
         raise

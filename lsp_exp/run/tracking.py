@@ -143,6 +143,14 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None) -> Pa
             policy.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             logger.experiment.log_artifacts(logger.run_id, tmp, "model")
+        if getattr(logger, "flush", lambda: True)() is False:  # a local store locked or failing to the end
+            kept = Path(outputs or ".") / "models" / logger.run_id / "unlogged_metrics.jsonl"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            logger.dump_pending(kept)
+            raise TrackingLostError(
+                f"the tracking store {logger._tracking_uri} refused metrics until the end "
+                f"({one_line(logger.last_error, 200)}); the metrics it did not get are in {kept}; run "
+                f"{logger.run_id} stays RUNNING there")
         return None
     local = Path(outputs) / "models" / logger.run_id / "model"
     local.mkdir(parents=True, exist_ok=True)
