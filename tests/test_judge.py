@@ -192,3 +192,13 @@ def test_in_a_training_step_an_invalid_query_collects_no_judge_score(shared_outp
     assert history["train/query_valid_frac"][0][1] == 0.0
     assert history["train/challenger/reward"][0][1] == -1.0           # not -1 + 7
     assert history["train/judge/score"][0][1] == 7.0
+
+
+def test_the_reply_parser_is_linear_in_the_reply_length():
+    """A hostile 300k-character reply (every opening tag unclosed) once took 38 s with a lazy regex;
+    it is now read by two reverse searches (no timing is asserted here). The last complete calculation
+    still wins."""
+    hostile = "<Calculation>1+" * 20_000 + "<Calculation>1+1+1+1+1+1+1=7</Calculation>"
+    judgement = parse_judgement(hostile)
+    assert judgement.score == 7.0 and judgement.source == "calculation"
+    assert parse_judgement("<Calculation>1+1" * 5).source == "none"

@@ -80,3 +80,8 @@ def test_perfect_teacher_and_unknown_flaw():
     assert teacher_answer(parse_problem("3-17"), rng, WorldConfig(flaw="none")) == -14
     with pytest.raises(ValueError, match="world.flaw"):
         teacher_flawed(parse_problem("3-17"), WorldConfig(flaw="typo"))
+
+
+def test_literals_with_leading_zeros_are_not_problems_of_the_world():
+    assert parse_problem("00+5") is None and parse_problem("07*3") is None and parse_problem("5+03") is None
+    assert parse_problem("0+5").answer == 5 and parse_problem("10+5").answer == 15 and parse_problem("5+0").answer == 5

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 MAX_SCORE = 7
 _SCORE = re.compile(r"<Score>\s*([+-]?\d{1,3})\s*</Score>")
-_CALCULATION = re.compile(r"<Calculation>(.*?)</Calculation>", re.DOTALL)
 _TERM = re.compile(r"\s*(\d{1,2})\s*")
 
 
@@ -34,11 +33,19 @@ def parse_calculation(text: str) -> tuple[int, tuple[int, ...]] | None:
     return sum(terms), tuple(terms)
 
 
+def last_calculation(text: str) -> str | None:
+    """The text of the last `<Calculation>...</Calculation>` (the nearest opening tag before the last
+    closing one), found with two reverse searches: linear in the reply's length, whatever it holds."""
+    end = text.rfind("</Calculation>")
+    start = text.rfind("<Calculation>", 0, end) if end >= 0 else -1
+    return text[start + len("<Calculation>"):end] if start >= 0 else None
+
+
 def parse_judgement(text: str, max_score: int = MAX_SCORE) -> Judgement:
     """The judge's score: the last `<Score>` tag if it holds an integer in [0, max_score]; else the
     sum of the last `<Calculation>` if it is in range; else no score (`source="none"`)."""
-    calculations = _CALCULATION.findall(text)
-    parsed = parse_calculation(calculations[-1]) if calculations else None
+    calculation = last_calculation(text)
+    parsed = parse_calculation(calculation) if calculation is not None else None
     criteria = parsed[1] if parsed and len(parsed[1]) == max_score and set(parsed[1]) <= {0, 1} else None
     scores = _SCORE.findall(text)
     if scores and 0 <= int(scores[-1]) <= max_score:

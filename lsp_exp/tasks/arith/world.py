@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ast
 import random
+import re
 from dataclasses import dataclass
 
 from lsp_exp.tasks.arith.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
@@ -95,6 +96,9 @@ def classify(tree: ast.expr) -> tuple[int, str] | None:
     return 2, "two_op"
 
 
+_LEADING_ZERO = re.compile(r"(?<!\d)0\d")
+
+
 def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | None:
     """The problem that `text` states, or None when it is not a valid problem of this world.
 
@@ -102,6 +106,8 @@ def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | No
     the world's bounds without leading zeros, 1-2 operators, at most one ``*`` whose right factor has one digit.
     """
     if not text or len(text) > 16 or not text[0].isdigit() or any(c not in "0123456789+-*" for c in text):
+        return None
+    if _LEADING_ZERO.search(text):  # `00+5`, `07*3`: Python would parse `00`, the world has no such literal
         return None
     try:
         tree = parse_expression(text, VerifierLimits(max_chars=16, max_nodes=8, max_depth=4))
