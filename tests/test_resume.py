@@ -190,3 +190,63 @@ def test_loading_a_crafted_checkpoint_runs_no_code(tmp_path):
     with pytest.raises(CheckpointError, match="cannot be loaded safely"):
         train(cfg)
     assert not marker.exists()
+
+
+def test_a_second_resume_of_a_run_in_training_is_refused(shared_outputs, tmp_path):
+    """The lock next to the run's checkpoints names a live process (this one): a resume of that run
+    stops in one line, before it touches the run."""
+    import json
+    import os
+    import socket
+
+    from lsp_exp.run.run_lock import RunLockedError
+
+    run = one_run(shared_outputs, "game=grpo_data", "eval.samples=0", "eval.judge_pairs=0", "trainer.max_steps=2",
+                  "+tags.case=locked_resume")
+    folder = shared_outputs / "checkpoints" / run
+    (folder / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                 "heartbeat": time.time()}))
+    cfg = compose_config("train", tiny_overrides(shared_outputs, f"resume={run}", "trainer.max_steps=4"))
+    with pytest.raises(RunLockedError, match=f"being trained by pid {os.getpid()}") as err:
+        train(cfg)
+    assert "\n" not in str(err.value)
+    client = mlflow.MlflowClient(f"sqlite:///{shared_outputs}/mlflow.db")
+    assert client.get_run(run).info.status == "FINISHED"   # untouched
+
+
+def test_after_kill_9_a_resume_takes_over_and_logs_every_step_once(tmp_path):
+    """A real `kill -9` mid-run: the lock is left behind, and the store holds steps after the last
+    checkpoint. The resume takes the stale lock over (tagging the run `died_without_a_word`) and the
+    steps the store already has are not logged again: every step exactly once, 0 .. max_steps - 1."""
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [*tiny_overrides(tmp_path, "game=grpo_data", "eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0",
+                            "eval.sample_table_every=0", "trainer.checkpoint_every=3", "trainer.max_steps=400",
+                            "trainer.enable_progress_bar=false")]
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_exp.cli.train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    client, run_id = mlflow.MlflowClient(store), None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            exp = client.get_experiment_by_name("lsp-exp")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/solver/reward")] if runs else []
+        except Exception:  # noqa: BLE001 (the store is being created)
+            continue
+        if steps and max(steps) >= 4 and max(steps) % 3 != 2:   # past a checkpoint, with steps after it
+            run_id = runs[0].info.run_id
+            proc.kill()
+            break
+    proc.wait(timeout=60)
+    assert run_id is not None, "the run did not get far enough"
+    folder = tmp_path / "checkpoints" / run_id
+    assert (folder / "run.lock").is_file() and latest_checkpoint(folder) is not None
+    logged_before = max(m.step for m in client.get_metric_history(run_id, "train/solver/reward"))
+    target = logged_before + 3
+    train(compose_config("train", tiny_overrides(tmp_path, f"resume={run_id}", f"trainer.max_steps={target}")))
+    steps = [m.step for m in client.get_metric_history(run_id, "train/solver/reward")]
+    assert sorted(steps) == list(range(target)), steps     # each step once: the first values won
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "died_without_a_word" in run.data.tags
+    assert not (folder / "run.lock").exists()

@@ -29,7 +29,9 @@ from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.run.checkpointing import CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir, continue_run, mark_interrupted, prepare_resume  # noqa: E402
+from lsp_exp.run.run_lock import RunLock, RunLockedError  # noqa: E402
+from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir,  # noqa: E402
+                                       continue_run, mark_interrupted, note_died, prepare_resume)
 from lsp_exp.run.launch import check_launch, release_ranks  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
@@ -126,13 +128,23 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, verifier=verifier, labelled_pairs=pairs,
                             judge_template=judge_template)
 
+    lock, stale = None, None
+    if rank_zero_only.rank == 0 and resume is not None:  # one process per run: before the run is touched
+        lock = RunLock(resume.path.parent)
+        stale = lock.acquire()
     logger = build_logger(cfg) if rank_zero_only.rank == 0 else None  # only rank 0 touches the store
     if resume is None:
         log_run_start(logger, cfg)
     else:
         continue_run(logger, cfg, resume)
+        if stale is not None:
+            note_died(logger, stale, lock.path)
     run_id = logger.run_id if logger is not None else None
-    checkpoints = StepCheckpoint(checkpoint_dir(cfg, logger), cfg.trainer.checkpoint_every, run_id, overrides)
+    ckpt_dir = checkpoint_dir(cfg, logger)
+    if rank_zero_only.rank == 0 and lock is None:
+        lock = RunLock(ckpt_dir)
+        lock.acquire()
+    checkpoints = StepCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every, run_id, overrides, lock=lock)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
         num_nodes=cfg.trainer.num_nodes, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
@@ -150,6 +162,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise SystemExit(143) from None
     finally:
         release_ranks(cfg)  # a multirun's next DDP job starts its own ranks
+        if lock is not None:
+            lock.release()
     if trainer.is_global_zero:
         log_final_model(logger, policy, tokenizer, cfg.paths.outputs)
         report(module.eval_history, logger, module.judging)
@@ -174,7 +188,7 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
 
 
 # Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
-CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, FileNotFoundError, RewardModelError, InitFromError,
+CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, RunLockedError, FileNotFoundError, RewardModelError, InitFromError,
                 TrackingUnreachableError, TrackingLostError, NonFiniteLossError)
 
 

@@ -26,6 +26,7 @@ import pickle
 import random
 import re
 import signal
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,14 +121,17 @@ class StepCheckpoint(Callback):
     at the start of the first step (after the resumed run's start-up, which may draw from them)."""
 
     def __init__(self, dirpath: str | Path, every: int = 0, run_id: str | None = None,
-                 overrides: list[str] | None = None):
+                 overrides: list[str] | None = None, lock=None):
         self.dirpath, self.every, self.run_id, self.overrides = Path(dirpath), every, run_id, overrides or []
+        self.lock = lock  # run_lock.RunLock of rank 0: its heartbeat is refreshed every step
         self._pending_rng: dict[str, Any] | None = None
         self._previous_sigint = None
         self.last_path: Path | None = None
 
     # saving
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.lock is not None:
+            self.lock.beat()
         step = trainer.global_step
         if self.every and (step % self.every == 0 or step >= trainer.max_steps):
             self.save(trainer)
@@ -354,9 +358,27 @@ def continue_run(logger, cfg: DictConfig, resume: Resume) -> None:
 
     logger._run_id = resume.run_id  # MLFlowLogger(run_id=...) after construction: it then logs to that run
     client = logger.experiment
+    # Steps the store has already (logged after the checkpoint by a process that then died): their
+    # first values win, the resumed run does not log them again.
+    logged = client.get_metric_history(resume.run_id, "train/solver/reward")
+    logger.logged_through = max((m.step for m in logged), default=-1)
     client.update_run(resume.run_id, status="RUNNING")
     client.set_tag(resume.run_id, "resumed_from_step", str(resume.step))
     client.log_text(resume.run_id, OmegaConf.to_yaml(cfg, resolve=True), f"config/resumed_step_{resume.step:07d}.yaml")
+
+
+def note_died(logger, stale, lock_path: Path) -> None:
+    """The run's previous process died without a word (its lock was left behind): say so, and tag the
+    run with it (`died_without_a_word`: host, pid and the time of its last heartbeat)."""
+    when = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(stale.heartbeat)) if stale.heartbeat else "unknown"
+    log.warning("resume: the run's previous process (pid %s on %s, last heartbeat %s) died without a word; "
+                "taking over its lock %s", stale.pid, stale.host, when, lock_path)
+    if logger is not None and logger.run_id is not None:
+        try:
+            logger.experiment.set_tag(logger.run_id, "died_without_a_word", f"pid {stale.pid} on {stale.host}, "
+                                      f"last heartbeat {when}")
+        except Exception as err:  # noqa: BLE001 (a tracking server that is down must not stop the resume)
+            log.warning("could not tag run %s (%s)", logger.run_id, err)
 
 
 def mark_interrupted(logger, path: Path | None) -> None:

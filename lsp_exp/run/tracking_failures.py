@@ -100,9 +100,12 @@ class ResilientMLFlowLogger(MLFlowLogger):
         self._last_try = 0.0
         self.error_recorded = False
         self.unfinished: str | None = None  # the status `finalize` could not set (server down)
+        self.logged_through = -1  # a resumed run: steps up to this one are in the store already (first values win)
 
     @rank_zero_only
     def log_metrics(self, metrics, step=None) -> None:
+        if step is not None and step <= self.logged_through:  # a resumed run: the store has this step already
+            return
         self.pending.append((dict(metrics), step))
         if self.down_since is not None and time.monotonic() - self._last_try < self.retry_s:
             return
