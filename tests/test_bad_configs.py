@@ -62,6 +62,10 @@ BAD = [
     (f"trainer.checkpoint_dir={HERE / 'conftest.py'}", "is a file, not a folder"),
     (f"task.heldout_path={HERE.parent / 'README.md'}", "README.md line 1: not a problem row"),
     ("task.heldout_path=<empty>", "empty.jsonl: no problems in it"),
+    ("resume=0123456789abcdef0123456789abcdef", "no checkpoint of that MLflow run"),   # resume failures
+    ("resume=<emptydir>", "no step_*.ckpt in that directory"),
+    ("resume=<empty>", "cannot be loaded safely"),                                  # an empty .ckpt-like file
+    (f"resume={HERE / 'conftest.py'}", "cannot be loaded safely"),                  # a text file
 ]
 
 
@@ -77,7 +81,9 @@ def results(tmp_path_factory):
     outputs = tmp_path_factory.mktemp("bad_configs")
     port = str(closed_port())
     (outputs / "empty.jsonl").write_text("")
+    (outputs / "emptydir").mkdir(exist_ok=True)
     cases = [{"argv": tiny_overrides(outputs, *args.replace(CLOSED_PORT, port).replace(EMPTY, str(outputs / "empty.jsonl"))
+                                      .replace("<emptydir>", str(outputs / "emptydir"))
                                       .split()),
               "env": {"HF_HUB_OFFLINE": "1"}} for args, _ in BAD]
     (outputs / "cases.json").write_text(json.dumps(cases))

@@ -95,3 +95,28 @@ def test_a_task_checks_its_own_arguments_when_built_naming_the_key(override, key
 def test_schema_files_exist_for_every_group():
     for group in GROUPS:
         assert any(Path(PROJECT_ROOT / "conf" / group).glob("*.yaml")), group
+
+
+def test_every_number_of_the_framework_groups_has_a_declared_range():
+    """No numeric key is forgotten: each int or float field of the strict schemas (nested ones
+    included) has an entry in RANGES, which validation checks (or a rule of its own: NOT_RANGED)."""
+    import dataclasses
+    import typing
+
+    from lsp_exp.run import config as schemas
+
+    def numeric(cls, prefix):
+        for f in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[f.name]
+            args = set(typing.get_args(hint)) - {type(None)} or {hint}
+            if dataclasses.is_dataclass(hint):
+                yield from numeric(hint, f"{prefix}{f.name}.")
+            elif args & {int, float} and bool not in args:
+                yield f"{prefix}{f.name}"
+
+    keys = {"seed"} | {k for group in ("game", "kl", "algorithm", "trainer") for k in
+                       numeric(schemas.GROUP_SCHEMAS[group], f"{group}.")}
+    keys |= set(numeric(schemas.OptimSchema, "optim.")) | set(numeric(schemas.EvalSchema, "eval."))
+    missing = keys - set(schemas.RANGES) - schemas.NOT_RANGED
+    assert not missing, f"numeric keys without a range in lsp_exp/run/config.py RANGES: {sorted(missing)}"
+    assert set(schemas.RANGES) <= keys | {"trainer.devices"}, set(schemas.RANGES) - keys   # no stale entry

@@ -124,6 +124,7 @@ class SelfPlayModule(L.LightningModule):
     # ---- one self-play step --------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         cfg, g = self.cfg.game, self.cfg.game.group_size
+        step_index = self.global_step  # (the update below advances global_step)
         times: dict[str, float] = defaultdict(float)
         step_start = time.perf_counter()
 
@@ -194,7 +195,10 @@ class SelfPlayModule(L.LightningModule):
             kl = metrics[f"train/kl/{b.name}"]  # the KL of all ranks, so beta stays the same on every rank
             if math.isfinite(metrics["train/grad_norm"]) and math.isfinite(kl):  # not a skipped step
                 self.kl_controllers[b.name].update(kl)
-        self.log_dict(metrics, on_step=True, on_epoch=False)
+        metrics["train/nonfinite_skips"] = float(self.skipped_steps)
+        self.log_dict(metrics, on_step=True, on_epoch=False, logger=False)  # the progress bar and callbacks
+        if self.logger is not None:  # the store gets them now, before this step's checkpoint: never behind one
+            self.logger.log_metrics(metrics, step=step_index)
         self.log("valid", metrics["train/query_valid_frac"], prog_bar=True, logger=False)
         self.log("reward", metrics["train/solver/reward"], prog_bar=True, logger=False)
 
@@ -254,7 +258,6 @@ class SelfPlayModule(L.LightningModule):
                     f"(trainer.max_consecutive_nonfinite={limit}); lower optim.lr or check the reward")
         if last:
             opt.step()
-            self.log("train/nonfinite_skips", float(self.skipped_steps))
         elif finite:  # a real update
             opt.optimizer.step()
         if finite and not _all_finite(p for p in self.policy.parameters() if p.requires_grad):

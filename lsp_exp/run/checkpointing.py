@@ -256,7 +256,9 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
         return found
     if RUN_ID.match(spec):
         tried = [Path(checkpoint_dir) if checkpoint_dir else default_dir(outputs, spec)]
-        if tracking_uri:  # where the run said its checkpoints are (tag `checkpoint_dir`)
+        no_store = tracking_uri and tracking_uri.startswith("sqlite:///") and \
+            not Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+        if tracking_uri and not no_store:  # where the run said its checkpoints are (tag `checkpoint_dir`)
             try:
                 import mlflow
 

@@ -229,6 +229,70 @@ class ReportSchema:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of one number: [low, high] (an end None: unbounded; `open_low` excludes
+    low); null passes where the schema allows it. `why` replaces the generated message."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    why: str | None = None
+
+    def message(self) -> str:
+        if self.why:
+            return self.why
+        if self.high is not None:
+            return f"must be in [{self.low:g}, {self.high:g}]"
+        if self.open_low:
+            return f"must be > {self.low:g}"
+        return "must be at least 1" if self.low == 1 else f"must be >= {self.low:g}"
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+
+# The range of every number of the framework's own groups, declared once: `run/validation.py`
+# checks them all before anything is built, and tests/test_config.py fails when a numeric field
+# of a schema has no entry here.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1, why="must be in [0, 2**32 - 1] (numpy's seed range)"),
+    "game.n_queries": Range(1, why="N must be at least 1"),
+    "game.group_size": Range(2, why="G must be at least 2 for a group baseline"),
+    "game.alpha_ch": Range(0),
+    "game.self_reward_weight": Range(0),
+    "game.judge.max_new_tokens": Range(1, why="must be at least 1 (or null for the template's default)"),
+    "game.judge.temperature": Range(0, why="must be >= 0 (0: greedy)"),
+    "game.judge.fallback_score": Range(0, 7),
+    "game.invalid_query_value": Range(),
+    "game.max_query_tokens": Range(1),
+    "game.max_answer_tokens": Range(1),
+    "game.temperature": Range(0, open_low=True),
+    "kl.beta": Range(0), "kl.beta_challenger": Range(0), "kl.beta_solver": Range(0),
+    "kl.target": Range(0, open_low=True), "kl.horizon": Range(0, open_low=True),
+    "algorithm.clip_low": Range(0, why="must be in [0, 1)"),
+    "algorithm.clip_high": Range(0, why="must be >= 0 (or null)"),
+    "algorithm.epochs": Range(1),
+    "trainer.max_steps": Range(1),
+    "trainer.num_threads": Range(1, why="must be at least 1 (or null for torch's default)"),
+    "trainer.max_consecutive_nonfinite": Range(1),
+    "trainer.num_nodes": Range(1),
+    "trainer.checkpoint_every": Range(0, why="must be >= 0 (0: only on a signal)"),
+    "optim.lr": Range(0, open_low=True),
+    "optim.weight_decay": Range(0),
+    "optim.grad_clip": Range(0, why="must be >= 0 (0 disables clipping)"),
+    "eval.every_n_steps": Range(0),
+    "eval.samples": Range(0),
+    "eval.max_problems": Range(1, why="must be at least 1 (or null for all)"),
+    "eval.sample_table_every": Range(0, why="must be >= 0 (0: never)"),
+    "eval.judge_pairs": Range(0),
+    "eval.judge_threshold": Range(0, 7),
+}
+NOT_RANGED = {"trainer.devices", "optim.betas"}  # checked by their own rules (a list, or 'auto')
+
+
 GROUP_SCHEMAS = {  # the framework's own groups: strict (task, model and reward are `_target_` nodes)
     "game": GameSchema, "kl": KLSchema,
     "algorithm": AlgorithmSchema, "trainer": TrainerSchema, "logger": LoggerSchema,
