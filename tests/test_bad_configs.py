@@ -60,6 +60,7 @@ BAD = [
     ("trainer=gpu", "no CUDA device is visible"),
     (f"model.path={HERE}", "not a model folder (no config.json in it)"),
     (f"trainer.checkpoint_dir={HERE / 'conftest.py'}", "is a file, not a folder"),
+    (f"trainer.checkpoint_dir={HERE / 'conftest.py' / 'ck'}", "cannot write there"),   # below a file: root can't either
     (f"task.heldout_path={HERE.parent / 'README.md'}", "README.md line 1: not a problem row"),
     ("task.heldout_path=<empty>", "empty.jsonl: no problems in it"),
     ("resume=0123456789abcdef0123456789abcdef", "no checkpoint of that MLflow run"),   # resume failures

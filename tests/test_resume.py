@@ -250,3 +250,32 @@ def test_after_kill_9_a_resume_takes_over_and_logs_every_step_once(tmp_path):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "died_without_a_word" in run.data.tags
     assert not (folder / "run.lock").exists()
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_no_truncated_checkpoint(shared_outputs, tmp_path):
+    """A real full disk: the run's process may write files of at most 64 KiB (RLIMIT_FSIZE, with
+    SIGXFSZ ignored so a write fails with EFBIG), less than a checkpoint. The run stops with one line
+    naming the file, and no truncated `step_*.ckpt` is left for a resume to pick up."""
+    import resource
+
+    from lsp_exp.run.instantiate import build
+
+    build(compose_config("train", tiny_overrides(shared_outputs)).task, "task").base_model()  # built before the limit
+    folder = tmp_path / "ck"
+    script = tmp_path / "run.py"
+    script.write_text(f"""
+import resource, signal, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import compose_config, tiny_overrides
+import lsp_exp.cli.train as entry
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+entry.hydra_main.__wrapped__(compose_config("train", tiny_overrides({str(shared_outputs)!r}, *{FAST!r},
+    "trainer.max_steps=2", "trainer.checkpoint_every=1", "trainer.checkpoint_dir={folder}")))
+""")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1 and "could not write checkpoint" in lines[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not list(folder.glob("step_*.ckpt*")) and latest_checkpoint(folder) is None
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] != 65536   # (the limit was the child's only)

@@ -106,6 +106,8 @@ def preflight(cfg: DictConfig) -> None:
         path = OmegaConf.select(cfg, key)
         if path and Path(path).exists() and not Path(path).is_dir():
             raise ConfigError(f"{key}={path!r}: is a file, not a folder")
+        if path:
+            check_writable(Path(path), key)
     for key, reward in _reward_models(cfg.reward, "reward"):
         find_local_or_cached(reward.get("path"), f"{key}.path", f"reward model {reward.get('name', key)!r}")
     for key in ("task.heldout_path", "task.train_path", "game.prompts_path"):
@@ -114,6 +116,18 @@ def preflight(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={path!r}: no such file")
     if cfg.logger.name != "none" and cfg.logger.tracking_uri:
         check_reachable(cfg.logger.tracking_uri, key="logger.tracking_uri")
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """`folder` can be created and written (a probe file, removed at once); one line naming the key if not."""
+    import tempfile  # noqa: PLC0415
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe_"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key}={str(folder)!r}: cannot write there ({' '.join(str(err).split())})") from None
 
 
 def check_model_dir(path: str, key: str) -> None:
