@@ -12,6 +12,8 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from lsp_exp.judge.parsing import MAX_SCORE
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -265,7 +267,7 @@ RANGES: dict[str, Range] = {
     "game.self_reward_weight": Range(0),
     "game.judge.max_new_tokens": Range(1, why="must be at least 1 (or null for the template's default)"),
     "game.judge.temperature": Range(0, why="must be >= 0 (0: greedy)"),
-    "game.judge.fallback_score": Range(0, 7),
+    "game.judge.fallback_score": Range(0, MAX_SCORE),
     "game.invalid_query_value": Range(),
     "game.max_query_tokens": Range(1),
     "game.max_answer_tokens": Range(1),
@@ -288,7 +290,7 @@ RANGES: dict[str, Range] = {
     "eval.max_problems": Range(1, why="must be at least 1 (or null for all)"),
     "eval.sample_table_every": Range(0, why="must be >= 0 (0: never)"),
     "eval.judge_pairs": Range(0),
-    "eval.judge_threshold": Range(0, 7),
+    "eval.judge_threshold": Range(0, MAX_SCORE),
 }
 NOT_RANGED = {"trainer.devices", "optim.betas"}  # checked by their own rules (a list, or 'auto')
 

@@ -7,7 +7,6 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsp_exp.judge.parsing import MAX_SCORE
 from lsp_exp.run.config import RANGES
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,

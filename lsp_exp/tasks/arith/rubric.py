@@ -17,7 +17,6 @@ imperfect judge, as the paper's judge (the frozen base model) is.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from lsp_exp.tasks.arith.verifier import InvalidExpression, VerifierLimits, evaluate_tree, parse_expression
 from lsp_exp.tasks.arith.world import WorldConfig, decode_answer, encode_answer, parse_problem, teacher_answer
