@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import lsp_exp.core.generation as generation
-from lsp_exp.core.generation import chat_prompts, generate, shared_prefix, token_logprobs
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.logprobs import shared_prefix, token_logprobs
 from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 

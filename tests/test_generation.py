@@ -1,7 +1,8 @@
 """Tokenizer, chat format, rollouts and log-probs on a tiny random model."""
 import torch
 
-from lsp_exp.core.generation import chat_prompts, generate, token_logprobs
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.logprobs import token_logprobs
 from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
 from lsp_exp.tasks.arith.tokenizer import JUDGE_TAGS, build_tokenizer
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import lsp_exp.core.generation as generation
-from lsp_exp.core.generation import chat_prompts, generate, token_logprobs
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.logprobs import token_logprobs
 from lsp_exp.core.models import load_policy, load_tokenizer
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl import kl_k1, sequence_kl

@@ -1,23 +1,21 @@
-"""Generation and log-probabilities: the one place the model is sampled and scored.
+"""Generation: the one place the model is sampled (log-probs of what it sampled: `logprobs.py`).
 
 Prompts are left-padded once; completions are cut by position after their first end token (any of
 the model's end ids, `special_tokens.py`): the end token itself counts (it gets a policy gradient and
-a KL term), what follows it does not, whatever the pad token is. Log-probs are computed with position
-ids derived from the attention mask, so that they match what generation used for left-padded rows,
-and at the temperature the completion was sampled at: log pi_T(y_t) = log_softmax(z_t / T)[y_t].
+a KL term), what follows it does not, whatever the pad token is.
 
-Two savings, both exact (the same numbers up to float rounding), measured in `experiments/bench/`:
-- **one prefill per distinct prompt**: with `num_return_sequences = G`, each prompt is run once and
-  its KV cache repeated G times before decoding (transformers' `generate` runs every copy), in a
-  short sampling loop under `torch.inference_mode` (no per-step logits processors or stopping
-  criteria; it honours `model.generation_config.min_new_tokens`);
-- **shared prefixes in log-prob passes**: rows that start with the same tokens (the G answers to one
-  prompt, the N queries from one challenger prompt) run that prefix once; the rest of each row
-  attends to the prefix's repeated KV cache (gradients flow through it), so a reference or policy
-  pass over [N x G, prompt + answer] costs about N x prompt + N x G x answer tokens.
+**One prefill per distinct prompt** (exact; measured in `experiments/bench/`): with
+`num_return_sequences = G`, each prompt is run once and its KV cache repeated G times before
+decoding (transformers' `generate` runs every copy), in a short sampling loop under
+`torch.inference_mode` (no per-step logits processors or stopping criteria; it honours
+`model.generation_config.min_new_tokens`).
 
-`trainer.hf_generate` / `trainer.share_prefixes` switch either back off (the benchmark measures both
-ways): `lsp-train` runs the fit under `settings(...)`, which sets `SETTINGS` for its duration.
+**Micro-batches**: with `SETTINGS.micro_batch_size` set, at most that many rows are decoded at once
+(whole prompts with their copies when they fit, else a prompt's copies in parts) and the parts are
+joined into one Rollout (`join_rollouts`), so the KV cache is bounded whatever N x G is.
+
+`trainer.hf_generate`, `trainer.share_prefixes` and `trainer.micro_batch_size` are `SETTINGS`:
+`lsp-train` runs the fit under `settings(...)`, which sets them for its duration.
 """
 from __future__ import annotations
 
@@ -26,18 +24,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from lsp_exp.rl.diagnostics import token_entropy
 from lsp_exp.core.special_tokens import end_ids_tensor
-
-MIN_SAVING = 0.25         # share a prefix only when it saves at least this fraction of the tokens
 
 
 @dataclass
 class GenerationSettings:
     hf_generate: bool = False    # True: transformers' `generate` (every copy of a prompt prefilled)
     share_prefixes: bool = True  # False: one plain forward pass over every full row in `token_logprobs`
+    micro_batch_size: int | None = None  # rows per forward / backward pass (None: the whole batch at once)
 
 
 SETTINGS = GenerationSettings()
@@ -68,6 +63,7 @@ class Rollout:
     texts: list[str]               # decoded completions, special tokens removed
     finished: torch.Tensor         # [B] bool: the completion ended with an end token
     temperature: float = 1.0       # the sampling temperature: log-probs of these rows are scored at it
+    prompt_length: int | None = None  # columns of the (left-padded) prompt; the completion follows
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -90,14 +86,56 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = True,
              temperature: float = 1.0, num_return_sequences: int = 1,
              generator: torch.Generator | None = None) -> Rollout:
-    """Sample (or greedily decode) completions for rendered prompts in one batched call.
+    """Sample (or greedily decode) completions for rendered prompts.
 
     Rows are prompt-major: the `num_return_sequences` completions of prompt i are rows
     i * n .. i * n + n - 1. Sampling stops a row at any end id and draws from `generator` when given
     (else the global RNG of the model's device). It runs under `torch.inference_mode`; the returned
     tensors are ordinary tensors (cloned out of inference mode), so the update can run autograd
-    through them.
+    through them. With `SETTINGS.micro_batch_size`, in parts of at most that many rows.
     """
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, generator=generator)
+    parts = generation_parts(len(prompts), num_return_sequences, SETTINGS.micro_batch_size)
+    if len(parts) == 1:
+        return _generate(model, tokenizer, prompts, num_return_sequences=num_return_sequences, **kwargs)
+    return join_rollouts([_generate(model, tokenizer, prompts[first:last], num_return_sequences=copies, **kwargs)
+                          for first, last, copies in parts], pad=tokenizer.pad_token_id)
+
+
+def generation_parts(n_prompts: int, copies: int, max_rows: int | None) -> list[tuple[int, int, int]]:
+    """(first prompt, last prompt + 1, copies of each) per call, prompt-major, each at most `max_rows`
+    rows: whole prompts with all their copies when `copies <= max_rows`, else one prompt's copies in parts."""
+    if not max_rows or n_prompts * copies <= max_rows:
+        return [(0, n_prompts, copies)]
+    if copies <= max_rows:
+        per_call = max_rows // copies
+        return [(i, min(i + per_call, n_prompts), copies) for i in range(0, n_prompts, per_call)]
+    return [(i, i + 1, min(max_rows, copies - done)) for i in range(n_prompts) for done in range(0, copies, max_rows)]
+
+
+def join_rollouts(parts: list[Rollout], pad: int) -> Rollout:
+    """One Rollout of the parts' rows in order: prompts left-padded and completions right-padded to
+    the widest part (the added columns are masked out; position ids, which follow the mask, do not move)."""
+    prompt = max(r.prompt_length for r in parts)
+    completion = max(r.input_ids.shape[1] - r.prompt_length for r in parts)
+
+    def widen(t: torch.Tensor, r: Rollout, value: int) -> torch.Tensor:
+        left, right = prompt - r.prompt_length, completion - (t.shape[1] - r.prompt_length)
+        return torch.nn.functional.pad(t, (left, right), value=value)
+
+    return Rollout(
+        input_ids=torch.cat([widen(r.input_ids, r, pad) for r in parts]),
+        attention_mask=torch.cat([widen(r.attention_mask, r, 0) for r in parts]),
+        completion_mask=torch.cat([widen(r.completion_mask, r, 0) for r in parts]),
+        texts=[t for r in parts for t in r.texts],
+        finished=torch.cat([r.finished for r in parts]),
+        temperature=parts[0].temperature,
+        prompt_length=prompt,
+    )
+
+
+def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool, temperature: float,
+              num_return_sequences: int, generator: torch.Generator | None) -> Rollout:
     enc = encode_prompts(tokenizer, prompts, model.device)
     ends = end_ids_tensor(model, tokenizer, model.device)
     with torch.inference_mode():
@@ -131,6 +169,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
         texts=texts,
         finished=is_end.any(-1),
         temperature=float(temperature) if do_sample else 1.0,
+        prompt_length=prompt_len,
     )
 
 
@@ -209,78 +248,3 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
                     position_ids=next_position + t, past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
     return torch.cat([ids, tokens[:, :steps]], dim=1)
-
-
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0):
-    """log pi_T(token_t | tokens_<t) = log_softmax(z_t / T)[token_t] for t >= 1, shape [B, L - 1]
-    (position ids follow the mask; T: the temperature the tokens were sampled at, `Rollout.temperature`).
-
-    With `entropy_mask` [B, L - 1], also the mean entropy of the same tempered distributions over the
-    masked positions, from the same forward pass: returns (logp, entropy)."""
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    split = shared_prefix(input_ids, attention_mask) if SETTINGS.share_prefixes else None
-    t = float(temperature)
-    if split is None:  # the last token predicts nothing: it is not run
-        logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                       position_ids=position_ids[:, :-1]).logits
-        chosen = _chosen(logits, input_ids[:, 1:], t)
-        if entropy_mask is None:
-            return chosen
-        return chosen, token_entropy(logits.detach(), entropy_mask, temperature=t)
-
-    s, firsts, group = split
-    head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
-                 position_ids=position_ids[firsts, :s], use_cache=True)
-    cache = head.past_key_values
-    sizes = torch.bincount(group)
-    if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
-        cache.batch_repeat_interleave(int(sizes[0]))
-    else:
-        cache.batch_select_indices(group)
-    head_logits = head.logits[:, :-1]                                            # predicts tokens 1 .. s-1
-    if s < input_ids.shape[1] - 1:
-        tail = model(input_ids=input_ids[:, s:-1], attention_mask=attention_mask[:, :-1],
-                     position_ids=position_ids[:, s:-1], past_key_values=cache, use_cache=True)
-        tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
-    else:
-        tail_logits = head.logits[group, -1:]
-    chosen = torch.cat([_chosen(head_logits, input_ids[firsts, 1:s], t)[group],
-                        _chosen(tail_logits, input_ids[:, s:], t)], 1)
-    if entropy_mask is None:
-        return chosen
-    n_head, n_tail = entropy_mask[:, :s - 1].sum(), entropy_mask[:, s - 1:].sum()
-    entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:], temperature=t) * n_tail
-    if n_head > 0:
-        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, :s - 1], temperature=t) * n_head
-    return chosen, entropy / (n_head + n_tail).clamp(min=1)
-
-
-def _chosen(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log_softmax(logits / T)[target] per position: logits [B, T, V], targets [B, T] -> [B, T]."""
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return F.log_softmax(logits, dim=-1).gather(-1, targets[..., None]).squeeze(-1)
-
-
-def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """(s, first row of each group, group of each row) when consecutive rows sharing their first s
-    tokens (and mask) make a forward pass over (groups x s) + (rows x (L - s)) tokens at least
-    `MIN_SAVING` cheaper than over rows x L; None otherwise. 1 <= s <= L - 1."""
-    rows, length = input_ids.shape
-    if rows < 2 or length < 3:
-        return None
-    same = (input_ids[1:] == input_ids[:-1]) & (attention_mask[1:] == attention_mask[:-1])
-    common = same.long().cumprod(-1).sum(-1).clamp(max=length - 1)   # [rows - 1] prefix shared with the row above
-    best, best_cost = None, rows * length * (1 - MIN_SAVING)
-    for s in torch.unique(common).tolist():
-        if s < 1:
-            continue
-        cost = (1 + int((common < s).sum())) * s + rows * (length - s)
-        if cost <= best_cost:
-            best, best_cost = s, cost
-    if best is None:
-        return None
-    starts = torch.cat([common.new_ones(1, dtype=torch.bool), common < best])
-    return best, starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1

@@ -18,7 +18,8 @@ import torch
 
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.eval.heldout import evaluate_solver
-from lsp_exp.core.generation import chat_prompts, generate, token_logprobs
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.logprobs import token_logprobs
 from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lsp_exp.core.generation import Rollout, token_logprobs
+from lsp_exp.core.generation import Rollout
+from lsp_exp.core.logprobs import token_logprobs
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl import sequence_kl
 from lsp_exp.rl.role_loss import RoleLoss, role_advantages, role_loss

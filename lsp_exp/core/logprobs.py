@@ -1,0 +1,151 @@
+"""Token log-probabilities of sampled rows: log pi_T(y_t | y_<t) = log_softmax(z_t / T)[y_t]
+(docs/method.md §12), scored the way the rows were generated (position ids from the mask, the
+sampling temperature T), for the reference pass and the update.
+
+Two things keep a pass lean, both exact (the same numbers up to float rounding; tests compare them
+with the plain computation to 1e-5):
+- **no full-vocabulary float32 copy**: the chosen log-prob is z_y / T - logsumexp(z / T), the
+  logsumexp computed over a few hundred positions at a time (`chosen_logprobs`); the backward
+  rebuilds softmax(z / T) chunk by chunk from the saved logits and logsumexp. Besides the model's
+  own logits (kept in the model's dtype) a pass holds O(chunk x V) float32, whatever the batch;
+- **shared prefixes**: rows that start with the same tokens (the G answers to one prompt, the N
+  queries of one challenger prompt) run that prefix once; the rest of each row attends to the
+  prefix's repeated KV cache (gradients flow through it). Off under gradient checkpointing in
+  training, where transformers' checkpointed layers drop the cache (the tail would attend to nothing).
+"""
+from __future__ import annotations
+
+import torch
+
+from lsp_exp.rl.diagnostics import token_entropy
+
+MIN_SAVING = 0.25           # share a prefix only when it saves at least this fraction of the tokens
+CHUNK_ELEMENTS = 2 ** 26    # float32 elements per chunk of positions (256 MB): chunk = CHUNK_ELEMENTS // V
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0):
+    """log pi_T(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask; T:
+    the temperature the tokens were sampled at, `Rollout.temperature`).
+
+    With `entropy_mask` [B, L - 1], also the mean entropy of the same tempered distributions over the
+    masked positions, from the same forward pass: returns (logp, entropy)."""
+    from lsp_exp.core.generation import SETTINGS  # noqa: PLC0415
+
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    share = SETTINGS.share_prefixes and not _cache_dropped(model)
+    split = shared_prefix(input_ids, attention_mask) if share else None
+    t = float(temperature)
+    if split is None:  # the last token predicts nothing: it is not run
+        logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                       position_ids=position_ids[:, :-1]).logits
+        chosen = chosen_logprobs(logits, input_ids[:, 1:], t)
+        if entropy_mask is None:
+            return chosen
+        return chosen, token_entropy(logits.detach(), entropy_mask, temperature=t)
+
+    s, firsts, group = split
+    head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
+                 position_ids=position_ids[firsts, :s], use_cache=True)
+    cache = head.past_key_values
+    sizes = torch.bincount(group)
+    if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
+        cache.batch_repeat_interleave(int(sizes[0]))
+    else:
+        cache.batch_select_indices(group)
+    head_logits = head.logits[:, :-1]                                            # predicts tokens 1 .. s-1
+    if s < input_ids.shape[1] - 1:
+        tail = model(input_ids=input_ids[:, s:-1], attention_mask=attention_mask[:, :-1],
+                     position_ids=position_ids[:, s:-1], past_key_values=cache, use_cache=True)
+        tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
+    else:
+        tail_logits = head.logits[group, -1:]
+    chosen = torch.cat([chosen_logprobs(head_logits, input_ids[firsts, 1:s], t)[group],
+                        chosen_logprobs(tail_logits, input_ids[:, s:], t)], 1)
+    if entropy_mask is None:
+        return chosen
+    n_head, n_tail = entropy_mask[:, :s - 1].sum(), entropy_mask[:, s - 1:].sum()
+    entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:], temperature=t) * n_tail
+    if n_head > 0:
+        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, :s - 1], temperature=t) * n_head
+    return chosen, entropy / (n_head + n_tail).clamp(min=1)
+
+
+def _cache_dropped(model) -> bool:
+    """transformers' checkpointed layers run without a KV cache when they will be replayed in the
+    backward (gradient checkpointing on, training mode, gradients enabled)."""
+    return bool(torch.is_grad_enabled() and model.training and getattr(model, "is_gradient_checkpointing", False))
+
+
+def chosen_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / T)[target] per position in float32 (float64 for float64 logits): logits [B, T, V], targets [B, T] -> [B, T],
+    without a full-size float32 copy of the logits (docs/method.md §12)."""
+    return _ChosenLogprob.apply(logits, targets, float(temperature))
+
+
+class _ChosenLogprob(torch.autograd.Function):
+    """out = z_y / T - logsumexp(z / T), and d out / d z_v = (1[v = y] - softmax(z / T)_v) / T,
+    both over chunks of positions in float32; saves the logits (model dtype) and the logsumexp."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature):
+        flat, index = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+        lse = torch.empty(flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
+        chosen = torch.empty_like(lse)
+        for rows in _chunks(flat):
+            z = _tempered(flat[rows], temperature)
+            lse[rows] = torch.logsumexp(z, -1)
+            chosen[rows] = z.gather(-1, index[rows]).squeeze(-1) - lse[rows]
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        return chosen.view(targets.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        t = ctx.temperature
+        flat, index = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
+        g = grad_out.reshape(-1, 1).to(lse.dtype)
+        grad = torch.empty_like(flat)
+        for rows in _chunks(flat):
+            p = torch.exp(_tempered(flat[rows], t) - lse[rows, None])
+            d = p.mul_(-g[rows]).scatter_add_(-1, index[rows], g[rows])
+            grad[rows] = d.div_(t) if t != 1.0 else d
+        return grad.view_as(logits), None, None
+
+
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(logits.dtype, torch.float32)  # float32, or float64 for float64 logits
+
+
+def _tempered(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    z = z.to(_compute_dtype(z))  # a copy of the chunk only (or the chunk itself: never modified in place)
+    return z / temperature if temperature != 1.0 else z
+
+
+def _chunks(flat: torch.Tensor):
+    size = max(1, CHUNK_ELEMENTS // max(flat.shape[-1], 1))
+    for start in range(0, flat.shape[0], size):
+        yield slice(start, start + size)
+
+
+def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """(s, first row of each group, group of each row) when consecutive rows sharing their first s
+    tokens (and mask) make a forward pass over (groups x s) + (rows x (L - s)) tokens at least
+    `MIN_SAVING` cheaper than over rows x L; None otherwise. 1 <= s <= L - 1."""
+    rows, length = input_ids.shape
+    if rows < 2 or length < 3:
+        return None
+    same = (input_ids[1:] == input_ids[:-1]) & (attention_mask[1:] == attention_mask[:-1])
+    common = same.long().cumprod(-1).sum(-1).clamp(max=length - 1)   # [rows - 1] prefix shared with the row above
+    best, best_cost = None, rows * length * (1 - MIN_SAVING)
+    for s in torch.unique(common).tolist():
+        if s < 1:
+            continue
+        cost = (1 + int((common < s).sum())) * s + rows * (length - s)
+        if cost <= best_cost:
+            best, best_cost = s, cost
+    if best is None:
+        return None
+    starts = torch.cat([common.new_ones(1, dtype=torch.bool), common < best])
+    return best, starts.nonzero().squeeze(-1), starts.long().cumsum(0) - 1
