@@ -38,7 +38,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     t = float(temperature)
     if split is None:  # the last token predicts nothing: it is not run
         logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                       position_ids=position_ids[:, :-1]).logits
+                       position_ids=position_ids[:, :-1], use_cache=False).logits  # no KV cache kept
         chosen = chosen_logprobs(logits, input_ids[:, 1:], t)
         if entropy_mask is None:
             return chosen
@@ -74,7 +74,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 def _cache_dropped(model) -> bool:
     """transformers' checkpointed layers run without a KV cache when they will be replayed in the
     backward (gradient checkpointing on, training mode, gradients enabled)."""
-    return bool(torch.is_grad_enabled() and model.training and getattr(model, "is_gradient_checkpointing", False))
+    checkpointed = getattr(model, "is_gradient_checkpointing", False) or getattr(model, "is_activation_checkpointing", False)
+    return bool(torch.is_grad_enabled() and model.training and checkpointed)
 
 
 def chosen_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

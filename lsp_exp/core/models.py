@@ -40,6 +40,7 @@ class ModelSpec:
     path: Optional[str] = None          # a directory or a hub id already in the cache; None: the task's base model
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory, ~1/3 more compute)
     lora: LoraSpec = field(default_factory=LoraSpec)
 
 
@@ -49,11 +50,11 @@ class HFModel:
     LoRA adapter. Subclass it to load a model another way (quantised, another architecture)."""
 
     def __init__(self, path: str | None = None, dtype: str = "float32", attn_implementation: str = "sdpa",
-                 lora=None):
+                 gradient_checkpointing: bool = False, lora=None):
         from lsp_exp.run.instantiate import checked  # noqa: PLC0415
 
         self.cfg = checked(ModelSpec, {"path": path, "dtype": dtype, "attn_implementation": attn_implementation,
-                                       "lora": lora or {}}, "model")
+                                       "gradient_checkpointing": gradient_checkpointing, "lora": lora or {}}, "model")
         if self.cfg.dtype not in DTYPES:
             raise ValueError(f"model.dtype={dtype!r}: must be {', '.join(DTYPES)}")
         self.path = path
@@ -142,6 +143,8 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    if cfg.get("gradient_checkpointing"):
+        enable_checkpointing(model)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
@@ -149,6 +152,17 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
     return model
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing of every decoder layer, non-reentrant (it needs no input
+    that requires grad, so it works under LoRA with frozen embeddings). Log-prob passes stop sharing
+    prefixes while it is on in training (`logprobs._cache_dropped`)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the old name warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 class Reference:

@@ -19,7 +19,7 @@ import torch
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.eval.heldout import evaluate_solver
 from lsp_exp.core.generation import chat_prompts, generate
-from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.micro_batch import logprobs_in_chunks
 from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template
@@ -31,7 +31,7 @@ from lsp_exp.rl.kl_control import kl_controller
 from lsp_exp.rl.role_loss import invalid_query_value, query_values
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
 from lsp_exp.run.instantiate import build
-from lsp_exp.core.roles import RoleBatch, role_terms
+from lsp_exp.core.roles import RoleBatch, role_backward
 from lsp_exp.core.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
 from lsp_exp.run.tracking import log_eval, log_sample_table, sample_rows
 
@@ -153,25 +153,21 @@ class SelfPlayModule(L.LightningModule):
             quality = judged.values.to(self.device).view(n, g)
             sol_rewards = solver_rewards(rewards, quality, cfg.self_reward_weight)
             ch_rewards = challenger_rewards(ch_rewards, quality, cfg.self_reward_weight, valid=query_valid)
+        micro = self.cfg.trainer.micro_batch_size
         with _timed(times, "ref"), torch.no_grad(), self.reference.model() as ref:
             roles = [RoleBatch("solver", answers, sol_rewards, query_valid[:, None].expand(n, g),
-                               token_logprobs(ref, answers.input_ids, answers.attention_mask,
-                                              temperature=answers.temperature),
+                               logprobs_in_chunks(ref, answers, micro),
                                self.kl_controllers["solver"].value, cfg.max_answer_tokens)]
             if queries.rollout is not None:
                 roles.append(RoleBatch("challenger", queries.rollout, ch_rewards[None, :],
                                        torch.ones(1, n, dtype=torch.bool, device=self.device),
-                                       token_logprobs(ref, queries.rollout.input_ids, queries.rollout.attention_mask,
-                                                      temperature=queries.rollout.temperature),
+                                       logprobs_in_chunks(ref, queries.rollout, micro),
                                        self.kl_controllers["challenger"].value, cfg.max_query_tokens))
         weights = {"solver": 1.0, "challenger": cfg.alpha_ch}
         with _timed(times, "update"):
             epochs = self.algorithm.epochs
             for epoch in range(epochs):  # PPO-style inner epochs over the same playouts (1 for LSP)
-                terms = {b.name: role_terms(b, self.policy, estimator=self.kl_estimator, placement=self.cfg.kl.placement,
-                                            algorithm=self.algorithm) for b in roles}
-                grad_norm = self._optimizer_step(sum(weights[k] * t.total for k, t in terms.items()),
-                                                 last=epoch == epochs - 1)
+                terms, grad_norm = self._update(roles, weights, last=epoch == epochs - 1)
 
         step_s = time.perf_counter() - step_start
         self.tokens["solver"] += int(answers.completion_mask.sum())
@@ -226,24 +222,30 @@ class SelfPlayModule(L.LightningModule):
             self._n_params = sum(p.numel() for p in self.policy.parameters())
         return {"perf/mfu": mfu(self._n_params, tokens, seconds, peak, lora=self.reference.uses_adapter)}
 
-    def _optimizer_step(self, loss: torch.Tensor, last: bool) -> float:
-        """Backward and one optimizer step; a non-finite loss or gradient norm skips the update and
-        is counted (`train/nonfinite_skips`); `trainer.max_consecutive_nonfinite` skips in a row
-        stop the run with NonFiniteLossError.
+    def _update(self, roles, weights, last: bool):
+        """Backward of L = sum_role weight * L_role over micro-batches (`trainer.micro_batch_size`) and
+        one optimizer step; returns (the roles' loss terms, the gradient norm). A non-finite loss or
+        gradient norm skips the update and is counted (`train/nonfinite_skips`);
+        `trainer.max_consecutive_nonfinite` skips in a row stop the run with NonFiniteLossError.
 
         Lightning counts `global_step` in optimizer steps; `trainer.max_steps` counts self-play
         steps, so only the last of a step's inner epochs goes through Lightning's optimizer wrapper
         (the others step the wrapped torch optimizer directly). A skipped update still counts the
         step (the optimizer steps with no gradients), so a run of bad steps cannot loop forever.
-        Under DDP every rank skips when one does (the decision is reduced), so none waits for the
-        others' gradients."""
+        Every rank runs every backward (each micro-batch's gradients are reduced across ranks), and
+        every rank skips when one does (the decision is reduced), so none waits for the others."""
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        grad_norm = float("nan")
-        if self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
-            self.manual_backward(loss)
-            params = [p for p in self.policy.parameters() if p.requires_grad]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf")))
+        terms = {b.name: role_backward(b, self.policy, estimator=self.kl_estimator, placement=self.cfg.kl.placement,
+                                       algorithm=self.algorithm, scale=weights[b.name],
+                                       micro_batch_size=self.cfg.trainer.micro_batch_size,
+                                       backward=self.manual_backward)
+                 for b in roles}
+        loss = sum(weights[k] * float(t.total) for k, t in terms.items())
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))))
+        if not self.trainer.strategy.reduce_boolean_decision(math.isfinite(loss) and math.isfinite(grad_norm), all=True):
+            grad_norm = float("nan")
         finite = math.isfinite(grad_norm)
         if finite:
             self.consecutive_nonfinite = 0
@@ -265,7 +267,7 @@ class SelfPlayModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"the update at step {self.global_step} made the weights non-finite (finite loss and gradient norm "
                 f"{grad_norm:.3g}): stopping; the last checkpoint holds the last good weights; lower optim.lr")
-        return grad_norm
+        return terms, grad_norm
 
     # ---- held-out evaluation -------------------------------------------------------------------
     def _evaluate(self, samples: int) -> None:
@@ -281,7 +283,12 @@ def _all_finite(params) -> bool:
     """Every value of every tensor finite: their largest absolute value (one fused pass, no
     full-size temporary, one device synchronisation) is finite; a NaN or inf anywhere makes it not."""
     params = list(params)
-    return not params or bool(torch.isfinite(torch.nn.utils.get_total_norm(params, norm_type=float("inf"))))
+    return not params or bool(torch.isfinite(_full(torch.nn.utils.get_total_norm(params, norm_type=float("inf")))))
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    """A norm over sharded parameters (FSDP2: a DTensor) as a plain tensor, the same on every rank."""
+    return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
 @contextmanager

@@ -101,6 +101,7 @@ class TrainerSchema:
     checkpoint_dir: Optional[str] = None  # None -> <outputs>/checkpoints/<MLflow run id>
     hf_generate: bool = False           # sample with transformers' generate (the benchmark's baseline; slower)
     share_prefixes: bool = True         # log-prob passes run a prefix shared by rows once (exact; faster)
+    micro_batch_size: Optional[int] = None  # rows per forward/backward pass (None: all N x G at once); exact
 
 
 @dataclass
@@ -281,6 +282,7 @@ RANGES: dict[str, Range] = {
     "trainer.num_threads": Range(1, why="must be at least 1 (or null for torch's default)"),
     "trainer.max_consecutive_nonfinite": Range(1),
     "trainer.num_nodes": Range(1),
+    "trainer.micro_batch_size": Range(1, why="must be at least 1 row (or null: the whole batch in one pass)"),
     "trainer.checkpoint_every": Range(0, why="must be >= 0 (0: only on a signal)"),
     "optim.lr": Range(0, open_low=True),
     "optim.weight_decay": Range(0),
