@@ -92,10 +92,3 @@ def test_ddp_resume_is_exact_per_rank(shared_outputs, tmp_path):
     for key in expected:
         if key.startswith("train/"):
             assert got[key] == expected[key], key
-
-
-def test_fsdp_is_refused_with_the_reason(shared_outputs):
-    from lsp_exp.run.validation import ConfigError
-
-    with pytest.raises(ConfigError, match="manual optimization"):
-        train(compose_config("train", tiny_overrides(shared_outputs, "trainer=fsdp", "logger=none")))

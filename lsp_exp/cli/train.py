@@ -32,7 +32,7 @@ from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
 from lsp_exp.run.run_lock import RunLock, RunLockedError  # noqa: E402
 from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir,  # noqa: E402
                                        continue_run, mark_interrupted, note_died, prepare_resume)
-from lsp_exp.run.launch import check_launch, release_ranks  # noqa: E402
+from lsp_exp.run.launch import check_launch, release_ranks, trainer_strategy  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
@@ -146,7 +146,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         lock.acquire()
     checkpoints = StepCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every, run_id, overrides, lock=lock)
     trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=cfg.trainer.strategy,
+        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=trainer_strategy(cfg.trainer),
         num_nodes=cfg.trainer.num_nodes, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
         logger=logger or False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
@@ -166,7 +166,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if lock is not None:
             lock.release()
     if trainer.is_global_zero:
-        log_final_model(logger, policy, tokenizer, cfg.paths.outputs)
+        log_final_model(logger, policy, tokenizer, cfg.paths.outputs, state_dict=module.final_weights)
         report(module.eval_history, logger, module.judging)
     return module.eval_history
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from lsp_exp.core.sharding import collective_forwards
 from lsp_exp.rl.diagnostics import token_entropy
 
 MIN_SAVING = 0.25           # share a prefix only when it saves at least this fraction of the tokens
@@ -33,7 +34,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     from lsp_exp.core.generation import SETTINGS  # noqa: PLC0415
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    share = SETTINGS.share_prefixes and not _cache_dropped(model)
+    # One pass or two depends on the rows: not while every forward is a collective (FSDP2, sharding.py)
+    share = SETTINGS.share_prefixes and not _cache_dropped(model) and not collective_forwards(model)
     split = shared_prefix(input_ids, attention_mask) if share else None
     t = float(temperature)
     if split is None:  # the last token predicts nothing: it is not run

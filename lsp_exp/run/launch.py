@@ -18,6 +18,31 @@ def is_multiprocess(trainer_cfg) -> bool:
     return strategy.startswith(("ddp", "fsdp", "deepspeed")) and str(trainer_cfg.devices) != "1"
 
 
+def trainer_strategy(trainer_cfg):
+    """What Lightning's Trainer gets as `strategy`: `fsdp` is FSDP2 through ModelParallelStrategy
+    (core/sharding.py: the policy is sharded in `SelfPlayModule.configure_model`); the rest as named."""
+    if str(trainer_cfg.strategy) != "fsdp":
+        return trainer_cfg.strategy
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    # The mesh of fully_shard is built over all ranks (sharding.shard); Lightning's own mesh only
+    # splits the ranks for its sampler, which the self-play step does not use. One checkpoint file.
+    return ModelParallelStrategy(save_distributed_checkpoint=False)
+
+
+def refused_strategy(strategy: str) -> str | None:
+    """One line saying why a strategy cannot run the self-play step (None: it can)."""
+    if strategy.startswith("fsdp") and strategy != "fsdp":
+        return (f"trainer.strategy={strategy}: Lightning's FSDP strategies (FSDP1) wrap the whole module and break a "
+                "backward inside training_step (Lightning-AI/pytorch-lightning#19626), which the self-play step "
+                "needs; use trainer=fsdp (FSDP2, core/sharding.py)")
+    if strategy.startswith("deepspeed"):
+        return (f"trainer.strategy={strategy}: DeepSpeed owns the backward and the optimizer step, which the "
+                "self-play step runs itself (micro-batches, inner epochs, the non-finite skip); use trainer=fsdp "
+                "for a sharded full fine-tune or trainer=ddp")
+    return None
+
+
 def started_outside() -> bool:
     """The ranks are started by SLURM (one task per device) or torchrun: Lightning only joins them."""
     from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
@@ -50,13 +75,11 @@ def check_launch(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    if str(cfg.trainer.strategy).startswith("fsdp"):
+    refused = refused_strategy(str(cfg.trainer.strategy))
+    if refused:
         from lsp_exp.run.validation import ConfigError
 
-        raise ConfigError(
-            f"trainer.strategy={cfg.trainer.strategy}: Lightning's FSDP strategy does not support manual optimization "
-            "(backward inside training_step: Lightning-AI/pytorch-lightning#19626), which the self-play step needs; "
-            "use trainer=ddp, with model.lora.enabled=true for a model too big to replicate with its optimizer")
+        raise ConfigError(refused)
     if not is_multiprocess(cfg.trainer) or started_outside():
         return
     os.environ["LSP_RANKS_STARTED_HERE"] = str(os.getpid())  # this process starts the others

@@ -130,8 +130,9 @@ def log_sample_table(logger, step: int, rows: dict[str, list]) -> None:
         logger.went_down(err, step)
 
 
-def log_final_model(logger, policy, tokenizer, outputs: str | None = None) -> Path | None:
-    """The trained model (or LoRA adapter) in Hugging Face format, as the run's `model/` artifact.
+def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state_dict=None) -> Path | None:
+    """The trained model (or LoRA adapter) in Hugging Face format, as the run's `model/` artifact
+    (`state_dict`: the full weights of a sharded policy, gathered by every rank).
 
     With a remote tracking server it is first saved under `<outputs>/models/<run id>/model` (and
     kept), so a server that went away does not lose it: then TrackingLostError says where it is,
@@ -140,7 +141,7 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None) -> Pa
         return None
     if not (outputs and is_remote(logger._tracking_uri)):
         with tempfile.TemporaryDirectory() as tmp:
-            policy.save_pretrained(tmp)
+            policy.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             logger.experiment.log_artifacts(logger.run_id, tmp, "model")
         if getattr(logger, "flush", lambda: True)() is False:  # a local store locked or failing to the end
@@ -154,7 +155,7 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None) -> Pa
         return None
     local = Path(outputs) / "models" / logger.run_id / "model"
     local.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(local)
+    policy.save_pretrained(local, state_dict=state_dict)
     tokenizer.save_pretrained(local)
     try:
         if getattr(logger, "flush", lambda: True)() is False:

@@ -1,0 +1,57 @@
+"""Sharded full fine-tuning (trainer=fsdp: FSDP2 through Lightning's ModelParallelStrategy,
+lsp_exp/core/sharding.py), run here as trainer=fsdp_cpu: 2 CPU processes over gloo, the code path
+of trainer=fsdp on GPUs. Each rank holds half of every weight, gradient and AdamW state; the update
+must be the one DDP makes (full replicas, gradients averaged) on the same games."""
+import subprocess
+import sys
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lsp_exp.cli.train import train
+from lsp_exp.run.validation import ConfigError
+
+from conftest import compose_config, tiny_overrides
+from test_train_e2e import TINY_RM
+
+SETUP = ["game=lsp_zero", "reward=tiny_rm", *TINY_RM, "eval.judge_pairs=0", "eval.samples=0", "eval.every_n_steps=0", "trainer.num_threads=1",
+         "game.n_queries=3", "game.group_size=4", "trainer.micro_batch_size=5", "trainer.max_steps=2",
+         "trainer.checkpoint_every=0", "kl.beta=0.1", "optim.lr=1e-3"]
+
+
+def run_cli(shared_outputs, store, *extra):
+    args = [*tiny_overrides(shared_outputs, *SETUP, *extra), f"logger.tracking_uri=sqlite:///{store}/mlflow.db",
+            f"logger.artifact_location={store}/artifacts"]
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *args], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{store}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("lsp-exp").experiment_id])
+    metrics = {k: [m.value for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+               for k in run.data.metrics if k.startswith("train/")}
+    weights = load_file(str(next((store / "artifacts").rglob("model.safetensors"))))
+    return run, metrics, weights
+
+
+def test_fsdp_on_two_processes_updates_as_ddp_does(shared_outputs, tmp_path):
+    """Same seeds, same games on each rank (seed + rank), a reward model's graded scores (non-zero
+    advantages), micro-batches of 5 rows cutting the Solver's groups of 4: every logged figure of both steps and the final weights agree with DDP's."""
+    ddp_run, ddp, ddp_weights = run_cli(shared_outputs, tmp_path / "ddp", "trainer=ddp_cpu")
+    fsdp_run, fsdp, fsdp_weights = run_cli(shared_outputs, tmp_path / "fsdp", "trainer=fsdp_cpu")
+    assert fsdp_run.data.params["trainer.strategy"] == "fsdp"
+    assert ddp["train/grad_norm"][0] > 0 and ddp["train/kl/solver"][1] > 0   # a real update, then a real KL
+    assert sorted(fsdp) == sorted(ddp)
+    for key, values in ddp.items():
+        assert fsdp[key] == pytest.approx(values, rel=1e-4, abs=1e-6), key
+    assert sorted(fsdp_weights) == sorted(ddp_weights)
+    for name, tensor in ddp_weights.items():
+        torch.testing.assert_close(fsdp_weights[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("strategy", ["deepspeed", "fsdp_cpu_offload"])
+def test_strategies_that_cannot_run_the_step_are_refused_in_one_line(shared_outputs, strategy):
+    with pytest.raises(ConfigError, match=f"trainer.strategy={strategy}: .*use trainer=") as error:
+        train(compose_config("train", tiny_overrides(shared_outputs, f"trainer.strategy={strategy}", "logger=none")))
+    assert "\n" not in str(error.value)
