@@ -51,12 +51,12 @@ def test_mlflow_http_client_is_bounded_and_a_dead_server_fails_in_seconds():
 
 
 def test_nonfinite_losses_are_skipped_counted_and_too_many_stop_the_run_failed(shared_outputs, monkeypatch):
-    real = SelfPlayModule._optimizer_step
+    real = SelfPlayModule.manual_backward
 
-    def poisoned(self, loss, last):  # NaN losses at steps 1, 3 and 4: 2 in a row at step 4
-        return real(self, loss * float("nan") if self.global_step in (1, 3, 4) else loss, last)
+    def poisoned(self, loss):  # NaN losses at steps 1, 3 and 4: 2 in a row at step 4
+        return real(self, loss * float("nan") if self.global_step in (1, 3, 4) else loss)
 
-    monkeypatch.setattr(SelfPlayModule, "_optimizer_step", poisoned)
+    monkeypatch.setattr(SelfPlayModule, "manual_backward", poisoned)
     cfg = compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=8",
                                                  "trainer.max_consecutive_nonfinite=2", "+tags.failcase=nonfinite"))
     with pytest.raises(NonFiniteLossError, match=r"^2 non-finite losses or gradients in a row \(the last at step 4; "

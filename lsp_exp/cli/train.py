@@ -33,6 +33,7 @@ from lsp_exp.run.run_lock import RunLock, RunLockedError  # noqa: E402
 from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir,  # noqa: E402
                                        continue_run, mark_interrupted, note_died, prepare_resume)
 from lsp_exp.run.launch import check_launch, release_ranks, trainer_strategy  # noqa: E402
+from lsp_exp.run.memory_check import check_memory  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
@@ -105,6 +106,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
     if init is not None and not is_adapter(init):
         model_path = str(init)  # a full model: weights and tokenizer from the earlier run
+    check_memory(cfg, model_path)  # the estimated peak against the device's memory, before any weight is loaded
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     tokenizer = loader.tokenizer(model_path)
     policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
