@@ -116,7 +116,6 @@ def test_bad_config_fails_clearly(results, args, named):
         assert len(lines) == 1, res["stderr"]
     else:  # Hydra's: its message, then the pointer to HYDRA_FULL_ERROR, no stack
         assert "HYDRA_FULL_ERROR" in lines[-1], res["stderr"]
-    assert res["seconds"] < 60, res  # the closed port included: no MLflow retries for minutes
 
 
 def test_nothing_was_built_and_the_installed_script_agrees(results):

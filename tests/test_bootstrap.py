@@ -15,7 +15,10 @@ def tiny_bootstrap_cfg(*extra):
 
 def test_key_changes_with_the_config():
     base = tiny_bootstrap_cfg()
-    assert world_key(base.task.world, base.task.bootstrap) == world_key(base.task.world, base.task.bootstrap)
+    again = tiny_bootstrap_cfg("task.world.flaw_rate=0.5", "task.world.flaw_rate=" + str(base.task.world.flaw_rate))
+    assert again is not base and world_key(again.task.world, again.task.bootstrap) == world_key(base.task.world, base.task.bootstrap)
+    key = world_key(base.task.world, base.task.bootstrap)
+    assert len(key) == 12 and int(key, 16) >= 0   # a 12-hex-digit folder name
     changed = tiny_bootstrap_cfg("task.world.flaw_rate=0.5")
     assert world_key(changed.task.world, changed.task.bootstrap) != world_key(base.task.world, base.task.bootstrap)
     changed = tiny_bootstrap_cfg("task.bootstrap.sft.steps=4")

@@ -76,3 +76,25 @@ def test_grpo_data_trains_on_an_alpaca_file(shared_outputs, tmp_path):
     history = train(compose_config("train", tiny_overrides(shared_outputs, "game=grpo_data", "logger=none",
                                                            f"game.prompts_path={tmp_path / 'alpaca.json'}")))
     assert max(history) == 3
+
+
+def test_a_filter_picks_the_newest_finished_match_and_the_seed_the_config_names(tmp_path):
+    """In a store of runs made here: of the matching runs, a newer FAILED or RUNNING one is passed over
+    for the newest FINISHED one; `${seed}` in the paper's lsp_rl filter selects that seed's run."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("chain")
+    made = {}
+    for i, (seed, status) in enumerate([("0", "FINISHED"), ("0", "FINISHED"), ("1", "FINISHED"), ("0", "FAILED"),
+                                        ("0", None), ("1", "KILLED")]):
+        run = client.create_run(exp, start_time=1_000_000 + i, tags={"experiment": "paper_llama3b", "arm": "lsp",
+                                                                     "seed": seed})
+        if status:
+            client.set_terminated(run.info.run_id, status)
+        made[i] = run.info.run_id
+    for seed, newest_finished in (("0", made[1]), ("1", made[2])):
+        spec = compose_config("train", ["experiment=paper_llama3b/lsp_rl", f"seed={seed}"]).init_from
+        assert spec == f"filter:tags.experiment = 'paper_llama3b' and tags.arm = 'lsp' and tags.seed = '{seed}'"
+        assert find_run(spec, uri) == newest_finished
+    with pytest.raises(InitFromError, match="no finished MLflow run matches"):
+        find_run("filter:tags.arm = 'lsp' and tags.seed = '2'", uri)

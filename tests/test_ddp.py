@@ -5,16 +5,19 @@ counts: the sum), only rank 0 writes to MLflow.
 Rank r of `seed=0` plays exactly what a single process with `seed=r` plays at the first step
 (before the first update, the weights are the same), so the DDP run's first-step metrics must be
 the mean of two single-process runs'."""
+import json
+import math
+import os
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from lsp_exp.cli.train import train
 
-from conftest import compose_config, tiny_overrides
+from conftest import compose_config, run_of_this_test, runs_of_this_test, tiny_overrides
 
 SETUP = ["game=lsp_zero", "eval.judge_pairs=0", "eval.samples=0", "trainer.num_threads=1", "game.n_queries=3"]
 MEAN = ["train/solver/reward", "train/entropy/solver", "train/entropy/challenger", "train/query_valid_frac",
@@ -25,7 +28,7 @@ SUM = ["train/tokens/solver", "train/tokens/challenger"]
 def runs(outputs):
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     exp = client.get_experiment_by_name("lsp-exp")
-    return client, client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]) if exp else []
+    return client, list(reversed(runs_of_this_test(f"sqlite:///{outputs}/mlflow.db", "lsp-exp"))) if exp else []
 
 
 def first_step(client, run_id, keys):
@@ -38,9 +41,7 @@ def test_two_process_cpu_ddp_reduces_metrics_across_ranks(shared_outputs, tmp_pa
     args = [*tiny_overrides(shared_outputs, *SETUP, "trainer=ddp_cpu", "trainer.max_steps=2", "eval.every_n_steps=0",
                             "trainer.checkpoint_every=0", "trainer.enable_progress_bar=false"),
             f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", f"logger.artifact_location={outputs}/artifacts"]
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *args], capture_output=True, text=True, timeout=600)
-    wall = time.perf_counter() - start
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout
     client, found = runs(outputs)
@@ -64,7 +65,6 @@ def test_two_process_cpu_ddp_reduces_metrics_across_ranks(shared_outputs, tmp_pa
         assert ddp[key] == pytest.approx((single[0][key] + single[1][key]) / 2, rel=1e-5, abs=1e-6), key
     for key in SUM:
         assert ddp[key] == pytest.approx(single[0][key] + single[1][key]), key
-    print(f"ddp_cpu run: {wall:.1f} s wall")
 
 
 @pytest.mark.slow  # three 2-process runs
@@ -92,3 +92,44 @@ def test_ddp_resume_is_exact_per_rank(shared_outputs, tmp_path):
     for key in expected:
         if key.startswith("train/"):
             assert got[key] == expected[key], key
+
+
+def ddp_probe(shared_outputs, tmp_path, *extra, env=None):
+    """A 2-rank ddp_cpu run through tests/ddp_probe.py: each rank's weight digest after every step."""
+    probe = tmp_path / "probe"
+    probe.mkdir(exist_ok=True)
+    args = [*tiny_overrides(shared_outputs, *SETUP, "trainer=ddp_cpu", "eval.every_n_steps=0",
+                            "trainer.checkpoint_every=0", "eval.sample_table_every=0", "optim.lr=1e-2", *extra),
+            f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db", f"logger.artifact_location={tmp_path}/artifacts"]
+    script = str(Path(__file__).with_name("ddp_probe.py"))
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "DDP_PROBE_DIR": str(probe), **(env or {})})
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = [[json.loads(line) for line in (probe / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert [r["step"] for r in records[0]] == [r["step"] for r in records[1]]
+    return records, run_of_this_test(f"sqlite:///{tmp_path}/mlflow.db", "lsp-exp")
+
+
+def test_ddp_ppo_lora_weights_equal_on_every_rank_and_one_nan_skips_every_rank(shared_outputs, tmp_path):
+    """PPO (4 inner epochs, each an all-reduced backward) over a LoRA adapter, 2 CPU ranks playing
+    different games: after every update the trainable weights are bit-identical on both ranks; at
+    step 1 only rank 1's loss is NaN, yet both ranks skip that step's updates (weights unchanged,
+    counted on each), and the next step updates again."""
+    records, run = ddp_probe(shared_outputs, tmp_path, "algorithm=ppo", "model.lora.enabled=true",
+                             "trainer.max_steps=3", "reward._target_=step_probe.ProbeReward",  # advantages != 0
+                             "game.max_query_tokens=24", env={"DDP_PROBE_NAN_RANK": "1", "DDP_PROBE_NAN_STEP": "1"})
+    rank0, rank1 = records
+    assert [r["step"] for r in rank0] == [-1, 0, 1, 2]
+    assert [r["digest"] for r in rank0] == [r["digest"] for r in rank1]   # DDP kept the ranks in step
+    start, after0, after1, after2 = (r["digest"] for r in rank0)
+    assert start != after0 and after1 == after0 and after2 != after1     # step 1 skipped on both ranks
+    # each of PPO's 4 inner updates of step 1 is a skipped update, on both ranks
+    assert [r["skipped"] for r in rank0] == [0, 0, 4, 4] == [r["skipped"] for r in rank1]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    history = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
+               for k in ("train/nonfinite_skips", "train/grad_norm", "train/loss/solver")}
+    assert history["train/nonfinite_skips"] == {0: 0.0, 1: 4.0, 2: 4.0}
+    assert math.isfinite(history["train/grad_norm"][0]) and math.isfinite(history["train/grad_norm"][2])
+    assert math.isnan(history["train/grad_norm"].get(1, float("nan")))
+    assert math.isfinite(history["train/loss/solver"][1])  # rank 0's loss was finite (the mean ignores NaN)
+    assert run.data.params["algorithm.name"] == "ppo" and run.data.params["model.lora.enabled"] == "True"

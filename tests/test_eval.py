@@ -76,7 +76,7 @@ def test_lsp_eval_logs_into_the_run_and_a_base_run(shared_outputs):
     (base,) = evaluate(compose_config("eval", common + ["+tags.arm=base", "logger.experiment_name=evals"]))
     assert base["win_rate"] == pytest.approx(0.5) and base["tie_rate"] == 1.0  # the base against itself
     exp = client.get_experiment_by_name("evals")
-    (base_run,) = client.search_runs([exp.experiment_id])
+    (base_run,) = client.search_runs([exp.experiment_id], filter_string="tags.arm = 'base'")
     assert base_run.data.tags["arm"] == "base" and base_run.info.status == "FINISHED"
 
 
@@ -95,3 +95,32 @@ def test_lsp_eval_llm_judge_reads_the_judge_model_without_copying_it(shared_outp
         f"paths.outputs={shared_outputs}", "logger=none", "win_rate.judge=llm", "win_rate.max_prompts=4",
         "heldout.enabled=false", "perplexity.enabled=false", "diversity=false"]))
     assert base["win_rate"] == pytest.approx(0.5) and base["tie_rate"] == 1.0  # the base against itself
+
+
+def test_pass_at_k_and_per_slice_accuracy_by_hand(monkeypatch):
+    """evaluate_solver on canned answers: 3 problems in slices a/b, greedy answers and k=2 samples
+    each; every figure computed by hand."""
+    from types import SimpleNamespace
+
+    import lsp_exp.eval.heldout as heldout_mod
+    from lsp_exp.tasks.base import HeldoutSet
+
+    truth = ["1", "2", "3"]
+    greedy = ["1", "x", "3"]                                  # right, wrong, right
+    sampled = ["1", "y", "z", "2", "q", "r"]                  # prompt-major: p0 (1 of 2), p1 (1 of 2), p2 (0 of 2)
+
+    def generate(model, tokenizer, prompts, *, do_sample, num_return_sequences=1, **kwargs):
+        assert len(prompts) == 3
+        return SimpleNamespace(texts=sampled if do_sample else greedy)
+
+    monkeypatch.setattr(heldout_mod, "generate", generate)
+    monkeypatch.setattr(heldout_mod, "chat_prompts", lambda tokenizer, texts: list(texts))
+    model = torch.nn.Linear(1, 1)
+    model.device = torch.device("cpu")
+    heldout = HeldoutSet(["p0", "p1", "p2"], lambda i, text: text == truth[i], [["a"], ["a", "b"], ["b"]], truth)
+    metrics = heldout_mod.evaluate_solver(model, None, heldout, samples=2)
+    assert metrics == pytest.approx({
+        "accuracy": 2 / 3, "accuracy/a": 1 / 2, "accuracy/b": 1 / 2,
+        "pass_at_1": (1 / 2 + 1 / 2 + 0) / 3, "pass_at_1/a": 1 / 2, "pass_at_1/b": 1 / 4,
+        "pass_at_2": 2 / 3, "pass_at_2/a": 1.0, "pass_at_2/b": 1 / 2})
+    assert model.training  # left as it was found

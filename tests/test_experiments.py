@@ -12,7 +12,9 @@ from lsp_exp.run.config import PROJECT_ROOT
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 from lsp_exp.cli.train import train
 
-from conftest import compose_config, tiny_overrides
+import torch
+
+from conftest import compose_config, run_of_this_test, runs_of_this_test, tiny_overrides
 
 TOY_EXPERIMENTS = sorted(str(p.relative_to(PROJECT_ROOT / "conf" / "experiment").with_suffix(""))
                          for p in (PROJECT_ROOT / "conf" / "experiment").rglob("*.yaml")
@@ -57,21 +59,61 @@ def stand_ins(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("arm", ["lsp", "lsp_zero", "grpo", "lsp_rl"])
-def test_paper_configs_compose_and_run_on_tiny_stand_ins(shared_outputs, stand_ins, arm):
-    cfg = compose_config("train", tiny_overrides(shared_outputs, *TINY_LIMITS, arith=False) + [
+def paper_config(outputs, stand_ins, store, arm, *extra):
+    return compose_config("train", tiny_overrides(outputs, *TINY_LIMITS, arith=False) + [
         f"experiment=paper_llama3b/{arm}", f"model.path={stand_ins / 'policy'}", f"reward.path={stand_ins / 'rm'}",
         f"game.prompts_path={stand_ins / 'alpaca.json'}", "trainer=cpu", "trainer.max_steps=1",
         "model.dtype=float32", "reward.dtype=float32", "game.max_query_tokens=6", "game.max_answer_tokens=6",
-        "game.judge.max_new_tokens=6", "eval.judge_pairs=0"])
+        "game.judge.max_new_tokens=6", "eval.judge_pairs=0", f"logger.tracking_uri={store}", *extra])
+
+
+@pytest.mark.parametrize("arm", ["lsp", "lsp_zero", "grpo", "lsp_rl"])
+def test_paper_configs_compose_and_run_on_tiny_stand_ins(shared_outputs, stand_ins, arm, tmp_path, monkeypatch):
+    store = f"sqlite:///{tmp_path}/mlflow.db"  # this test's own store: lsp_rl finds the lsp run it made itself
+    cfg = paper_config(shared_outputs, stand_ins, store, arm)
     paper = compose_config("train", [f"experiment=paper_llama3b/{arm}"])  # what Appendix C sets (docs/method.md §10)
     assert paper.model.name == "llama3_2_3b_instruct" and paper.reward.name == "skywork_v2_3b"
     assert paper.game.n_queries == 8 and paper.kl.beta == 0.05 and paper.model.lora.enabled
     assert paper.optim.lr == (1e-6 if arm in ("grpo", "lsp_rl") else 3e-6) == cfg.optim.lr
     assert paper.game.self_reward == (arm == "lsp") and paper.game.prompt == "paper"
     assert paper.trainer.accelerator == "gpu" and paper.trainer.precision == "bf16-mixed"
+    if arm == "lsp_rl":  # the LSP stage first, at a learning rate that moves its LoRA adapter visibly
+        train(paper_config(shared_outputs, stand_ins, store, "lsp", "optim.lr=1e-2"))
+        started = capture_start_weights(monkeypatch)
     train(cfg)  # lsp_rl: starts from the LoRA adapter the lsp run logged (merged into the base)
-    client = mlflow.MlflowClient(f"sqlite:///{shared_outputs}/mlflow.db")
-    exp = client.get_experiment_by_name("paper-llama3b")
-    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    assert run.info.status == "FINISHED" and run.data.tags["arm"] == {"grpo": "rl"}.get(arm, arm)
+    run = run_of_this_test(store, "paper-llama3b", f"tags.arm = '{ {'grpo': 'rl'}.get(arm, arm)}'")
+    assert run.info.status == "FINISHED"
+    if arm == "lsp_rl":  # its start = the base with the lsp run's adapter merged, computed here with peft
+        from peft import PeftModel
+
+        (lsp,) = runs_of_this_test(store, "paper-llama3b", "tags.arm = 'lsp'")
+        assert run.data.tags["init_from"].startswith("filter:") and lsp.info.status == "FINISHED"
+        base = LlamaForCausalLM.from_pretrained(stand_ins / "policy").eval()
+        ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+        with torch.no_grad():
+            base_logits = base(ids).logits
+            adapter = shared_outputs / "init_from" / lsp.info.run_id / "model"
+            merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()(ids).logits
+        assert (merged - base_logits).abs().max() > 1e-4, "the lsp stage's adapter did not move"
+        assert torch.allclose(started(ids), merged, atol=1e-5)
+
+
+def capture_start_weights(monkeypatch):
+    """The policy the self-play module is given, as a function of input ids (a frozen copy)."""
+    import copy
+
+    from lsp_exp.core.module import SelfPlayModule
+
+    held = {}
+    real = SelfPlayModule.__init__
+
+    def init(self, cfg, policy, *args, **kwargs):
+        held["policy"] = copy.deepcopy(policy).eval()
+        real(self, cfg, policy, *args, **kwargs)
+
+    monkeypatch.setattr(SelfPlayModule, "__init__", init)
+
+    def logits(ids):
+        with torch.no_grad():
+            return held["policy"](ids).logits
+    return logits

@@ -21,7 +21,7 @@ import pytest
 from lsp_exp.cli.train import train
 from lsp_exp.run.config import PROJECT_ROOT
 
-from conftest import compose_config, tiny_overrides
+from conftest import compose_config, runs_of_this_test, tiny_overrides
 
 FAST = ["trainer.max_steps=2", "eval.samples=0", "eval.every_n_steps=0", "eval.judge_pairs=0",
         "eval.sample_table_every=0", "trainer.checkpoint_every=0", "trainer.num_threads=1"]
@@ -48,8 +48,7 @@ def user(tmp_path, monkeypatch):
 
 def last_run(outputs):
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    run = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                             order_by=["attributes.start_time DESC"], max_results=1)[0]
+    run = runs_of_this_test(f"sqlite:///{outputs}/mlflow.db")[-1]  # this test's newest (its tag, conftest.py)
     return run, {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
 
 

@@ -14,7 +14,7 @@ from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, latest_chec
 from lsp_exp.run.tracking import init_sqlite_store
 from lsp_exp.cli.train import train
 
-from conftest import compose_config, tiny_overrides
+from conftest import compose_config, runs_of_this_test, tiny_overrides
 from test_train_e2e import TINY_RM
 
 
@@ -26,11 +26,8 @@ def history(outputs, run_id):
 
 
 def run_ids(outputs):
-    client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    exp = client.get_experiment_by_name("lsp-exp")
-    if exp is None:
-        return []
-    return [r.info.run_id for r in client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])]
+    """This test's runs in the store, newest first (found by its tag, conftest.py)."""
+    return [r.info.run_id for r in reversed(runs_of_this_test(f"sqlite:///{outputs}/mlflow.db", "lsp-exp"))]
 
 
 def one_run(outputs, *extra):
@@ -230,7 +227,7 @@ def test_after_kill_9_a_resume_takes_over_and_logs_every_step_once(tmp_path):
         time.sleep(0.5)
         try:
             exp = client.get_experiment_by_name("lsp-exp")
-            runs = client.search_runs([exp.experiment_id]) if exp else []
+            runs = runs_of_this_test(store, "lsp-exp") if exp else []
             steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/solver/reward")] if runs else []
         except Exception:  # noqa: BLE001 (the store is being created)
             continue

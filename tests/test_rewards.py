@@ -117,7 +117,11 @@ def test_composite_from_config_builds_named_parts(saved_rm):
         "rm": {"_target_": "lsp_exp.rewards.reward_model.load_reward_model", "path": str(saved_rm), "transform": "sigmoid"}})
     reward = build_reward(cfg)
     scores = reward.score(["1+2", "1+2"], ["3", "4"])
-    rm = scores.parts["rm"]
+    # the reward model's part from an independent path: the same model loaded on its own, not the part's output
+    from lsp_exp.rewards.reward_model import load_reward_model
+
+    rm = load_reward_model(str(saved_rm), transform="sigmoid").score(["1+2", "1+2"], ["3", "4"]).values
+    assert torch.allclose(scores.parts["rm"], rm) and ((rm > 0) & (rm < 1)).all()
     assert torch.allclose(scores.values, torch.tensor([2.0, 0.0]) + 0.5 * rm)
     assert reward.bounds == (0.0, 2.5)
 
