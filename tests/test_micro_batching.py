@@ -1,6 +1,6 @@
 """Micro-batches (trainer.micro_batch_size) give the full batch's gradient: for every algorithm,
 KL placement and aggregation, for the Solver's [N, G] groups and the Challenger's [1, N] group,
-with gradient checkpointing off and on (docs/method.md §13). fp32, relative tolerance 1e-5."""
+with gradient checkpointing off and on (docs/method.md §15). fp32, relative tolerance 1e-5."""
 import copy
 
 import pytest

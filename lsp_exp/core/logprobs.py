@@ -1,5 +1,5 @@
 """Token log-probabilities of sampled rows: log pi_T(y_t | y_<t) = log_softmax(z_t / T)[y_t]
-(docs/method.md §12), scored the way the rows were generated (position ids from the mask, the
+(docs/method.md §9 and §15), scored the way the rows were generated (position ids from the mask, the
 sampling temperature T), for the reference pass and the update.
 
 Two things keep a pass lean, both exact (the same numbers up to float rounding; tests compare them
@@ -82,7 +82,7 @@ def _cache_dropped(model) -> bool:
 
 def chosen_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log_softmax(logits / T)[target] per position in float32 (float64 for float64 logits): logits [B, T, V], targets [B, T] -> [B, T],
-    without a full-size float32 copy of the logits (docs/method.md §12)."""
+    without a full-size float32 copy of the logits (docs/method.md §15)."""
     return _ChosenLogprob.apply(logits, targets, float(temperature))
 
 

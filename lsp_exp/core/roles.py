@@ -1,7 +1,7 @@
 """One role's part of the update: its playouts (the Solver's answers or the Challenger's queries),
 rewards and reference log-probs, and the forward and backward of its loss over micro-batches.
 
-Micro-batches give the full batch's gradient (docs/method.md §13). The loss is linear in the
+Micro-batches give the full batch's gradient (docs/method.md §15). The loss is linear in the
 per-token losses once its normalisers are fixed, and those come from the whole batch's masks:
 the aggregation's token weights W = d agg / d l (at the full mask), and the KL term's 1 / (counted
 members). A micro-batch contributes sum_t W_t l_t (+ beta * sum_i KL_i / members), its gradient is
