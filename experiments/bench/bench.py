@@ -3,6 +3,7 @@
     .venv-bench/bin/python experiments/bench/bench.py --model toy,25m --steps 20            # vs TRL
     .venv-bench/bin/python experiments/bench/bench.py --suite games --model toy --steps 20  # lsp vs grpo_data
     .venv-bench/bin/python experiments/bench/bench.py --suite scaling --model toy,25m --steps 8
+    .venv-bench/bin/python experiments/bench/bench.py --suite memory                          # issue 15: wide128k
 
 Every measured run is its own subprocess (`run_lsp.py`, `run_trl.py`), so its peak resident memory
 (`ru_maxrss` of that child, read with `os.wait4`) is its own; runs are sequential, in alternating
@@ -24,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULT_TAG, ROOT, build_25m, toy_paths  # noqa: E402
+from common import RESULT_TAG, ROOT, build_25m, build_wide, long_prompts, toy_paths  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,12 +35,14 @@ def default_python() -> str:
     return str(bench) if bench.exists() else sys.executable
 
 
-def run_worker(python: str, script: str, args: list[str], log: Path) -> dict:
+def run_worker(python: str, script: str, args: list[str], log: Path, where: Path = HERE,
+               env_extra: dict | None = None) -> dict:
+    """Run `where/script` with `python` (cwd `where`); its result line, plus the child's own peak RSS."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore", **(env_extra or {})}
     with open(log, "w") as out:
-        proc = subprocess.Popen([python, str(HERE / script), *args], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=HERE, env=env)
+        proc = subprocess.Popen([python, str(where / script), *args], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=where, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
     text = log.read_text()
     if os.waitstatus_to_exitcode(status) != 0:
@@ -96,18 +99,138 @@ def environment(python: str) -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; {python}: {out}"
 
 
+# ---- suite "memory" (issue 15): today's code (a worktree of TODAY) vs the new defaults vs TRL -------------------
+TODAY = "ef61e40"  # the code before memory-lean log-probs, micro-batching and checkpointing (d9e81b3, 96b00e8)
+GiB = 1024.0  # MiB per GiB
+
+
+def today_worktree(path: Path, commit: str) -> Path:
+    """A git worktree of `commit` at `path` (created once; `git worktree remove` it when done)."""
+    if not (path / "experiments" / "bench" / "run_lsp.py").is_file():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
+                       stdout=subprocess.DEVNULL)
+    head = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    if not commit.startswith(head) and not head.startswith(commit):
+        raise SystemExit(f"{path} is at {head}, not {commit}: remove it (git worktree remove {path}) or pass --today-worktree")
+    return path
+
+
+def memory_arms(args, model_dir: str, prompts32: str, worktree: Path) -> dict:
+    """name -> (kind, python, script dir, worker args, extra env). Our side: lsp_zero (the issue's case) and
+    grpo_data on 32-token prompts (the line compared with TRL); answers forced to --max-tokens."""
+    work = ["--model-dir", model_dir, "--n", str(args.n), "--g", str(args.g), "--max-tokens", str(args.max_tokens),
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    query = f"game.max_query_tokens={args.query_tokens}"
+
+    def ours(game: str, *overrides: str):
+        extra = [query] if game == "lsp_zero" else [f"game.prompts_path={prompts32}"]
+        return ("lsp", args.python, HERE, ["--outputs", args.outputs, "--game", game, *work, *extra, *overrides], {})
+
+    def micro(k: str) -> str:
+        return f"trainer.micro_batch_size={k}"
+
+    arms = {}
+    # today's code: its own worker (run_lsp.py of that commit), its own conf/, the main venv's interpreter
+    today_out = Path(tempfile.gettempdir()) / "lsp-bench-today-outputs"
+    today_out.mkdir(exist_ok=True)
+    arms["today lsp_zero"] = ("lsp", args.today_python, worktree / "experiments" / "bench",
+                              ["--outputs", str(today_out), "--game", "lsp_zero", *work, query],
+                              {"PYTHONPATH": str(worktree)})
+    for k in args.micro.split(","):
+        arms[f"new lsp_zero micro={k}"] = ours("lsp_zero", micro(k))
+    for k in filter(None, args.checkpointing.split(",")):
+        arms[f"new lsp_zero micro={k} +ckpt"] = ours("lsp_zero", micro(k), "model.gradient_checkpointing=true")
+    rec = args.recommend
+    arms["new grpo_data micro=null"] = ours("grpo_data", micro("null"))
+    arms[f"new grpo_data micro={rec}"] = ours("grpo_data", micro(rec))
+    trl_work = ["--prompts", prompts32, *work]
+    arms["trl GRPOTrainer batch=64"] = ("trl", args.trl_python, HERE, trl_work, {})
+    arms[f"trl GRPOTrainer micro={rec}"] = ("trl", args.trl_python, HERE, [*trl_work, "--micro", rec], {})
+    if args.arms:
+        wanted = [a.strip() for a in args.arms.split(";") if a.strip()]
+        arms = {k: v for k, v in arms.items() if any(k.startswith(w) for w in wanted)}
+    return arms
+
+
+def memory_row(r: dict) -> dict:
+    steps, cpu = r["step_s_all"], r["cpu_s_all"]
+    return {"peak_gib": r["child_maxrss_mb"] / GiB, "before_gib": r["rss_before_train_mb"] / GiB,
+            "wall_s": statistics.fmean(steps), "cpu_s": statistics.fmean(cpu), "last_wall_s": steps[-1],
+            "last_cpu_s": cpu[-1], "steps": len(steps), "perf": r.get("perf", {}), "load": r.get("load")}
+
+
+def memory_table(rows: dict, today: str = "today lsp_zero", trl: str = "trl GRPOTrainer batch=64") -> str:
+    """Peak RSS, s/step, the perf split; ratios to today's code (lsp_zero rows) and to TRL (grpo_data rows)."""
+    base = rows.get(today)
+    header = ["run", "peak RSS GiB", "RSS before GiB", "s/step wall", "CPU s/step", "last step wall", "last step CPU",
+              "gen s", "ref s", "update s", "peak / today", "wall / today", "CPU / today", "peak / TRL", "CPU / TRL",
+              "load avg"]
+    body = []
+    for name, r in rows.items():
+        perf = r["perf"]
+        vs_today = [r["peak_gib"] / base["peak_gib"], r["wall_s"] / base["wall_s"], r["cpu_s"] / base["cpu_s"]] \
+            if base and "lsp_zero" in name else ["", "", ""]
+        ref = rows.get(trl)
+        vs_trl = [r["peak_gib"] / ref["peak_gib"], r["cpu_s"] / ref["cpu_s"]] if ref and "grpo_data" in name or (
+            ref and name.startswith("trl")) else ["", ""]
+        body.append([name, r["peak_gib"], r["before_gib"], r["wall_s"], r["cpu_s"], r["last_wall_s"], r["last_cpu_s"],
+                     *[perf.get(f"perf/{k}_s", "") for k in ("gen", "ref", "update")], *vs_today, *vs_trl,
+                     r.get("load") or ""])
+    return table(body, header)
+
+
+def run_memory(args, work: Path, toy_dir: str, prompts: str) -> None:
+    model_dir = build_wide(toy_dir, work / "wide128k")
+    prompts32 = long_prompts(prompts, work / f"prompts{args.query_tokens}.jsonl", length=args.query_tokens)
+    worktree = today_worktree(Path(args.today_worktree), TODAY)
+    print(f"today's code: {worktree} ({TODAY}), interpreter {environment(args.today_python)}", flush=True)
+    results_path = Path(args.results) if args.results else None
+    rows = json.loads(results_path.read_text()) if results_path and results_path.is_file() else {}
+    arms = memory_arms(args, model_dir, prompts32, worktree)
+    for name, (kind, python, where, wargs, env) in arms.items():
+        script = "run_trl.py" if kind == "trl" else "run_lsp.py"
+        log = work / f"memory-{name.replace(' ', '_').replace('=', '')}.log"
+        load_before = os.getloadavg()[0]
+        print(f"[memory] {name} ... (load average {load_before:.1f}; log {log})", flush=True)
+        result = run_worker(python, script, wargs, log, where=where, env_extra=env)
+        rows[name] = memory_row(result)
+        rows[name]["load"] = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
+        print(f"    peak {rows[name]['peak_gib']:.2f} GiB, {rows[name]['wall_s']:.1f} s/step wall, "
+              f"{rows[name]['cpu_s']:.1f} CPU s/step", flush=True)
+        if results_path:  # every finished run is kept: a later call adds to (or replaces) rows
+            results_path.write_text(json.dumps(rows, indent=1))
+    print(f"\nmodel wide128k (2 layers, hidden 64, vocab 128,256, fp32), N {args.n} x G {args.g}, queries "
+          f"{args.query_tokens} tokens, answers {args.max_tokens} tokens (forced), {args.steps} steps (all timed), "
+          f"{args.threads} thread(s); logs in {work}\n")
+    print(memory_table(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", default="trl", choices=["trl", "games", "scaling"])
-    p.add_argument("--model", default="toy", help="comma-separated: toy, 25m")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--suite", default="trl", choices=["trl", "games", "scaling", "memory"])
+    p.add_argument("--model", default=None, help="comma-separated: toy, 25m, wide128k (default toy; memory: wide128k)")
+    p.add_argument("--steps", type=int, default=None, help="default 20 (memory: 2)")
+    p.add_argument("--warmup", type=int, default=None, help="default 3 (memory: 0, every step timed)")
     p.add_argument("--n", type=int, default=8, help="prompts (queries) per step")
     p.add_argument("--g", type=int, default=8, help="answers per prompt")
-    p.add_argument("--max-tokens", type=int, default=8, help="completion length (forced)")
+    p.add_argument("--max-tokens", type=int, default=None, help="completion length (forced); default 8 (memory: 128)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--python", default=default_python(), help="interpreter of both workers")
+    g = p.add_argument_group("suite memory (issue 15)")
+    g.add_argument("--query-tokens", type=int, default=32, help="lsp_zero: game.max_query_tokens; grpo_data and "
+                   "TRL: prompts of this many tokens")
+    g.add_argument("--micro", default="null,32,16,8", help="trainer.micro_batch_size values of the new code")
+    g.add_argument("--checkpointing", default="", help="micro-batch sizes also run with model.gradient_checkpointing=true")
+    g.add_argument("--recommend", default="16", help="the micro-batch size of the grpo_data and TRL micro-batched rows")
+    g.add_argument("--today-worktree", default=str(Path(tempfile.gettempdir()) / f"lsp-{TODAY}"),
+                   help=f"a git worktree of {TODAY} (created when missing)")
+    g.add_argument("--today-python", default=str(ROOT / ".venv" / "bin" / "python"),
+                   help="interpreter of today's code (PYTHONPATH is set to its worktree)")
+    g.add_argument("--trl-python", default=default_python(), help="interpreter of TRL's worker")
+    g.add_argument("--arms", default="", help="only the runs whose names start with one of these (';'-separated)")
+    g.add_argument("--results", default=None, help="JSON file the runs are added to (and the table printed from)")
     p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
     p.add_argument("--before", action="store_true",
                    help="suite trl: also run this project's step as it was before the speed-ups (generation.py switches)")
@@ -115,13 +238,25 @@ def main() -> None:
                    help="suite trl: also run this project's step with the earlier unfused AdamW (optim.fused=false)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
+    memory = args.suite == "memory"
+    for key, plain, suite in (("model", "toy", "wide128k"), ("steps", 20, 2), ("warmup", 3, 0),
+                              ("max_tokens", 8, 128)):
+        if getattr(args, key) is None:
+            setattr(args, key, suite if memory else plain)
 
     print(environment(args.python), flush=True)
     work = Path(tempfile.mkdtemp(prefix="lsp-bench-"))
     toy_dir, prompts = toy_paths(args.outputs)
+    if memory:
+        if args.model != "wide128k":
+            raise SystemExit("--suite memory runs --model wide128k only")
+        run_memory(args, work, toy_dir, prompts)
+        return
     dirs = {"toy": toy_dir}
     if "25m" in args.model:
         dirs["25m"] = build_25m(toy_dir, work / "llama25m")
+    if "wide128k" in args.model:
+        dirs["wide128k"] = build_wide(toy_dir, work / "wide128k")
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     rows, out = [], {}
     for model in args.model.split(","):

@@ -4,7 +4,11 @@ Models (`--model`):
 - `toy`: the shipped toy base (`lsp_exp/tasks/arith/assets/toy_world/<key>/model`, ~1M parameters), found the way
   `lsp-train` finds it (the arithmetic task's `base_model`, which copies the shipped world under `outputs/`);
 - `25m`: a ~25M-parameter Llama built from a `LlamaConfig` with random weights (seed 0), saved to a
-  temporary directory with the toy tokenizer, loaded back with `AutoModelForCausalLM` like the toy one.
+  temporary directory with the toy tokenizer, loaded back with `AutoModelForCausalLM` like the toy one;
+- `wide128k`: a random-weight 2-layer Llama, hidden 64, with the Llama-3 vocabulary size (128,256; tied
+  embeddings, fp32): a narrow model whose memory is all full-vocabulary logits (issue 15). Its tokenizer
+  is the toy one with 128,256 - 66 more single-character entries (code points U+20000 on, planes 2-3,
+  none of them whitespace), so every id decodes to one character that encodes back to that id.
 
 Prompts: the toy world's training split (what `game=grpo_data` samples from: the task's `train_prompts`).
 """
@@ -70,6 +74,74 @@ def build_25m(toy_model_dir: str, target: str | Path) -> str:
     target.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
+    return str(target)
+
+
+# A narrow model with Llama-3's vocabulary: 2 x (4 * 64^2 attention (2 KV heads: 3 * 64^2) + 3 * 64 * 256 MLP)
+# = 0.15M in the layers, 8.2M in the (tied) 128,256 x 64 embedding. The issue's "real-width" case.
+ARCH_WIDE = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512, vocab_size=128256)
+WIDE_FIRST_CODEPOINT = 0x20000  # planes 2-3: 131,072 code points, none whitespace, no surrogates
+
+
+def wide_tokenizer(toy_model_dir: str, vocab_size: int = ARCH_WIDE["vocab_size"]):
+    """The toy tokenizer (character-level WordLevel, chat template) with `vocab_size` ids: the extra ids
+    are single characters U+20000 + k, so decode(id) re-encodes to the same id."""
+    import json as _json
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    toy = AutoTokenizer.from_pretrained(toy_model_dir, local_files_only=True)
+    spec = _json.loads(toy.backend_tokenizer.to_str())
+    vocab = spec["model"]["vocab"]
+    start = max(vocab.values()) + 1
+    if len(vocab) != start or len(toy) != start:
+        raise SystemExit(f"toy tokenizer ids are not 0..{len(vocab) - 1}: cannot extend it")
+    for i in range(start, vocab_size):
+        vocab[chr(WIDE_FIRST_CODEPOINT + i - start)] = i
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_json.dumps(spec)), bos_token=toy.bos_token, eos_token=toy.eos_token,
+        pad_token=toy.pad_token, unk_token=toy.unk_token, padding_side="left", model_max_length=512)
+    tokenizer.chat_template = toy.chat_template
+    if len(tokenizer) != vocab_size:
+        raise SystemExit(f"wide tokenizer has {len(tokenizer)} ids, expected {vocab_size}")
+    return tokenizer
+
+
+def build_wide(toy_model_dir: str, target: str | Path) -> str:
+    """A random-weight 2-layer Llama (hidden 64) with a 128,256-entry vocabulary, saved to `target`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    target = Path(target)
+    if (target / "config.json").is_file():
+        return str(target)
+    tokenizer = wide_tokenizer(toy_model_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(**ARCH_WIDE, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return str(target)
+
+
+def long_prompts(train_prompts: str, target: str | Path, length: int = 32, count: int = 512) -> str:
+    """A prompt file of `count` prompts of exactly `length` characters (= tokens: the tokenizers are
+    character-level), toy training problems joined by "+" and cut at `length`: what both frameworks'
+    `grpo_data`-style runs sample in the memory suite, so their queries are as long as lsp_zero's."""
+    problems = read_train_prompts(train_prompts)
+    rows, k = [], 0
+    while len(rows) < count:
+        text = problems[k % len(problems)]
+        while len(text) < length:
+            k += 1
+            text += "+" + problems[k % len(problems)]
+        k += 1
+        rows.append(json.dumps({"prompt": text[:length]}))
+    Path(target).write_text("\n".join(rows) + "\n")
     return str(target)
 
 

@@ -74,7 +74,11 @@ def main() -> None:
     tokenizer = loader.tokenizer(args.model_dir)
     policy = loader.policy(args.model_dir).train()
     task = build(cfg.task, "task")
-    prompts = task.train_prompts() if not cfg.game.challenger else None
+    prompts = None
+    if not cfg.game.challenger:  # as lsp-train: game.prompts_path when set, the task's training split otherwise
+        from lsp_exp.core.prompts import read_prompts
+
+        prompts = read_prompts(cfg.game.prompts_path) if cfg.game.get("prompts_path") else task.train_prompts()
     reward = build_reward(cfg.reward, task=task)
     game = build_game(cfg.game, task, prompts, cfg.seed)
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout=None, judge_template="toy")

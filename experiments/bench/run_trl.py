@@ -7,6 +7,10 @@ no top-k / top-p, a KL term to a frozen reference (`beta = 0.05`, as `kl=fixed`:
 forward pass per step), fp32 without gradient checkpointing (this project's defaults; TRL's own
 defaults are bf16 autocast and checkpointing, which would make it do other work), the same
 verifier as the reward, learning rate 3e-5, gradient clipping 1.0, no logging, no saving, no eval.
+
+`--micro K`: the same step in micro-batches of K rows, as this project's `trainer.micro_batch_size=K`:
+`per_device_train_batch_size = K`, `gradient_accumulation_steps = N * G / K`, `generation_batch_size =
+N * G` (one generation of all N x G completions per optimizer step, so no old-log-prob pass either).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ def main() -> None:
     add_work_args(p)
     p.add_argument("--prompts", required=True)
     p.add_argument("--beta", type=float, default=0.05)
+    p.add_argument("--micro", type=int, default=None, help="rows per forward/backward (gradient accumulation)")
     args = p.parse_args()
     set_threads(args.threads)
 
@@ -57,9 +62,16 @@ def main() -> None:
             self.clock.tick()
 
     out = tempfile.mkdtemp(prefix="trl-bench-")
+    rows = args.n * args.g
+    if args.micro and args.micro < rows:
+        if rows % args.micro:
+            raise SystemExit(f"--micro {args.micro} must divide N x G = {rows}")
+        batching = dict(per_device_train_batch_size=args.micro, gradient_accumulation_steps=rows // args.micro,
+                        generation_batch_size=rows)
+    else:
+        batching = dict(per_device_train_batch_size=rows, gradient_accumulation_steps=1, steps_per_generation=1)
     config = GRPOConfig(
-        output_dir=out, per_device_train_batch_size=args.n * args.g, num_generations=args.g,
-        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        output_dir=out, num_generations=args.g, num_iterations=1, **batching,
         max_completion_length=args.max_tokens, generation_kwargs={"min_new_tokens": args.max_tokens},
         temperature=1.0, top_p=1.0, top_k=0, beta=args.beta, loss_type="grpo", scale_rewards="none",
         learning_rate=3e-5, adam_beta1=0.9, adam_beta2=0.99, weight_decay=0.0, max_grad_norm=1.0,
@@ -75,7 +87,7 @@ def main() -> None:
     trainer.train()
     lengths = trainer._metrics["train"].get("completions/mean_length", [])
     emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,
-                   {"framework": f"trl {trl.__version__}", "game": "GRPOTrainer", "rss_before_train_mb": rss_before,
+                   {"framework": f"trl {trl.__version__}", "game": "GRPOTrainer", "batching": batching, "rss_before_train_mb": rss_before,
                     "perf": {"train/answer_len": sum(lengths) / len(lengths) if lengths else float("nan")},
                     "threads": torch.get_num_threads()}))
 
