@@ -41,8 +41,10 @@ def test_estimate_by_hand():
     logits = 2 * 6 * 100 * 4
     assert e.parts["update"] == 2 * 6 * 2 * act + 2 * logits + LOGPROB_CHUNKS
     kv = 2 * 2 * 4 * 4                                                     # K and V, 2 layers, kv_dim 4, 4 bytes
-    assert e.parts["generation"] == 2 * 6 * kv + 2 * 100 * 4
-    assert e.parts["judge"] == 2 * (10 + 6 + 5) * kv + 2 * 100 * 4
+    assert e.parts["generation"] == 4 * 6 * kv + 4 * 100 * 4              # all 4 rows decoded at once
+    assert e.parts["judge"] == 4 * (10 + 6 + 5) * kv + 4 * 100 * 4
+    parts = estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=2, generation_batch_size=1)
+    assert parts.parts["generation"] == 1 * 6 * kv + 1 * 100 * 4
     assert e.total == e.parts["static"] + e.parts["update"]
     lora = estimate(TINY, shape, dtype_bytes=4, lora=(2, ["q_proj", "v_proj"]), micro_batch_size=2)
     adapter = 2 * (2 * (8 + 8) + 2 * (8 + 4))                              # r (in + out) per target and layer

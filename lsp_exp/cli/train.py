@@ -157,7 +157,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's handler: a checkpoint at the step's end
     try:
         with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes,
-                                 micro_batch_size=cfg.trainer.micro_batch_size):
+                                 micro_batch_size=cfg.trainer.micro_batch_size,
+                                 generation_batch_size=cfg.trainer.generation_batch_size):
             trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
                         ckpt_path=str(resume.path) if resume else None, weights_only=True)  # runs no code
     except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint written at the step's end; run KILLED; exit 143

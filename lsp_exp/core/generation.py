@@ -10,11 +10,14 @@ decoding (transformers' `generate` runs every copy), in a short sampling loop un
 `torch.inference_mode` (no per-step logits processors or stopping criteria; it honours
 `model.generation_config.min_new_tokens`).
 
-**Micro-batches**: with `SETTINGS.micro_batch_size` set, at most that many rows are decoded at once
+**Parts**: with `SETTINGS.generation_batch_size` set, at most that many rows are decoded at once
 (whole prompts with their copies when they fit, else a prompt's copies in parts) and the parts are
-joined into one Rollout (`join_rollouts`), so the KV cache is bounded whatever N x G is.
+joined into one Rollout (`join_rollouts`), so the KV cache is bounded whatever N x G is. Parts decode
+one after another (each as many steps as the longest row), so leave it unset unless the KV cache
+does not fit: it is small next to the update's activations and logits (`trainer.micro_batch_size`).
 
-`trainer.hf_generate`, `trainer.share_prefixes` and `trainer.micro_batch_size` are `SETTINGS`:
+`trainer.hf_generate`, `trainer.share_prefixes`, `trainer.micro_batch_size` and
+`trainer.generation_batch_size` are `SETTINGS`:
 `lsp-train` runs the fit under `settings(...)`, which sets them for its duration.
 """
 from __future__ import annotations
@@ -32,7 +35,8 @@ from lsp_exp.core.special_tokens import end_ids_tensor
 class GenerationSettings:
     hf_generate: bool = False    # True: transformers' `generate` (every copy of a prompt prefilled)
     share_prefixes: bool = True  # False: one plain forward pass over every full row in `token_logprobs`
-    micro_batch_size: int | None = None  # rows per forward / backward pass (None: the whole batch at once)
+    micro_batch_size: int | None = None  # rows per log-prob forward / backward pass (None: the whole batch at once)
+    generation_batch_size: int | None = None  # rows decoded at once by `generate` (None: all of a call's rows)
 
 
 SETTINGS = GenerationSettings()
@@ -92,10 +96,10 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     i * n .. i * n + n - 1. Sampling stops a row at any end id and draws from `generator` when given
     (else the global RNG of the model's device). It runs under `torch.inference_mode`; the returned
     tensors are ordinary tensors (cloned out of inference mode), so the update can run autograd
-    through them. With `SETTINGS.micro_batch_size`, in parts of at most that many rows.
+    through them. With `SETTINGS.generation_batch_size`, in parts of at most that many rows.
     """
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, generator=generator)
-    parts = generation_parts(len(prompts), num_return_sequences, SETTINGS.micro_batch_size)
+    parts = generation_parts(len(prompts), num_return_sequences, SETTINGS.generation_batch_size)
     if len(parts) == 1:
         return _generate(model, tokenizer, prompts, num_return_sequences=num_return_sequences, **kwargs)
     return join_rollouts([_generate(model, tokenizer, prompts[first:last], num_return_sequences=copies, **kwargs)

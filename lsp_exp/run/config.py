@@ -101,7 +101,8 @@ class TrainerSchema:
     checkpoint_dir: Optional[str] = None  # None -> <outputs>/checkpoints/<MLflow run id>
     hf_generate: bool = False           # sample with transformers' generate (the benchmark's baseline; slower)
     share_prefixes: bool = True         # log-prob passes run a prefix shared by rows once (exact; faster)
-    micro_batch_size: Optional[int] = None  # rows per forward/backward pass (None: all N x G at once); exact
+    micro_batch_size: Optional[int] = None  # rows per log-prob forward/backward pass (None: all N x G at once); exact
+    generation_batch_size: Optional[int] = None  # rows decoded at once (generation, the judge; None: all)
 
 
 @dataclass
@@ -283,6 +284,7 @@ RANGES: dict[str, Range] = {
     "trainer.max_consecutive_nonfinite": Range(1),
     "trainer.num_nodes": Range(1),
     "trainer.micro_batch_size": Range(1, why="must be at least 1 row (or null: the whole batch in one pass)"),
+    "trainer.generation_batch_size": Range(1, why="must be at least 1 row (or null: all rows at once)"),
     "trainer.checkpoint_every": Range(0, why="must be >= 0 (0: only on a signal)"),
     "optim.lr": Range(0, open_low=True),
     "optim.weight_decay": Range(0),

@@ -9,7 +9,7 @@ A the LoRA adapter's, m the rows of a micro-batch, L a row's tokens (query or pr
                                   LoRA 4 A x 4 bytes (fp32 adapter, grads, moments)
     update   = activations kept for the backward: m L layers x act_per_token   (checkpointed: m L layers h b
                + one layer's) + logits and their gradient 2 m L V b + the log-prob chunks (2 x 256 MB)
-    generate = KV cache 2 layers kv_dim (P_len + T) rows b + the last logits rows V 4
+    generate = KV cache 2 layers kv_dim L g b + the last logits g V 4   (g: rows decoded at once)
     judge    = the same for the judge's prompts (query + answer + rubric) and reply
     peak     = static + max(update, reference pass, generation, judge)
 
@@ -109,7 +109,8 @@ class StepShape:
 
 def estimate(arch: Architecture, shape: StepShape, *, dtype_bytes: int, lora: tuple[int, list[str]] | None,
              micro_batch_size: int | None, checkpointing: bool = False, shards: int = 1,
-             reward_params: int = 0, reward_arch: Architecture | None = None) -> MemoryEstimate:
+             reward_params: int = 0, reward_arch: Architecture | None = None,
+             generation_batch_size: int | None = None) -> MemoryEstimate:
     b, p = dtype_bytes, arch.params()
     static = p * b + reward_params * b
     if lora:
@@ -125,10 +126,11 @@ def estimate(arch: Architecture, shape: StepShape, *, dtype_bytes: int, lora: tu
     update = m * length * kept + m * length * one_layer + 2 * logits + LOGPROB_CHUNKS
     reference = logits + m * length * arch.hidden * 4 * b + LOGPROB_CHUNKS   # no graph: one layer's temporaries
     kv_per_token = 2 * arch.layers * arch.kv_dim * b
-    generation = m * length * kv_per_token + m * arch.vocab * 4
+    g = min(generation_batch_size or rows, rows)
+    generation = g * length * kv_per_token + g * arch.vocab * 4
     judge = 0.0
     if shape.judge_tokens:
-        judge = m * (shape.judge_prompt_tokens + length + shape.judge_tokens) * kv_per_token + m * arch.vocab * 4
+        judge = g * (shape.judge_prompt_tokens + length + shape.judge_tokens) * kv_per_token + g * arch.vocab * 4
     if reward_arch is not None:  # a reward model's forward over the pairs, no graph
         reference = max(reference, m * length * reward_arch.hidden * 4 * b)
     return MemoryEstimate({"static": static, "update": update, "reference": reference, "generation": generation,

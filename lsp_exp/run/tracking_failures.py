@@ -35,7 +35,11 @@ import requests  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
+try:
+    from mlflow.exceptions import MlflowException  # noqa: E402
+except ImportError:  # MLflow not installed: only logger=none can run (e.g. a bare GPU image, experiments/gpu_check)
+    class MlflowException(Exception):  # noqa: N818  (never raised: there is no MLflow client to raise it)
+        pass
 
 log = logging.getLogger(__name__)
 
