@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lsp_exp.core.kv_cache import cache_of, with_cache
 from lsp_exp.core.special_tokens import end_ids_tensor
 
 
@@ -220,7 +221,7 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
     ids, mask = enc["input_ids"], enc["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
-    cache, logits = out.past_key_values, out.logits[:, -1]
+    cache, logits = cache_of(out), out.logits[:, -1]
     if copies > 1:
         cache.batch_repeat_interleave(copies)
         logits = logits.repeat_interleave(copies, dim=0)
@@ -249,6 +250,6 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
         if steps == max_new_tokens or bool(done.all()):
             break
         out = model(input_ids=token[:, None], attention_mask=full_mask[:, :prompt_len + steps],
-                    position_ids=next_position + t, past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+                    position_ids=next_position + t, use_cache=True, **with_cache(cache))
+        cache, logits = cache_of(out), out.logits[:, -1]
     return torch.cat([ids, tokens[:, :steps]], dim=1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from lsp_exp.core.kv_cache import cache_of, with_cache
 from lsp_exp.core.sharding import collective_forwards
 from lsp_exp.rl.diagnostics import token_entropy
 
@@ -49,7 +50,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     s, firsts, group = split
     head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
                  position_ids=position_ids[firsts, :s], use_cache=True)
-    cache = head.past_key_values
+    cache = cache_of(head)
     sizes = torch.bincount(group)
     if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
         cache.batch_repeat_interleave(int(sizes[0]))
@@ -58,7 +59,7 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     head_logits = head.logits[:, :-1]                                            # predicts tokens 1 .. s-1
     if s < input_ids.shape[1] - 1:
         tail = model(input_ids=input_ids[:, s:-1], attention_mask=attention_mask[:, :-1],
-                     position_ids=position_ids[:, s:-1], past_key_values=cache, use_cache=True)
+                     position_ids=position_ids[:, s:-1], use_cache=True, **with_cache(cache))
         tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
     else:
         tail_logits = head.logits[group, -1:]
