@@ -184,9 +184,11 @@ class SelfPlayModule(L.LightningModule):
                                        self.kl_controllers["challenger"].value, cfg.max_query_tokens))
         weights = {"solver": 1.0, "challenger": cfg.alpha_ch}
         with _timed(times, "update"):
-            epochs = self.algorithm.epochs
+            epochs, skipped = self.algorithm.epochs, False
             for epoch in range(epochs):  # PPO-style inner epochs over the same playouts (1 for LSP)
                 terms, grad_norm = self._update(roles, weights, last=epoch == epochs - 1)
+                skipped |= not math.isfinite(grad_norm)
+            self._count_skip(skipped)  # a step with a skipped update counts once, whatever its inner epochs
 
         step_s = time.perf_counter() - step_start
         self.tokens["solver"] += int(answers.completion_mask.sum())
@@ -243,9 +245,8 @@ class SelfPlayModule(L.LightningModule):
 
     def _update(self, roles, weights, last: bool):
         """Backward of L = sum_role weight * L_role over micro-batches (`trainer.micro_batch_size`) and
-        one optimizer step; returns (the roles' loss terms, the gradient norm). A non-finite loss or
-        gradient norm skips the update and is counted (`train/nonfinite_skips`);
-        `trainer.max_consecutive_nonfinite` skips in a row stop the run with NonFiniteLossError.
+        one optimizer step; returns (the roles' loss terms, the gradient norm: NaN when the update was
+        skipped). A non-finite loss or gradient norm skips the update (counted per step, `_count_skip`).
 
         Lightning counts `global_step` in optimizer steps; `trainer.max_steps` counts self-play
         steps, so only the last of a step's inner epochs goes through Lightning's optimizer wrapper
@@ -266,18 +267,8 @@ class SelfPlayModule(L.LightningModule):
         if not self.trainer.strategy.reduce_boolean_decision(math.isfinite(loss) and math.isfinite(grad_norm), all=True):
             grad_norm = float("nan")
         finite = math.isfinite(grad_norm)
-        if finite:
-            self.consecutive_nonfinite = 0
-        else:
+        if not finite:
             opt.zero_grad(set_to_none=True)  # clipping a non-finite norm leaves NaN gradients behind
-            self.skipped_steps += 1
-            self.consecutive_nonfinite += 1
-            limit = self.cfg.trainer.get("max_consecutive_nonfinite", 20)
-            if self.consecutive_nonfinite >= limit:
-                raise NonFiniteLossError(
-                    f"{self.consecutive_nonfinite} non-finite losses or gradients in a row (the last at step "
-                    f"{self.global_step}; {self.skipped_steps} skipped in all): stopping "
-                    f"(trainer.max_consecutive_nonfinite={limit}); lower optim.lr or check the reward")
         if last:
             opt.step()
         elif finite:  # a real update
@@ -287,6 +278,21 @@ class SelfPlayModule(L.LightningModule):
                 f"the update at step {self.global_step} made the weights non-finite (finite loss and gradient norm "
                 f"{grad_norm:.3g}): stopping; the last checkpoint holds the last good weights; lower optim.lr")
         return terms, grad_norm
+
+    def _count_skip(self, skipped: bool) -> None:
+        """Count a step whose update (or one of its inner epochs' updates) was skipped; too many in a
+        row stop the run (`trainer.max_consecutive_nonfinite` counts steps, not inner epochs)."""
+        if not skipped:
+            self.consecutive_nonfinite = 0
+            return
+        self.skipped_steps += 1
+        self.consecutive_nonfinite += 1
+        limit = self.cfg.trainer.get("max_consecutive_nonfinite", 20)
+        if self.consecutive_nonfinite >= limit:
+            raise NonFiniteLossError(
+                f"{self.consecutive_nonfinite} non-finite losses or gradients in a row (the last at step "
+                f"{self.global_step - 1}; {self.skipped_steps} skipped in all): stopping "
+                f"(trainer.max_consecutive_nonfinite={limit}); lower optim.lr or check the reward")
 
     # ---- held-out evaluation -------------------------------------------------------------------
     def _evaluate(self, samples: int) -> None:
