@@ -32,6 +32,8 @@ BAD = [
     ("game.n_queries=[", "'game.n_queries=['"),                      # unparseable override
     ("nokey", "'nokey'"),
     ("game.n_queries=0", "game.n_queries=0: N must be at least 1"),  # N < 1
+    ("trainer.micro_batch_size=0", "trainer.micro_batch_size=0: must be at least 1 row"),
+    ("trainer.strategy=deepspeed", "trainer.strategy=deepspeed: DeepSpeed owns the backward"),
     ("game.group_size=1", "game.group_size=1: G must be at least 2"),  # G < 2 with a group baseline
     ("kl.beta=-0.1", "kl.beta=-0.1: must be >= 0"),                  # negative beta
     ("optim.lr=0", "optim.lr=0.0: must be > 0"),                     # lr <= 0
