@@ -104,8 +104,14 @@ TODAY = "ef61e40"  # the code before memory-lean log-probs, micro-batching and c
 GiB = 1024.0  # MiB per GiB
 
 
+def short_sha(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short=7", rev], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def today_worktree(path: Path, commit: str) -> Path:
-    """A git worktree of `commit` at `path` (created once; `git worktree remove` it when done)."""
+    """A git worktree of `commit` at `path` (created once; `git worktree remove` it when done). Both sides run
+    from one: the code measured is a commit's, not a working tree that someone may be editing meanwhile."""
     if not (path / "experiments" / "bench" / "run_lsp.py").is_file():
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(path), commit], check=True,
                        stdout=subprocess.DEVNULL)
@@ -116,16 +122,18 @@ def today_worktree(path: Path, commit: str) -> Path:
     return path
 
 
-def memory_arms(args, model_dir: str, prompts32: str, worktree: Path) -> dict:
+def memory_arms(args, model_dir: str, prompts32: str, worktree: Path, new: Path) -> dict:
     """name -> (kind, python, script dir, worker args, extra env). Our side: lsp_zero (the issue's case) and
-    grpo_data on 32-token prompts (the line compared with TRL); answers forced to --max-tokens."""
+    grpo_data on 32-token prompts (the line compared with TRL); answers forced to --max-tokens. The new
+    code's and TRL's workers are those of the worktree `new` (its lsp_exp on PYTHONPATH)."""
     work = ["--model-dir", model_dir, "--n", str(args.n), "--g", str(args.g), "--max-tokens", str(args.max_tokens),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     query = f"game.max_query_tokens={args.query_tokens}"
 
     def ours(game: str, *overrides: str):
         extra = [query] if game == "lsp_zero" else [f"game.prompts_path={prompts32}"]
-        return ("lsp", args.python, HERE, ["--outputs", args.outputs, "--game", game, *work, *extra, *overrides], {})
+        return ("lsp", args.python, new / "experiments" / "bench",
+                ["--outputs", args.outputs, "--game", game, *work, *extra, *overrides], {"PYTHONPATH": str(new)})
 
     def micro(k: str) -> str:
         return f"trainer.micro_batch_size={k}"
@@ -145,8 +153,10 @@ def memory_arms(args, model_dir: str, prompts32: str, worktree: Path) -> dict:
     arms["new grpo_data micro=null"] = ours("grpo_data", micro("null"))
     arms[f"new grpo_data micro={rec}"] = ours("grpo_data", micro(rec))
     trl_work = ["--prompts", prompts32, *work]
-    arms["trl GRPOTrainer batch=64"] = ("trl", args.trl_python, HERE, trl_work, {})
-    arms[f"trl GRPOTrainer micro={rec}"] = ("trl", args.trl_python, HERE, [*trl_work, "--micro", rec], {})
+    trl_env = {"PYTHONPATH": str(new)}  # (TRL's worker takes the verifier from lsp_exp)
+    arms["trl GRPOTrainer batch=64"] = ("trl", args.trl_python, new / "experiments" / "bench", trl_work, trl_env)
+    arms[f"trl GRPOTrainer micro={rec}"] = ("trl", args.trl_python, new / "experiments" / "bench",
+                                            [*trl_work, "--micro", rec], trl_env)
     if args.arms:
         wanted = [a.strip() for a in args.arms.split(";") if a.strip()]
         arms = {k: v for k, v in arms.items() if any(k.startswith(w) for w in wanted)}
@@ -164,30 +174,36 @@ def memory_table(rows: dict, today: str = "today lsp_zero", trl: str = "trl GRPO
     """Peak RSS, s/step, the perf split; ratios to today's code (lsp_zero rows) and to TRL (grpo_data rows)."""
     base = rows.get(today)
     header = ["run", "peak RSS GiB", "RSS before GiB", "s/step wall", "CPU s/step", "last step wall", "last step CPU",
-              "gen s", "ref s", "update s", "peak / today", "wall / today", "CPU / today", "peak / TRL", "CPU / TRL",
-              "load avg"]
+              "gen s", "ref s", "update s", "peak / today", "wall / today", "CPU / today", "last CPU / today",
+              "peak / TRL", "CPU / TRL", "load avg", "code"]
     body = []
     for name, r in rows.items():
         perf = r["perf"]
-        vs_today = [r["peak_gib"] / base["peak_gib"], r["wall_s"] / base["wall_s"], r["cpu_s"] / base["cpu_s"]] \
-            if base and "lsp_zero" in name else ["", "", ""]
+        vs_today = [r["peak_gib"] / base["peak_gib"], r["wall_s"] / base["wall_s"], r["cpu_s"] / base["cpu_s"],
+                    r["last_cpu_s"] / base["last_cpu_s"]] if base and "lsp_zero" in name else ["", "", "", ""]
         ref = rows.get(trl)
         vs_trl = [r["peak_gib"] / ref["peak_gib"], r["cpu_s"] / ref["cpu_s"]] if ref and "grpo_data" in name or (
             ref and name.startswith("trl")) else ["", ""]
-        body.append([name, r["peak_gib"], r["before_gib"], r["wall_s"], r["cpu_s"], r["last_wall_s"], r["last_cpu_s"],
-                     *[perf.get(f"perf/{k}_s", "") for k in ("gen", "ref", "update")], *vs_today, *vs_trl,
-                     r.get("load") or ""])
+        cells = [r["peak_gib"], r["before_gib"], r["wall_s"], r["cpu_s"], r["last_wall_s"], r["last_cpu_s"],
+                 *[perf.get(f"perf/{k}_s", "") for k in ("gen", "ref", "update")], *vs_today, *vs_trl]
+        digits = [2, 2, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3]
+        body.append([name, *[f"{c:.{d}f}" if isinstance(c, float) else c for c, d in zip(cells, digits)],
+                     r.get("load") or "", r.get("code", "")])
     return table(body, header)
 
 
 def run_memory(args, work: Path, toy_dir: str, prompts: str) -> None:
-    model_dir = build_wide(toy_dir, work / "wide128k")
-    prompts32 = long_prompts(prompts, work / f"prompts{args.query_tokens}.jsonl", length=args.query_tokens)
-    worktree = today_worktree(Path(args.today_worktree), TODAY)
-    print(f"today's code: {worktree} ({TODAY}), interpreter {environment(args.today_python)}", flush=True)
+    if not args.table_only:
+        model_dir = build_wide(toy_dir, work / "wide128k")
+        prompts32 = long_prompts(prompts, work / f"prompts{args.query_tokens}.jsonl", length=args.query_tokens)
+        worktree = today_worktree(Path(args.today_worktree), TODAY)
+        new_sha = short_sha(args.new_commit)
+        new = today_worktree(Path(tempfile.gettempdir()) / f"lsp-new-{new_sha}", new_sha)
+        print(f"today's code: {worktree} ({TODAY}), interpreter {environment(args.today_python)}", flush=True)
+        print(f"new code and TRL's worker: {new} ({new_sha})", flush=True)
     results_path = Path(args.results) if args.results else None
     rows = json.loads(results_path.read_text()) if results_path and results_path.is_file() else {}
-    arms = memory_arms(args, model_dir, prompts32, worktree)
+    arms = {} if args.table_only else memory_arms(args, model_dir, prompts32, worktree, new)
     for name, (kind, python, where, wargs, env) in arms.items():
         script = "run_trl.py" if kind == "trl" else "run_lsp.py"
         log = work / f"memory-{name.replace(' ', '_').replace('=', '')}.log"
@@ -196,6 +212,7 @@ def run_memory(args, work: Path, toy_dir: str, prompts: str) -> None:
         result = run_worker(python, script, wargs, log, where=where, env_extra=env)
         rows[name] = memory_row(result)
         rows[name]["load"] = f"{load_before:.1f}-{os.getloadavg()[0]:.1f}"
+        rows[name]["code"] = TODAY if name.startswith("today") else new_sha
         print(f"    peak {rows[name]['peak_gib']:.2f} GiB, {rows[name]['wall_s']:.1f} s/step wall, "
               f"{rows[name]['cpu_s']:.1f} CPU s/step", flush=True)
         if results_path:  # every finished run is kept: a later call adds to (or replaces) rows
@@ -231,6 +248,9 @@ def main() -> None:
     g.add_argument("--trl-python", default=default_python(), help="interpreter of TRL's worker")
     g.add_argument("--arms", default="", help="only the runs whose names start with one of these (';'-separated)")
     g.add_argument("--results", default=None, help="JSON file the runs are added to (and the table printed from)")
+    g.add_argument("--table-only", action="store_true", help="run nothing: print the table of --results")
+    g.add_argument("--new-commit", default="HEAD", help="the commit of the new code (run from a worktree of it "
+                   "under the temp folder, created when missing; it must hold this suite's workers)")
     p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
     p.add_argument("--before", action="store_true",
                    help="suite trl: also run this project's step as it was before the speed-ups (generation.py switches)")

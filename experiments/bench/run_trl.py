@@ -35,7 +35,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from lsp_exp.rewards import ArithmeticReward
+    from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
     from lsp_exp.tasks.arith.world import WorldConfig
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir, local_files_only=True)
