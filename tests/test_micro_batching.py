@@ -165,3 +165,25 @@ def test_joined_rollouts_score_like_the_parts(reference):
     torch.testing.assert_close(together[:2][counted[:2]], alone[0][a.completion_mask[:, 1:].bool()], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(together[2:][counted[2:]], alone[1][b.completion_mask[:, 1:].bool()], rtol=1e-5, atol=1e-6)
     copy.deepcopy(joined)  # an ordinary dataclass of tensors
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prefix", "plain"])
+def test_scoring_from_the_first_completion_token_equals_a_full_log_softmax(reference, share):
+    """chunk_logprobs projects only positions from the first completion token on (logits_to_keep):
+    on every counted position the log-prob and the entropy equal a plain full-vocabulary pass."""
+    from lsp_exp.core import generation
+    from lsp_exp.core.micro_batch import chunk_logprobs
+
+    batch = batches(reference)[0]
+    r = batch.rollout
+    counted = r.completion_mask[:, 1:].bool()
+    with torch.no_grad(), generation.settings(share_prefixes=share):
+        logp, entropy_sum = chunk_logprobs(reference, r, slice(0, 12), entropy_mask=batch.token_mask)
+        position = (r.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = reference(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=position).logits
+    z = logits[:, :-1].float() / r.temperature
+    plain = torch.log_softmax(z, -1).gather(-1, r.input_ids[:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(logp[counted], plain[counted], rtol=1e-5, atol=1e-5)
+    assert bool((logp[:, :r.prompt_length - 1] == 0).all())   # nothing scored before the first completion token
+    entropy = -(torch.softmax(z, -1) * torch.log_softmax(z, -1)).sum(-1)
+    torch.testing.assert_close(entropy_sum, entropy[counted].sum(), rtol=1e-5, atol=1e-5)

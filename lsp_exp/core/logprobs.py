@@ -16,6 +16,7 @@ with the plain computation to 1e-5):
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from lsp_exp.core.kv_cache import cache_of, with_cache
 from lsp_exp.core.sharding import collective_forwards
@@ -26,51 +27,60 @@ CHUNK_ELEMENTS = 2 ** 26    # float32 elements per chunk of positions (256 MB): 
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0):
+                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0, score_from: int = 0):
     """log pi_T(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask; T:
     the temperature the tokens were sampled at, `Rollout.temperature`).
 
-    With `entropy_mask` [B, L - 1], also the mean entropy of the same tempered distributions over the
-    masked positions, from the same forward pass: returns (logp, entropy)."""
+    `score_from` = f: only positions f .. L - 2 are scored (log-probs of tokens f + 1 ..; those
+    before are returned as 0): logits are computed from there on (`logits_to_keep`), so a prompt
+    that no mask counts costs no vocabulary projection. With `entropy_mask` [B, L - 1] (zero before
+    f), also the mean entropy of the same tempered distributions over the masked positions, from the
+    same forward pass: returns (logp, entropy)."""
     from lsp_exp.core.generation import SETTINGS  # noqa: PLC0415
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # One pass or two depends on the rows: not while every forward is a collective (FSDP2, sharding.py)
     share = SETTINGS.share_prefixes and not _cache_dropped(model) and not collective_forwards(model)
     split = shared_prefix(input_ids, attention_mask) if share else None
-    t = float(temperature)
+    t, length = float(temperature), input_ids.shape[1]
+    f = min(max(int(score_from), 0), length - 2)
     if split is None:  # the last token predicts nothing: it is not run
         logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                       position_ids=position_ids[:, :-1], use_cache=False).logits  # no KV cache kept
-        chosen = chosen_logprobs(logits, input_ids[:, 1:], t)
+                       position_ids=position_ids[:, :-1], use_cache=False,  # no KV cache kept
+                       logits_to_keep=length - 1 - f).logits                  # positions f .. L-2
+        chosen = F.pad(chosen_logprobs(logits, input_ids[:, f + 1:], t), (f, 0))
         if entropy_mask is None:
             return chosen
-        return chosen, token_entropy(logits.detach(), entropy_mask, temperature=t)
+        return chosen, token_entropy(logits.detach(), entropy_mask[:, f:], temperature=t)
 
     s, firsts, group = split
+    kept = s - min(f, s - 1)  # head positions s - kept .. s - 1 (s - 1 predicts the first tail token)
     head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
-                 position_ids=position_ids[firsts, :s], use_cache=True)
+                 position_ids=position_ids[firsts, :s], use_cache=True, logits_to_keep=kept)
     cache = cache_of(head)
     sizes = torch.bincount(group)
     if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
         cache.batch_repeat_interleave(int(sizes[0]))
     else:
         cache.batch_select_indices(group)
-    head_logits = head.logits[:, :-1]                                            # predicts tokens 1 .. s-1
-    if s < input_ids.shape[1] - 1:
+    first = s - kept
+    head_logits = head.logits[:, :-1]                                            # predicts tokens first+1 .. s-1
+    if s < length - 1:
         tail = model(input_ids=input_ids[:, s:-1], attention_mask=attention_mask[:, :-1],
                      position_ids=position_ids[:, s:-1], use_cache=True, **with_cache(cache))
         tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
     else:
         tail_logits = head.logits[group, -1:]
-    chosen = torch.cat([chosen_logprobs(head_logits, input_ids[firsts, 1:s], t)[group],
+    chosen = torch.cat([chosen_logprobs(head_logits, input_ids[firsts, first + 1:s], t)[group],
                         chosen_logprobs(tail_logits, input_ids[:, s:], t)], 1)
+    chosen = F.pad(chosen, (first, 0))
     if entropy_mask is None:
         return chosen
-    n_head, n_tail = entropy_mask[:, :s - 1].sum(), entropy_mask[:, s - 1:].sum()
+    n_head, n_tail = entropy_mask[:, first:s - 1].sum(), entropy_mask[:, s - 1:].sum()
     entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:], temperature=t) * n_tail
     if n_head > 0:
-        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, :s - 1], temperature=t) * n_head
+        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, first:s - 1],
+                                          temperature=t) * n_head
     return chosen, entropy / (n_head + n_tail).clamp(min=1)
 
 

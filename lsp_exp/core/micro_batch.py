@@ -2,8 +2,9 @@
 at a time, so activations and logits are bounded by the micro-batch whatever N x G is.
 
 Each micro-batch is cut to the columns where any of its rows has a real token (generation parts are
-padded to the widest part, `generation.join_rollouts`); its log-probs are padded back to the full
-width with zeros, positions that no mask counts.
+padded to the widest part, `generation.join_rollouts`) and scored from its first completion token
+on (the prompt gets no vocabulary projection); its log-probs are padded back to the full width with
+zeros, positions that no mask counts.
 """
 from __future__ import annotations
 
@@ -29,8 +30,10 @@ def chunk_logprobs(model, rollout: Rollout, rows: slice, entropy_mask: torch.Ten
     first, last = (int(used[0]), int(used[-1]) + 1) if used.numel() else (0, ids.shape[1])
     last = max(last, first + 2)  # at least one predicted position
     width = ids.shape[1] - 1
+    scored = rollout.completion_mask[rows, first + 1:last].any(0).nonzero()   # logp[:, j] scores token j + 1
     out = token_logprobs(model, ids[:, first:last], mask[:, first:last], temperature=rollout.temperature,
-                         entropy_mask=None if entropy_mask is None else entropy_mask[rows, first:last - 1])
+                         entropy_mask=None if entropy_mask is None else entropy_mask[rows, first:last - 1],
+                         score_from=int(scored[0]) if scored.numel() else 0)
     logp = out if entropy_mask is None else out[0]
     logp = F.pad(logp, (first, width - (last - 1)))   # logp[:, t] scores token t + 1
     if entropy_mask is None:
