@@ -38,7 +38,7 @@ def test_estimate_by_hand():
     assert TINY.params() == p
     assert e.parts["static"] == p * 4 + p * 4 + 3 * p * 4                 # weights, reference copy, grads + AdamW
     act = (6 * 8 + 2 * 4 + 4 * 16) * 4                                     # per token and layer
-    logits = 2 * 6 * 100 * 4
+    logits = 2 * 3 * 100 * 4                                               # the 3 answer positions only
     assert e.parts["update"] == 2 * 6 * 2 * act + 2 * logits + LOGPROB_CHUNKS
     kv = 2 * 2 * 4 * 4                                                     # K and V, 2 layers, kv_dim 4, 4 bytes
     assert e.parts["generation"] == 4 * 6 * kv + 4 * 100 * 4              # all 4 rows decoded at once
