@@ -40,6 +40,22 @@ def test_init_from_run_id_and_filter_start_from_the_earlier_runs_weights(shared_
     assert all(torch.allclose(chained[k], trained[k], atol=1e-6) for k in trained)
 
 
+def test_a_run_that_keeps_its_model_local_chains_from_it(shared_outputs):
+    """logger.log_model=false (a full 3B model is ~6 GB): no model/ artifact and no logged model; the
+    model stays under outputs/models/<run id>/model, which init_from=<run id> finds by the run's tag."""
+    uri = f"sqlite:///{shared_outputs}/mlflow.db"
+    train(compose_config("train", tiny_overrides(shared_outputs, "game=lsp_zero", "trainer.max_steps=1",
+                                                 "eval.every_n_steps=0", "logger.log_model=false")))
+    run_id = latest_run_id(shared_outputs)
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert "model" not in {a.path for a in client.list_artifacts(run_id)}
+    assert not [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run_id]
+    kept = shared_outputs / "models" / run_id / "model"
+    assert run.data.tags["final_model_dir"] == str(kept.resolve()) and (kept / "config.json").is_file()
+    assert resolve_init_from(run_id, uri, str(shared_outputs)) == kept.resolve()
+
+
 def test_init_from_errors_name_what_was_looked_for(shared_outputs, tmp_path):
     uri = f"sqlite:///{shared_outputs}/mlflow.db"
     with pytest.raises(InitFromError, match="does not exist"):

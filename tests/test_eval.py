@@ -65,7 +65,8 @@ def test_lsp_eval_logs_into_the_run_and_a_base_run(shared_outputs):
     common = TINY_WORLD + [f"paths.outputs={shared_outputs}", f"logger.tracking_uri={uri}", "win_rate.max_prompts=12",
                            "perplexity.max_rows=6"]
     (metrics,) = evaluate(compose_config("eval", common + ["run=\"filter:tags.arm = 'eval_me'\""]))
-    assert {"accuracy", "win_rate", "tie_rate", "bleu", "rouge_l", "perplexity"} <= set(metrics)
+    assert {"accuracy", "win_rate", "tie_rate", "bleu", "rouge_l", "perplexity", "perplexity_ngram"} <= set(metrics)
+    assert 1 < metrics["perplexity_ngram"] < 12   # the answers' 11 characters and the end, better than uniform
     assert 0 <= metrics["win_rate"] <= 1 and metrics["perplexity"] > 1
     client = mlflow.MlflowClient(uri)
     logged = client.get_run(run_id).data
@@ -124,3 +125,53 @@ def test_pass_at_k_and_per_slice_accuracy_by_hand(monkeypatch):
         "pass_at_1": (1 / 2 + 1 / 2 + 0) / 3, "pass_at_1/a": 1 / 2, "pass_at_1/b": 1 / 4,
         "pass_at_2": 2 / 3, "pass_at_2/a": 1.0, "pass_at_2/b": 1 / 2})
     assert model.training  # left as it was found
+
+
+def test_ngram_perplexity_by_hand():
+    """Interpolated Kneser-Ney (nltk, discount d = 0.1), n = 2, fitted on 'ab' and 'b', scored on 'ab'
+    and 'a' (each with its end </s>). Training bigrams: (<s>,a) (a,b) (b,</s>) (<s>,b) (b,</s>): 4
+    types; continuation unigrams P(a) = 1/4, P(b) = 2/4, P(</s>) = 1/4. With c = count, N1+ = types:
+      P(a|<s>)   = (1 - d)/2 + d * 2/2 * 1/4 = 0.475      P(b|a)    = (1 - d)/1 + d * 1/1 * 2/4 = 0.95
+      P(</s>|b)  = (2 - d)/2 + d * 1/2 * 1/4 = 0.9625     P(</s>|a) = 0 + d * 1/1 * 1/4 = 0.025
+    perplexity = (0.475 * 0.95 * 0.9625 * 0.475 * 0.025) ** (-1/5)."""
+    from lsp_exp.eval.metrics import ngram_perplexity
+
+    expected = (0.475 * 0.95 * 0.9625 * 0.475 * 0.025) ** (-1 / 5)
+    assert ngram_perplexity(["ab", "b"], ["ab", "a"], n=2, tokenize=list) == pytest.approx(expected, rel=1e-12)
+    # words, n = 3 (the default): a test text equal to the only training text is likelier than a shuffled one
+    assert ngram_perplexity(["the cat sat"], ["the cat sat"]) < ngram_perplexity(["the cat sat"], ["sat the cat"])
+
+
+def test_lsp_eval_checks_the_run_before_loading_any_model(shared_outputs, monkeypatch):
+    """A wrong run id or a filter that matches nothing fails at once, naming `run=`, before a model is built."""
+    import lsp_exp.cli.evaluate as evaluate_mod
+    from lsp_exp.run.chaining import InitFromError
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a model was built before the run was checked")
+
+    monkeypatch.setattr(evaluate_mod, "build", no_build)
+    common = [f"paths.outputs={shared_outputs}", f"logger.tracking_uri=sqlite:///{shared_outputs}/mlflow.db"]
+    with pytest.raises(InitFromError, match=r"^run='0{32}': no such MLflow run in sqlite:///"):
+        evaluate(compose_config("eval", common + ["run=" + "0" * 32]))
+    with pytest.raises(InitFromError, match=r"^run=\"filter:tags.arm = 'nobody'\": no finished MLflow run matches"):
+        evaluate(compose_config("eval", common + ["run=\"filter:tags.arm = 'nobody'\""]))
+
+
+def test_the_lsp_eval_examples_parse():
+    """Every `lsp-eval` example of conf/eval.yaml and of lsp-eval's docstring is an override Hydra parses."""
+    import re
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    import lsp_exp.cli.evaluate as evaluate_mod
+    from lsp_exp.run.config import PROJECT_ROOT
+
+    text = (PROJECT_ROOT / "conf" / "eval.yaml").read_text() + evaluate_mod.__doc__
+    examples = [line.split("lsp-eval", 1)[1].split("  #")[0] for line in text.splitlines()
+                if re.match(r"\s*#?\s*lsp-eval ", line)]
+    assert len(examples) >= 6
+    for example in examples:
+        for arg in shlex.split(example.replace("<MLflow run id>", "x").replace("<run id>", "x")):
+            OverridesParser.create().parse_overrides([arg])

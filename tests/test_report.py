@@ -71,3 +71,54 @@ def test_report_without_runs_says_what_it_looked_for(tmp_path):
         report(compose_config("report", [f"tracking_uri={uri}", "experiment_names=[nope]", f"output_dir={tmp_path}"]))
     with pytest.raises(ReportError, match="could not search runs"):
         report(compose_config("report", [f"tracking_uri={uri}", "filter=\"tags.arm LIKE\"", f"output_dir={tmp_path}"]))
+
+
+def test_report_for_a_user(tmp_path, capsys):
+    """One colour per group in every plot; one unit per table; per-step metrics averaged over a window
+    by default; a sweep's parent is never a group; a group_by key no run has is a one-line error."""
+    import matplotlib  # noqa: F401
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("user")
+    parent = client.create_run(exp, tags={"kind": "sweep"}).info.run_id  # a sweep's parent: no metric, no group
+    client.set_terminated(parent)
+    for arm, seed, last in [("b", 0, 0.0), ("a", 0, 1.0), ("b", 1, 0.0)]:
+        run_id = make_run(client, exp, arm, seed, [(0, 0.5), (10, 0.6)], parent=parent)
+        # a per-step metric: 0.2 for 11 steps, then one noisy last step
+        client.log_batch(run_id, metrics=[Metric("train/solver/reward", 0.2, 0, s) for s in range(11)]
+                         + [Metric("train/solver/reward", last, 0, 11)])
+    drawn = []
+    real_plot = plt.Axes.plot
+    plt.Axes.plot = lambda self, *a, **k: drawn.append((k["label"], k["color"])) or real_plot(self, *a, **k)
+    try:
+        table = report(compose_config("report", [
+            f"tracking_uri={uri}", "group_by=[tags.arm]", "metrics=[eval/accuracy,train/solver/reward]",
+            "curves=[eval/accuracy,train/solver/reward]", f"output_dir={tmp_path / 'out'}"]))
+    finally:
+        plt.Axes.plot = real_plot
+    assert "?" not in table                                   # the parent is not a group
+    percent, plain = table.index("Values in %"), table.index("Values as logged")
+    assert percent < table.index("| a | 1 | 60.0 |") < table.index("| b | 2 | 60.0 ± 0.0 |") < plain
+    assert plain < table.index("| a | 1 | 0.280 |")   # the mean of the last 10 values: (9 x 0.2 + 1.0) / 10
+    assert plain < table.index("| b | 2 | 0.180 ± 0.000 |")
+    assert compose_config("report", []).tail == 10   # the default window
+    assert sorted(set(drawn)) == [("a", "C0"), ("b", "C1")]   # a group has one colour in both plots
+    with pytest.raises(ReportError, match=r"^group_by: no run has 'tags.amr'; did you mean tags.arm\?"):
+        report(compose_config("report", [f"tracking_uri={uri}", "group_by=[tags.amr]", f"output_dir={tmp_path}"]))
+    with pytest.raises(ReportError, match=r"^group_by: no run has 'game.nmae'; did you mean game.name\?"):
+        report(compose_config("report", [f"tracking_uri={uri}", "group_by=[game.nmae]", f"output_dir={tmp_path}"]))
+
+
+def test_report_has_its_own_help():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.report", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("lsp-report: a table")
+    assert "parent_run" in out.stdout and "group_by" in out.stdout
+    assert "Configuration groups" not in out.stdout and "algorithm" not in out.stdout

@@ -39,6 +39,44 @@ def test_joblib_sweep_logs_four_runs_to_one_sqlite_store(shared_outputs, tmp_pat
         assert [m.step for m in client.get_metric_history(run.info.run_id, "train/solver/reward")] == [0, 1]
     assert len({r.data.tags.get("mlflow.parentRunId") for r in jobs}) == 1  # one sweep, one parent
     assert sorted(p.name for p in Path(tmp_path, "sweep").iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    # Names that tell the runs apart (game, algorithm, seed), the parent named after the sweep, and at
+    # the end one line per job and the lsp-report command for the sweep.
+    assert sorted(r.info.run_name for r in jobs) == [
+        "grpo_data-lsp-s0", "grpo_data-lsp-s1", "lsp_zero-lsp-s0", "lsp_zero-lsp-s1"]
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert parent.info.run_name.startswith("sweep seed=0,1 game=lsp_zero,grpo_data · ")
+    summary = out.stdout[out.stdout.index(f"sweep '{parent.info.run_name}': 4 runs"):].splitlines()
+    assert all(r.info.run_name in "\n".join(summary[1:5]) and "FINISHED" in "\n".join(summary[1:5]) for r in jobs)
+    assert summary[5] == (f"compare the arms: .venv/bin/lsp-report parent_run={parent.info.run_id} "
+                          f"'group_by=[game.name]' tracking_uri={store}")
+    assert summary[6].startswith(f"open http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs?"
+                                 "workflowType=machine_learning  (after `.venv/bin/mlflow ui --backend-store-uri")
+
+
+def test_an_optuna_search_runs_two_trials_under_one_parent(shared_outputs, tmp_path):
+    """hparams_search=toy_lr_beta (Hydra's Optuna sweeper): 2 trials of 1 step, each a child run of one
+    parent with its own optim.lr and kl.beta from the search space; lsp-train returns the held-out
+    accuracy, which Optuna records (the best trial's value is the best run's eval/accuracy)."""
+    import yaml
+
+    train(compose_config("train", tiny_overrides(shared_outputs, "logger=none", "trainer.max_steps=1", "eval.samples=0",
+                                                 "eval.judge_pairs=0")))  # the toy world exists before the jobs start
+    out, client = _multirun_plain(shared_outputs, tmp_path, "hparams_search=toy_lr_beta", "hydra.sweeper.n_trials=2",
+                                  "trainer.max_steps=1", "game=lsp_zero")
+    assert out.returncode == 0, out.stderr[-3000:]
+    experiment = client.get_experiment_by_name("lsp-exp")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if r.data.tags.get("kind") != "sweep"]
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    assert len(trials) == 2 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    assert "hparams_search=toy_lr_beta over optim.lr, kl.beta" in parent.info.run_name
+    lrs = [float(r.data.params["optim.lr"]) for r in trials]
+    betas = [float(r.data.params["kl.beta"]) for r in trials]
+    assert len(set(lrs)) == 2 and all(3e-6 <= lr <= 3e-4 for lr in lrs) and all(0 <= b <= 0.2 for b in betas)
+    assert all(r.data.params["trainer.max_steps"] == "1" for r in trials)
+    assert len({r.info.run_name for r in trials}) == 2 and all(" lr=" in r.info.run_name for r in trials)
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(r.data.metrics["eval/accuracy"] for r in trials))
 
 
 def test_launcher_presets_compose():
@@ -54,6 +92,16 @@ def test_launcher_presets_compose():
     assert "joblib" in local.hydra.launcher._target_ and local.hydra.launcher.n_jobs == 2
     assert "SlurmLauncher" in slurm.hydra.launcher._target_ and slurm.hydra.launcher.partition == "gpu"
     assert slurm.hydra.launcher.max_num_timeout > 0 and slurm.trainer.strategy == "ddp"
+
+
+def _multirun_plain(shared_outputs, tmp_path, *args):
+    """`lsp-train <args>` (a multirun by its own config) with the tiny overrides, into a store of the test's."""
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    out = subprocess.run(
+        [sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, *FAST), *args,
+         f"logger.tracking_uri={store}", f"logger.artifact_location={tmp_path}/artifacts",
+         f"hydra.sweep.dir={tmp_path}/sweep"], capture_output=True, text=True, timeout=900)
+    return out, mlflow.MlflowClient(store)
 
 
 def _multirun(shared_outputs, tmp_path, *args):

@@ -1,11 +1,14 @@
 """End to end: `lsp-train` on a tiny toy world built in the test, logging to a temporary MLflow store."""
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from lsp_exp.cli.train import train
+from lsp_exp.tasks.arith.world import decode_answer
 
 from conftest import compose_config, runs_of_this_test, tiny_overrides
 
@@ -44,8 +47,25 @@ def test_train_logs_params_metrics_and_artifacts(shared_outputs, game):
                   "eval/judge/auc", "eval/judge/f1"]
     assert all((key in metrics) == (game == "lsp") for key in judge_keys), sorted(metrics)
     assert "eval/reward/f1" in metrics and "train/entropy/solver" in metrics and "train/clip_frac/solver" in metrics
-    artifacts = {a.path for a in mlflow.MlflowClient(f"sqlite:///{shared_outputs}/mlflow.db").list_artifacts(run.info.run_id)}
+    assert "epoch" not in metrics   # Lightning's epoch (always 0 here) is not logged
+    client = mlflow.MlflowClient(f"sqlite:///{shared_outputs}/mlflow.db")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "samples", "model"} <= artifacts
+    assert run.info.run_name == f"{game}-lsp-s0"
+    # The sample table reads each answer: its decoded value, the query's true value, correct or not.
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "samples/step_000002.json")).read_text())
+    assert table["columns"][:5] == ["query", "answer", "decoded", "expected", "correct"]
+    for query, answer, decoded, expected, correct, *_ in table["data"]:
+        assert decoded == decode_answer(answer)
+        assert (correct is None) == (expected is None) and correct in (None, decoded == expected)
+    # The final model is an MLflow logged model of the run (its weights: the run's model/ artifact).
+    (model,) = [m for m in client.search_logged_models([run.info.experiment_id]) if m.source_run_id == run.info.run_id]
+    assert model.name == "policy" and model.status.value == "READY" and model.params["game.name"] == game
+    if game == "lsp_zero":  # loads back with one call and answers
+        mlflow.set_tracking_uri(f"sqlite:///{shared_outputs}/mlflow.db")   # (what the README says to do first)
+        policy = mlflow.pyfunc.load_model(f"models:/{model.model_id}")
+        answers = policy.predict(["3+4", "12-5*2"])
+        assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
 
 
 def test_same_seed_gives_identical_metrics(shared_outputs):
@@ -62,7 +82,7 @@ def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
     ok = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "logger=none")],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "held-out Solver accuracy after training" in ok.stdout
+    assert "held-out Solver accuracy" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "game.group_size=1")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0

@@ -4,10 +4,13 @@
     lsp-report parent_run=<sweep parent run id> group_by=[algorithm.name] metrics=[eval/accuracy]
     lsp-report "filter=\\"tags.game = 'lsp'\\"" group_by=[game.challenger_objective,kl.placement]
 
-Writes `<output_dir>/table.md`, `table.csv` (one row per group), `runs.csv` (one row per run) and
-`<metric>.png` (one line per group, the mean over its runs with a band of +- one std) for each
-curve. A group key is a tag (`tags.arm`) or a config key (`game.name`, i.e. the run's params).
-Only FINISHED runs are read. A metric's value for a run is its last logged value.
+Writes `<output_dir>/table.md` (one table per unit: the `percent` metrics in %, the others as
+logged), `table.csv` (one row per group), `runs.csv` (one row per run) and `<metric>.png` (one line
+per group, the mean over its runs with a band of +- one std) for each curve; a group has the same
+colour in every plot. A group key is a tag (`tags.arm`) or a config key (`game.name`, i.e. the
+run's params); a key no run has is an error. Only FINISHED runs are read, never a sweep's parent
+run. A metric's value for a run is its last logged value, or for per-step metrics (`train/`,
+`perf/`) the mean of its last `tail` values (10 by default: one noisy step does not decide).
 """
 from __future__ import annotations
 
@@ -52,9 +55,30 @@ def find_runs(client, cfg: DictConfig) -> list:
                                   order_by=["attributes.start_time ASC"])
     except Exception as err:  # MLflow's own exception types: a malformed filter, an unreachable store
         raise ReportError(f"MLflow could not search runs ({' and '.join(clauses)}): {err}") from None
+    runs = [r for r in runs if r.data.tags.get("kind") != "sweep"]  # a sweep's parent holds no result
     if not runs:
         raise ReportError(f"no finished run matches {' and '.join(clauses)} in {cfg.tracking_uri}")
+    check_group_keys(runs, cfg.group_by)
     return runs
+
+
+def check_group_keys(runs, keys) -> None:
+    """A `group_by` key that no run has would put every run into one group '?': an error instead,
+    naming the closest keys the runs do have."""
+    import difflib
+
+    for key in keys:
+        if key.startswith("tags."):
+            known = {f"tags.{k}" for r in runs for k in r.data.tags if not k.startswith("mlflow.")}
+        else:
+            known = {k for r in runs for k in r.data.params}
+            key = key.removeprefix("params.")
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else (
+                f"; tags the runs have: {', '.join(sorted(k for k in known if k.startswith('tags.'))[:12])}"
+                if key.startswith("tags.") else "; a config key such as game.name, or tags.<tag>")
+            raise ReportError(f"group_by: no run has {key!r}{hint}")
 
 
 def group_key(run, keys) -> str:
@@ -75,12 +99,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
 
 
-def run_value(client, run, metric: str, tail: int, prefixes=("train/", "perf/")) -> float | None:
-    """A run's value of `metric`: its last logged value, or for per-step metrics (`prefixes`) the
-    mean of its last `tail` values."""
+def run_value(client, run, metric: str, tail: int, prefixes=("train/", "perf/"), cumulative=()) -> float | None:
+    """A run's value of `metric`: its last logged value, or for per-step metrics (`prefixes`, but not
+    running totals, `cumulative`) the mean of its last `tail` values."""
     if metric not in run.data.metrics:
         return None
-    if tail <= 1 or not metric.startswith(tuple(prefixes)):
+    if tail <= 1 or not metric.startswith(tuple(prefixes)) or metric.startswith(tuple(cumulative)):
         return run.data.metrics[metric]
     history = sorted(client.get_metric_history(run.info.run_id, metric), key=lambda m: (m.step, m.timestamp))
     last = [m.value for m in history[-tail:]]
@@ -94,7 +118,7 @@ def summarise(client, runs, cfg: DictConfig) -> dict[str, dict[str, list[float]]
         g = group_key(run, cfg.group_by)
         groups[g]["runs"].append(1.0)
         for metric in cfg.metrics:
-            value = run_value(client, run, metric, cfg.tail, cfg.tail_prefixes)
+            value = run_value(client, run, metric, cfg.tail, cfg.tail_prefixes, cfg.cumulative)
             if value is not None:
                 groups[g][metric].append(value)
     order = list(cfg.order) + sorted(g for g in groups if g not in cfg.order)
@@ -111,25 +135,36 @@ def fmt(values: list[float], percent: bool) -> str:
 
 
 def write_table(summary, cfg: DictConfig, out: Path) -> str:
-    header = ["group", "runs", *cfg.metrics]
-    percent = set(cfg.percent)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    """`table.md`: one Markdown table per unit (the `percent` metrics in %, then the others as
+    logged), each group a row; `table.csv`: every metric's mean, std and count per group."""
+    percent = [m for m in cfg.metrics if m in set(cfg.percent)]
+    plain = [m for m in cfg.metrics if m not in set(cfg.percent)]
+    tables = []
+    for metrics, unit in ((percent, "in %"), (plain, "as logged")):
+        if not metrics:
+            continue
+        lines = [f"| group | runs | {' | '.join(metrics)} |", "|" + "---|" * (len(metrics) + 2)]
+        for g, values in summary.items():
+            cells = [fmt(values.get(m, []), unit == "in %") for m in metrics]
+            lines.append(f"| {g} | {len(values['runs'])} | " + " | ".join(cells) + " |")
+        tables.append((unit, "\n".join(lines)))
     with open(out / "table.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["group", "runs"] + [f"{m}{s}" for m in cfg.metrics for s in ("_mean", "_std", "_n")])
-        for g, metrics in summary.items():
-            cells = [fmt(metrics.get(m, []), m in percent) for m in cfg.metrics]
-            lines.append(f"| {g} | {len(metrics['runs'])} | " + " | ".join(cells) + " |")
-            row = [g, len(metrics["runs"])]
+        for g, values in summary.items():
+            row = [g, len(values["runs"])]
             for m in cfg.metrics:
-                vals = metrics.get(m, [])
+                vals = values.get(m, [])
                 row += list(mean_std(vals)) + [len(vals)] if vals else ["", "", 0]
             writer.writerow(row)
     value = ("the last logged value of each metric" if cfg.tail <= 1 else
              f"the mean of the last {cfg.tail} logged values of {', '.join(cfg.tail_prefixes)}* metrics, else the last")
-    note = (f"\nMean ± sample std over runs ({value}); "
-            f"{', '.join(sorted(percent & set(cfg.metrics))) or 'no metric'} in %.\n")
-    table = "\n".join(lines) + "\n" + note
+    if len(tables) == 1:
+        unit, body = tables[0]
+        table = f"{body}\n\nMean ± sample std over runs ({value}); values {unit}.\n"
+    else:
+        table = ("\n\n".join(f"Values {unit}:\n\n{body}" for unit, body in tables)
+                 + f"\n\nMean ± sample std over runs ({value}).\n")
     (out / "table.md").write_text(table)
     return table
 
@@ -150,6 +185,9 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = list(dict.fromkeys(group_key(run, cfg.group_by) for run in runs))
+    order = [g for g in cfg.order if g in groups] + sorted(g for g in groups if g not in cfg.order)
+    colours = {g: f"C{i % 10}" for i, g in enumerate(order)}  # one colour per group in every plot
     paths = []
     for metric in cfg.curves:
         by_group: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -159,13 +197,12 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
         if not by_group:
             continue
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        order = [g for g in cfg.order if g in by_group] + sorted(g for g in by_group if g not in cfg.order)
-        for g in order:
+        for g in (g for g in order if g in by_group):
             steps = sorted(by_group[g])
             stats = smooth([mean_std(by_group[g][s]) for s in steps], cfg.smooth)
             mean = [m for m, _ in stats]
-            ax.plot(steps, mean, label=g, marker="o" if len(steps) < 20 else None, markersize=3)
-            ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+            ax.plot(steps, mean, label=g, color=colours[g], marker="o" if len(steps) < 20 else None, markersize=3)
+            ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], color=colours[g], alpha=0.2)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} (mean ± std over runs" + (f", {cfg.smooth}-point moving average)" if cfg.smooth > 1 else ")"))
@@ -206,8 +243,16 @@ def report(cfg: DictConfig) -> str:
     return table
 
 
+def main() -> None:
+    """`lsp-report`: an override that does not parse fails with one line naming it; then Hydra."""
+    from lsp_exp.run.validation import check_overrides
+
+    check_overrides(sys.argv[1:])
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="report")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     try:
         report(cfg)
     except ReportError as err:

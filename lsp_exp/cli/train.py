@@ -21,11 +21,9 @@ for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "tru
 import hydra  # noqa: E402
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from lightning.pytorch.callbacks import RichProgressBar  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
 from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
-from rich.console import Console  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
@@ -44,6 +42,7 @@ from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
 from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule  # noqa: E402
 from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
+from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look  # noqa: E402
 from lsp_exp.run.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
 from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, TrackingLostError,  # noqa: E402
                                        TrackingUnreachableError, fail_active_runs, one_line)
@@ -63,10 +62,29 @@ class StepStream(IterableDataset):
             step += 1
 
 
+LAST_STEP: dict[str, float] = {}  # the figures of the last job's last step (what `objective` reads)
+
+
 def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
+    LAST_STEP.clear()
     with interrupts_during_startup():
         return _train(cfg)
+
+
+def objective(cfg: DictConfig, history: dict[int, dict[str, float]]) -> float:
+    """The value a sweeper optimises (`optimized_metric`): an `eval/<key>` of the last held-out
+    evaluation, or a per-step figure (`train/...`, `perf/...`) of the last step; NaN, with a line
+    saying so, when the run has no such figure."""
+    key = cfg.get("optimized_metric") or "eval/accuracy"
+    if key.startswith("eval/"):
+        value = history[max(history)].get(key.removeprefix("eval/")) if history else None
+    else:
+        value = LAST_STEP.get(key)
+    if value is None:
+        say(f"optimized_metric={key}: this run has no such figure; the sweeper gets NaN", err=True)
+        return float("nan")
+    return float(value)
 
 
 @contextmanager
@@ -129,6 +147,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     judge_template = cfg.game.judge.template if cfg.game.judge.template != "auto" else task.judge_template
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, verifier=verifier, labelled_pairs=pairs,
                             judge_template=judge_template)
+    module.answer_columns = task.answer_columns  # the sample tables' decoded / expected / correct columns
 
     lock, stale = None, None
     if rank_zero_only.rank == 0 and resume is not None:  # one process per run: before the run is touched
@@ -152,7 +171,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         num_nodes=cfg.trainer.num_nodes, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
         logger=logger or False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
-        callbacks=[checkpoints, *([RichProgressBar()] if cfg.trainer.enable_progress_bar else [])],
+        callbacks=[checkpoints, *([progress_bar(cfg)] if cfg.trainer.enable_progress_bar else [])],
     )
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's handler: a checkpoint at the step's end
     try:
@@ -168,27 +187,32 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         release_ranks(cfg)  # a multirun's next DDP job starts its own ranks
         if lock is not None:
             lock.release()
+    LAST_STEP.update({k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
     if trainer.is_global_zero:
-        log_final_model(logger, policy, tokenizer, cfg.paths.outputs, state_dict=module.final_weights)
+        log_final_model(logger, policy, tokenizer, cfg.paths.outputs, state_dict=module.final_weights,
+                        entry={"base_model": model_path, "dtype": cfg.model.get("dtype", "float32"),
+                               "max_new_tokens": cfg.game.max_answer_tokens},
+                        upload=cfg.logger.get("log_model", True))
         report(module.eval_history, logger, module.judging)
     return module.eval_history
 
 
 def report(history: dict[int, dict[str, float]], logger, judging: dict[str, float] | None = None) -> None:
-    console = Console()
+    """The end of a run: how the reward and the judge classify correctness (measured at the start),
+    the held-out result before and after, the run's name and a link that opens it in the UI."""
     for who in ("reward", "judge"):
         if f"{who}/f1" in (judging or {}):
-            console.print(f"{who} as a classifier of correctness: " + "  ".join(
+            say(f"{who} as a classifier of correctness (at start): " + "  ".join(
                 f"{k} {judging[f'{who}/{k}']:.3f}" for k in ("precision", "recall", "f1", "auc") if f"{who}/{k}" in judging))
-    if history:
-        first, last = min(history), max(history)
-        for label, step in (("before", first), ("after", last))[first == last:]:  # (a resumed run: no "before")
-            m = history[step]
-            extra = "  ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("pass_at_") and "/" not in k)
-            console.print(f"held-out Solver accuracy {label} training (step {step}): {m['accuracy']:.3f}  {extra}")
+    line = accuracy_line(history)
+    if line:
+        say(line)
     if logger is not None:
-        console.print(f"MLflow run {logger.run_id} in experiment '{logger._experiment_name}' at {logger._tracking_uri}")
-        console.print("open it with `make ui` (http://127.0.0.1:5000)")
+        say(f"MLflow run '{logger._run_name}' ({logger.run_id}) in experiment '{logger._experiment_name}', "
+            f"store {logger._tracking_uri}")
+        if getattr(logger, "model_id", None):
+            say(f"final model: mlflow.pyfunc.load_model('models:/{logger.model_id}')  (README, Tracking)")
+        say(where_to_look(logger._tracking_uri, logger.experiment_id, logger.run_id))
 
 
 # Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
@@ -204,21 +228,21 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    """One job. Any exception ends its MLflow run FAILED with the error (tag `error`, `error.txt`)."""
+    """One job; returns `optimized_metric`. Any exception ends its MLflow run FAILED with the error (tag `error`, `error.txt`)."""
     ACTIVE_LOGGERS.clear()
     try:
         history = train(cfg)
     except CLEAR_ERRORS as err:
         fail_active_runs(err)
-        print(f"error: {one_line(err, 1000)}", file=sys.stderr)
+        say(f"error: {one_line(err, 1000)}", err=True)
         raise SystemExit(2) from None
     except TRACKING_ERRORS as err:  # the tracking server failed outside the training loop
         fail_active_runs(err)
-        print(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", file=sys.stderr)
+        say(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", err=True)
         raise SystemExit(2) from None
     except SIGTERMException as err:  # SIGTERM during start-up: no step to finish; the run ends KILLED
         fail_active_runs(err)
-        print("interrupted during start-up (SIGTERM): the run is marked KILLED", file=sys.stderr)
+        say("interrupted during start-up (SIGTERM): the run is marked KILLED", err=True)
         raise SystemExit(143) from None
     except SystemExit:  # its run is ended already (e.g. KILLED with its checkpoint after SIGTERM)
         ACTIVE_LOGGERS.clear()
@@ -227,7 +251,7 @@ def hydra_main(cfg: DictConfig) -> float:
         fail_active_runs(err)
         raise
     ACTIVE_LOGGERS.clear()
-    return history[max(history)]["accuracy"] if history else float("nan")
+    return objective(cfg, history)  # what a sweeper (hparams_search=..., Optuna) optimises
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
 from lsp_exp.run.instantiate import build
 from lsp_exp.core.roles import RoleBatch, role_backward
 from lsp_exp.core.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
+from lsp_exp.run.console import heldout_status
 from lsp_exp.run.tracking import log_eval, log_sample_table, sample_rows
 
 
@@ -229,7 +230,9 @@ class SelfPlayModule(L.LightningModule):
             if len(roles) > 1:
                 per_query["challenger_advantage"] = roles[1].advantages[0]
             texts = {"judge_reply": judged.texts} if judged is not None else {}
-            log_sample_table(self.logger, step, sample_rows(queries.texts, answers.texts, per_pair, per_query, texts))
+            read = getattr(self, "answer_columns", None)  # the task's reading of each answer (set by lsp-train)
+            log_sample_table(self.logger, step, sample_rows(queries.texts, answers.texts, per_pair, per_query, texts,
+                                                            read(pair_queries, answers.texts) if read else None))
         every = self.cfg.eval.every_n_steps
         if every and step % every == 0 and step < self.trainer.max_steps:
             self._evaluate(samples=0)
@@ -301,8 +304,11 @@ class SelfPlayModule(L.LightningModule):
         with gathered(self.policy):  # every rank gathers a sharded policy; rank 0 evaluates, the others go on
             if not self.trainer.is_global_zero:
                 return
-            metrics = evaluate_solver(self.policy, self.tokenizer, self.heldout, samples=samples,
-                                      max_new_tokens=self.cfg.game.max_answer_tokens)
+            with heldout_status(len(self.heldout.prompts), samples, self.global_step,  # a line, a bar, the result
+                                bar=self.trainer.progress_bar_callback) as status:
+                metrics = evaluate_solver(self.policy, self.tokenizer, self.heldout, samples=samples,
+                                          max_new_tokens=self.cfg.game.max_answer_tokens, progress=status.progress)
+                status.done(metrics)
         self.eval_history[self.global_step] = metrics
         log_eval(self.logger, self.global_step, metrics)
 

@@ -12,12 +12,13 @@ from lsp_exp.tasks.base import HeldoutSet
 
 @torch.inference_mode()
 def evaluate_solver(model, tokenizer, heldout: HeldoutSet, *, max_new_tokens: int = 8, batch_size: int = 1000,
-                    samples: int = 0, temperature: float = 1.0) -> dict[str, float]:
+                    samples: int = 0, temperature: float = 1.0, progress=None) -> dict[str, float]:
     """Greedy accuracy (overall and per slice); with `samples` = k > 0 also sampled pass@1 and pass@k
     (keys `pass_at_1`, `pass_at_<k>`: MLflow metric names cannot hold '@').
 
     pass_at_1 is the mean correctness of the k samples; pass_at_k is the share of problems with at least
-    one correct sample. Sampling draws from its own generator (seed 0) on the model's device, so
+    one correct sample. `progress(answers)`, if given, is called with the number of answers generated
+    so far (greedy and sampled) after each pass. Sampling draws from its own generator (seed 0) on the model's device, so
     evaluating leaves every global RNG as it was: it does not change the training trajectory. Every
     metric is also reported per slice (`accuracy/<slice>`), the slices the task gave each prompt.
     """
@@ -31,10 +32,14 @@ def evaluate_solver(model, tokenizer, heldout: HeldoutSet, *, max_new_tokens: in
         prompts = chat_prompts(tokenizer, [heldout.prompts[i] for i in index])
         out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False)
         greedy.append(_correct(heldout, index, out.texts, 1))
+        if progress is not None:
+            progress(start * (1 + samples) + len(index))
         if samples > 0:
             out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
                            temperature=temperature, num_return_sequences=samples, generator=generator)
             sampled.append(_correct(heldout, index, out.texts, samples).view(-1, samples))
+            if progress is not None:
+                progress(index.stop * (1 + samples))
     model.train(was_training)
     greedy_t = torch.cat(greedy)
     metrics = {"accuracy": greedy_t.mean().item()}

@@ -103,3 +103,20 @@ def conditional_perplexity(model, tokenizer, prompts: list[str], targets: list[s
         logits = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions).logits.float()
         metric.update(logits[:, :-1].cpu(), labels[:, 1:].cpu())
     return float(metric.compute())
+
+
+def ngram_perplexity(train_texts: list[str], test_texts: list[str], n: int = 3, tokenize=str.split) -> float:
+    """The classical reference: the perplexity of an interpolated Kneser-Ney n-gram model (nltk's
+    `lm`, discount 0.1) fitted on `train_texts` and scored on every token of `test_texts` and its end
+    (each text starts with n - 1 `<s>` and ends with one `</s>`, as the policy's perplexity scores
+    its answer and the end token): 2 ** (-mean log2 P(w | the n - 1 before)). A token never seen in
+    training has probability 0 (infinite perplexity)."""
+    from nltk.lm import KneserNeyInterpolated
+    from nltk.lm.preprocessing import padded_everygram_pipeline
+    from nltk.util import ngrams
+
+    grams, vocabulary = padded_everygram_pipeline(n, [tokenize(t) for t in train_texts])
+    model = KneserNeyInterpolated(n)
+    model.fit(grams, vocabulary)
+    test = [g for t in test_texts for g in ngrams(["<s>"] * (n - 1) + tokenize(t) + ["</s>"], n)]
+    return float(model.perplexity(test))

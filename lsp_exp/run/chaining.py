@@ -3,7 +3,8 @@ two commands, or one multirun per stage.
 
 `init_from` takes one of
 - a directory in Hugging Face format (a full model, or a LoRA adapter with `adapter_config.json`);
-- an MLflow run id: that run's `model/` artifact (what `lsp-train` logs at the end);
+- an MLflow run id: that run's `model/` artifact (what `lsp-train` logs at the end), or with
+  `logger.log_model=false` the folder its tag `final_model_dir` names;
 - `filter:<MLflow filter string>`: the newest FINISHED run that matches, in any experiment of the
   tracking store, e.g. `filter:tags.arm = 'lsp' and tags.seed = '1'` (one config chains every seed
   of a multirun with `${seed}` in the string).
@@ -47,40 +48,45 @@ def find_runs(spec: str, tracking_uri: str | None, key: str = "init_from", max_r
     return [r.info.run_id for r in runs]
 
 
-def find_run(spec: str, tracking_uri: str | None) -> str:
+def find_run(spec: str, tracking_uri: str | None, key: str = "init_from") -> str:
     """The run id behind `spec`: itself when it is a run id, else the newest finished run matching
     the `filter:` expression."""
-    runs = find_runs(spec, tracking_uri, max_results=10)
+    runs = find_runs(spec, tracking_uri, key=key, max_results=10)
     if len(runs) > 1:
-        log.warning("init_from: %d finished runs match %r; using the newest, %s", len(runs), spec, runs[0])
+        log.warning("%s: %d finished runs match %r; using the newest, %s", key, len(runs), spec, runs[0])
     return runs[0]
 
 
-def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str) -> Path:
-    """A local directory holding the weights `spec` names (downloading a run's `model/` artifact)."""
+def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: str = "init_from") -> Path:
+    """A local directory holding the weights `spec` names (downloading a run's `model/` artifact);
+    `key` names the config key in errors (`run` for lsp-eval)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _check_weights(path, spec)
+        return _check_weights(path, spec, key)
     if spec.startswith(("/", ".", "~")):
-        raise InitFromError(f"init_from={spec!r}: directory does not exist")
-    run_id = find_run(spec, tracking_uri)
+        raise InitFromError(f"{key}={spec!r}: directory does not exist")
+    run_id = find_run(spec, tracking_uri, key)
     target = Path(outputs) / "init_from" / run_id
     if not (target / "model").is_dir():
         import mlflow
+
+        kept = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags.get("final_model_dir")
+        if kept and Path(kept).is_dir():  # logger.log_model=false: the model stayed on this machine
+            return _check_weights(Path(kept), spec, key)
 
         target.mkdir(parents=True, exist_ok=True)
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target),
                                                 tracking_uri=tracking_uri)
         except Exception as err:
-            raise InitFromError(f"init_from={spec!r}: could not fetch the `model/` artifact of run {run_id} "
+            raise InitFromError(f"{key}={spec!r}: could not fetch the `model/` artifact of run {run_id} "
                                 f"from {tracking_uri} ({err})") from None
-    return _check_weights(target / "model", spec)
+    return _check_weights(target / "model", spec, key)
 
 
-def _check_weights(path: Path, spec: str) -> Path:
+def _check_weights(path: Path, spec: str, key: str = "init_from") -> Path:
     if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-        raise InitFromError(f"init_from={spec!r}: {path} holds neither a model (config.json) nor a LoRA adapter "
+        raise InitFromError(f"{key}={spec!r}: {path} holds neither a model (config.json) nor a LoRA adapter "
                             "(adapter_config.json)")
     return path
 

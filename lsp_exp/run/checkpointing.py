@@ -150,7 +150,7 @@ class StepCheckpoint(Callback):
         try:
             if trainer.is_global_zero:
                 self.dirpath.mkdir(parents=True, exist_ok=True)
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)  # (the callbacks too; said, so Lightning says nothing)
             if trainer.is_global_zero:
                 if not readable(tmp):  # (Lightning logs some write errors instead of raising them)
                     raise CheckpointError(f"could not write checkpoint {path}: {tmp} is missing or incomplete (a full "

@@ -111,7 +111,8 @@ class LoggerSchema:
     tracking_uri: Optional[str] = None
     experiment_name: str = "lsp-exp"
     artifact_location: Optional[str] = None
-    run_name: Optional[str] = None
+    run_name: Optional[str] = None      # None: <game>-<algorithm>-s<seed> (tracking.run_name); interpolations work
+    log_model: bool = True              # the final model as the run's model/ artifact and a logged model (false: saved locally only)
 
 
 @dataclass
@@ -151,6 +152,7 @@ class TrainSchema:
     init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<expr>
     resume: Optional[str] = None        # continue a run exactly: a checkpoint file or directory, or an MLflow run id
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm)
+    optimized_metric: str = "eval/accuracy"  # what lsp-train returns to a sweeper (hparams_search): eval/<key>, train/..., perf/...
 
 
 @dataclass
@@ -190,6 +192,7 @@ class PerplexitySchema:
     enabled: bool = True
     path: Optional[str] = None          # rows with a reference (or a `text`); None -> held-out problems and their answers
     max_rows: Optional[int] = 500
+    ngram: int = 3                      # n of the Kneser-Ney n-gram baseline (eval/perplexity_ngram; 0: off)
 
 
 @dataclass
@@ -226,8 +229,9 @@ class ReportSchema:
     percent: list[str] = field(default_factory=lambda: ["eval/accuracy", "eval/win_rate"])  # shown x100
     curves: list[str] = field(default_factory=lambda: ["eval/accuracy"])
     order: list[str] = field(default_factory=list)  # groups listed first, in this order
-    tail: int = 1                       # per-step metrics: the mean of a run's last `tail` values (1: the last)
+    tail: int = 10                      # per-step metrics: the mean of a run's last `tail` values (1: the last)
     tail_prefixes: list[str] = field(default_factory=lambda: ["train/", "perf/"])  # which metrics are per step
+    cumulative: list[str] = field(default_factory=lambda: ["train/tokens/", "train/nonfinite_skips"])  # running totals: the last value
     smooth: int = 1                     # curves: a moving average over this many points (per-step train/* metrics)
     output_dir: str = "${paths.outputs}/reports/latest"
     paths: PathsConfig = field(default_factory=PathsConfig)

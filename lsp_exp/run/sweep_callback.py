@@ -4,7 +4,10 @@ The parent is made by the first job that logs to an MLflow experiment (under a f
 sweep directory, so parallel jobs of the joblib or submitit launcher agree on one parent per
 experiment), and its id reaches the job's logger through `LSP_MLFLOW_PARENT_RUN_ID`, which
 `tracking.run_tags` turns into the `mlflow.parentRunId` tag: the MLflow UI then nests the jobs
-under the sweep. When the multirun ends, the parents are marked FINISHED.
+under the sweep. The parent is named after the sweep (its swept overrides and its folder); each
+job's run name (`tracking.run_name`, plus the job's values of the other swept keys) is made unique
+within the sweep under the same lock (`LSP_MLFLOW_RUN_NAME`). When the multirun ends, the parents
+are marked FINISHED and one line per job is printed, with the `lsp-report` command for the sweep.
 
     lsp-report parent_run=<parent run id>      # the sweep's table
 """
@@ -12,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +25,9 @@ from omegaconf import DictConfig
 
 PARENT_ENV = "LSP_MLFLOW_PARENT_RUN_ID"
 PARENTS_FILE = "mlflow_parents.json"  # {tracking uri + experiment: parent run id}
-
-log = logging.getLogger(__name__)
+SWEEP_FILE = "sweep.json"             # the sweep's name and swept keys (on_multirun_start)
+NAMES_FILE = "run_names.json"         # the run names given so far in this sweep
+NAMED_BY_RUN = ("game", "algorithm", "seed")  # swept keys the default run name already shows
 
 
 @contextmanager
@@ -38,18 +41,69 @@ def _locked(sweep_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _read(path: Path) -> dict[str, str]:
+def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def swept(config: DictConfig) -> tuple[list[str], list[str]]:
+    """(the command line's sweep overrides as written, the keys a sweeper varies): from the
+    multirun's config, e.g. (['game=lsp_zero,grpo_data', 'seed=0,1'], ['game', 'seed']), or for the
+    Optuna sweeper the keys of `hydra.sweeper.params` (and `hparams_search=...` as written)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    written, keys = [], []
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    for text, override in zip(config.hydra.overrides.task, parsed):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            written.append(text)
+            keys.append(key)
+        elif key.split("@")[0].lstrip("+~") in ("hparams_search", "experiment"):
+            written.append(text)
+    params = config.hydra.get("sweeper", {}).get("params") or {}
+    keys += [k for k in params if k not in keys]
+    return written, keys
+
+
+def _short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def _value(text: str) -> str:
+    """A swept value as a run name shows it: floats to 3 significant digits (an Optuna trial's 3.7561e-05)."""
+    try:
+        return text if float(text) == int(text) else f"{float(text):.3g}"
+    except ValueError:
+        try:
+            return f"{float(text):.3g}"
+        except ValueError:
+            return text
+
+
 class MLflowSweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        written, keys = swept(config)
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        name = " ".join(["sweep", *written])
+        searched = [k for k in keys if not any(w.lstrip("+~").startswith(f"{k}=") for w in written)]
+        if searched:  # a sweeper's own search space (Optuna)
+            name += f" over {', '.join(searched)}"
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps({
+            "name": f"{name} · {sweep_dir.name}", "keys": keys,
+            "default_store": os.environ.get("MLFLOW_TRACKING_URI"),  # (before a job's MLflow client sets it)
+        }, indent=1))
+
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return  # one task per node of a SLURM job, or a DDP rank: only rank 0 logs
+        from lsp_exp.run.tracking import RUN_NAME_ENV
+
         os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(RUN_NAME_ENV, None)
         if config.hydra.mode != RunMode.MULTIRUN or config.get("logger", {}).get("name", "none") == "none":
             return
-        from lsp_exp.run.tracking import init_sqlite_store, tracking_uri
+        from lsp_exp.run.tracking import ensure_experiment, init_sqlite_store, run_name, tracking_uri
 
         import mlflow
 
@@ -57,24 +111,33 @@ class MLflowSweepCallback(Callback):
         if uri.startswith("sqlite:///"):
             init_sqlite_store(uri)
         name = config.logger.experiment_name
-        with _locked(Path(config.hydra.sweep.dir)) as path:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        with _locked(sweep_dir) as path:
             parents = _read(path)
             key = f"{uri}#{name}"
+            sweep = _read(sweep_dir / SWEEP_FILE)
             if key not in parents:
                 client = mlflow.MlflowClient(uri)
-                experiment = client.get_experiment_by_name(name)
-                if experiment is None:
-                    location = Path(config.logger.artifact_location).as_uri() if config.logger.artifact_location else None
-                    exp_id = client.create_experiment(name, artifact_location=location)
-                else:
-                    exp_id = experiment.experiment_id
-                sweep_dir = str(config.hydra.sweep.dir)
-                run = client.create_run(exp_id, run_name=f"sweep {Path(sweep_dir).name}",
-                                        tags={"sweep_dir": sweep_dir, "kind": "sweep"})
+                location = Path(config.logger.artifact_location).as_uri() if config.logger.artifact_location else None
+                exp_id = ensure_experiment(uri, name, location)
+                run = client.create_run(exp_id, run_name=sweep.get("name", f"sweep {sweep_dir.name}"),
+                                        tags={"sweep_dir": str(sweep_dir), "kind": "sweep"})
                 parents[key] = run.info.run_id
                 path.write_text(json.dumps(parents, indent=1))
-                log.info("MLflow parent run %s for the sweep in %s", run.info.run_id, sweep_dir)
+            # The job's name: the default (or logger.run_name) and its values of the other swept keys;
+            # a name given already in this sweep gets the job's number.
+            job = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in config.hydra.overrides.task if "=" in o}
+            others = [f"{_short(k)}={_value(job[k])}" for k in sweep.get("keys", [])
+                      if k in job and (config.logger.get("run_name") or k not in NAMED_BY_RUN)]
+            job_name = run_name(config, " ".join(others))
+            names_path = sweep_dir / NAMES_FILE
+            names = _read(names_path)
+            if job_name in names.values():
+                job_name = f"{job_name} #{config.hydra.job.num}"
+            names[str(config.hydra.job.num)] = job_name
+            names_path.write_text(json.dumps(names, indent=1))
         os.environ[PARENT_ENV] = parents[key]
+        os.environ[RUN_NAME_ENV] = job_name
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         path = Path(config.hydra.sweep.dir) / PARENTS_FILE
@@ -82,6 +145,42 @@ class MLflowSweepCallback(Callback):
             return
         import mlflow
 
+        from lsp_exp.run.console import say
+
+        sweep = _read(Path(config.hydra.sweep.dir) / SWEEP_FILE)
         for key, run_id in _read(path).items():
             uri = key.rsplit("#", 1)[0]
-            mlflow.MlflowClient(uri).set_terminated(run_id)
+            client = mlflow.MlflowClient(uri)
+            client.set_terminated(run_id)
+            try:
+                for line in sweep_summary(client, uri, run_id, sweep.get("keys", []), sweep.get("default_store")):
+                    say(line)
+            except Exception as err:  # a summary is a courtesy: never fail a finished sweep over it
+                say(f"(no sweep summary: {type(err).__name__}: {err})")
+
+
+def sweep_summary(client, uri: str, parent_id: str, keys: list[str], default_store: str | None = None) -> list[str]:
+    """One line per job of the sweep (name, status, held-out accuracy first -> last, run id), then
+    the `lsp-report` command for the sweep and a link to it in the UI."""
+    from lsp_exp.run.console import DEFAULT_STORE, where_to_look
+
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              order_by=["attributes.start_time ASC"], max_results=5000)
+    lines = [f"sweep '{parent.info.run_name}': {len(runs)} runs under MLflow parent run {parent_id}"]
+    width = max((len(r.info.run_name or "") for r in runs), default=0)
+    for run in runs:
+        history = sorted(client.get_metric_history(run.info.run_id, "eval/accuracy"), key=lambda m: m.step)
+        accuracy = (f"held-out accuracy {history[0].value:.3f} -> {history[-1].value:.3f}" if len(history) > 1 else
+                    f"held-out accuracy {history[0].value:.3f}" if history else "no held-out accuracy")
+        lines.append(f"  {run.info.run_name:<{width}}  {run.info.status:<8}  {accuracy}  {run.info.run_id}")
+    group = [f"tags.{k}" if k == "experiment" else (k if "." in k else f"{k}.name") for k in keys if k != "seed"]
+    command = f".venv/bin/lsp-report parent_run={parent_id}"
+    if group:
+        command += f" 'group_by=[{','.join(group)}]'"
+    default = default_store or f"sqlite:///{DEFAULT_STORE}"  # what lsp-report reads without tracking_uri=
+    if uri != default:
+        command += f" tracking_uri={uri}"
+    lines.append(f"compare the arms: {command}")
+    lines.append(where_to_look(uri, parent.info.experiment_id))
+    return lines

@@ -1,6 +1,7 @@
 """MLflow tracking through Lightning's MLFlowLogger: params, tags, eval metrics, sample tables."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -25,12 +26,24 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
     if log.tracking_uri and log.tracking_uri.startswith("sqlite:///"):
         init_sqlite_store(log.tracking_uri)
     artifact_location = Path(log.artifact_location).as_uri() if log.artifact_location else None
+    ensure_experiment(log.tracking_uri, log.experiment_name, artifact_location)
     logger = ResilientMLFlowLogger(
-        experiment_name=log.experiment_name, run_name=log.run_name, tracking_uri=log.tracking_uri,
+        experiment_name=log.experiment_name, run_name=os.environ.get(RUN_NAME_ENV) or run_name(cfg),
+        tracking_uri=log.tracking_uri,
         artifact_location=artifact_location, tags=run_tags(cfg),
     )
     ACTIVE_LOGGERS.append(logger)
     return logger
+
+
+RUN_NAME_ENV = "LSP_MLFLOW_RUN_NAME"  # a multirun job's name, unique within its sweep (sweep_callback.py)
+
+
+def run_name(cfg: DictConfig, suffix: str = "") -> str:
+    """The run's MLflow name: `logger.run_name` when set (interpolations resolved), else
+    `<game>-<algorithm>-s<seed>` (e.g. `lsp_zero-lsp-s1`), with `suffix` (a sweep's other swept values)."""
+    name = cfg.logger.get("run_name") or f"{cfg.game.name}-{cfg.algorithm.name}-s{cfg.seed}"
+    return f"{name} {suffix}".strip()
 
 
 def tracking_uri(cfg: DictConfig) -> str | None:
@@ -42,12 +55,38 @@ def tracking_uri(cfg: DictConfig) -> str | None:
     return mlflow.get_tracking_uri()
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI shows runs, not GenAI traces
+
+
+def ensure_experiment(uri: str | None, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (with `artifact_location`) if it does not exist, and
+    tagged as model training, so the MLflow UI opens its runs rather than an empty traces page."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
+        except MlflowException:  # a parallel job created it first
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if not experiment.tags.get("mlflow.experimentKind"):
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
 def init_sqlite_store(uri: str) -> None:
     """Create (or migrate) a sqlite store under a file lock, so parallel jobs do not race on it."""
     import fcntl
 
     import mlflow
 
+    for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
+        logging.getLogger(name).setLevel(logging.WARNING)
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_suffix(db.suffix + ".lock"), "w") as lock:
@@ -107,11 +146,15 @@ def log_eval(logger: MLFlowLogger | None, step: int, metrics: dict[str, float]) 
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step=step)
 
 
-def sample_rows(queries, answers, per_pair: dict, per_query: dict, texts: dict | None = None) -> dict[str, list]:
-    """One row per answer: the query, the answer, per-pair values [N, G], per-query values [N] and
-    per-pair texts (lists of N * G strings, e.g. the judge's replies)."""
+def sample_rows(queries, answers, per_pair: dict, per_query: dict, texts: dict | None = None,
+                answer_columns: dict | None = None) -> dict[str, list]:
+    """One row per answer: the query, the answer, the task's reading of the answer beside it
+    (`answer_columns`, lists of N * G values, e.g. `decoded`, `expected`, `correct`: `Task.answer_columns`),
+    per-pair values [N, G], per-query values [N] and per-pair texts (lists of N * G strings, e.g. the
+    judge's replies)."""
     g = len(answers) // max(1, len(queries))
     rows: dict[str, list] = {"query": [q for q in queries for _ in range(g)], "answer": list(answers)}
+    rows.update({k: list(v) for k, v in (answer_columns or {}).items()})
     rows.update({k: v.detach().float().flatten().cpu().tolist() for k, v in per_pair.items()})  # one copy per tensor
     rows.update({k: [x for x in v.detach().float().cpu().tolist() for _ in range(g)] for k, v in per_query.items()})
     rows.update({k: list(v) for k, v in (texts or {}).items()})
@@ -130,15 +173,27 @@ def log_sample_table(logger, step: int, rows: dict[str, list]) -> None:
         logger.went_down(err, step)
 
 
-def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state_dict=None) -> Path | None:
+def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state_dict=None,
+                    entry: dict | None = None, upload: bool = True) -> Path | None:
     """The trained model (or LoRA adapter) in Hugging Face format, as the run's `model/` artifact
-    (`state_dict`: the full weights of a sharded policy, gathered by every rank).
+    (`state_dict`: the full weights of a sharded policy, gathered by every rank), and an MLflow
+    logged model pointing at it (`entry`: the arguments of `final_model.log_model_entry`; its id
+    is kept as `logger.model_id`), which the UI's model views list.
 
-    With a remote tracking server it is first saved under `<outputs>/models/<run id>/model` (and
-    kept), so a server that went away does not lose it: then TrackingLostError says where it is,
-    with the metrics the server never got beside it (`unlogged_metrics.jsonl`). Returns that folder."""
+    `upload=False` (`logger.log_model=false`: a full 3B model is ~6 GB): nothing is logged; the model
+    is saved under `<outputs>/models/<run id>/model`, which the run's tag `final_model_dir` names.
+    With a remote tracking server it is first saved there (and kept), so a server that went away
+    does not lose it: then TrackingLostError says where it is, with the metrics the server never
+    got beside it (`unlogged_metrics.jsonl`). Returns that folder."""
     if logger is None:
         return None
+    if not upload:
+        local = Path(outputs or ".") / "models" / logger.run_id / "model"
+        local.mkdir(parents=True, exist_ok=True)
+        policy.save_pretrained(local, state_dict=state_dict)
+        tokenizer.save_pretrained(local)
+        logger.experiment.set_tag(logger.run_id, "final_model_dir", str(local.resolve()))
+        return local
     if not (outputs and is_remote(logger._tracking_uri)):
         with tempfile.TemporaryDirectory() as tmp:
             policy.save_pretrained(tmp, state_dict=state_dict)
@@ -152,6 +207,7 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state
                 f"the tracking store {logger._tracking_uri} refused metrics until the end "
                 f"({one_line(logger.last_error, 200)}); the metrics it did not get are in {kept}; run "
                 f"{logger.run_id} stays RUNNING there")
+        _log_entry(logger, entry)
         return None
     local = Path(outputs) / "models" / logger.run_id / "model"
     local.mkdir(parents=True, exist_ok=True)
@@ -161,6 +217,7 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state
         if getattr(logger, "flush", lambda: True)() is False:
             raise logger.last_error
         logger.experiment.log_artifacts(logger.run_id, str(local), "model")
+        _log_entry(logger, entry)
         if getattr(logger, "unfinished", None):  # the server came back after training ended
             logger.finalize(logger.unfinished)
     except TRACKING_ERRORS as err:
@@ -172,3 +229,10 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state
             f"{local}, the metrics it did not get in {local.parent / 'unlogged_metrics.jsonl'}; run "
             f"{logger.run_id} stays RUNNING there") from None
     return local
+
+
+def _log_entry(logger, entry: dict | None) -> None:
+    if entry is not None:
+        from lsp_exp.run.final_model import log_model_entry
+
+        logger.model_id = log_model_entry(logger, **entry)

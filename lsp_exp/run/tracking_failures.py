@@ -110,7 +110,10 @@ class ResilientMLFlowLogger(MLFlowLogger):
     def log_metrics(self, metrics, step=None) -> None:
         if step is not None and step <= self.logged_through:  # a resumed run: the store has this step already
             return
-        self.pending.append((dict(metrics), step))
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}  # Lightning's epoch: always 0 here
+        if not metrics:
+            return
+        self.pending.append((metrics, step))
         if self.down_since is not None and time.monotonic() - self._last_try < self.retry_s:
             return
         self.flush()

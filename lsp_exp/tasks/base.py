@@ -54,9 +54,19 @@ class Task:
         """The prompts a data-driven game (`game=grpo_data`) samples when `game.prompts_path` is null."""
         return None
 
+    def train_references(self) -> list[str] | None:
+        """Reference answers of the training split (`lsp-eval` fits its n-gram baseline on them); None: none."""
+        return None
+
     def ground_truth(self):
         """A reward that is always right (a verifier), logged beside a proxy reward; None if there is none."""
         return None
+
+    def answer_columns(self, queries: list[str], answers: list[str]) -> dict[str, list]:
+        """Columns the sample tables show beside each raw answer (one value per (query, answer) pair),
+        e.g. the answer as the task reads it, the expected answer and whether it is correct
+        (None where a query has no ground truth); {}: none."""
+        return {}
 
     def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
         """n (query, answer, correct?) pairs to score the reward and the judge as classifiers at start."""

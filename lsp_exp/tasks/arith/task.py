@@ -14,7 +14,8 @@ from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
 from lsp_exp.tasks.arith.data import read_problems
 from lsp_exp.tasks.arith.judge_data import labelled_pairs
 from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
-from lsp_exp.tasks.arith.world import FLAWS, Problem, WorldConfig, decode_answer, encode_answer, heldout_slices
+from lsp_exp.tasks.arith.world import (FLAWS, Problem, WorldConfig, decode_answer, encode_answer, heldout_slices,
+                                       parse_problem)
 from lsp_exp.tasks.base import HeldoutSet, Task
 
 
@@ -60,8 +61,21 @@ class ArithTask(Task):
     def train_prompts(self) -> list[str]:
         return [p.text for p in self.problems("train")]
 
+    def train_references(self) -> list[str]:
+        return [encode_answer(p.answer) for p in self.problems("train")]
+
     def ground_truth(self) -> ArithmeticReward:
         return ArithmeticReward(self.config)
+
+    def answer_columns(self, queries: list[str], answers: list[str]) -> dict[str, list]:
+        """`decoded`: the answer read back from its reversed-digit notation ('41' -> 14; None when it is
+        not a number); `expected`: the query's true value (None outside the world: an invalid query);
+        `correct`: whether they agree (None without an expected value)."""
+        decoded = [decode_answer(a) for a in answers]
+        problems = [parse_problem(q.strip(), self.config) for q in queries]
+        expected = [p.answer if p is not None else None for p in problems]
+        return {"decoded": decoded, "expected": expected,
+                "correct": [None if e is None else d == e for d, e in zip(decoded, expected)]}
 
     def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
         return labelled_pairs(self.problems("heldout"), self.config, n, self.world.seed)
