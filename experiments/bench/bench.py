@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -176,8 +177,13 @@ def memory_table(rows: dict, today: str = "today lsp_zero", trl: str = "trl GRPO
     header = ["run", "peak RSS GiB", "RSS before GiB", "s/step wall", "CPU s/step", "last step wall", "last step CPU",
               "gen s", "ref s", "update s", "peak / today", "wall / today", "CPU / today", "last CPU / today",
               "peak / TRL", "CPU / TRL", "load avg", "code"]
+    def order(name: str):  # today, then lsp_zero, grpo_data, TRL; within each the biggest micro-batch first
+        group = next(i for i, key in enumerate(("today", "lsp_zero", "grpo_data", "trl", "")) if key in name)
+        micro = re.search(r"micro=(\d+)", name)
+        return group, -(int(micro.group(1)) if micro else 10**9), name
+
     body = []
-    for name, r in rows.items():
+    for name, r in sorted(rows.items(), key=lambda item: order(item[0])):
         perf = r["perf"]
         vs_today = [r["peak_gib"] / base["peak_gib"], r["wall_s"] / base["wall_s"], r["cpu_s"] / base["cpu_s"],
                     r["last_cpu_s"] / base["last_cpu_s"]] if base and "lsp_zero" in name else ["", "", "", ""]
@@ -240,7 +246,8 @@ def main() -> None:
                    "TRL: prompts of this many tokens")
     g.add_argument("--micro", default="null,32,16,8", help="trainer.micro_batch_size values of the new code")
     g.add_argument("--checkpointing", default="", help="micro-batch sizes also run with model.gradient_checkpointing=true")
-    g.add_argument("--recommend", default="16", help="the micro-batch size of the grpo_data and TRL micro-batched rows")
+    g.add_argument("--recommend", default="8", help="the micro-batch size of the grpo_data and TRL micro-batched rows "
+                   "(8: the recommendation, see the README)")
     g.add_argument("--today-worktree", default=str(Path(tempfile.gettempdir()) / f"lsp-{TODAY}"),
                    help=f"a git worktree of {TODAY} (created when missing)")
     g.add_argument("--today-python", default=str(ROOT / ".venv" / "bin" / "python"),
