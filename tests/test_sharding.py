@@ -41,7 +41,7 @@ def test_fsdp_on_two_processes_updates_as_ddp_does(shared_outputs, tmp_path):
     ddp_run, ddp, ddp_weights = run_cli(shared_outputs, tmp_path / "ddp", "trainer=ddp_cpu")
     fsdp_run, fsdp, fsdp_weights = run_cli(shared_outputs, tmp_path / "fsdp", "trainer=fsdp_cpu")
     assert fsdp_run.data.params["trainer.strategy"] == "fsdp"
-    assert ddp["train/grad_norm"][0] > 0 and ddp["train/kl/solver"][1] > 0   # a real update, then a real KL
+    assert ddp["train/grad_norm"][0] > 0 and abs(ddp["train/kl/solver"][1]) > 0   # a real update, then a KL (k1: any sign)
     assert sorted(fsdp) == sorted(ddp)
     for key, values in ddp.items():
         assert fsdp[key] == pytest.approx(values, rel=1e-4, abs=1e-6), key

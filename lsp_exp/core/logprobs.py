@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lsp_exp.core.fused_head import fused_logprobs, output_layer
 from lsp_exp.core.kv_cache import cache_of, with_cache
 from lsp_exp.core.sharding import collective_forwards
 from lsp_exp.rl.diagnostics import token_entropy
@@ -32,56 +33,60 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     the temperature the tokens were sampled at, `Rollout.temperature`).
 
     `score_from` = f: only positions f .. L - 2 are scored (log-probs of tokens f + 1 ..; those
-    before are returned as 0): logits are computed from there on (`logits_to_keep`), so a prompt
-    that no mask counts costs no vocabulary projection. With `entropy_mask` [B, L - 1] (zero before
-    f), also the mean entropy of the same tempered distributions over the masked positions, from the
-    same forward pass: returns (logp, entropy)."""
+    before are returned as 0), so a prompt that no mask counts costs no vocabulary projection. With
+    `entropy_mask` [B, L - 1] (zero before f), also the mean entropy of the same tempered
+    distributions over the masked positions, from the same forward pass: returns (logp, entropy)."""
     from lsp_exp.core.generation import SETTINGS  # noqa: PLC0415
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # One pass or two depends on the rows: not while every forward is a collective (FSDP2, sharding.py)
     share = SETTINGS.share_prefixes and not _cache_dropped(model) and not collective_forwards(model)
     split = shared_prefix(input_ids, attention_mask) if share else None
+    fused = None if collective_forwards(model) else output_layer(model)   # hidden states, never the logits
     t, length = float(temperature), input_ids.shape[1]
     f = min(max(int(score_from), 0), length - 2)
     if split is None:  # the last token predicts nothing: it is not run
-        logits = model(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
-                       position_ids=position_ids[:, :-1], use_cache=False,  # no KV cache kept
-                       logits_to_keep=length - 1 - f).logits                  # positions f .. L-2
-        chosen = F.pad(chosen_logprobs(logits, input_ids[:, f + 1:], t), (f, 0))
-        if entropy_mask is None:
-            return chosen
-        return chosen, token_entropy(logits.detach(), entropy_mask[:, f:], temperature=t)
-
-    s, firsts, group = split
-    kept = s - min(f, s - 1)  # head positions s - kept .. s - 1 (s - 1 predicts the first tail token)
-    head = model(input_ids=input_ids[firsts, :s], attention_mask=attention_mask[firsts, :s],
-                 position_ids=position_ids[firsts, :s], use_cache=True, logits_to_keep=kept)
-    cache = cache_of(head)
-    sizes = torch.bincount(group)
-    if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
-        cache.batch_repeat_interleave(int(sizes[0]))
+        first = f
+        scored = _forward(model, fused, input_ids[:, :-1], attention_mask[:, :-1], position_ids[:, :-1],
+                          keep=length - 1 - f, use_cache=False)[0]           # positions f .. L-2
     else:
-        cache.batch_select_indices(group)
-    first = s - kept
-    head_logits = head.logits[:, :-1]                                            # predicts tokens first+1 .. s-1
-    if s < length - 1:
-        tail = model(input_ids=input_ids[:, s:-1], attention_mask=attention_mask[:, :-1],
-                     position_ids=position_ids[:, s:-1], use_cache=True, **with_cache(cache))
-        tail_logits = torch.cat([head.logits[group, -1:], tail.logits], 1)       # predicts tokens s .. L-1
+        s, firsts, group = split
+        kept = s - min(f, s - 1)  # head positions s - kept .. s - 1 (s - 1 predicts the first tail token)
+        first = s - kept
+        head, cache = _forward(model, fused, input_ids[firsts, :s], attention_mask[firsts, :s],
+                               position_ids[firsts, :s], keep=kept, use_cache=True)
+        sizes = torch.bincount(group)
+        if bool((sizes == sizes[0]).all()):  # equal groups: a repeat (its backward is a cheap sum)
+            cache.batch_repeat_interleave(int(sizes[0]))
+        else:
+            cache.batch_select_indices(group)
+        scored = head[group]                                                  # positions first .. s-1
+        if s < length - 1:
+            tail = _forward(model, fused, input_ids[:, s:-1], attention_mask[:, :-1], position_ids[:, s:-1],
+                            keep=length - 1 - s, use_cache=True, cache=cache)[0]
+            scored = torch.cat([scored, tail], 1)                              # positions first .. L-2
+    targets, counted = input_ids[:, first + 1:], None if entropy_mask is None else entropy_mask[:, first:]
+    if fused is not None:
+        chosen, entropy_sum = fused_logprobs(scored, fused[1], targets, t, counted)
     else:
-        tail_logits = head.logits[group, -1:]
-    chosen = torch.cat([chosen_logprobs(head_logits, input_ids[firsts, first + 1:s], t)[group],
-                        chosen_logprobs(tail_logits, input_ids[:, s:], t)], 1)
+        chosen = chosen_logprobs(scored, targets, t)
+        entropy_sum = None if counted is None else token_entropy(scored.detach(), counted, temperature=t) * counted.sum()
     chosen = F.pad(chosen, (first, 0))
     if entropy_mask is None:
         return chosen
-    n_head, n_tail = entropy_mask[:, first:s - 1].sum(), entropy_mask[:, s - 1:].sum()
-    entropy = token_entropy(tail_logits.detach(), entropy_mask[:, s - 1:], temperature=t) * n_tail
-    if n_head > 0:
-        entropy = entropy + token_entropy(head_logits.detach()[group], entropy_mask[:, first:s - 1],
-                                          temperature=t) * n_head
-    return chosen, entropy / (n_head + n_tail).clamp(min=1)
+    return chosen, entropy_sum / entropy_mask.sum().clamp(min=1)
+
+
+def _forward(model, fused, input_ids, attention_mask, position_ids, *, keep: int, use_cache: bool, cache=None):
+    """(the last `keep` positions' hidden states (fused output layer) or logits, the KV cache)."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache)
+    if cache is not None:
+        kwargs.update(with_cache(cache))
+    if fused is not None:
+        out = fused[0](**kwargs)
+        return out.last_hidden_state[:, -keep:], cache_of(out) if use_cache else None
+    out = model(**kwargs, logits_to_keep=keep)
+    return out.logits, cache_of(out) if use_cache else None
 
 
 def _cache_dropped(model) -> bool:

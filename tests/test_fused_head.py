@@ -1,0 +1,82 @@
+"""Log-probs from the last hidden states (lsp_exp/core/fused_head.py): the same values, entropy and
+gradients (hidden states, weight, bias) as lm_head followed by a full log_softmax, to 1e-5 in fp32,
+without the [positions, vocabulary] logits."""
+import pytest
+import torch
+from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from lsp_exp.core import fused_head
+from lsp_exp.core.fused_head import fused_logprobs, output_layer
+
+
+@pytest.fixture(params=[None, 3 * 40], ids=["one-chunk", "many-chunks"])
+def chunked(request, monkeypatch):
+    if request.param:  # 3 positions of a 40-token vocabulary per chunk
+        monkeypatch.setattr(fused_head, "CHUNK_ELEMENTS", request.param)
+
+
+def plain(hidden, head, targets, temperature):
+    z = head(hidden).float() / temperature
+    logp = torch.log_softmax(z, -1)
+    return logp.gather(-1, targets[..., None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("bias", [False, True])
+def test_values_entropy_and_gradients_equal_lm_head_then_log_softmax(chunked, temperature, bias):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 40, bias=bias)
+    hidden = torch.randn(3, 5, 8, generator=g, requires_grad=True)
+    targets = torch.randint(0, 40, (3, 5), generator=g)
+    mask = torch.rand(3, 5, generator=g) > 0.4
+    upstream = torch.randn(3, 5, generator=g)
+
+    got, entropy = fused_logprobs(hidden, head, targets, temperature, mask)
+    grads = torch.autograd.grad((got * upstream).sum(), [hidden, *head.parameters()])
+    want, want_entropy = plain(hidden, head, targets, temperature)
+    want_grads = torch.autograd.grad((want * upstream).sum(), [hidden, *head.parameters()])
+
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(entropy, want_entropy[mask].sum(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gradcheck_in_float64(chunked):
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(4, 40, dtype=torch.float64)
+    hidden = torch.randn(2, 3, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.randint(0, 40, (2, 3), generator=g)
+    assert torch.autograd.gradcheck(lambda h, w, b: fused_logprobs(h, _head(w, b), targets, 0.8)[0],
+                                    (hidden, head.weight, head.bias))
+
+
+def _head(weight, bias):
+    head = torch.nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype)
+    head.weight, head.bias = weight, bias  # the tensors under test, not copies
+    return head
+
+
+def test_a_frozen_output_layer_gets_no_gradient_and_bf16_activations_score_in_float32():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 40, bias=False).requires_grad_(False)   # LoRA: the output layer is frozen
+    hidden = torch.randn(2, 3, 8).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 40, (2, 3))
+    got, _ = fused_logprobs(hidden, head, targets)
+    assert got.dtype == torch.float32
+    want, _ = plain(hidden, head.to(torch.bfloat16), targets, 1.0)    # lm_head in the activations' dtype
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)
+    got.sum().backward()
+    assert hidden.grad.dtype == torch.bfloat16 and head.weight.grad is None
+
+
+def test_only_plain_output_layers_are_fused():
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    decoder, head = output_layer(llama)
+    assert decoder is llama.model and head is llama.lm_head
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=4,
+                                           final_logit_softcapping=30.0))
+    assert output_layer(gemma) is None   # soft-capped logits: the logits path
