@@ -33,13 +33,15 @@ def test_estimate_by_hand():
     P = 100*8 + 2*(2*64 + 2*8*4 + 3*8*16 + 16) + 8 = 1992 (kv_dim = 4)."""
     shape = StepShape(n_queries=2, group_size=2, query_tokens=2, answer_tokens=3, prompt_tokens=1, judge_tokens=5,
                       judge_prompt_tokens=10)
-    e = estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=2)
+    e = estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=2, fused_head=False)
     p = 1992
     assert TINY.params() == p
     assert e.parts["static"] == p * 4 + p * 4 + 3 * p * 4                 # weights, reference copy, grads + AdamW
     act = (6 * 8 + 2 * 4 + 4 * 16) * 4                                     # per token and layer
     logits = 2 * 3 * 100 * 4                                               # the 3 answer positions only
     assert e.parts["update"] == 2 * 6 * 2 * act + 2 * logits + LOGPROB_CHUNKS
+    fused = estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=2)   # the output layer in chunks
+    assert fused.parts["update"] == 2 * 6 * 2 * act + LOGPROB_CHUNKS
     kv = 2 * 2 * 4 * 4                                                     # K and V, 2 layers, kv_dim 4, 4 bytes
     assert e.parts["generation"] == 4 * 6 * kv + 4 * 100 * 4              # all 4 rows decoded at once
     assert e.parts["judge"] == 4 * (10 + 6 + 5) * kv + 4 * 100 * 4

@@ -8,8 +8,9 @@ A the LoRA adapter's, m the rows of a micro-batch, L a row's tokens (query or pr
                + trainable state: full fine-tune (grads + 2 AdamW moments) 3 P b / shards,
                                   LoRA 4 A x 4 bytes (fp32 adapter, grads, moments)
     update   = activations kept for the backward: m L layers x act_per_token   (checkpointed: m L layers h b
-               + one layer's) + logits and their gradient 2 m T V b (T: the answer's tokens, the only
-               positions projected onto the vocabulary) + the log-prob chunks (2 x 256 MB)
+               + one layer's) + the log-prob chunks (2 x 256 MB); on the logits path (FSDP2, soft-capped
+               logits: `fused_head=False`) also the logits and their gradient 2 m T V b (T: the answer's
+               tokens, the only positions projected onto the vocabulary)
     generate = KV cache 2 layers kv_dim L g b + the last logits g V 4   (g: rows decoded at once)
     judge    = the same for the judge's prompts (query + answer + rubric) and reply
     peak     = static + max(update, reference pass, generation, judge)
@@ -111,7 +112,7 @@ class StepShape:
 def estimate(arch: Architecture, shape: StepShape, *, dtype_bytes: int, lora: tuple[int, list[str]] | None,
              micro_batch_size: int | None, checkpointing: bool = False, shards: int = 1,
              reward_params: int = 0, reward_arch: Architecture | None = None,
-             generation_batch_size: int | None = None) -> MemoryEstimate:
+             generation_batch_size: int | None = None, fused_head: bool = True) -> MemoryEstimate:
     b, p = dtype_bytes, arch.params()
     static = p * b + reward_params * b
     if lora:
@@ -123,7 +124,9 @@ def estimate(arch: Architecture, shape: StepShape, *, dtype_bytes: int, lora: tu
     length = shape.prompt_tokens + shape.query_tokens + shape.answer_tokens   # a Solver row: prompt + query + answer
     kept = arch.layers * (arch.hidden * b if checkpointing else arch.activations_per_token(b))
     one_layer = arch.activations_per_token(b) if checkpointing else 0
-    logits = m * shape.answer_tokens * arch.vocab * b   # logits_to_keep: the completion's positions only
+    # the logits path keeps the completion's logits (logits_to_keep) and their gradient; the fused output
+    # layer (core/fused_head.py) only its chunks
+    logits = 0 if fused_head else m * shape.answer_tokens * arch.vocab * b
     update = m * length * kept + m * length * one_layer + 2 * logits + LOGPROB_CHUNKS
     reference = logits + m * length * arch.hidden * 4 * b + LOGPROB_CHUNKS   # no graph: one layer's temporaries
     kv_per_token = 2 * arch.layers * arch.kv_dim * b

@@ -47,7 +47,8 @@ def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None 
     return estimate(arch, shape, dtype_bytes=DTYPE_BYTES.get(str(model.dtype), 4), lora=lora, micro_batch_size=micro,
                     checkpointing=bool(model.get("gradient_checkpointing")), shards=shards,
                     reward_params=reward_arch.params() if reward_arch else 0, reward_arch=reward_arch,
-                    generation_batch_size=trainer.get("generation_batch_size"))
+                    generation_batch_size=trainer.get("generation_batch_size"),
+                    fused_head=str(trainer.strategy) != "fsdp")
 
 
 def check_memory(cfg: DictConfig, model_path: str) -> None:
