@@ -36,6 +36,7 @@ bootstrap: install
 	$(VENV)/bin/lsp-bootstrap $(ARGS)
 
 ui: install
+	@echo "MLflow UI at http://127.0.0.1:5000: open the link a run printed, or click Model training (top left) once"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db --host 127.0.0.1 --port 5000
 
 clean:

@@ -208,10 +208,9 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
     if line:
         say(line)
     if logger is not None:
-        say(f"MLflow run '{logger._run_name}' ({logger.run_id}) in experiment '{logger._experiment_name}', "
-            f"store {logger._tracking_uri}")
-        if getattr(logger, "model_id", None):
-            say(f"final model: mlflow.pyfunc.load_model('models:/{logger.model_id}')  (README, Tracking)")
+        model = getattr(logger, "model_id", None)
+        say(f"MLflow run '{logger._run_name}' ({logger.run_id}) in experiment '{logger._experiment_name}'"
+            + (f"; final model: mlflow.pyfunc.load_model('models:/{model}')" if model else ""))
         say(where_to_look(logger._tracking_uri, logger.experiment_id, logger.run_id))
 
 

@@ -55,28 +55,23 @@ def tracking_uri(cfg: DictConfig) -> str | None:
     return mlflow.get_tracking_uri()
 
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI shows runs, not GenAI traces
-
-
 def ensure_experiment(uri: str | None, name: str, artifact_location: str | None = None) -> str:
-    """The id of experiment `name`, created (with `artifact_location`) if it does not exist, and
-    tagged as model training, so the MLflow UI opens its runs rather than an empty traces page."""
+    """The id of experiment `name`, created (with `artifact_location`) if it does not exist (a
+    parallel job may create it first), so Lightning's logger has nothing to announce."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_KIND)
-        except MlflowException:  # a parallel job created it first
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if not experiment.tags.get("mlflow.experimentKind"):
-        for key, value in EXPERIMENT_KIND.items():
-            client.set_experiment_tag(experiment.experiment_id, key, value)
-    return experiment.experiment_id
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # a parallel job created it first
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
 
 
 def init_sqlite_store(uri: str) -> None:
