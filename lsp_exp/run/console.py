@@ -160,6 +160,7 @@ class HeldoutStatus:
     def progress(self, answers: int) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=answers)
+            self._progress.refresh()
 
     def done(self, metrics: dict[str, float]) -> None:
         seconds = time.perf_counter() - self.start
