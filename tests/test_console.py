@@ -82,3 +82,20 @@ def test_sample_tables_read_each_answer_beside_its_raw_text(tmp_path):
                        {"value": torch.tensor([0.5, 1.0])}, answer_columns=columns)
     assert list(rows)[:5] == ["query", "answer", "decoded", "expected", "correct"]
     assert rows["reward"] == [1.0, 0.0, 0.0, 0.0] and rows["value"] == [0.5, 0.5, 1.0, 1.0]
+
+
+def test_a_store_that_refuses_the_logged_model_costs_a_warning_not_the_run(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from mlflow.exceptions import MlflowException
+
+    import lsp_exp.run.final_model as final_model
+    from lsp_exp.run.tracking import _log_entry
+
+    def refuse(logger, **entry):
+        raise MlflowException("logged models need an MLflow 3 server")
+
+    monkeypatch.setattr(final_model, "log_model_entry", refuse)
+    logger = SimpleNamespace()
+    _log_entry(logger, {"base_model": None, "dtype": "float32", "max_new_tokens": 8})
+    assert not hasattr(logger, "model_id") and "refused it as a logged model" in caplog.text

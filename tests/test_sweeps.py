@@ -131,3 +131,21 @@ def test_ddp_in_a_joblib_worker_is_refused_clearly(shared_outputs, tmp_path):
     out, _ = _multirun(shared_outputs, tmp_path, "hydra/launcher=local_parallel", "seed=0,1", "trainer=ddp_cpu")
     assert out.returncode != 0
     assert "joblib worker cannot" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_lsp_train_returns_the_configured_metric():
+    """What a sweeper optimises: `optimized_metric`, an eval/ key of the last evaluation or a per-step figure."""
+    import math
+
+    from lsp_exp.cli import train as train_mod
+
+    history = {0: {"accuracy": 0.4}, 3: {"accuracy": 0.5, "pass_at_8": 0.75}}
+    assert train_mod.objective(compose_config("train", []), history) == 0.5
+    assert train_mod.objective(compose_config("train", ["optimized_metric=eval/pass_at_8"]), history) == 0.75
+    train_mod.LAST_STEP.clear()
+    train_mod.LAST_STEP["train/solver/reward"] = 0.25
+    try:
+        assert train_mod.objective(compose_config("train", ["optimized_metric=train/solver/reward"]), history) == 0.25
+        assert math.isnan(train_mod.objective(compose_config("train", ["optimized_metric=train/nothing"]), history))
+    finally:
+        train_mod.LAST_STEP.clear()

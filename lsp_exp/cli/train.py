@@ -72,6 +72,13 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         return _train(cfg)
 
 
+def _in_a_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def objective(cfg: DictConfig, history: dict[int, dict[str, float]]) -> float:
     """The value a sweeper optimises (`optimized_metric`): an `eval/<key>` of the last held-out
     evaluation, or a per-step figure (`train/...`, `perf/...`) of the last step; NaN, with a line
@@ -82,7 +89,8 @@ def objective(cfg: DictConfig, history: dict[int, dict[str, float]]) -> float:
     else:
         value = LAST_STEP.get(key)
     if value is None:
-        say(f"optimized_metric={key}: this run has no such figure; the sweeper gets NaN", err=True)
+        if _in_a_sweep():
+            say(f"optimized_metric={key}: this run has no such figure; the sweeper gets NaN", err=True)
         return float("nan")
     return float(value)
 

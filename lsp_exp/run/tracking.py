@@ -227,7 +227,14 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state
 
 
 def _log_entry(logger, entry: dict | None) -> None:
-    if entry is not None:
-        from lsp_exp.run.final_model import log_model_entry
+    """The logged model beside the `model/` artifact; a store that refuses it (e.g. an MLflow 2
+    server) costs a warning, not the finished run."""
+    if entry is None:
+        return
+    from lsp_exp.run.final_model import log_model_entry
 
+    try:
         logger.model_id = log_model_entry(logger, **entry)
+    except TRACKING_ERRORS as err:
+        logging.getLogger(__name__).warning("the final model is the run's model/ artifact; the store refused it as "
+                                            "a logged model (%s)", one_line(err, 200))
