@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_ELEMENTS = 2 ** 26    # float32 logits per chunk of positions (256 MB)
+CHUNK_ELEMENTS = 2 ** 25    # float32 logits per chunk of positions (128 MB; a pass holds at most two)
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -56,11 +56,10 @@ class _FusedHeadLogprob(torch.autograd.Function):
             z = _logits(hidden[rows], w, b, dtype, temperature)
             lse[rows] = torch.logsumexp(z, -1)
             chosen[rows] = z.gather(-1, targets[rows, None]).squeeze(-1) - lse[rows]
-            if entropy_mask.numel():                    # H = lse - sum_v p_v z_v over the counted positions
-                counted = entropy_mask[rows]
-                if bool(counted.any()):
-                    zc = z[counted]
-                    entropy += (lse[rows][counted] - (torch.exp(zc - lse[rows][counted, None]) * zc).sum(-1)).sum()
+            if entropy_mask.numel() and bool(entropy_mask[rows].any()):  # H = lse - sum_v p_v z_v, counted positions
+                p = torch.sub(z, lse[rows, None]).exp_()                     # one more chunk, then in place
+                entropy += (lse[rows] - p.mul_(z).sum(-1))[entropy_mask[rows]].sum()
+                del p
         ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets, lse)
         ctx.temperature, ctx.has_bias = temperature, bias is not None
         ctx.mark_non_differentiable(entropy)
@@ -78,8 +77,8 @@ class _FusedHeadLogprob(torch.autograd.Function):
         grad_b = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_b else None
         g = grad_chosen.to(dtype)
         for rows in _chunks(hidden.shape[0], weight.shape[0]):
-            z = _logits(hidden[rows], w, b, dtype, t)
-            dz = torch.exp(z.sub_(lse[rows, None])).mul_(-g[rows, None])
+            z = _logits(hidden[rows], w, b, dtype, t)   # a fresh chunk: everything below is in place
+            dz = z.sub_(lse[rows, None]).exp_().mul_(-g[rows, None])
             dz.scatter_add_(-1, targets[rows, None], g[rows, None])
             if t != 1.0:
                 dz.div_(t)
@@ -94,8 +93,8 @@ class _FusedHeadLogprob(torch.autograd.Function):
 
 
 def _logits(hidden, w, b, dtype, temperature):
-    z = torch.nn.functional.linear(hidden, w, b).to(dtype)
-    return z / temperature if temperature != 1.0 else z
+    z = torch.nn.functional.linear(hidden, w, b).to(dtype)   # fresh (or its float32 copy): scaled in place
+    return z.div_(temperature) if temperature != 1.0 else z
 
 
 def _chunks(rows: int, vocab: int):

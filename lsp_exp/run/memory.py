@@ -8,7 +8,7 @@ A the LoRA adapter's, m the rows of a micro-batch, L a row's tokens (query or pr
                + trainable state: full fine-tune (grads + 2 AdamW moments) 3 P b / shards,
                                   LoRA 4 A x 4 bytes (fp32 adapter, grads, moments)
     update   = activations kept for the backward: m L layers x act_per_token   (checkpointed: m L layers h b
-               + one layer's) + the log-prob chunks (2 x 256 MB); on the logits path (FSDP2, soft-capped
+               + one layer's) + the log-prob chunks (2 x 128 MB); on the logits path (FSDP2, soft-capped
                logits: `fused_head=False`) also the logits and their gradient 2 m T V b (T: the answer's
                tokens, the only positions projected onto the vocabulary)
     generate = KV cache 2 layers kv_dim L g b + the last logits g V 4   (g: rows decoded at once)
@@ -27,7 +27,7 @@ import os
 from dataclasses import dataclass
 
 GIB = 1024 ** 3
-LOGPROB_CHUNKS = 2 * 2 ** 26 * 4      # logprobs.CHUNK_ELEMENTS float32, forward and backward temporaries
+LOGPROB_CHUNKS = 2 * 2 ** 25 * 4      # fused_head.CHUNK_ELEMENTS float32: a chunk and one temporary
 
 # Published architectures of the paper's models, for estimates before the weights are downloaded.
 KNOWN_ARCHITECTURES = {
