@@ -92,7 +92,10 @@ def _forward(model, fused, input_ids, attention_mask, position_ids, *, keep: int
 def _cache_dropped(model) -> bool:
     """transformers' checkpointed layers run without a KV cache when they will be replayed in the
     backward (gradient checkpointing on, training mode, gradients enabled)."""
-    checkpointed = getattr(model, "is_gradient_checkpointing", False) or getattr(model, "is_activation_checkpointing", False)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # a PEFT model's transformers model
+    # transformers 5.2x names it is_activation_checkpointing (the old name warns); 5.17 only has the old one
+    name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    checkpointed = getattr(base, name, False)
     return bool(torch.is_grad_enabled() and model.training and checkpointed)
 
 
