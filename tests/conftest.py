@@ -46,6 +46,10 @@ TINY_WORLD = [
     "task.bootstrap.sft.steps=3", "task.bootstrap.sft.batch_size=8", "task.bootstrap.sft.warmup_steps=1",
     "task.bootstrap.judge.steps=2", "task.bootstrap.judge.batch_size=8", "task.bootstrap.judge.warmup_steps=1",
 ]
+# A tiny reward model built in the test (reward=tiny_rm)
+TINY_RM = ["reward.bootstrap.steps=2", "reward.bootstrap.hidden_size=16", "reward.bootstrap.intermediate_size=32",
+           "reward.bootstrap.num_hidden_layers=1", "reward.bootstrap.num_attention_heads=2"]
+
 TINY_RUN = TINY_WORLD + [
     "trainer.max_steps=3", "game.n_queries=2", "game.group_size=3", "eval.samples=2", "eval.every_n_steps=2",
     "eval.sample_table_every=2", "eval.judge_pairs=16", "trainer.enable_progress_bar=false",

@@ -16,12 +16,9 @@ import torch
 from lsp_exp.cli.train import train
 from lsp_exp.core.module import SelfPlayModule
 
-from conftest import compose_config, tiny_overrides
+from conftest import TINY_RM, compose_config, tiny_overrides
 from real_models import save_tiny_model, save_tiny_reward_model
 
-# A tiny reward model built in the test (not imported from test_train_e2e, which needs MLflow)
-TINY_RM = ["reward.bootstrap.steps=2", "reward.bootstrap.hidden_size=16", "reward.bootstrap.intermediate_size=32",
-           "reward.bootstrap.num_hidden_layers=1", "reward.bootstrap.num_attention_heads=2"]
 
 DEVICE = os.environ.get("LSP_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.gpu,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lsp_exp.core import logprobs
+from lsp_exp.core import fused_head
 from lsp_exp.core.logprobs import chosen_logprobs
 from lsp_exp.rl.diagnostics import token_entropy
 
@@ -16,7 +16,7 @@ def _plain(logits, targets, temperature):
 @pytest.fixture(params=[None, 3 * 50], ids=["one-chunk", "many-chunks"])
 def chunked(request, monkeypatch):
     if request.param:  # 3 positions of a 50-token vocabulary per chunk: 24 positions take 8 chunks
-        monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", request.param)
+        monkeypatch.setattr(fused_head, "CHUNK_ELEMENTS", request.param)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -10,7 +10,7 @@ import pytest
 from lsp_exp.cli.train import train
 from lsp_exp.tasks.arith.world import decode_answer
 
-from conftest import compose_config, runs_of_this_test, tiny_overrides
+from conftest import TINY_RM, compose_config, runs_of_this_test, tiny_overrides
 
 
 def run_metrics(outputs, run_id):
@@ -97,8 +97,6 @@ def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
     assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
-TINY_RM = ["reward.bootstrap.steps=2", "reward.bootstrap.hidden_size=16", "reward.bootstrap.intermediate_size=32",
-           "reward.bootstrap.num_hidden_layers=1", "reward.bootstrap.num_attention_heads=2"]
 
 
 # The options (kl, algorithm, objective, judge weight, ...) each change what they should on a step with

@@ -52,7 +52,7 @@ class _FusedHeadLogprob(torch.autograd.Function):
         lse = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
         chosen = torch.empty_like(lse)
         entropy = torch.zeros((), dtype=dtype, device=hidden.device)
-        for rows in _chunks(hidden.shape[0], weight.shape[0]):
+        for rows in position_chunks(hidden.shape[0], weight.shape[0]):
             z = _logits(hidden[rows], w, b, dtype, temperature)
             lse[rows] = torch.logsumexp(z, -1)
             chosen[rows] = z.gather(-1, targets[rows, None]).squeeze(-1) - lse[rows]
@@ -76,7 +76,7 @@ class _FusedHeadLogprob(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_b else None
         g = grad_chosen.to(dtype)
-        for rows in _chunks(hidden.shape[0], weight.shape[0]):
+        for rows in position_chunks(hidden.shape[0], weight.shape[0]):
             z = _logits(hidden[rows], w, b, dtype, t)   # a fresh chunk: everything below is in place
             dz = z.sub_(lse[rows, None]).exp_().mul_(-g[rows, None])
             dz.scatter_add_(-1, targets[rows, None], g[rows, None])
@@ -97,7 +97,8 @@ def _logits(hidden, w, b, dtype, temperature):
     return z.div_(temperature) if temperature != 1.0 else z
 
 
-def _chunks(rows: int, vocab: int):
+def position_chunks(rows: int, vocab: int):
+    """Slices of positions whose [chunk, vocab] float32 logits hold CHUNK_ELEMENTS (both log-prob paths)."""
     size = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     for start in range(0, rows, size):
         yield slice(start, start + size)

@@ -18,13 +18,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lsp_exp.core.fused_head import fused_logprobs, output_layer
+from lsp_exp.core.fused_head import fused_logprobs, output_layer, position_chunks
 from lsp_exp.core.kv_cache import cache_of, with_cache
 from lsp_exp.core.sharding import collective_forwards
 from lsp_exp.rl.diagnostics import token_entropy
 
 MIN_SAVING = 0.25           # share a prefix only when it saves at least this fraction of the tokens
-CHUNK_ELEMENTS = 2 ** 26    # float32 elements per chunk of positions (256 MB): chunk = CHUNK_ELEMENTS // V
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -114,7 +113,7 @@ class _ChosenLogprob(torch.autograd.Function):
         flat, index = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
         lse = torch.empty(flat.shape[0], dtype=_compute_dtype(logits), device=logits.device)
         chosen = torch.empty_like(lse)
-        for rows in _chunks(flat):
+        for rows in position_chunks(*flat.shape):
             z = _tempered(flat[rows], temperature)
             lse[rows] = torch.logsumexp(z, -1)
             chosen[rows] = z.gather(-1, index[rows]).squeeze(-1) - lse[rows]
@@ -129,7 +128,7 @@ class _ChosenLogprob(torch.autograd.Function):
         flat, index = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1, 1)
         g = grad_out.reshape(-1, 1).to(lse.dtype)
         grad = torch.empty_like(flat)
-        for rows in _chunks(flat):
+        for rows in position_chunks(*flat.shape):
             p = torch.exp(_tempered(flat[rows], t) - lse[rows, None])
             d = p.mul_(-g[rows]).scatter_add_(-1, index[rows], g[rows])
             grad[rows] = d.div_(t) if t != 1.0 else d
@@ -143,12 +142,6 @@ def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
 def _tempered(z: torch.Tensor, temperature: float) -> torch.Tensor:
     z = z.to(_compute_dtype(z))  # a copy of the chunk only (or the chunk itself: never modified in place)
     return z / temperature if temperature != 1.0 else z
-
-
-def _chunks(flat: torch.Tensor):
-    size = max(1, CHUNK_ELEMENTS // max(flat.shape[-1], 1))
-    for start in range(0, flat.shape[0], size):
-        yield slice(start, start + size)
 
 
 def shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor):

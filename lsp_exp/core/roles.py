@@ -58,17 +58,16 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
     if first and batch.advantages is None and len(chunks) > 1:  # A(R): per member once the KL is added
         base = role_advantages(batch.rewards, batch.member_mask, torch.zeros(rows, device=mask.device), beta=0.0,
                                placement="loss", advantage_fn=algorithm.advantage_fn).flatten()
-    aggregation = algorithm.aggregation if len(chunks) == 1 else _token_weights(algorithm.aggregation, mask,
-                                                                                batch.max_tokens)
+    weights = None if len(chunks) == 1 else _token_weights(algorithm.aggregation, mask, batch.max_tokens)
     fix_old = batch.old_logp is None
     old_logp, advantages = [], []
-    totals = dict(policy=0.0, kl=0.0, kl_mean=0.0, clip=0.0, approx_kl=0.0, entropy=0.0)
+    totals = dict.fromkeys(("policy", "kl", "kl_mean", "clip", "approx_kl", "entropy"), 0.0)  # summed on the device
     counted_tokens = mask.sum().clamp(min=1)
     counted_members = members.sum().clamp(min=1)
     for part in chunks:
         if first:
             logp, entropy_sum = chunk_logprobs(policy, batch.rollout, part, entropy_mask=batch.token_mask)
-            totals["entropy"] += float(entropy_sum)
+            totals["entropy"] += entropy_sum.detach()
         else:
             logp = chunk_logprobs(policy, batch.rollout, part)
         kl = sequence_kl(estimator, logp, batch.ref_logp[part], batch.token_mask[part])
@@ -85,24 +84,24 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
         advantages.append(adv)
         old = logp.detach() if fix_old else batch.old_logp[part]
         terms = role_loss(logp, old, batch.token_mask[part], adv, members[part], kl, beta=batch.beta,
-                          placement=placement, algorithm=_with_aggregation(algorithm, aggregation, part),
-                          max_tokens=batch.max_tokens)
+                          placement=placement, algorithm=algorithm, max_tokens=batch.max_tokens,
+                          aggregation=_share_of(weights, part))
         kl_term = terms.kl * (members[part].sum().clamp(min=1) / counted_members) if len(chunks) > 1 else terms.kl
         backward(scale * (terms.policy + kl_term))
         share = mask[part].sum() / counted_tokens
-        totals["policy"] += float(terms.policy.detach())
-        totals["kl"] += float(kl_term.detach())
-        totals["kl_mean"] += float(terms.kl_mean * members[part].sum() / counted_members)
-        totals["clip"] += float(terms.clip_frac * share)
-        totals["approx_kl"] += float(terms.approx_kl * share)
+        totals["policy"] += terms.policy.detach()
+        totals["kl"] += kl_term.detach()
+        totals["kl_mean"] += terms.kl_mean * members[part].sum() / counted_members
+        totals["clip"] += terms.clip_frac * share
+        totals["approx_kl"] += terms.approx_kl * share
     if fix_old:
         batch.old_logp = torch.cat(old_logp)
     if first:
-        batch.entropy = totals["entropy"] / max(float(batch.token_mask.sum()), 1.0)
+        batch.entropy = float(totals["entropy"]) / max(float(batch.token_mask.sum()), 1.0)
         if batch.advantages is None:
             batch.advantages = torch.cat(advantages).view(batch.rewards.shape)
-    as_tensor = lambda key: torch.tensor(totals[key])  # noqa: E731
-    return RoleLoss(as_tensor("policy"), as_tensor("kl"), as_tensor("kl_mean"), as_tensor("clip"), as_tensor("approx_kl"))
+    value = lambda key: torch.as_tensor(totals[key]).detach()  # noqa: E731  (one sync per figure, when logged)
+    return RoleLoss(value("policy"), value("kl"), value("kl_mean"), value("clip"), value("approx_kl"))
 
 
 @torch.no_grad()
@@ -128,26 +127,14 @@ def _token_weights(aggregation: str, mask: torch.Tensor, max_tokens: int) -> tor
     return weights
 
 
-def _with_aggregation(algorithm: AlgorithmSpec, aggregation, part: slice) -> AlgorithmSpec:
-    """The algorithm with its aggregation replaced by this micro-batch's share of the full batch's."""
-    if isinstance(aggregation, str):
-        return algorithm
-    weights = aggregation[part]
+def _share_of(weights: torch.Tensor | None, part: slice):
+    """This micro-batch's share of the full batch's aggregate, sum_t W_t l_t (None: one micro-batch,
+    the algorithm's own aggregation)."""
+    if weights is None:
+        return None
+    w = weights[part]
 
     def share(loss: torch.Tensor, mask: torch.Tensor, max_tokens=None) -> torch.Tensor:
-        return (torch.where(mask != 0, loss, torch.zeros_like(loss)) * weights).sum()
+        return (torch.where(mask != 0, loss, torch.zeros_like(loss)) * w).sum()
 
-    return _MicroBatchAlgorithm(algorithm, share)
-
-
-class _MicroBatchAlgorithm:
-    """An AlgorithmSpec whose loss aggregates with a given callable (a micro-batch's share)."""
-
-    def __init__(self, algorithm: AlgorithmSpec, aggregation: Callable):
-        self.algorithm, self.aggregation = algorithm, aggregation
-
-    def loss(self, logp, old_logp, advantages, mask, max_tokens=None):
-        a = self.algorithm
-        return a.policy_loss_fn(logp, old_logp, advantages, mask, clip_low=a.clip_low, clip_high=a.clip_high,
-                                aggregation=self.aggregation, max_tokens=max_tokens)
-
+    return share

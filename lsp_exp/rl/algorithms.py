@@ -54,10 +54,11 @@ class AlgorithmSpec:
         return get(TOKEN_POLICY_LOSSES, self.policy_loss, "policy loss")
 
     def loss(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-             max_tokens: int | None = None) -> _losses.PolicyLossOutput:
-        """The token-level policy loss of this algorithm (see losses.py for the shapes)."""
+             max_tokens: int | None = None, aggregation: Callable | None = None) -> _losses.PolicyLossOutput:
+        """The token-level policy loss of this algorithm (see losses.py for the shapes); `aggregation`
+        replaces the configured one (a micro-batch's share of the full batch's, core/roles.py)."""
         return self.policy_loss_fn(logp, old_logp, advantages, mask, clip_low=self.clip_low, clip_high=self.clip_high,
-                                   aggregation=self.aggregation, max_tokens=max_tokens)
+                                   aggregation=aggregation or self.aggregation, max_tokens=max_tokens)
 
 
 def algorithm_spec(cfg, build: Callable | None = None) -> AlgorithmSpec:

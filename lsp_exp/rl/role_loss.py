@@ -68,11 +68,12 @@ def role_advantages(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor,
 
 def role_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, token_mask: torch.Tensor, advantages: torch.Tensor,
               member_mask: torch.Tensor, kl: torch.Tensor, *, beta: float, placement: str, algorithm: AlgorithmSpec,
-              max_tokens: int | None = None) -> RoleLoss:
+              max_tokens: int | None = None, aggregation: Callable | None = None) -> RoleLoss:
     """logp/old_logp/token_mask [B, T]; advantages, member_mask, kl [B] (kl with grad for placement="loss").
-    Members outside `member_mask` (e.g. answers to invalid queries) count nowhere."""
+    Members outside `member_mask` (e.g. answers to invalid queries) count nowhere. `aggregation`: in
+    place of the algorithm's (AlgorithmSpec.loss)."""
     mask = token_mask * member_mask[:, None].to(token_mask.dtype)
-    out = algorithm.loss(logp, old_logp, advantages, mask, max_tokens=max_tokens)
+    out = algorithm.loss(logp, old_logp, advantages, mask, max_tokens=max_tokens, aggregation=aggregation)
     kl_mean = masked_mean(kl, member_mask)
     kl_loss = beta * kl_mean if placement == "loss" else torch.zeros_like(out.loss)
     return RoleLoss(out.loss, kl_loss, kl_mean.detach(), out.clip_frac, out.approx_kl)

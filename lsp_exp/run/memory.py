@@ -26,8 +26,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lsp_exp.core.fused_head import CHUNK_ELEMENTS
+
 GIB = 1024 ** 3
-LOGPROB_CHUNKS = 2 * 2 ** 25 * 4      # fused_head.CHUNK_ELEMENTS float32: a chunk and one temporary
+LOGPROB_CHUNKS = 2 * CHUNK_ELEMENTS * 4   # float32: a chunk of logits and one temporary (core/fused_head.py)
 
 # Published architectures of the paper's models, for estimates before the weights are downloaded.
 KNOWN_ARCHITECTURES = {
