@@ -202,3 +202,47 @@ def test_the_reply_parser_is_linear_in_the_reply_length():
     judgement = parse_judgement(hostile)
     assert judgement.score == 7.0 and judgement.source == "calculation"
     assert parse_judgement("<Calculation>1+1" * 5).source == "none"
+
+
+# ---- the score read from the digit probabilities (toy_steps, G-Eval style) ----------------------
+def test_expected_score_is_the_mean_of_the_digit_distribution_after_the_score_tag(monkeypatch):
+    """R_Q = sum_k k p(k) with p the model's next-token distribution after `<Score>`, renormalised
+    over the digits 0-7 (checked against a forward pass done here by hand); a reply without
+    `<Score>` falls back to its text, then to the fallback score."""
+    import lsp_exp.judge.self_quality as judge_module
+    from lsp_exp.judge.self_quality import score_digit_ids
+
+    tokenizer = build_tokenizer()
+    policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2), seed=0)
+    replies = ["02,32 <Score>7</Score>", "-4 <Score>", "<Calculation>1+1+0+0+0+0+0=2</Calculation>", "none"]
+
+    class Out:
+        texts = replies
+
+    monkeypatch.setattr(judge_module, "generate", lambda *args, **kwargs: Out())
+    judge = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy_steps"], fallback_score=1.5)
+    assert judge.score_from == "probabilities"
+    queries, answers = ["3+4*5", "3-7", "1+1", "2+2"], ["4*5=02,3+20=32", "3-7=4", "x", "y"]
+    scores = judge.score(queries, answers)
+    digits = score_digit_ids(tokenizer)
+    assert [tokenizer.decode([d]) for d in digits] == [str(k) for k in range(8)]
+    for row, prefix in ((0, "02,32 <Score>"), (1, "-4 <Score>")):
+        text = judge.prompts(queries, answers)[row] + prefix
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        with torch.no_grad():
+            logits = judge.reference.frozen(input_ids=ids).logits[0, -1]
+        p = torch.softmax(logits[digits], -1)
+        assert scores.values[row].item() == pytest.approx(float((p * torch.arange(8)).sum()), abs=1e-5)
+    assert scores.values[2].item() == 2.0 and scores.values[3].item() == 1.5
+    assert scores.unscored.tolist() == [False, False, False, True]  # row 1 is read at its <Score> tag
+    assert scores.parse_fail.tolist() == [False, False, True, True]
+
+
+def test_score_from_text_keeps_the_written_score_and_bad_settings_are_refused():
+    tokenizer = build_tokenizer()
+    policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2), seed=0)
+    assert SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy_steps"], score_from="text").digit_ids is None
+    with pytest.raises(ValueError, match="game.judge.score_from='logits'"):
+        SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy"], score_from="logits")

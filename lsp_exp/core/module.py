@@ -58,7 +58,7 @@ class SelfPlayModule(L.LightningModule):
         j = cfg.game.judge
         self.judge = SelfQualityJudge(
             self.reference, tokenizer, get_template(judge_template), max_new_tokens=j.max_new_tokens,
-            temperature=j.temperature, fallback_score=j.fallback_score) if cfg.game.self_reward else None
+            temperature=j.temperature, fallback_score=j.fallback_score, score_from=j.score_from) if cfg.game.self_reward else None
         self.algorithm = algorithm_spec(cfg.algorithm, build)  # names, or a user's functions from `_target_`
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
         self.objective_fn = get(CHALLENGER_OBJECTIVES, cfg.game.challenger_objective, "game.challenger_objective")

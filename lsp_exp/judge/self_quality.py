@@ -3,6 +3,12 @@
 The frozen reference model (the LoRA adapter disabled, or the frozen copy) reads each
 (query, answer) pair through a judge template and writes a justification, a `<Calculation>` and a
 `<Score>`; all N x G pairs are judged in one batched generation.
+
+With `score_from="probabilities"` (the `toy_steps` template, or `game.judge.score_from`) R_Q is the
+expected score under the judge's distribution over the digits 0-7 right after `<Score>` (as G-Eval
+reads a judge): one more forward pass over prompt + reply up to `<Score>`, a graded score instead
+of a rounded one. A reply without `<Score>` falls back to its text (the calculation, else the
+fallback score), as in the text mode.
 """
 from __future__ import annotations
 
@@ -10,9 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.generation import chat_prompts, encode_prompts, generate
 from lsp_exp.judge.parsing import MAX_SCORE, parse_judgement
 from lsp_exp.judge.templates import JudgeTemplate
+
+SCORE_TAG = "<Score>"
+SCORE_SOURCES = ("auto", "text", "probabilities")
 
 
 @dataclass
@@ -39,29 +48,59 @@ class SelfQualityJudge:
     bounds = (0.0, float(MAX_SCORE))
 
     def __init__(self, reference, tokenizer, template: JudgeTemplate, *, max_new_tokens: int | None = None,
-                 temperature: float = 0.0, fallback_score: float = 0.0):
+                 temperature: float = 0.0, fallback_score: float = 0.0, score_from: str = "auto"):
         if not 0 <= fallback_score <= MAX_SCORE:
             raise ValueError(f"game.judge.fallback_score={fallback_score}: must be in [0, {MAX_SCORE}]")
+        if score_from not in SCORE_SOURCES:
+            raise ValueError(f"game.judge.score_from={score_from!r}: unknown; available: {', '.join(SCORE_SOURCES)}")
         self.reference, self.tokenizer, self.template = reference, tokenizer, template
         self.max_new_tokens = max_new_tokens or template.max_new_tokens
         self.temperature = temperature
         self.fallback_score = fallback_score
+        self.score_from = template.score_from if score_from == "auto" else score_from
+        self.digit_ids = score_digit_ids(tokenizer) if self.score_from == "probabilities" else None
 
     def prompts(self, queries: list[str], answers: list[str]) -> list[str]:
         return chat_prompts(self.tokenizer, [self.template.render(q, a) for q, a in zip(queries, answers)])
 
     def score(self, queries: list[str], answers: list[str]) -> JudgeScores:
         """Judge every (query, answer) pair in one batched generation (greedy when temperature is 0)."""
+        prompts = self.prompts(queries, answers)
         with self.reference.model() as ref:
-            rollout = generate(ref, self.tokenizer, self.prompts(queries, answers), max_new_tokens=self.max_new_tokens,
+            rollout = generate(ref, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                do_sample=self.temperature > 0, temperature=self.temperature or 1.0)
+            expected = self.expected_scores(ref, prompts, rollout.texts) if self.digit_ids is not None else {}
         judgements = [parse_judgement(text) for text in rollout.texts]
-        values = [j.score if j.score is not None else self.fallback_score for j in judgements]
+        values = [expected.get(i, j.score if j.score is not None else self.fallback_score)
+                  for i, j in enumerate(judgements)]
         query_points = [float(sum(j.criteria[:2])) if j.criteria else float("nan") for j in judgements]
         return JudgeScores(
             values=torch.tensor(values),
-            parse_fail=torch.tensor([j.source != "score" for j in judgements]),
-            unscored=torch.tensor([j.source == "none" for j in judgements]),
+            parse_fail=torch.tensor([i not in expected and j.source != "score" for i, j in enumerate(judgements)]),
+            unscored=torch.tensor([i not in expected and j.source == "none" for i, j in enumerate(judgements)]),
             query_points=torch.tensor(query_points),
             texts=rollout.texts,
         )
+
+    def expected_scores(self, model, prompts: list[str], replies: list[str]) -> dict[int, float]:
+        """{row: sum_k k p(k | prompt, reply up to <Score>)} over the digits 0..7, for rows whose reply has <Score>."""
+        rows = [i for i, reply in enumerate(replies) if SCORE_TAG in reply]
+        if not rows:
+            return {}
+        prefixes = [prompts[i] + replies[i][:replies[i].index(SCORE_TAG) + len(SCORE_TAG)] for i in rows]
+        enc = encode_prompts(self.tokenizer, prefixes, model.device)
+        position = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(**enc, position_ids=position, logits_to_keep=1).logits[:, -1].float()
+        probs = logits.log_softmax(-1)[:, self.digit_ids].softmax(-1)  # renormalised over the 8 digits
+        values = probs @ torch.arange(MAX_SCORE + 1, dtype=probs.dtype, device=probs.device)
+        return dict(zip(rows, values.tolist()))
+
+
+def score_digit_ids(tokenizer) -> list[int]:
+    """The token ids of '0'..'7' (each must be one token, as in Llama's, Qwen's and the toy vocabularies)."""
+    ids = [tokenizer.encode(str(k), add_special_tokens=False) for k in range(MAX_SCORE + 1)]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError("game.judge.score_from=probabilities: this tokenizer does not write each of the digits "
+                         "0-7 as one token; use score_from=text")
+    return [i[0] for i in ids]

@@ -2,8 +2,11 @@
 
 - `paper`: the additive 0-7 rubric of the paper's Box 3, in this project's own words, for real
   instruction-tuned models;
-- `toy`: a compact form the toy world's tiny model was trained to read (`lsp-bootstrap`).
-Both ask for a justification, a `<Calculation>` and a `<Score>`; `parsing.py` reads them.
+- `toy`: a compact form the toy world's tiny model was trained to read (`lsp-bootstrap`);
+- `toy_steps`: the same prompt for the worked-steps world, whose judge writes a short check of the
+  steps and the score (tasks/arith/steps_judge.py); the score is read from the probabilities of
+  the score digits after `<Score>` (as G-Eval reads a judge), one forward pass, no sampling noise.
+`paper` and `toy` ask for a justification, a `<Calculation>` and a `<Score>`; `parsing.py` reads them.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ class JudgeTemplate:
     name: str
     text: str                 # str.format fields: {instruction}, {response}
     max_new_tokens: int       # enough for the justification, the calculation and the score
+    score_from: str = "text"  # text: the <Score> the judge wrote; probabilities: E[score] over the digits after <Score>
 
     def render(self, instruction: str, response: str) -> str:
         # str.format does not re-interpret braces inside the substituted values, so model text
@@ -49,6 +53,7 @@ TOY_RUBRIC = "judge: <Instruction>{instruction}</Instruction><Response>{response
 TEMPLATES = {
     "paper": JudgeTemplate("paper", PAPER_RUBRIC, max_new_tokens=320),
     "toy": JudgeTemplate("toy", TOY_RUBRIC, max_new_tokens=64),
+    "toy_steps": JudgeTemplate("toy_steps", TOY_RUBRIC, max_new_tokens=24, score_from="probabilities"),
 }
 
 

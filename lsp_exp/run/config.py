@@ -35,6 +35,7 @@ class JudgeSchema:
     max_new_tokens: Optional[int] = None  # None: the template's own default
     temperature: float = 0.0            # 0: greedy (the paper does not say)
     fallback_score: float = 0.0         # R_Q of a reply with neither a <Score> nor a <Calculation>
+    score_from: str = "auto"            # auto: the template's; text: the <Score> written; probabilities: E[score] over the digits
 
 
 @dataclass

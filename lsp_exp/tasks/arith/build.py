@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from lsp_exp.games.challenger_prompt import challenger_user_turn
-from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
+from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_key_payload, world_node
 from lsp_exp.tasks.arith.data import make_splits, read_problems, write_problems
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
@@ -43,7 +43,7 @@ def _judge_enabled(bootstrap: DictConfig) -> bool:
 def base_key(world: DictConfig, bootstrap: DictConfig) -> str:
     """A short hash of everything that changes what the base stage (SFT on both roles) builds."""
     world, bootstrap = world_node(world), _bootstrap_node(bootstrap)
-    payload = {"world": OmegaConf.to_container(world), "bootstrap": _base_bootstrap(bootstrap),
+    payload = {"world": world_key_payload(world), "bootstrap": _base_bootstrap(bootstrap),
                "format": FORMAT_VERSION, "challenger_prompt": challenger_user_turn("arithmetic")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lsp_exp.run.instantiate import checked
 
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
-from lsp_exp.tasks.arith.world import WorldConfig
+from lsp_exp.tasks.arith.world import LEGACY_VALUES, WorldConfig
 
 
 @dataclass
@@ -41,3 +41,10 @@ def world_node(world) -> DictConfig:
     return checked(ArithWorld, world, "task.world")
 
 
+
+
+def world_key_payload(world) -> dict:
+    """The world's fields as the cache keys hash them: the fields the first world did not have are
+    left out where they hold its values, so its keys (and shipped assets) stay what they were."""
+    values = OmegaConf.to_container(world_node(world))
+    return {k: v for k, v in values.items() if k not in LEGACY_VALUES or v != LEGACY_VALUES[k]}

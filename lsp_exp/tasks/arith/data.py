@@ -1,7 +1,8 @@
 """Deterministic data splits of the toy world: held-out test set, RL training split, SFT stream.
 
 The held-out set and the `grpo_data` training split are disjoint, and the SFT stream never shows
-a held-out problem.
+a held-out problem. The held-out set follows the world's shares; the training split follows
+`world.train_shares` when set (a data set that covers some classes more than others).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def make_splits(seed: int, world: WorldConfig, n_heldout: int, n_train: int) -> 
         heldout.setdefault(p.text, p)
     train: dict[str, Problem] = {}
     while len(train) < n_train:
-        p = sample_problem(rng, world)
+        p = sample_problem(rng, world, world.train_shares)
         if p.text not in heldout:
             train.setdefault(p.text, p)
     return list(heldout.values()), list(train.values())

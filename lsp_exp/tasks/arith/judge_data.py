@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 
 from lsp_exp.judge.templates import TEMPLATES
+from lsp_exp.tasks.arith import steps_judge
 from lsp_exp.tasks.arith.rubric import believed_value, expression_value, grade, judgement_text
 from lsp_exp.tasks.arith.world import (
     Problem, WorldConfig, encode_answer, left_to_right_value, sample_problem, teacher_flawed,
@@ -67,7 +68,10 @@ def sample_answer(rng: random.Random, query: str, expected: int | None) -> str:
 
 
 def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> tuple[str, str]:
-    """(judge prompt, the judgement the teacher would write), graded with the teacher's beliefs."""
+    """(judge prompt, the judgement the teacher would write), graded with the teacher's beliefs
+    (worked answers: the rubric of steps_judge.py)."""
+    if world.answer_format == "steps":
+        return steps_judge.judge_example(rng, world, exclude)
     query = sample_query(rng, world, exclude)
     expected = believed_value(query, world, rng)
     answer = sample_answer(rng, query, expected)
@@ -77,7 +81,10 @@ def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> 
 
 def labelled_pairs(problems: list[Problem], world: WorldConfig, n: int, seed: int) -> list[tuple[str, str, bool]]:
     """A fixed labelled set (query, answer, correct?) on held-out problems, half right, half wrong;
-    wrong answers are the teacher's wrong answer on the flawed class, else near misses."""
+    wrong answers are the teacher's wrong answer on the flawed class, else near misses (worked
+    answers: steps_judge.labelled_pairs, without its kinds)."""
+    if world.answer_format == "steps":
+        return [pair[:3] for pair in steps_judge.labelled_pairs(problems, world, n, seed)]
     rng = random.Random(f"labelled-{seed}")
     pairs = []
     for i in range(n):

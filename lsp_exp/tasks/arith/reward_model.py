@@ -23,12 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from lsp_exp.tasks.arith.build import cache_lock, publish, world_config
-from lsp_exp.tasks.arith.config import checked, world_node
+from lsp_exp.tasks.arith.config import checked, world_key_payload, world_node
 from lsp_exp.tasks.arith.data import make_splits
 from lsp_exp.tasks.arith.judge_data import sample_answer
 from lsp_exp.tasks.arith.sft import lr_at
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
-from lsp_exp.tasks.arith.world import WorldConfig, decode_answer, sample_problem
+from lsp_exp.tasks.arith.answers import answer_value
+from lsp_exp.tasks.arith.steps_judge import solver_like_answer
+from lsp_exp.tasks.arith.world import WorldConfig, sample_problem
 
 FORMAT_VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_rm"
@@ -56,8 +58,11 @@ def labelled_example(rng: random.Random, world: WorldConfig, exclude: set[str]) 
         problem = sample_problem(rng, world)
         if problem.text not in exclude:
             break
-    answer = sample_answer(rng, problem.text, problem.answer)
-    return problem.text, answer, float(decode_answer(answer) == problem.answer)
+    if world.answer_format == "steps":
+        answer = solver_like_answer(rng, problem.text, world)
+    else:
+        answer = sample_answer(rng, problem.text, problem.answer)
+    return problem.text, answer, float(answer_value(answer, world) == problem.answer)
 
 
 def train_tiny_rm(cfg: TinyRMConfig, world: WorldConfig, exclude: set[str], tokenizer):
@@ -90,7 +95,7 @@ def train_tiny_rm(cfg: TinyRMConfig, world: WorldConfig, exclude: set[str], toke
 
 def tiny_rm_dir(world: DictConfig, cfg: DictConfig, outputs: str | Path) -> Path:
     world, cfg = world_node(world), checked(TinyRMConfig, cfg, "reward.bootstrap")
-    payload = {"world": OmegaConf.to_container(world), "rm": OmegaConf.to_container(cfg), "format": FORMAT_VERSION}
+    payload = {"world": world_key_payload(world), "rm": OmegaConf.to_container(cfg), "format": FORMAT_VERSION}
     return Path(outputs) / "toy_rm" / hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

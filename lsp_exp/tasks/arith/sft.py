@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lsp_exp.tasks.arith.judge_data import judge_example
-from lsp_exp.tasks.arith.world import WorldConfig, encode_answer, sample_problem, teacher_answer
+from lsp_exp.tasks.arith.answers import teacher_text
+from lsp_exp.tasks.arith.world import WorldConfig, sample_problem
 
 
 @dataclass
@@ -66,7 +67,7 @@ def sft_example(rng: random.Random, world: WorldConfig, challenger_prompt: str, 
     problem = sample_problem(rng, world)
     if rng.random() < challenger_share:
         return challenger_prompt, problem.text
-    return problem.text, encode_answer(teacher_answer(problem, rng, world))
+    return problem.text, teacher_text(problem, rng, world)
 
 
 def encode_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Tensor]:

@@ -14,31 +14,50 @@ from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
 from lsp_exp.tasks.arith.data import read_problems
 from lsp_exp.tasks.arith.judge_data import labelled_pairs
 from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
-from lsp_exp.tasks.arith.world import (FLAWS, Problem, WorldConfig, decode_answer, encode_answer, heldout_slices,
-                                       parse_problem)
+from lsp_exp.tasks.arith.answers import FORMATS, answer_value, heldout_slices, reference_answer
+from lsp_exp.tasks.arith.world import FLAWS, Problem, WorldConfig, parse_problem
 from lsp_exp.tasks.base import HeldoutSet, Task
 
 
 class ArithTask(Task):
     name = "arith"
     challenger_style = "toy"
-    judge_template = "toy"
     char_level = True
 
     def __init__(self, world=None, bootstrap=None, outputs: str = "outputs", heldout_path: str | None = None,
-                 challenger_style: str = "toy"):
+                 challenger_style: str = "toy", max_answer_tokens: int | None = None):
         self.world = world_node(world)
         self.bootstrap = checked(ArithBootstrap, bootstrap, "task.bootstrap")
         self.outputs, self.heldout_path, self.challenger_style = str(outputs), heldout_path, challenger_style
+        # the games read `task.max_answer_tokens` from the config; the task keeps it for lsp-bootstrap's evaluation
+        self.max_answer_tokens = max_answer_tokens or (24 if world_node(world).answer_format == "steps" else 8)
         w = self.world
         _require(w.flaw in FLAWS, "task.world.flaw", w.flaw, f"unknown; available: {', '.join(FLAWS)}")
+        _require(w.answer_format in FORMATS, "task.world.answer_format", w.answer_format,
+                 f"unknown; available: {', '.join(FORMATS)}")
+        for key in ("chain_flaw_rate", "sign_slip_rate"):
+            _require(0 <= w[key] <= 1, f"task.world.{key}", w[key], "must be in [0, 1]")
+        if w.answer_format == "direct":
+            _require(w.share_chain == 0 and w.chain_flaw_rate == 0 and w.sign_slip_rate == 0, "task.world.answer_format",
+                     w.answer_format, "the chain class and sign slips need answer_format=steps")
         _require(0 <= w.flaw_rate <= 1, "task.world.flaw_rate", w.flaw_rate, "must be in [0, 1]")
-        shares = (w.share_one_op, w.share_two_op, w.share_precedence)
+        shares = (w.share_one_op, w.share_two_op, w.share_precedence, w.share_chain)
         _require(min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6, "task.world.share_one_op", w.share_one_op,
-                 "the shares of one_op, two_op and precedence must be >= 0 and sum to 1")
+                 "the shares of one_op, two_op, precedence and chain must be >= 0 and sum to 1")
+        if w.train_shares is not None:
+            train = list(w.train_shares)
+            _require(len(train) == 4 and min(train) >= 0 and abs(sum(train) - 1) < 1e-6, "task.world.train_shares",
+                     train, "four shares (one_op, two_op, precedence, chain), each >= 0, summing to 1")
+            _require(train[3] == 0 or w.share_chain > 0, "task.world.train_shares", train,
+                     "a chain share needs a world with share_chain > 0")
         _require(w.n_heldout >= 1 and w.n_train >= 1, "task.world.n_heldout", w.n_heldout,
                  "n_heldout and n_train must be at least 1")
         self.config = world_config(self.world)  # the WorldConfig the world's functions take
+
+    @property
+    def judge_template(self) -> str:
+        """The judge's template: `toy_steps` for worked answers, `toy` for the first world."""
+        return "toy_steps" if self.world.answer_format == "steps" else "toy"
 
     @property
     def directory(self) -> Path:
@@ -62,16 +81,16 @@ class ArithTask(Task):
         return [p.text for p in self.problems("train")]
 
     def train_references(self) -> list[str]:
-        return [encode_answer(p.answer) for p in self.problems("train")]
+        return [reference_answer(p, self.config) for p in self.problems("train")]
 
     def ground_truth(self) -> ArithmeticReward:
         return ArithmeticReward(self.config)
 
     def answer_columns(self, queries: list[str], answers: list[str]) -> dict[str, list]:
-        """`decoded`: the answer read back from its reversed-digit notation ('41' -> 14; None when it is
-        not a number); `expected`: the query's true value (None outside the world: an invalid query);
+        """`decoded`: the value the answer states, read back from its reversed-digit notation ('41' -> 14;
+        the last step's result of a worked answer; None when it is not a well-formed answer); `expected`: the query's true value (None outside the world: an invalid query);
         `correct`: whether they agree (None without an expected value)."""
-        decoded = [decode_answer(a) for a in answers]
+        decoded = [answer_value(a, self.config) for a in answers]
         problems = [parse_problem(q.strip(), self.config) for q in queries]
         expected = [p.answer if p is not None else None for p in problems]
         return {"decoded": decoded, "expected": expected,
@@ -82,10 +101,10 @@ class ArithTask(Task):
 
 
 def heldout_set(problems: list[Problem], config: WorldConfig = WorldConfig()) -> HeldoutSet:
-    """Problems as a HeldoutSet: exact match of the decoded answer; slices: difficulty, flawed or not."""
+    """Problems as a HeldoutSet: exact match of the stated value; slices: difficulty, flawed or not (answers.py)."""
     slices = heldout_slices(config)
-    return HeldoutSet([p.text for p in problems], lambda i, text: decode_answer(text) == problems[i].answer,
-                      [slices(p) for p in problems], [encode_answer(p.answer) for p in problems])
+    return HeldoutSet([p.text for p in problems], lambda i, text: answer_value(text, config) == problems[i].answer,
+                      [slices(p) for p in problems], [reference_answer(p, config) for p in problems])
 
 
 def _require(ok: bool, key: str, value, message: str) -> None:

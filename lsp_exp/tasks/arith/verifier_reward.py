@@ -1,4 +1,4 @@
-"""The verifier reward: 1 when the answer is the true value of the query, else 0."""
+"""The verifier reward: 1 when the answer states the true value of the query, else 0."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -6,7 +6,8 @@ from functools import lru_cache
 import torch
 
 from lsp_exp.rewards.base import Scores
-from lsp_exp.tasks.arith.world import WorldConfig, decode_answer, parse_problem
+from lsp_exp.tasks.arith.answers import answer_value
+from lsp_exp.tasks.arith.world import WorldConfig, parse_problem
 
 
 class ArithmeticReward:
@@ -23,5 +24,5 @@ class ArithmeticReward:
         for query, answer in zip(queries, answers):
             problem = self._parse(query.strip())
             valid.append(problem is not None)
-            values.append(float(problem is not None and decode_answer(answer) == problem.answer))
+            values.append(float(problem is not None and answer_value(answer, self.world) == problem.answer))
         return Scores(torch.tensor(values), torch.tensor(valid, dtype=torch.bool))

@@ -7,8 +7,10 @@ also the Challenger's action space: a query outside them is invalid (see `parse_
 
 Difficulty levels:
 - ``one_op``: ``a+b``, ``a-b``, ``a*b``;
-- ``two_op``: two operators where left-to-right order gives the right value (``a-b+c``, ``a*d+c``);
-- ``precedence``: ``a+b*d`` or ``a-b*d``, where left-to-right evaluation gives a wrong value.
+- ``two_op``: two operators where left-to-right order gives the right value (``a+b-c``, ``a*d+c``);
+- ``precedence``: ``a+b*d`` or ``a-b*d``, where left-to-right evaluation gives a wrong value;
+- ``chain`` (only in a world with `share_chain > 0`; else these are ``two_op``): ``a-b+c`` and
+  ``a-b-c``, where right-to-left evaluation (``a-(b+c)``) gives a wrong value.
 
 The base model is taught by an *imperfect teacher* with a systematic flaw (`WorldConfig.flaw`),
 applied to `flaw_rate` of the examples it concerns; the verifier is always right. RL has a real
@@ -17,8 +19,15 @@ flaw to repair, and an adversarial Challenger has a real weakness to find (docs/
 - ``sign``: the teacher drops the minus sign of a negative result (``3-7`` -> ``4``);
 - ``none``: a perfect teacher.
 
-Answers are written sign first, then digits least-significant first (``-123`` -> ``-321``), which
-a tiny model learns far more easily (docs/method.md §12).
+Answers (`answer_format`):
+- ``direct`` (the first world, kept so its results stay reproducible): the value, written sign
+  first, then digits least-significant first (``-123`` -> ``-321``), which a tiny model learns far
+  more easily (docs/method.md §12);
+- ``steps`` (the default world): the worked computation, one step per operator (steps.py); the
+  teacher's flaws are then decisions the base samples: the order of the steps (``precedence`` at
+  `flaw_rate`, ``chain`` at `chain_flaw_rate`) and, at `sign_slip_rate`, a negative step result
+  written without its sign. The RL training split may be drawn with other shares than the world
+  (`train_shares`): a data set that covers one flawed class well and another rarely.
 """
 from __future__ import annotations
 
@@ -41,6 +50,17 @@ class WorldConfig:
     share_precedence: float = 0.4
     flaw: str = "precedence"
     flaw_rate: float = 0.6
+    answer_format: str = "direct"
+    share_chain: float = 0.0
+    chain_flaw_rate: float = 0.0
+    sign_slip_rate: float = 0.0
+    train_shares: list[float] | None = None  # one_op, two_op, precedence, chain of the training split (None: the world's)
+
+
+# Fields the first world did not have, at the values that reproduce it: left out of cache keys there.
+LEGACY_VALUES = {"answer_format": "direct", "share_chain": 0.0, "chain_flaw_rate": 0.0, "sign_slip_rate": 0.0,
+                 "train_shares": None}
+DIFFICULTIES = ("one_op", "two_op", "precedence", "chain")
 
 
 @dataclass(frozen=True)
@@ -70,8 +90,9 @@ def _literal(node: ast.expr) -> int | None:
     return node.value if isinstance(node, ast.Constant) else None
 
 
-def classify(tree: ast.expr) -> tuple[int, str] | None:
-    """(number of operators, difficulty) of a canonical problem tree, or None if outside the world."""
+def classify(tree: ast.expr, chains: bool = False) -> tuple[int, str] | None:
+    """(number of operators, difficulty) of a canonical problem tree, or None if outside the world.
+    With `chains`, ``a-b+c`` / ``a-b-c`` are ``chain`` (else ``two_op``)."""
     if isinstance(tree, ast.Constant):
         return None
     ops, mults = 0, 0
@@ -93,6 +114,8 @@ def classify(tree: ast.expr) -> tuple[int, str] | None:
     top = tree
     if isinstance(top.right, ast.BinOp) and isinstance(top.right.op, ast.Mult):
         return 2, "precedence"
+    if chains and isinstance(top.left, ast.BinOp) and isinstance(top.left.op, ast.Sub):
+        return 2, "chain"
     return 2, "two_op"
 
 
@@ -111,7 +134,7 @@ def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | No
         return None
     try:
         tree = parse_expression(text, VerifierLimits(max_chars=16, max_nodes=8, max_depth=4))
-        shape = classify(tree)
+        shape = classify(tree, chains=world.share_chain > 0)
         if shape is None:
             return None
         for node in ast.walk(tree):
@@ -139,19 +162,27 @@ def left_to_right_value(text: str) -> int:
     return value
 
 
-def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig()) -> Problem:
-    """Draw one problem from the world's distribution (shares of the three difficulty levels)."""
+def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig(), shares=None) -> Problem:
+    """Draw one problem from the world's distribution (the shares of its difficulty levels), or from
+    `shares` (one_op, two_op, precedence, chain) instead: the training split's `train_shares`."""
     big = lambda: rng.randint(0, world.max_operand)  # noqa: E731
     small = lambda: rng.randint(0, world.max_small_operand)  # noqa: E731
+    one_op, two_op, _, chain = shares if shares is not None else (
+        world.share_one_op, world.share_two_op, world.share_precedence, world.share_chain)
     pick = rng.random()
-    if pick < world.share_one_op:
+    if pick < one_op:
         op = rng.choice("+-*")
         text = f"{big()}{op}{small() if op == '*' else big()}"
-    elif pick < world.share_one_op + world.share_two_op:
-        form = rng.choice(["a+b+c", "a+b-c", "a-b+c", "a-b-c", "a*d+c", "a*d-c"])
+    elif pick < one_op + two_op:
+        forms = ["a+b+c", "a+b-c", "a-b+c", "a-b-c", "a*d+c", "a*d-c"]
+        if world.share_chain > 0:  # a-b+c and a-b-c are the chain class of this world
+            forms = ["a+b+c", "a+b-c", "a*d+c", "a*d-c"]
+        form = rng.choice(forms)
         text = form.replace("a", str(big())).replace("b", str(big())).replace("c", str(big())).replace("d", str(small()))
-    else:
+    elif pick < 1 - chain:
         text = f"{big()}{rng.choice('+-')}{big()}*{small()}"
+    else:
+        text = f"{big()}-{big()}{rng.choice('+-')}{big()}"
     problem = parse_problem(text, world)
     assert problem is not None, text
     return problem
@@ -176,8 +207,3 @@ def teacher_answer(problem: Problem, rng: random.Random, world: WorldConfig = Wo
     if teacher_flawed(problem, world) and rng.random() < world.flaw_rate:
         return abs(problem.answer) if world.flaw == "sign" else left_to_right_value(problem.text)
     return problem.answer
-
-
-def heldout_slices(world: WorldConfig):
-    """Held-out slices: a problem's difficulty, and whether the teacher's flaw applies to it."""
-    return lambda p: [p.difficulty, "flawed" if teacher_flawed(p, world) else "unflawed"]

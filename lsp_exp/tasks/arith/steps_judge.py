@@ -1,0 +1,149 @@
+"""The self-quality rubric and the judge's training data for worked answers (docs/method.md §12).
+
+The toy judge is the frozen base in judge mode. It has the edge a real judge has (checking a
+written step is easier than writing it) and no more: it re-computes each written step and grades
+the arithmetic reliably, but it **shares the teacher's belief about the order of operations**, so
+an answer done in the teacher's wrong order with right arithmetic gets full marks. Seven 0/1
+criteria, in the paper's order (1-2 the query, 3-7 the answer):
+
+1. task:     the query states an arithmetic task (an expression the grader can evaluate);
+2. clear:    the query is a problem of this world;
+3. format:   the answer is well-formed worked steps;
+4. relevant: the steps compute the query, in the right order or in the teacher's wrong one;
+5. sound:    every written step's arithmetic is right (``x op y=z`` with ``z = x op y``);
+6. complete: one step per operator of the query;
+7. liked:    relevant, sound and complete.
+
+The judge's reply: the result of each written step as it re-computes it (a short worked check,
+written like a result), then the score, e.g. ``02,32 <Score>7</Score>``; ``none`` when there are no
+steps to check. The score is read from the probabilities of the digits after ``<Score>``
+(`game.judge.score_from=probabilities`, lsp_exp/judge/self_quality.py).
+"""
+from __future__ import annotations
+
+import random
+
+from lsp_exp.judge.templates import TEMPLATES
+from lsp_exp.tasks.arith import derivation
+from lsp_exp.tasks.arith.rubric import expression_value
+from lsp_exp.tasks.arith.steps import Step, encode_result, final_value, parse_steps, step_value, write_steps
+from lsp_exp.tasks.arith.world import Problem, WorldConfig, parse_problem, sample_problem
+
+CRITERIA = ("task", "clear", "format", "relevant", "sound", "complete", "liked")
+
+
+def _follows(steps: list[Step], plan: list[tuple[str, str, str]], nums: list[int]) -> bool:
+    """Whether `steps` carry out `plan` on the literals `nums` (a carried operand is the previous written result)."""
+    if len(steps) != len(plan):
+        return False
+    names = dict(zip("abc", nums))
+    for i, (step, (x, op, y)) in enumerate(zip(steps, plan)):
+        carried = steps[i - 1].result if i else None
+        left = carried if x == "X" else names[x]
+        right = carried if y == "X" else names[y]
+        if (step.x, step.op, step.y) != (left, op, right):
+            return False
+    return True
+
+
+def grade(query: str, answer: str, world: WorldConfig) -> tuple[int, ...]:
+    """The seven 0/1 criteria of (query, worked answer) as the toy judge grades them."""
+    problem = parse_problem(query.strip(), world)
+    task = expression_value(query) is not None
+    steps = parse_steps(answer)
+    relevant = complete = False
+    if problem is not None and steps:
+        nums, ops = derivation.terms(problem.text)
+        plans = [derivation.right_plan(problem), derivation.flawed_plan(problem)]
+        relevant = any(plan is not None and _follows(steps, plan, nums) for plan in plans)
+        complete = len(steps) == len(ops)
+    sound = bool(steps) and all(s.right for s in steps)
+    liked = relevant and sound and complete
+    return tuple(int(c) for c in (task, problem is not None, steps is not None, relevant, sound, complete, liked))
+
+
+def judge_reply(query: str, answer: str, world: WorldConfig) -> str:
+    """What the toy judge writes: its re-computed step results, then the score."""
+    steps = parse_steps(answer)
+    check = ",".join(encode_result(step_value(s.x, s.op, s.y)) for s in steps) if steps else "none"
+    return f"{check} <Score>{sum(grade(query, answer, world))}</Score>"
+
+
+def near_miss(rng: random.Random):
+    """A `write` that gets one step (drawn at its first call) wrong by a small amount."""
+    state = {}
+
+    def write(i, value):
+        if "step" not in state:
+            state["step"] = i if rng.random() < 0.5 else i + 1
+        return value + rng.choice([-1, 1]) * rng.choice([1, 1, 2, 10]) if i == state["step"] else value
+    return write
+
+
+def _slipped(problem: Problem, plan, rng: random.Random) -> str:
+    nums, _ = derivation.terms(problem.text)
+    steps = derivation.carry_out(plan, nums, near_miss(rng))
+    if all(s.right for s in steps):  # the drawn step was past the last one: slip the last
+        steps = derivation.carry_out(plan, nums, lambda i, v: v + 1 if i == len(plan) - 1 else v)
+    return write_steps(steps)
+
+
+def solver_like_answer(rng: random.Random, query: str, world: WorldConfig) -> str:
+    """A Solver-like worked answer to `query`: right, the teacher's (wrong order, dropped signs),
+    a slip in one step, the steps of another problem, or garbage."""
+    problem = parse_problem(query.strip(), world)
+    pick = rng.random()
+    if problem is None or pick >= 0.9:
+        if rng.random() < 0.5:
+            return "".join(rng.choice("0123456789+-*=,") for _ in range(rng.randint(0, 12)))
+        return derivation.right_answer(sample_problem(rng, world))
+    if pick < 0.3:
+        return derivation.right_answer(problem)
+    if pick < 0.6:
+        return derivation.teacher_text(problem, rng, world)
+    plan = derivation.teacher_plan(problem, rng, world)
+    if pick < 0.8:
+        return _slipped(problem, plan, rng)
+    steps = derivation.right_steps(problem)
+    if pick < 0.85 and len(steps) > 1:
+        return write_steps(steps[:-1])  # incomplete
+    return write_steps(steps[::-1]) if len(steps) > 1 else _slipped(problem, plan, rng)  # steps out of place
+
+
+def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> tuple[str, str]:
+    """(judge prompt, the judge's reply) for the judge stage."""
+    from lsp_exp.tasks.arith.judge_data import sample_query  # noqa: PLC0415 (judge_data dispatches here)
+
+    query = sample_query(rng, world, exclude)
+    answer = solver_like_answer(rng, query, world)
+    return TEMPLATES["toy"].render(query, answer), judge_reply(query, answer, world)
+
+
+WRONG_KINDS = ("order", "sign", "slip")
+
+
+def labelled_pairs(problems: list[Problem], world: WorldConfig, n: int, seed: int) -> list[tuple[str, str, bool, str]]:
+    """A fixed labelled set on held-out problems: (query, answer, correct?, kind). Half are right
+    (the right derivation); the wrong half in equal thirds: the teacher's wrong order (`order`, on
+    problems where it changes the value), a dropped sign (`sign`), a slip in one step (`slip`)."""
+    rng = random.Random(f"labelled-{seed}")
+    by_kind = {"order": [p for p in problems if derivation.order_flawed(p, world)],
+               "sign": [p for p in problems if any(s.result < 0 for s in derivation.right_steps(p))]}
+    pairs = []
+    for i in range(n):
+        if i % 2 == 0:
+            p = problems[rng.randrange(len(problems))]
+            pairs.append((p.text, derivation.right_answer(p), True, "right"))
+            continue
+        kind = WRONG_KINDS[(i // 2) % 3]
+        pool = by_kind.get(kind) or problems
+        p = pool[rng.randrange(len(pool))]
+        nums, _ = derivation.terms(p.text)
+        if kind == "order":
+            answer = write_steps(derivation.carry_out(derivation.flawed_plan(p), nums))
+        elif kind == "sign":
+            answer = write_steps(derivation.carry_out(derivation.right_plan(p), nums, derivation.dropped_signs(lambda: True)))
+        else:
+            answer = _slipped(p, derivation.right_plan(p), rng)
+        pairs.append((p.text, answer, final_value(answer) == p.answer, kind))
+    return pairs
