@@ -163,3 +163,10 @@ def test_a_steps_only_setting_in_the_direct_world_is_refused():
         ArithTask(world={"answer_format": "direct", "sign_slip_rate": 0.5})
     with pytest.raises(ValueError, match="task.world.train_shares"):
         ArithTask(world={"answer_format": "steps", "train_shares": [0.5, 0.5]})
+
+
+def test_query_metrics_give_the_share_of_each_class():
+    task = ArithTask(world=task_config("arith").world)
+    assert task.query_metrics(["3+4*5", "12-5+3", "1+1", "99+1"]) == {
+        "one_op_frac": 0.25, "two_op_frac": 0.0, "precedence_frac": 0.25, "chain_frac": 0.25}
+    assert "chain_frac" not in ArithTask(world=task_config("arith_direct").world).query_metrics(["1+1"])

@@ -156,6 +156,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, verifier=verifier, labelled_pairs=pairs,
                             judge_template=judge_template)
     module.answer_columns = task.answer_columns  # the sample tables' decoded / expected / correct columns
+    module.query_metrics = task.query_metrics    # train/queries/*: what kinds of query the Challenger writes
 
     lock, stale = None, None
     if rank_zero_only.rank == 0 and resume is not None:  # one process per run: before the run is touched

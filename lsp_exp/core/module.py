@@ -202,6 +202,9 @@ class SelfPlayModule(L.LightningModule):
                                       ch_rewards=ch_rewards, query_valid=query_valid, queries=queries, n=n, g=g))
         metrics.update(degenerate_metrics(queries=queries, answers=answers, tokenizer=self.tokenizer,
                                           max_query_tokens=cfg.max_query_tokens))
+        describe = getattr(self, "query_metrics", None)  # the task's kinds of query (set by lsp-train)
+        if describe is not None:
+            metrics.update({f"train/queries/{k}": v for k, v in describe(queries.texts).items()})
         metrics.update({f"perf/{k}_s": v for k, v in times.items()})
         metrics.update({"perf/step_s": step_s, "perf/tokens_per_s": float(generated) / step_s})
         if self.device.type == "cuda":  # the update's model FLOPs utilisation (lsp_exp/core/perf.py)

@@ -68,6 +68,11 @@ class Task:
         (None where a query has no ground truth); {}: none."""
         return {}
 
+    def query_metrics(self, queries: list[str]) -> dict[str, float]:
+        """Figures of one step's queries, logged as `train/queries/<name>` (e.g. the share of each kind
+        of problem, to see where a Challenger goes); {}: none."""
+        return {}
+
     def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
         """n (query, answer, correct?) pairs to score the reward and the judge as classifiers at start."""
         return []

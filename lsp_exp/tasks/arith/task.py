@@ -15,7 +15,7 @@ from lsp_exp.tasks.arith.data import read_problems
 from lsp_exp.tasks.arith.judge_data import labelled_pairs
 from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
 from lsp_exp.tasks.arith.answers import FORMATS, answer_value, heldout_slices, reference_answer
-from lsp_exp.tasks.arith.world import FLAWS, Problem, WorldConfig, parse_problem
+from lsp_exp.tasks.arith.world import DIFFICULTIES, FLAWS, Problem, WorldConfig, parse_problem
 from lsp_exp.tasks.base import HeldoutSet, Task
 
 
@@ -95,6 +95,14 @@ class ArithTask(Task):
         expected = [p.answer if p is not None else None for p in problems]
         return {"decoded": decoded, "expected": expected,
                 "correct": [None if e is None else d == e for d, e in zip(decoded, expected)]}
+
+    def query_metrics(self, queries: list[str]) -> dict[str, float]:
+        """`<class>_frac`: the share of the step's queries in each class of the world (one_op, two_op,
+        precedence, chain where the world has it); invalid queries count in none of them."""
+        problems = [parse_problem(q.strip(), self.config) for q in queries]
+        classes = DIFFICULTIES if self.config.share_chain > 0 else DIFFICULTIES[:3]
+        n = max(1, len(queries))
+        return {f"{c}_frac": sum(p is not None and p.difficulty == c for p in problems) / n for c in classes}
 
     def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
         return labelled_pairs(self.problems("heldout"), self.config, n, self.world.seed)
