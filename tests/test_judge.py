@@ -217,8 +217,8 @@ def test_expected_score_is_the_mean_of_the_digit_distribution_after_the_score_ta
                                                     num_attention_heads=2), seed=0)
     replies = ["02,32 <Score>7</Score>", "-4 <Score>", "<Calculation>1+1+0+0+0+0+0=2</Calculation>", "none"]
 
-    class Out:
-        texts = replies
+    class Out:  # no captured log-probs: the rows are read by the extra forward pass
+        texts, captured = replies, None
 
     monkeypatch.setattr(judge_module, "generate", lambda *args, **kwargs: Out())
     judge = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy_steps"], fallback_score=1.5)
@@ -246,3 +246,32 @@ def test_score_from_text_keeps_the_written_score_and_bad_settings_are_refused():
     assert SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy_steps"], score_from="text").digit_ids is None
     with pytest.raises(ValueError, match="game.judge.score_from='logits'"):
         SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy"], score_from="logits")
+
+
+def test_log_probs_captured_during_generation_equal_a_forward_pass_after_the_marker():
+    """`generate(capture=(marker, columns))` keeps, per row, the log-probs of `columns` right after
+    the row's first `marker`: the same as a forward pass over prompt + completion up to the marker
+    (the judge reads its score digits so, without a second pass). Rows without it stay NaN."""
+    from lsp_exp.core.generation import chat_prompts, generate
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=2), seed=3).eval()
+    prompts = chat_prompts(tokenizer, ["1+2", "13-4*5", "7"])
+    plain = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False)
+    first = plain.input_ids[0, plain.prompt_length + 1].item()  # row 0's second token is the marker
+    columns = [tokenizer.convert_tokens_to_ids(str(k)) for k in range(8)]
+    out = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False, capture=(first, columns))
+    assert torch.equal(out.input_ids, plain.input_ids)
+    for row in range(3):
+        completion = out.input_ids[row, out.prompt_length:].tolist()
+        if first not in completion[:5]:
+            assert out.captured[row].isnan().all()
+            continue
+        upto = out.prompt_length + completion.index(first) + 1
+        mask = out.attention_mask[row:row + 1, :upto]
+        with torch.no_grad():
+            logits = model(input_ids=out.input_ids[row:row + 1, :upto], attention_mask=mask,
+                           position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[0, -1]
+        assert torch.allclose(out.captured[row], logits.log_softmax(-1)[columns], atol=1e-5)
+    assert not out.captured[0].isnan().any()

@@ -126,7 +126,7 @@ def test_rubric_criteria_by_hand(query, answer, criteria):
 
 
 def test_judge_reply_recomputes_each_written_step():
-    assert steps_judge.judge_reply("3-7+2", "3-7=4,4+2=6", STEPS) == "-4,6 <Score>5</Score>"
+    assert steps_judge.judge_reply("3-7+2", "3-7=4,4+2=6", STEPS) == "-4:4n,6:6y <Score>5</Score>"
     assert steps_judge.judge_reply("3+4*5", "oops", STEPS) == "none <Score>2</Score>"
 
 

@@ -4,6 +4,7 @@
 
 1. the labelled pairs the runs log (`eval/judge/auc`): AUC overall and per kind of wrong answer
    (the teacher's wrong order, a dropped sign, a slip in one step), each against the right half;
+   and how often the judge's check (before `<Score>`) is exactly what the rubric writes;
 2. the base's own sampled answers to held-out problems (what the judge grades in a run): AUC
    overall, on the teacher's order-flaw class and on the other problems;
 3. time: judging N x G = 64 pairs against sampling 64 answers (the Solver's part of a step).
@@ -51,7 +52,10 @@ def main() -> None:
     out: dict[str, float] = {}
 
     pairs = steps_judge.labelled_pairs(task.problems("heldout"), task.config, args.pairs, 0)
-    scores = judge.score([p[0] for p in pairs], [p[1] for p in pairs]).values
+    judged_pairs = judge.score([p[0] for p in pairs], [p[1] for p in pairs])
+    scores = judged_pairs.values
+    wanted = [steps_judge.judge_reply(q, a, task.config).split(" <Score>")[0] for q, a, _, _ in pairs]
+    out["labelled/check_exact_frac"] = sum(t.split(" <Score>")[0] == w for t, w in zip(judged_pairs.texts, wanted)) / len(pairs)
     labels = torch.tensor([p[2] for p in pairs])
     kinds = [p[3] for p in pairs]
     out["labelled/auc"] = auc(scores, labels)

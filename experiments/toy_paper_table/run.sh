@@ -3,6 +3,7 @@
 #   experiments/toy_paper_table/run.sh                 # train, evaluate, report (see the README for the time)
 #   experiments/toy_paper_table/run.sh train           # one stage: train | eval | report
 #   SEEDS=0,1,2,3,4 experiments/toy_paper_table/run.sh # more seeds
+#   ARMS=lsp,lsp_zero,rl,lsp_learnability experiments/toy_paper_table/run.sh   # more stage-1 arms
 # Extra Hydra overrides for every training job go in TRAIN_ARGS (e.g. TRAIN_ARGS="trainer.max_steps=10").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -10,6 +11,7 @@ BIN=${BIN:-.venv/bin}
 SEEDS=${SEEDS:-0,1,2}
 JOBS=${JOBS:-2}
 TRAIN_ARGS=${TRAIN_ARGS:-}
+ARMS=${ARMS:-lsp,lsp_zero,rl}   # stage 1 (the paper's rows; lsp_learnability is another)
 EVAL_ARGS=${EVAL_ARGS:-}
 OUT=experiments/toy_paper_table
 stage=${1:-all}
@@ -18,7 +20,7 @@ export HF_HUB_OFFLINE=1 MLFLOW_DISABLE_TELEMETRY=true TOKENIZERS_PARALLELISM=fal
 train() {
   # Stage 1, from the base: the self-play arms and the data baseline (longest first, JOBS at a time).
   $BIN/lsp-train -m hydra/launcher=local_parallel hydra.launcher.n_jobs=$JOBS trainer.num_threads=1 \
-    experiment=toy_table/lsp,toy_table/lsp_learnability,toy_table/lsp_zero,toy_table/rl seed=$SEEDS $TRAIN_ARGS
+    "experiment=$(echo "$ARMS" | sed 's#\([^,]*\)#toy_table/\1#g')" seed=$SEEDS $TRAIN_ARGS
   # Stage 2, + RL: GRPO from the self-play run of the same seed (init_from in the configs).
   $BIN/lsp-train -m hydra/launcher=local_parallel hydra.launcher.n_jobs=$JOBS trainer.num_threads=1 \
     experiment=toy_table/lsp_rl,toy_table/lsp_zero_rl seed=$SEEDS $TRAIN_ARGS
@@ -35,9 +37,9 @@ evaluate() {
 
 report() {
   $BIN/lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm] \
-    "metrics=[eval/accuracy,eval/accuracy/flawed,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,eval/tie_rate,eval/perplexity,eval/diversity/distinct_2,train/tokens/solver,train/tokens/challenger]" \
-    "curves=[eval/accuracy,eval/diversity/distinct_2,train/query_valid_frac]" \
-    "percent=[eval/accuracy,eval/accuracy/flawed,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,eval/tie_rate]" \
+    "metrics=[eval/accuracy,eval/accuracy/precedence,eval/accuracy/chain,eval/accuracy/sign,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,eval/perplexity,train/queries/chain_frac,train/tokens/solver,train/tokens/challenger]" \
+    "curves=[eval/accuracy,eval/accuracy/chain,eval/accuracy/precedence,train/queries/chain_frac,train/query_valid_frac]" \
+    "percent=[eval/accuracy,eval/accuracy/precedence,eval/accuracy/chain,eval/accuracy/sign,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,train/queries/chain_frac]" \
     "order=[base,rl,lsp_zero,lsp,lsp_learnability,lsp_zero_rl,lsp_rl]" output_dir=$OUT/results
 }
 

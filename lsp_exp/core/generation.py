@@ -69,6 +69,8 @@ class Rollout:
     finished: torch.Tensor         # [B] bool: the completion ended with an end token
     temperature: float = 1.0       # the sampling temperature: log-probs of these rows are scored at it
     prompt_length: int | None = None  # columns of the (left-padded) prompt; the completion follows
+    captured: torch.Tensor | None = None  # [B, C] with `capture=(marker, columns)`: log-probs of the columns at the
+                                          # position after the row's first marker token (NaN: no marker)
 
     @property
     def completion_lengths(self) -> torch.Tensor:
@@ -90,7 +92,7 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = True,
              temperature: float = 1.0, num_return_sequences: int = 1,
-             generator: torch.Generator | None = None) -> Rollout:
+             generator: torch.Generator | None = None, capture: tuple[int, list[int]] | None = None) -> Rollout:
     """Sample (or greedily decode) completions for rendered prompts.
 
     Rows are prompt-major: the `num_return_sequences` completions of prompt i are rows
@@ -98,8 +100,14 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     (else the global RNG of the model's device). It runs under `torch.inference_mode`; the returned
     tensors are ordinary tensors (cloned out of inference mode), so the update can run autograd
     through them. With `SETTINGS.generation_batch_size`, in parts of at most that many rows.
+
+    `capture=(marker, columns)`: also keep, per row, the log-probs (temperature 1) of the token ids
+    `columns` right after the row's first `marker` token, from logits the sampling loop computes
+    anyway (the judge's score digits after `<Score>`); NaN where a row has no marker, or with
+    `hf_generate` (the caller then scores those rows itself).
     """
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, generator=generator)
+    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, generator=generator,
+                  capture=capture)
     parts = generation_parts(len(prompts), num_return_sequences, SETTINGS.generation_batch_size)
     if len(parts) == 1:
         return _generate(model, tokenizer, prompts, num_return_sequences=num_return_sequences, **kwargs)
@@ -136,13 +144,18 @@ def join_rollouts(parts: list[Rollout], pad: int) -> Rollout:
         finished=torch.cat([r.finished for r in parts]),
         temperature=parts[0].temperature,
         prompt_length=prompt,
+        captured=torch.cat([r.captured for r in parts]) if parts[0].captured is not None else None,
     )
 
 
 def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool, temperature: float,
-              num_return_sequences: int, generator: torch.Generator | None) -> Rollout:
+              num_return_sequences: int, generator: torch.Generator | None,
+              capture: tuple[int, list[int]] | None = None) -> Rollout:
     enc = encode_prompts(tokenizer, prompts, model.device)
     ends = end_ids_tensor(model, tokenizer, model.device)
+    captured = None
+    if capture is not None:
+        captured = torch.full((len(prompts) * num_return_sequences, len(capture[1])), float("nan"), device=model.device)
     with torch.inference_mode():
         if SETTINGS.hf_generate or getattr(model.config, "is_encoder_decoder", False):
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
@@ -156,7 +169,8 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
                 )
         else:
             out = _sample(model, enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                          copies=num_return_sequences, ends=ends, pad=tokenizer.pad_token_id, generator=generator)
+                          copies=num_return_sequences, ends=ends, pad=tokenizer.pad_token_id, generator=generator,
+                          capture=capture, captured=captured)
     out = out.clone()
     prompt_len = enc["input_ids"].shape[1]
     completion = out[:, prompt_len:]
@@ -175,6 +189,7 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
         finished=is_end.any(-1),
         temperature=float(temperature) if do_sample else 1.0,
         prompt_length=prompt_len,
+        captured=captured.clone() if captured is not None else None,
     )
 
 
@@ -213,11 +228,13 @@ def _min_new_tokens(model) -> int:
 
 
 def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_sample: bool, temperature: float,
-            copies: int, ends: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+            copies: int, ends: torch.Tensor, pad: int, generator: torch.Generator | None = None,
+            capture: tuple[int, list[int]] | None = None, captured: torch.Tensor | None = None) -> torch.Tensor:
     """[B * copies, P + T] prompts and completions (T <= max_new_tokens: it stops when every row has
     ended; rows that ended are padded), the same contract as `generate` of transformers.
 
-    Each prompt is prefilled once; its KV cache and last logits are repeated `copies` times."""
+    Each prompt is prefilled once; its KV cache and last logits are repeated `copies` times. With
+    `capture=(marker, columns)`, `captured` [B * copies, C] is filled in place (see `generate`)."""
     ids, mask = enc["input_ids"], enc["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
@@ -236,6 +253,10 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
     steps = 0
     for t in range(max_new_tokens):
         logits = logits.float()
+        if capture is not None and t > 0:  # logits here are the next token's after token t - 1
+            hit = (tokens[:, t - 1] == capture[0]) & captured[:, 0].isnan()
+            if bool(hit.any()):
+                captured[hit] = logits[hit].log_softmax(-1)[:, capture[1]]
         if t < min_new:
             logits[:, ends] = float("-inf")
         if do_sample:

@@ -59,6 +59,8 @@ class SelfQualityJudge:
         self.fallback_score = fallback_score
         self.score_from = template.score_from if score_from == "auto" else score_from
         self.digit_ids = score_digit_ids(tokenizer) if self.score_from == "probabilities" else None
+        tag = tokenizer.encode(SCORE_TAG, add_special_tokens=False) if self.digit_ids else []
+        self.tag_id = tag[0] if len(tag) == 1 else None  # one token (the toy's): read during generation
 
     def prompts(self, queries: list[str], answers: list[str]) -> list[str]:
         return chat_prompts(self.tokenizer, [self.template.render(q, a) for q, a in zip(queries, answers)])
@@ -68,8 +70,9 @@ class SelfQualityJudge:
         prompts = self.prompts(queries, answers)
         with self.reference.model() as ref:
             rollout = generate(ref, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
-                               do_sample=self.temperature > 0, temperature=self.temperature or 1.0)
-            expected = self.expected_scores(ref, prompts, rollout.texts) if self.digit_ids is not None else {}
+                               do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
+                               capture=(self.tag_id, self.digit_ids) if self.tag_id is not None else None)
+            expected = self.expected_scores(ref, prompts, rollout.texts, rollout.captured) if self.digit_ids else {}
         judgements = [parse_judgement(text) for text in rollout.texts]
         values = [expected.get(i, j.score if j.score is not None else self.fallback_score)
                   for i, j in enumerate(judgements)]
@@ -82,19 +85,32 @@ class SelfQualityJudge:
             texts=rollout.texts,
         )
 
-    def expected_scores(self, model, prompts: list[str], replies: list[str]) -> dict[int, float]:
-        """{row: sum_k k p(k | prompt, reply up to <Score>)} over the digits 0..7, for rows whose reply has <Score>."""
+    def expected_scores(self, model, prompts: list[str], replies: list[str],
+                        captured: torch.Tensor | None = None) -> dict[int, float]:
+        """{row: sum_k k p(k | prompt, reply up to <Score>)} over the digits 0..7 (renormalised), for rows
+        whose reply has <Score>: from the log-probs generation captured, else from one forward pass."""
         rows = [i for i, reply in enumerate(replies) if SCORE_TAG in reply]
+        out: dict[int, float] = {}
+        if captured is not None:
+            for i in rows:
+                if not bool(captured[i].isnan().any()):
+                    out[i] = _expectation(captured[i:i + 1])[0]
+        rows = [i for i in rows if i not in out]
         if not rows:
-            return {}
+            return out
         prefixes = [prompts[i] + replies[i][:replies[i].index(SCORE_TAG) + len(SCORE_TAG)] for i in rows]
         enc = encode_prompts(self.tokenizer, prefixes, model.device)
         position = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             logits = model(**enc, position_ids=position, logits_to_keep=1).logits[:, -1].float()
-        probs = logits.log_softmax(-1)[:, self.digit_ids].softmax(-1)  # renormalised over the 8 digits
-        values = probs @ torch.arange(MAX_SCORE + 1, dtype=probs.dtype, device=probs.device)
-        return dict(zip(rows, values.tolist()))
+        out.update(zip(rows, _expectation(logits.log_softmax(-1)[:, self.digit_ids])))
+        return out
+
+
+def _expectation(digit_logprobs: torch.Tensor) -> list[float]:
+    """sum_k k p(k) with p the digits' probabilities renormalised over 0..7 (the G-Eval score)."""
+    probs = digit_logprobs.float().softmax(-1)
+    return (probs @ torch.arange(MAX_SCORE + 1, dtype=probs.dtype, device=probs.device)).tolist()
 
 
 def score_digit_ids(tokenizer) -> list[int]:

@@ -22,7 +22,8 @@ from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 from lsp_exp.tasks.arith.world import WorldConfig
 
 FORMAT_VERSION = 1  # bump when the tokenizer, the chat format or the SFT code changes
-JUDGE_FORMAT_VERSION = 2  # bump when the judge template, the toy rubric or the judge data change
+JUDGE_FORMAT_VERSION = 2  # bump when the judge template, the toy rubric or the judge data change (first world)
+STEPS_JUDGE_VERSION = 3   # the same for the worked-steps judge (steps_judge.py); keys of that world only
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_world"
 
 
@@ -55,6 +56,8 @@ def world_key(world: DictConfig, bootstrap: DictConfig) -> str:
     if not _judge_enabled(bootstrap):
         return key
     payload = {"base": key, "judge": OmegaConf.to_container(bootstrap.judge), "format": JUDGE_FORMAT_VERSION}
+    if world_node(world).answer_format == "steps":
+        payload["steps_judge"] = STEPS_JUDGE_VERSION
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 

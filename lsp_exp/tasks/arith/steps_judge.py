@@ -14,9 +14,10 @@ criteria, in the paper's order (1-2 the query, 3-7 the answer):
 6. complete: one step per operator of the query;
 7. liked:    relevant, sound and complete.
 
-The judge's reply: the result of each written step as it re-computes it (a short worked check,
-written like a result), then the score, e.g. ``02,32 <Score>7</Score>``; ``none`` when there are no
-steps to check. The score is read from the probabilities of the digits after ``<Score>``
+The judge's reply: for each written step, the result as it re-computes it, the written result and
+whether they agree, then the score, e.g. ``02:02y,32:32y <Score>7</Score>`` (a first version wrote
+only its own results: it re-computed them right 58 times in 60 but then did not compare them with
+the written ones, AUC .55 on slips); ``none`` when there are no steps to check. The score is read from the probabilities of the digits after ``<Score>``
 (`game.judge.score_from=probabilities`, lsp_exp/judge/self_quality.py).
 """
 from __future__ import annotations
@@ -62,10 +63,16 @@ def grade(query: str, answer: str, world: WorldConfig) -> tuple[int, ...]:
     return tuple(int(c) for c in (task, problem is not None, steps is not None, relevant, sound, complete, liked))
 
 
+def step_check(step: Step) -> str:
+    """The judge's check of one step: its own result, the written one, and whether they agree
+    (`y` / `n`): `4*5=12` -> `02:21n`. Writing both side by side makes the comparison local."""
+    return f"{encode_result(step_value(step.x, step.op, step.y))}:{encode_result(step.result)}{'y' if step.right else 'n'}"
+
+
 def judge_reply(query: str, answer: str, world: WorldConfig) -> str:
-    """What the toy judge writes: its re-computed step results, then the score."""
+    """What the toy judge writes: a check of each step (`step_check`), then the score."""
     steps = parse_steps(answer)
-    check = ",".join(encode_result(step_value(s.x, s.op, s.y)) for s in steps) if steps else "none"
+    check = ",".join(step_check(s) for s in steps) if steps else "none"
     return f"{check} <Score>{sum(grade(query, answer, world))}</Score>"
 
 
@@ -89,23 +96,28 @@ def _slipped(problem: Problem, plan, rng: random.Random) -> str:
 
 
 def solver_like_answer(rng: random.Random, query: str, world: WorldConfig) -> str:
-    """A Solver-like worked answer to `query`: right, the teacher's (wrong order, dropped signs),
-    a slip in one step, the steps of another problem, or garbage."""
+    """A Solver-like worked answer to `query`. The order (right, or the teacher's wrong one where the
+    class has one, half and half) is drawn independently of the arithmetic (clean, dropped signs,
+    a slip in one step), so nothing but the arithmetic tells a judge trained on these what to grade:
+    it learns to check the steps and not the order. Also incomplete answers, steps out of place,
+    another problem's steps and garbage."""
     problem = parse_problem(query.strip(), world)
-    pick = rng.random()
-    if problem is None or pick >= 0.9:
+    if problem is None or rng.random() < 0.1:
         if rng.random() < 0.5:
             return "".join(rng.choice("0123456789+-*=,") for _ in range(rng.randint(0, 12)))
         return derivation.right_answer(sample_problem(rng, world))
-    if pick < 0.3:
-        return derivation.right_answer(problem)
-    if pick < 0.6:
-        return derivation.teacher_text(problem, rng, world)
-    plan = derivation.teacher_plan(problem, rng, world)
-    if pick < 0.8:
+    flawed = derivation.flawed_plan(problem)
+    plan = flawed if flawed is not None and rng.random() < 0.5 else derivation.right_plan(problem)
+    nums, _ = derivation.terms(problem.text)
+    pick = rng.random()
+    if pick < 0.45:
+        return write_steps(derivation.carry_out(plan, nums))
+    if pick < 0.65:
+        return write_steps(derivation.carry_out(plan, nums, derivation.dropped_signs(lambda: rng.random() < 0.7)))
+    if pick < 0.9:
         return _slipped(problem, plan, rng)
-    steps = derivation.right_steps(problem)
-    if pick < 0.85 and len(steps) > 1:
+    steps = derivation.carry_out(plan, nums)
+    if pick < 0.95 and len(steps) > 1:
         return write_steps(steps[:-1])  # incomplete
     return write_steps(steps[::-1]) if len(steps) > 1 else _slipped(problem, plan, rng)  # steps out of place
 

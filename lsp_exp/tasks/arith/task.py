@@ -25,11 +25,13 @@ class ArithTask(Task):
     char_level = True
 
     def __init__(self, world=None, bootstrap=None, outputs: str = "outputs", heldout_path: str | None = None,
-                 challenger_style: str = "toy", max_answer_tokens: int | None = None):
+                 challenger_style: str = "toy", max_answer_tokens: int | None = None,
+                 self_reward_weight: float | None = None):
         self.world = world_node(world)
         self.bootstrap = checked(ArithBootstrap, bootstrap, "task.bootstrap")
         self.outputs, self.heldout_path, self.challenger_style = str(outputs), heldout_path, challenger_style
-        # the games read `task.max_answer_tokens` from the config; the task keeps it for lsp-bootstrap's evaluation
+        # the games read `task.max_answer_tokens` and `task.self_reward_weight` (full LSP's w) from the config;
+        # the task keeps the answer length for lsp-bootstrap's evaluation
         self.max_answer_tokens = max_answer_tokens or (24 if world_node(world).answer_format == "steps" else 8)
         w = self.world
         _require(w.flaw in FLAWS, "task.world.flaw", w.flaw, f"unknown; available: {', '.join(FLAWS)}")
