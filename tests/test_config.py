@@ -38,7 +38,7 @@ def test_bootstrap_config_composes():
 def test_rewards_instantiate():
     cfg = compose_config("train")
     reward = build_reward(cfg.reward)
-    scores = reward.score(["2+3*4", "2+3*4", "nonsense"], ["41", "02", "1"])
+    scores = reward.score(["2+3*4", "2+3*4", "nonsense"], ["3*4=21,2+12=41", "2+3=5,5*4=02", "1"])  # worked answers
     assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
 
 

@@ -28,7 +28,9 @@ N, G, MAX_ANSWER, MAX_QUERY, BETA = 5, 3, 8, 24, 0.05
 PROBE = ["reward._target_=step_probe.ProbeReward", "game=lsp", f"game.n_queries={N}", f"game.group_size={G}",
          f"game.max_query_tokens={MAX_QUERY}", f"game.max_answer_tokens={MAX_ANSWER}", "trainer.max_steps=2",
          "eval.samples=0", "eval.every_n_steps=0", "eval.judge_pairs=0", "eval.sample_table_every=1",
-         "eval.max_problems=2", "optim.lr=1e-2", "trainer.checkpoint_every=0"]
+         "eval.max_problems=2", "optim.lr=1e-2", "trainer.checkpoint_every=0",
+         "game.judge.score_from=text",  # the fake judge writes its replies: read their <Score>
+         "game.self_reward_weight=1.0"]  # R_Q added raw (the toy task's default is 1/7)
 TOL = dict(rel=1e-5, abs=1e-5)
 
 

@@ -72,7 +72,8 @@ class SelfQualityJudge:
             rollout = generate(ref, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
                                capture=(self.tag_id, self.digit_ids) if self.tag_id is not None else None)
-            expected = self.expected_scores(ref, prompts, rollout.texts, rollout.captured) if self.digit_ids else {}
+            captured = getattr(rollout, "captured", None)  # absent from a stand-in generate (tests)
+            expected = self.expected_scores(ref, prompts, rollout.texts, captured) if self.digit_ids else {}
         judgements = [parse_judgement(text) for text in rollout.texts]
         values = [expected.get(i, j.score if j.score is not None else self.fallback_score)
                   for i, j in enumerate(judgements)]
