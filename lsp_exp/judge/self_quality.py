@@ -6,9 +6,11 @@ The frozen reference model (the LoRA adapter disabled, or the frozen copy) reads
 
 With `score_from="probabilities"` (the `toy_steps` template, or `game.judge.score_from`) R_Q is the
 expected score under the judge's distribution over the digits 0-7 right after `<Score>` (as G-Eval
-reads a judge): one more forward pass over prompt + reply up to `<Score>`, a graded score instead
-of a rounded one. A reply without `<Score>` falls back to its text (the calculation, else the
-fallback score), as in the text mode.
+reads a judge), a graded score instead of a rounded one. Where `<Score>` is one token (the toy
+vocabulary) the digits' log-probs come from the logits greedy decoding computes anyway
+(`generate(capture=...)`); otherwise from one more forward pass over prompt + reply up to
+`<Score>`. A reply without `<Score>` falls back to its text (the calculation, else the fallback
+score), as in the text mode.
 """
 from __future__ import annotations
 
@@ -92,10 +94,9 @@ class SelfQualityJudge:
         whose reply has <Score>: from the log-probs generation captured, else from one forward pass."""
         rows = [i for i, reply in enumerate(replies) if SCORE_TAG in reply]
         out: dict[int, float] = {}
-        if captured is not None:
-            for i in rows:
-                if not bool(captured[i].isnan().any()):
-                    out[i] = _expectation(captured[i:i + 1])[0]
+        if captured is not None:  # one pass over the batch, one transfer to the host
+            values, seen = _expectation(captured), (~captured.isnan().any(-1)).tolist()
+            out = {i: values[i] for i in rows if seen[i]}
         rows = [i for i in rows if i not in out]
         if not rows:
             return out

@@ -5,7 +5,7 @@
 - `toy`: a compact form the toy world's tiny model was trained to read (`lsp-bootstrap`);
 - `toy_steps`: the same prompt for the worked-steps world, whose judge writes a short check of the
   steps and the score (tasks/arith/steps_judge.py); the score is read from the probabilities of
-  the score digits after `<Score>` (as G-Eval reads a judge), one forward pass, no sampling noise.
+  the score digits after `<Score>` (as G-Eval reads a judge), a graded score without sampling noise.
 `paper` and `toy` ask for a justification, a `<Calculation>` and a `<Score>`; `parsing.py` reads them.
 """
 from __future__ import annotations
