@@ -160,6 +160,46 @@ def test_judge_scores_every_pair_in_one_batch_with_the_frozen_reference(monkeypa
     assert metrics["train/judge/query_points"] == 1.0  # criteria 1-2 of the one 7-term calculation
 
 
+def test_greedy_judge_generates_each_distinct_pair_once_and_shares_its_judgement(monkeypatch):
+    """A group's Solver often repeats an answer; greedy judging is a function of the pair, so the
+    batch holds each distinct (query, answer) once and every copy gets its judgement."""
+    tokenizer = build_tokenizer()
+    policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2), seed=0)
+    import lsp_exp.judge.self_quality as judge_module
+    seen = []
+
+    def fake_generate(model, tok, prompts, **kwargs):
+        seen.append(prompts)
+
+        class Out:  # the score of a prompt is the length of its answer, so copies are traceable
+            texts = [f"<Score>{len(p.split('<Response>')[1].split('</Response>')[0])}</Score>" for p in prompts]
+        return Out()
+
+    monkeypatch.setattr(judge_module, "generate", fake_generate)
+    queries, answers = ["1+2", "1+2", "3+4", "1+2", "3+4"], ["3", "3", "7", "03", "7"]
+    greedy = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy"]).score(queries, answers)
+    assert len(seen[0]) == 3  # ("1+2", "3"), ("3+4", "7"), ("1+2", "03")
+    assert greedy.values.tolist() == [1.0, 1.0, 1.0, 2.0, 1.0]
+    assert greedy.texts == ["<Score>1</Score>"] * 3 + ["<Score>2</Score>", "<Score>1</Score>"]
+    assert greedy.metrics()["train/judge/distinct_frac"] == pytest.approx(3 / 5)
+    sampled = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy"], temperature=1.0).score(queries, answers)
+    assert len(seen[1]) == 5 and sampled.metrics()["train/judge/distinct_frac"] == 1.0  # samples are independent
+    assert sampled.values.tolist() == greedy.values.tolist()
+
+
+def test_judging_distinct_pairs_matches_judging_every_row_on_a_real_model():
+    tokenizer = build_tokenizer()
+    policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                    num_attention_heads=2), seed=0)
+    judge = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy_steps"], max_new_tokens=6)
+    queries, answers = ["1+2", "3+4", "1+2", "5*6"], ["1+2=3", "3+4=7", "1+2=3", "5*6=03"]
+    once = judge.score(queries, answers)
+    rows = [judge._score([q], [a]) for q, a in zip(queries, answers)]
+    assert once.texts == [r.texts[0] for r in rows]
+    assert torch.allclose(once.values, torch.cat([r.values for r in rows]), atol=1e-5)
+
+
 def test_judge_generates_real_replies_on_a_tiny_model():
     tokenizer = build_tokenizer()
     policy = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

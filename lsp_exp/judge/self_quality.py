@@ -33,11 +33,13 @@ class JudgeScores:
     unscored: torch.Tensor    # [B] bool: neither <Score> nor <Calculation> parsed: the fallback was used
     query_points: torch.Tensor  # [B] criteria 1-2 (the query's points), NaN where the calculation did not parse
     texts: list[str]          # the judge's replies
+    judged: int | None = None  # how many pairs were generated for (greedy: each distinct pair once); None: all
 
     def metrics(self) -> dict[str, float]:
         known = ~self.query_points.isnan()
         out = {
             "train/judge/score": float(self.values.mean()),
+            "train/judge/distinct_frac": (self.judged if self.judged is not None else len(self.texts)) / max(len(self.texts), 1),
             "train/judge/parse_fail_frac": float(self.parse_fail.float().mean()),
             "train/judge/unscored_frac": float(self.unscored.float().mean()),
         }
@@ -68,7 +70,24 @@ class SelfQualityJudge:
         return chat_prompts(self.tokenizer, [self.template.render(q, a) for q, a in zip(queries, answers)])
 
     def score(self, queries: list[str], answers: list[str]) -> JudgeScores:
-        """Judge every (query, answer) pair in one batched generation (greedy when temperature is 0)."""
+        """Judge every (query, answer) pair in one batched generation (greedy when temperature is 0).
+
+        Greedy judging is a function of the pair, so each distinct pair is judged once and its
+        judgement shared: a group's Solver often writes the same answer several times (the cost of
+        the judge is then the distinct pairs', `train/judge/distinct_frac` of the batch)."""
+        if self.temperature > 0:
+            return self._score(queries, answers)
+        distinct: dict[tuple[str, str], int] = {}
+        rows = [distinct.setdefault(pair, len(distinct)) for pair in zip(queries, answers)]
+        if len(distinct) == len(rows):
+            return self._score(queries, answers)
+        scores = self._score([q for q, _ in distinct], [a for _, a in distinct])
+        take = torch.tensor(rows)
+        return JudgeScores(values=scores.values[take], parse_fail=scores.parse_fail[take],
+                           unscored=scores.unscored[take], query_points=scores.query_points[take],
+                           texts=[scores.texts[k] for k in rows], judged=len(distinct))
+
+    def _score(self, queries: list[str], answers: list[str]) -> JudgeScores:
         prompts = self.prompts(queries, answers)
         with self.reference.model() as ref:
             rollout = generate(ref, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
