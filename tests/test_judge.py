@@ -315,3 +315,29 @@ def test_log_probs_captured_during_generation_equal_a_forward_pass_after_the_mar
                            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[0, -1]
         assert torch.allclose(out.captured[row], logits.log_softmax(-1)[columns], atol=1e-5)
     assert not out.captured[0].isnan().any()
+
+
+def test_generation_stopped_at_the_marker_keeps_the_same_log_probs_and_nothing_after_it():
+    """`stop_at_capture`: a row ends right after its marker (the judge needs no more than the digit
+    log-probs there); the captured log-probs are those of the full decoding, the text is its prefix."""
+    from lsp_exp.core.generation import chat_prompts, generate
+
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, TinyModelConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=2), seed=3).eval()
+    prompts = chat_prompts(tokenizer, ["1+2", "13-4*5", "7"])
+    plain = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False)
+    marker = plain.input_ids[0, plain.prompt_length + 1].item()
+    columns = [tokenizer.convert_tokens_to_ids(str(k)) for k in range(8)]
+    full = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False, capture=(marker, columns))
+    stopped = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False, capture=(marker, columns),
+                       stop_at_capture=True)
+    assert torch.allclose(stopped.captured, full.captured, equal_nan=True)
+    for row in range(3):
+        completion = full.input_ids[row, full.prompt_length:].tolist()
+        kept = stopped.completion_mask[row, stopped.prompt_length:].sum().item()
+        if marker in completion[:5]:
+            assert kept == completion.index(marker) + 1 and not stopped.finished[row]
+            assert full.texts[row].startswith(stopped.texts[row])
+        else:
+            assert stopped.texts[row] == full.texts[row]

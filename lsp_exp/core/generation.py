@@ -92,7 +92,8 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = True,
              temperature: float = 1.0, num_return_sequences: int = 1,
-             generator: torch.Generator | None = None, capture: tuple[int, list[int]] | None = None) -> Rollout:
+             generator: torch.Generator | None = None, capture: tuple[int, list[int]] | None = None,
+             stop_at_capture: bool = False) -> Rollout:
     """Sample (or greedily decode) completions for rendered prompts.
 
     Rows are prompt-major: the `num_return_sequences` completions of prompt i are rows
@@ -104,10 +105,11 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sa
     `capture=(marker, columns)`: also keep, per row, the log-probs (temperature 1) of the token ids
     `columns` right after the row's first `marker` token, from logits the sampling loop computes
     anyway (the judge's score digits after `<Score>`); NaN where a row has no marker, or with
-    `hf_generate` (the caller then scores those rows itself).
+    `hf_generate` (the caller then scores those rows itself). With `stop_at_capture` a row stops once
+    its log-probs are kept (its text ends with the marker; `finished` is False: no end token).
     """
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, generator=generator,
-                  capture=capture)
+                  capture=capture, stop_at_capture=stop_at_capture)
     parts = generation_parts(len(prompts), num_return_sequences, SETTINGS.generation_batch_size)
     if len(parts) == 1:
         return _generate(model, tokenizer, prompts, num_return_sequences=num_return_sequences, **kwargs)
@@ -150,7 +152,7 @@ def join_rollouts(parts: list[Rollout], pad: int) -> Rollout:
 
 def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool, temperature: float,
               num_return_sequences: int, generator: torch.Generator | None,
-              capture: tuple[int, list[int]] | None = None) -> Rollout:
+              capture: tuple[int, list[int]] | None = None, stop_at_capture: bool = False) -> Rollout:
     enc = encode_prompts(tokenizer, prompts, model.device)
     ends = end_ids_tensor(model, tokenizer, model.device)
     captured = None
@@ -170,7 +172,7 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
         else:
             out = _sample(model, enc, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                           copies=num_return_sequences, ends=ends, pad=tokenizer.pad_token_id, generator=generator,
-                          capture=capture, captured=captured)
+                          capture=capture, captured=captured, stop_at_capture=stop_at_capture)
     out = out.clone()
     prompt_len = enc["input_ids"].shape[1]
     completion = out[:, prompt_len:]
@@ -178,6 +180,9 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
     # Keep tokens up to and including the first end token, by position: a pad id sampled mid-answer
     # is a real token, and an end token equal to the pad id is still the end (Llama-3: pad = eos).
     keep = (is_end.long().cumsum(-1) - is_end.long()) == 0
+    if stop_at_capture and capture is not None:  # a row stopped at its marker: nothing after it counts
+        marker = (completion == capture[0]).long()
+        keep &= (marker.cumsum(-1) - marker) == 0
     prompt_mask = enc["attention_mask"].repeat_interleave(num_return_sequences, dim=0)
     completion_ids = torch.where(keep, completion, torch.full_like(completion, tokenizer.pad_token_id))
     texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -229,12 +234,14 @@ def _min_new_tokens(model) -> int:
 
 def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_sample: bool, temperature: float,
             copies: int, ends: torch.Tensor, pad: int, generator: torch.Generator | None = None,
-            capture: tuple[int, list[int]] | None = None, captured: torch.Tensor | None = None) -> torch.Tensor:
+            capture: tuple[int, list[int]] | None = None, captured: torch.Tensor | None = None,
+            stop_at_capture: bool = False) -> torch.Tensor:
     """[B * copies, P + T] prompts and completions (T <= max_new_tokens: it stops when every row has
     ended; rows that ended are padded), the same contract as `generate` of transformers.
 
     Each prompt is prefilled once; its KV cache and last logits are repeated `copies` times. With
-    `capture=(marker, columns)`, `captured` [B * copies, C] is filled in place (see `generate`)."""
+    `capture=(marker, columns)`, `captured` [B * copies, C] is filled in place (see `generate`);
+    `stop_at_capture` ends a row there."""
     ids, mask = enc["input_ids"], enc["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
@@ -257,6 +264,10 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
             hit = (tokens[:, t - 1] == capture[0]) & captured[:, 0].isnan()
             if bool(hit.any()):
                 captured[hit] = logits[hit].log_softmax(-1)[:, capture[1]]
+                if stop_at_capture:
+                    done |= hit
+                    if bool(done.all()):
+                        break
         if t < min_new:
             logits[:, ends] = float("-inf")
         if do_sample:

@@ -8,7 +8,8 @@ With `score_from="probabilities"` (the `toy_steps` template, or `game.judge.scor
 expected score under the judge's distribution over the digits 0-7 right after `<Score>` (as G-Eval
 reads a judge), a graded score instead of a rounded one. Where `<Score>` is one token (the toy
 vocabulary) the digits' log-probs come from the logits greedy decoding computes anyway
-(`generate(capture=...)`); otherwise from one more forward pass over prompt + reply up to
+(`generate(capture=...)`), and the reply stops there (`stop_at_capture`: the digit, `</Score>` and
+the end token are not generated); otherwise from one more forward pass over prompt + reply up to
 `<Score>`. A reply without `<Score>` falls back to its text (the calculation, else the fallback
 score), as in the text mode.
 """
@@ -92,7 +93,8 @@ class SelfQualityJudge:
         with self.reference.model() as ref:
             rollout = generate(ref, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
-                               capture=(self.tag_id, self.digit_ids) if self.tag_id is not None else None)
+                               capture=(self.tag_id, self.digit_ids) if self.tag_id is not None else None,
+                               stop_at_capture=self.tag_id is not None)
             captured = getattr(rollout, "captured", None)  # absent from a stand-in generate (tests)
             expected = self.expected_scores(ref, prompts, rollout.texts, captured) if self.digit_ids else {}
         judgements = [parse_judgement(text) for text in rollout.texts]
