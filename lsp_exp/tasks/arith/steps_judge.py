@@ -15,14 +15,16 @@ criteria, in the paper's order (1-2 the query, 3-7 the answer):
 7. liked:    relevant, sound and complete.
 
 The judge's reply: for each written step, the result as it re-computes it, the written result and
-whether they agree, then the score, e.g. ``02:02y,32:32y <Score>7</Score>`` (a first version wrote
-only its own results: it re-computed them right 58 times in 60 but then did not compare them with
-the written ones, AUC .55 on slips); ``none`` when there are no steps to check. The score is read from the probabilities of the digits after ``<Score>``
+whether they agree, then the score, e.g. ``02:02y,32:32y <Score>7</Score>``; ``none`` when there are
+no steps to check. (Judges that wrote only their own results did not compare them with the written
+ones, AUC .55 on slips; one that re-wrote each step's operation before its result copied more
+written results, not fewer: experiments/toy_judge/README.md.) The score is read from the probabilities of the digits after ``<Score>``
 (`game.judge.score_from=probabilities`, lsp_exp/judge/self_quality.py).
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.tasks.arith import derivation
@@ -76,26 +78,46 @@ def judge_reply(query: str, answer: str, world: WorldConfig) -> str:
     return f"{check} <Score>{sum(grade(query, answer, world))}</Score>"
 
 
-def near_miss(rng: random.Random):
-    """A `write` that gets one step (drawn at its first call) wrong by a small amount."""
+SLIP_SIZES = (1, 1, 2, 10)  # how far a slip is off, drawn uniformly (the labelled set's, the reward model's)
+
+
+@dataclass(frozen=True)
+class AnswerMix:
+    """Shares of clean, dropped-sign and slipped answers in `solver_like_answer` (the rest, 10%,
+    incomplete or out of place) and the sizes of its slips."""
+    clean: float = 0.45
+    signs: float = 0.2
+    slip: float = 0.25
+    slip_sizes: tuple[int, ...] = SLIP_SIZES
+
+
+REWARD_MODEL_MIX = AnswerMix()
+# The judge stage's: 40% slips, more of them in the tens digit. A judge trained on 25% slips of
+# sizes (1, 1, 2, 10) caught .80 of them; the ones it missed were mostly tens-digit slips, where
+# it wrote the written result as its own.
+JUDGE_MIX = AnswerMix(clean=0.35, signs=0.15, slip=0.4, slip_sizes=(1, 2, 10, 10))
+
+
+def near_miss(rng: random.Random, sizes: tuple[int, ...] = SLIP_SIZES):
+    """A `write` that gets one step (drawn at its first call) wrong by a small amount (one of `sizes`)."""
     state = {}
 
     def write(i, value):
         if "step" not in state:
             state["step"] = i if rng.random() < 0.5 else i + 1
-        return value + rng.choice([-1, 1]) * rng.choice([1, 1, 2, 10]) if i == state["step"] else value
+        return value + rng.choice([-1, 1]) * rng.choice(sizes) if i == state["step"] else value
     return write
 
 
-def _slipped(problem: Problem, plan, rng: random.Random) -> str:
+def _slipped(problem: Problem, plan, rng: random.Random, sizes: tuple[int, ...] = SLIP_SIZES) -> str:
     nums, _ = derivation.terms(problem.text)
-    steps = derivation.carry_out(plan, nums, near_miss(rng))
+    steps = derivation.carry_out(plan, nums, near_miss(rng, sizes))
     if all(s.right for s in steps):  # the drawn step was past the last one: slip the last
         steps = derivation.carry_out(plan, nums, lambda i, v: v + 1 if i == len(plan) - 1 else v)
     return write_steps(steps)
 
 
-def solver_like_answer(rng: random.Random, query: str, world: WorldConfig) -> str:
+def solver_like_answer(rng: random.Random, query: str, world: WorldConfig, mix: AnswerMix = REWARD_MODEL_MIX) -> str:
     """A Solver-like worked answer to `query`. The order (right, or the teacher's wrong one where the
     class has one, half and half) is drawn independently of the arithmetic (clean, dropped signs,
     a slip in one step), so nothing but the arithmetic tells a judge trained on these what to grade:
@@ -110,16 +132,16 @@ def solver_like_answer(rng: random.Random, query: str, world: WorldConfig) -> st
     plan = flawed if flawed is not None and rng.random() < 0.5 else derivation.right_plan(problem)
     nums, _ = derivation.terms(problem.text)
     pick = rng.random()
-    if pick < 0.45:
+    if pick < mix.clean:
         return write_steps(derivation.carry_out(plan, nums))
-    if pick < 0.65:
+    if pick < mix.clean + mix.signs:
         return write_steps(derivation.carry_out(plan, nums, derivation.dropped_signs(lambda: rng.random() < 0.7)))
-    if pick < 0.9:
-        return _slipped(problem, plan, rng)
+    if pick < mix.clean + mix.signs + mix.slip:
+        return _slipped(problem, plan, rng, mix.slip_sizes)
     steps = derivation.carry_out(plan, nums)
     if pick < 0.95 and len(steps) > 1:
         return write_steps(steps[:-1])  # incomplete
-    return write_steps(steps[::-1]) if len(steps) > 1 else _slipped(problem, plan, rng)  # steps out of place
+    return write_steps(steps[::-1]) if len(steps) > 1 else _slipped(problem, plan, rng, mix.slip_sizes)  # out of place
 
 
 def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> tuple[str, str]:
@@ -127,7 +149,7 @@ def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> 
     from lsp_exp.tasks.arith.judge_data import sample_query  # noqa: PLC0415 (judge_data dispatches here)
 
     query = sample_query(rng, world, exclude)
-    answer = solver_like_answer(rng, query, world)
+    answer = solver_like_answer(rng, query, world, JUDGE_MIX)
     return TEMPLATES["toy"].render(query, answer), judge_reply(query, answer, world)
 
 
