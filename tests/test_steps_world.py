@@ -11,7 +11,9 @@ from lsp_exp.tasks.arith import derivation, steps_judge
 from lsp_exp.tasks.arith.answers import answer_value, heldout_slices, is_flawed, reference_answer, teacher_text
 from lsp_exp.tasks.arith.build import SHIPPED_DIR, world_key
 from lsp_exp.tasks.arith.data import make_splits
-from lsp_exp.tasks.arith.steps import Step, decode_result, encode_result, final_value, parse_steps, write_steps
+from lsp_exp.tasks.arith.steps import (
+    Step, decode_result, encode_result, final_value, parse_steps, step_value, write_steps,
+)
 from lsp_exp.tasks.arith.task import ArithTask
 from lsp_exp.tasks.arith.world import WorldConfig, parse_problem, sample_problem
 
@@ -128,6 +130,32 @@ def test_rubric_criteria_by_hand(query, answer, criteria):
 def test_judge_reply_recomputes_each_written_step():
     assert steps_judge.judge_reply("3-7+2", "3-7=4,4+2=6", STEPS) == "-4:4n,6:6y <Score>5</Score>"
     assert steps_judge.judge_reply("3+4*5", "oops", STEPS) == "none <Score>2</Score>"
+
+
+def _slip_sizes(mix: steps_judge.AnswerMix, n: int) -> list[int]:
+    """How far off the wrong step of each slipped answer is (a slip: the one wrong step is off by a
+    slip size and is not a dropped sign)."""
+    rng, sizes = random.Random(1), []
+    for _ in range(n):
+        problem = sample_problem(rng, STEPS)
+        steps = parse_steps(steps_judge.solver_like_answer(rng, problem.text, STEPS, mix))
+        wrong = [s for s in (steps or []) if not s.right]
+        if len(wrong) == 1:
+            off = abs(wrong[0].result - step_value(wrong[0].x, wrong[0].op, wrong[0].y))
+            if wrong[0].result != -step_value(wrong[0].x, wrong[0].op, wrong[0].y) and off in (1, 2, 10):
+                sizes.append(off)
+    return sizes
+
+
+def test_the_judge_stage_sees_more_slips_and_more_in_the_tens_digit_than_the_reward_model():
+    n = 4000
+    judge, rm = _slip_sizes(steps_judge.JUDGE_MIX, n), _slip_sizes(steps_judge.REWARD_MODEL_MIX, n)
+    # slips: 40% (judge) and 25% (reward model) of the 90% of answers drawn from the problem, plus
+    # the one-step answers "out of place" falls back to a slip for
+    assert 0.9 * 0.4 <= len(judge) / n < 0.42 and 0.9 * 0.25 <= len(rm) / n < 0.28
+    # tens-digit slips: half and a quarter of the drawn sizes, less the +1 fallback (the drawn step past the last)
+    tens_judge, tens_rm = judge.count(10) / len(judge), rm.count(10) / len(rm)
+    assert 0.38 < tens_judge <= 0.5 and 0.15 < tens_rm <= 0.25 and tens_judge > 2 * tens_rm
 
 
 def test_judge_examples_and_labelled_pairs_agree_with_the_rubric_and_the_verifier():

@@ -18,8 +18,9 @@ The judge's reply: for each written step, the result as it re-computes it, the w
 whether they agree, then the score, e.g. ``02:02y,32:32y <Score>7</Score>``; ``none`` when there are
 no steps to check. (Judges that wrote only their own results did not compare them with the written
 ones, AUC .55 on slips; one that re-wrote each step's operation before its result copied more
-written results, not fewer: experiments/toy_judge/README.md.) The score is read from the probabilities of the digits after ``<Score>``
-(`game.judge.score_from=probabilities`, lsp_exp/judge/self_quality.py).
+written results, not fewer: experiments/toy_judge/README.md.) The score is read from the
+probabilities of the digits after ``<Score>`` (`game.judge.score_from=probabilities`,
+lsp_exp/judge/self_quality.py).
 """
 from __future__ import annotations
 
