@@ -65,6 +65,7 @@ def test_reward_metrics_and_degenerate_metrics_by_hand():
         "train/reward/verifier": 0.75, "train/reward/rm": 0.25, "train/challenger/reward": 1.25,
         "train/judge/score": 3.0, "train/judge/parse_fail_frac": 0.25, "train/judge/unscored_frac": 0.25,
         "train/judge/query_points": 1.0,          # the mean of the parsed ones
+        "train/judge/distinct_frac": 1.0,         # every pair was generated for (`judged` not set)
         "train/solver/total_reward": 4.5,         # the valid query's mean total reward
         "train/solver/true_accuracy": 0.5,        # over the pairs the verifier grades
         "train/query_valid_frac": 0.5})           # graded by the verifier and finished
