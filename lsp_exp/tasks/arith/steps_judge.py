@@ -84,8 +84,8 @@ SLIP_SIZES = (1, 1, 2, 10)  # how far a slip is off, drawn uniformly (the labell
 
 @dataclass(frozen=True)
 class AnswerMix:
-    """Shares of clean, dropped-sign and slipped answers in `solver_like_answer` (the rest, 10%,
-    incomplete or out of place) and the sizes of its slips."""
+    """Shares of clean, dropped-sign and slipped answers in `solver_like_answer` (the rest, half
+    incomplete and half out of place) and the sizes of its slips."""
     clean: float = 0.45
     signs: float = 0.2
     slip: float = 0.25
@@ -140,7 +140,7 @@ def solver_like_answer(rng: random.Random, query: str, world: WorldConfig, mix: 
     if pick < mix.clean + mix.signs + mix.slip:
         return _slipped(problem, plan, rng, mix.slip_sizes)
     steps = derivation.carry_out(plan, nums)
-    if pick < 0.95 and len(steps) > 1:
+    if pick < (1 + mix.clean + mix.signs + mix.slip) / 2 and len(steps) > 1:
         return write_steps(steps[:-1])  # incomplete
     return write_steps(steps[::-1]) if len(steps) > 1 else _slipped(problem, plan, rng, mix.slip_sizes)  # out of place
 
