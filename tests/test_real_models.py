@@ -98,6 +98,24 @@ def test_masks_keep_exactly_the_tokens_up_to_the_first_end_token(style, tmp_path
     assert out.texts[1] == "" and out.texts[0] == "The fox"
 
 
+def test_a_row_stopped_at_the_capture_marker_keeps_nothing_after_it_with_pad_equal_to_eos(tmp_path):
+    """The judge stops a row at `<Score>` (`stop_at_capture`): with Llama-3's pad = eos the padding
+    after the stop is an end id, yet the row did not end and nothing after the marker counts."""
+    model, tokenizer = loaded("llama3", tmp_path)
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    a, b, marker = words(tokenizer, "The", " fox", " dog")
+    eos = tokenizer.eos_token_id
+    handle = scripted(model, [[a, marker, b, eos], [a, b, eos]])
+    columns = list(words(tokenizer, "The", " fox"))
+    out = generate(model, tokenizer, chat_prompts(tokenizer, ["Hello", "Hi"]), max_new_tokens=6, do_sample=False,
+                   capture=(marker, columns), stop_at_capture=True)
+    handle.remove()
+    kept = [out.input_ids[r][out.completion_mask[r].bool()].tolist() for r in range(2)]
+    assert kept == [[a, marker], [a, b, eos]]
+    assert out.finished.tolist() == [False, True]
+    assert not out.captured[0].isnan().any() and out.captured[1].isnan().all()
+
+
 def test_generation_stops_at_any_end_id(tmp_path):
     model, tokenizer = loaded("llama3", tmp_path)
     end_of_text = tokenizer.convert_tokens_to_ids("<|end_of_text|>")

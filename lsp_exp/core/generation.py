@@ -191,7 +191,7 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
         attention_mask=torch.cat([prompt_mask, keep.long()], dim=1),
         completion_mask=torch.cat([torch.zeros_like(prompt_mask), keep.long()], dim=1),
         texts=texts,
-        finished=is_end.any(-1),
+        finished=(is_end & keep).any(-1),  # a row stopped at its marker did not end (pad may be an end id)
         temperature=float(temperature) if do_sample else 1.0,
         prompt_length=prompt_len,
         captured=captured.clone() if captured is not None else None,
