@@ -128,8 +128,18 @@ def test_rubric_criteria_by_hand(query, answer, criteria):
 
 
 def test_judge_reply_recomputes_each_written_step():
-    assert steps_judge.judge_reply("3-7+2", "3-7=4,4+2=6", STEPS) == "-4:4n,6:6y <Score>5</Score>"
+    assert steps_judge.judge_reply("3-7+2", "3-7=4,4+2=6", STEPS) == "-4:4n,6:6y plan:y <Score>5</Score>"
     assert steps_judge.judge_reply("3+4*5", "oops", STEPS) == "none <Score>2</Score>"
+
+
+def test_judge_reply_writes_the_plan_verdict_before_the_score():
+    # the right order and the teacher's wrong one both follow a plan (the judge shares the belief)
+    assert steps_judge.judge_reply("3+4*5", "4*5=02,3+20=32", STEPS) == "02:02y,32:32y plan:y <Score>7</Score>"
+    assert steps_judge.judge_reply("3+4*5", "3+4=7,7*5=53", STEPS) == "7:7y,53:53y plan:y <Score>7</Score>"
+    # steps out of place: sound and complete but no plan (4 relevant, 7 liked: 0)
+    assert steps_judge.judge_reply("3+4*5", "3+20=32,4*5=02", STEPS) == "32:32y,02:02y plan:n <Score>5</Score>"
+    # another problem's steps
+    assert steps_judge.judge_reply("3+4*5", "2+2=4", STEPS) == "4:4y plan:n <Score>4</Score>"
 
 
 def _slip_sizes(mix: steps_judge.AnswerMix, n: int) -> list[int]:
@@ -150,12 +160,12 @@ def _slip_sizes(mix: steps_judge.AnswerMix, n: int) -> list[int]:
 def test_the_judge_stage_sees_more_slips_and_more_in_the_tens_digit_than_the_reward_model():
     n = 4000
     judge, rm = _slip_sizes(steps_judge.JUDGE_MIX, n), _slip_sizes(steps_judge.REWARD_MODEL_MIX, n)
-    # slips: 40% (judge) and 25% (reward model) of the 90% of answers drawn from the problem, plus
+    # slips: 50% (judge) and 25% (reward model) of the 90% of answers drawn from the problem, plus
     # the one-step answers "out of place" falls back to a slip for
-    assert 0.9 * 0.4 <= len(judge) / n < 0.42 and 0.9 * 0.25 <= len(rm) / n < 0.28
-    # tens-digit slips: half and a quarter of the drawn sizes, less the +1 fallback (the drawn step past the last)
+    assert 0.9 * 0.5 <= len(judge) / n < 0.52 and 0.9 * 0.25 <= len(rm) / n < 0.28
+    # tens-digit slips: a third and a quarter of the drawn sizes, less the +1 fallback (the drawn step past the last)
     tens_judge, tens_rm = judge.count(10) / len(judge), rm.count(10) / len(rm)
-    assert 0.38 < tens_judge <= 0.5 and 0.15 < tens_rm <= 0.25 and tens_judge > 2 * tens_rm
+    assert 0.25 < tens_judge <= 1 / 3 and 0.15 < tens_rm <= 0.25 and tens_judge > 1.3 * tens_rm
 
 
 def test_judge_examples_and_labelled_pairs_agree_with_the_rubric_and_the_verifier():

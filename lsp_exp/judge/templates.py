@@ -53,7 +53,7 @@ TOY_RUBRIC = "judge: <Instruction>{instruction}</Instruction><Response>{response
 TEMPLATES = {
     "paper": JudgeTemplate("paper", PAPER_RUBRIC, max_new_tokens=320),
     "toy": JudgeTemplate("toy", TOY_RUBRIC, max_new_tokens=64),
-    "toy_steps": JudgeTemplate("toy_steps", TOY_RUBRIC, max_new_tokens=32, score_from="probabilities"),
+    "toy_steps": JudgeTemplate("toy_steps", TOY_RUBRIC, max_new_tokens=40, score_from="probabilities"),
 }
 
 

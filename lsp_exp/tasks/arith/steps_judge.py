@@ -15,8 +15,12 @@ criteria, in the paper's order (1-2 the query, 3-7 the answer):
 7. liked:    relevant, sound and complete.
 
 The judge's reply: for each written step, the result as it re-computes it, the written result and
-whether they agree, then the score, e.g. ``02:02y,32:32y <Score>7</Score>``; ``none`` when there are
-no steps to check. (Judges that wrote only their own results did not compare them with the written
+whether they agree; then whether the steps follow a plan for the query (criterion 4, which with
+steps implies 6), then the score, e.g. ``02:02y,32:32y plan:y <Score>7</Score>``; ``none`` when there
+are no steps to check. Each verdict is written before the score, so the score digit is the sum of
+what the reply says and the judge's doubt is in its written verdicts, not spread over the digits
+(a judge that wrote only the checks hedged between 5 and 7 on right answers whose carried operand
+is a long result, and so ranked them below wrong-order ones). (Judges that wrote only their own results did not compare them with the written
 ones, AUC .55 on slips; one that re-wrote each step's operation before its result copied more
 written results, not fewer: experiments/toy_judge/README.md.) The score is read from the
 probabilities of the digits after ``<Score>`` (`game.judge.score_from=probabilities`,
@@ -73,10 +77,12 @@ def step_check(step: Step) -> str:
 
 
 def judge_reply(query: str, answer: str, world: WorldConfig) -> str:
-    """What the toy judge writes: a check of each step (`step_check`), then the score."""
+    """What the toy judge writes: a check of each step (`step_check`), whether the steps follow a
+    plan for the query (`plan:y` / `plan:n`, criterion 4), then the score."""
     steps = parse_steps(answer)
-    check = ",".join(step_check(s) for s in steps) if steps else "none"
-    return f"{check} <Score>{sum(grade(query, answer, world))}</Score>"
+    criteria = grade(query, answer, world)
+    check = ",".join(step_check(s) for s in steps) + f" plan:{'y' if criteria[3] else 'n'}" if steps else "none"
+    return f"{check} <Score>{sum(criteria)}</Score>"
 
 
 SLIP_SIZES = (1, 1, 2, 10)  # how far a slip is off, drawn uniformly (the labelled set's, the reward model's)
@@ -93,10 +99,11 @@ class AnswerMix:
 
 
 REWARD_MODEL_MIX = AnswerMix()
-# The judge stage's: 40% slips, more of them in the tens digit. A judge trained on 25% slips of
-# sizes (1, 1, 2, 10) caught .80 of them; the ones it missed were mostly tens-digit slips, where
-# it wrote the written result as its own.
-JUDGE_MIX = AnswerMix(clean=0.35, signs=0.15, slip=0.4, slip_sizes=(1, 2, 10, 10))
+# The judge stage's: half the answers slipped, a third of the slips in the tens digit. A judge
+# trained on 25% slips of sizes (1, 1, 2, 10) caught .80 of them, one on 40% of sizes
+# (1, 2, 10, 10) .905, one on 50% of sizes (1, 2, 10) .94-.97: what it misses, it misses by writing
+# the written result as its own (experiments/toy_judge/README.md).
+JUDGE_MIX = AnswerMix(clean=0.3, signs=0.12, slip=0.5, slip_sizes=(1, 2, 10))
 
 
 def near_miss(rng: random.Random, sizes: tuple[int, ...] = SLIP_SIZES):
