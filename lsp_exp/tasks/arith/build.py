@@ -23,7 +23,7 @@ from lsp_exp.tasks.arith.world import WorldConfig
 
 FORMAT_VERSION = 1  # bump when the tokenizer, the chat format or the SFT code changes
 JUDGE_FORMAT_VERSION = 2  # bump when the judge template, the toy rubric or the judge data change (first world)
-STEPS_JUDGE_VERSION = 7   # the same for the worked-steps judge (steps_judge.py); keys of that world only
+STEPS_JUDGE_VERSION = 7   # the same for the worked-steps judge (steps_judge.py; 5 and 6 were tried, not shipped)
 SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_world"
 
 
