@@ -18,13 +18,15 @@ The judge's reply: for each written step, the result as it re-computes it, the w
 whether they agree; then whether the steps follow a plan for the query (criterion 4, which with
 steps implies 6), then the score, e.g. ``02:02y,32:32y plan:y <Score>7</Score>``; ``none`` when there
 are no steps to check. Each verdict is written before the score, so the score digit is the sum of
-what the reply says and the judge's doubt is in its written verdicts, not spread over the digits
-(a judge that wrote only the checks hedged between 5 and 7 on right answers whose carried operand
-is a long result, and so ranked them below wrong-order ones). (Judges that wrote only their own results did not compare them with the written
-ones, AUC .55 on slips; one that re-wrote each step's operation before its result copied more
-written results, not fewer: experiments/toy_judge/README.md.) The score is read from the
-probabilities of the digits after ``<Score>`` (`game.judge.score_from=probabilities`,
-lsp_exp/judge/self_quality.py).
+what the reply says and the judge's doubt is in its written verdicts, not spread over the digits.
+The score is read from the probabilities of the digits after ``<Score>``
+(`game.judge.score_from=probabilities`, lsp_exp/judge/self_quality.py).
+
+Replies tried and not kept (experiments/toy_judge/README.md): only the checks, without the plan
+verdict (the score hedged between 5 and 7 on right answers whose carried operand is a long result,
+ranking them below wrong-order ones); only the judge's own results (it did not compare them with
+the written ones: AUC .55 on slips); each step's operation re-written before its result (it copied
+more written results, not fewer).
 """
 from __future__ import annotations
 
@@ -81,8 +83,10 @@ def judge_reply(query: str, answer: str, world: WorldConfig) -> str:
     plan for the query (`plan:y` / `plan:n`, criterion 4), then the score."""
     steps = parse_steps(answer)
     criteria = grade(query, answer, world)
-    check = ",".join(step_check(s) for s in steps) + f" plan:{'y' if criteria[3] else 'n'}" if steps else "none"
-    return f"{check} <Score>{sum(criteria)}</Score>"
+    if not steps:
+        return f"none <Score>{sum(criteria)}</Score>"
+    relevant = "y" if criteria[CRITERIA.index("relevant")] else "n"
+    return f"{','.join(step_check(s) for s in steps)} plan:{relevant} <Score>{sum(criteria)}</Score>"
 
 
 SLIP_SIZES = (1, 1, 2, 10)  # how far a slip is off, drawn uniformly (the labelled set's, the reward model's)
