@@ -58,12 +58,13 @@ def test_every_game_runs_on_the_device(shared_outputs, steps, game, lora, precis
 
 
 def test_a_llama3_style_model_in_bf16_plays_lsp_with_a_reward_model(tmp_path, steps):
-    """Real conventions on the device: pad = eos, two end ids, bf16 weights, a raw reward model."""
+    """Real conventions on the device: pad = eos, two end ids, bf16 compute over float32 master weights,
+    a raw reward model."""
     path = save_tiny_model(tmp_path / "llama3", "llama3", chat_trained=True)
     reward = save_tiny_reward_model(tmp_path / "rm", "llama3")
     train(compose_config("train", [
         *ON_DEVICE, "task=prompts", f"model.path={path}", "model.name=llama3", "model.dtype=bfloat16",
-        "trainer.precision=bf16-true" if DEVICE == "cuda" else "trainer.precision=32-true",
+        "trainer.precision=bf16-mixed" if DEVICE == "cuda" else "trainer.precision=32-true",
         "reward=reward_model", f"reward.path={reward}", "reward.dtype=bfloat16", "game=lsp",
         "game.n_queries=4", "game.group_size=3", "game.max_query_tokens=16", "game.max_answer_tokens=8",
         "game.judge.max_new_tokens=16", "game.temperature=0.7", "eval.judge_pairs=0", "eval.samples=0",

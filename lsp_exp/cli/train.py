@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
 from lsp_exp.run.run_lock import RunLock, RunLockedError  # noqa: E402
+from lsp_exp.run.saved_state import UnsafeSavedStateError  # noqa: E402
 from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir,  # noqa: E402
                                        continue_run, mark_interrupted, note_died, prepare_resume)
 from lsp_exp.run.launch import check_launch, release_ranks, trainer_strategy  # noqa: E402
@@ -175,9 +176,11 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         lock = RunLock(ckpt_dir)
         lock.acquire()
     checkpoints = StepCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every, run_id, overrides, lock=lock)
+    # precision: the module runs its own autocast (core/precision.py); Lightning's would wrap a whole step,
+    # optimizer steps included, and serve stale weight casts to PPO's later inner epochs.
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=trainer_strategy(cfg.trainer),
-        num_nodes=cfg.trainer.num_nodes, precision=cfg.trainer.precision, max_steps=cfg.trainer.max_steps,
+        num_nodes=cfg.trainer.num_nodes, precision="32-true", max_steps=cfg.trainer.max_steps,
         logger=logger or False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=cfg.trainer.enable_progress_bar,
         callbacks=[checkpoints, *([progress_bar(cfg)] if cfg.trainer.enable_progress_bar else [])],
@@ -224,7 +227,7 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
 
 
 # Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
-CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, RunLockedError, FileNotFoundError, RewardModelError, InitFromError,
+CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, RunLockedError, FileNotFoundError, RewardModelError, InitFromError, UnsafeSavedStateError,
                 TrackingUnreachableError, TrackingLostError, NonFiniteLossError)
 
 

@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
+from lsp_exp.core.precision import check_master_weights
+
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()
@@ -130,14 +132,17 @@ def load_frozen(cfg: DictConfig, path: str):
 
 
 def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
-    """The trainable policy: full fine-tune, or a LoRA adapter over frozen weights.
+    """The trainable policy: full fine-tune, or a LoRA adapter over frozen weights. Trainable weights
+    are float32 whatever `model.dtype` (the compute dtype, core/precision.py): a full fine-tune loads
+    every weight in float32; LoRA keeps the frozen base in `model.dtype` and the adapter in float32.
 
     `adapter`: a LoRA adapter of an earlier run (`init_from`), merged into the weights first, so the
     new run starts from (and is anchored to) what the earlier run ended with."""
     from transformers import AutoModelForCausalLM
 
+    stored = DTYPES[cfg.dtype] if cfg.lora.enabled else torch.float32   # master weights (docs/method.md §16)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline()
+        path, dtype=stored, attn_implementation=cfg.attn_implementation, local_files_only=_offline()
     )
     if adapter is not None:
         from peft import PeftModel
@@ -150,7 +155,8 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
 
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora)   # peft keeps the adapter in float32 over a half-precision base
+    check_master_weights(model)
     return model
 
 
@@ -185,6 +191,12 @@ class Reference:
         if self.frozen is not None:
             self.frozen.to(device)
         return self
+
+    def cast_like_sharded(self, dtype: torch.dtype) -> None:
+        """The frozen copy in `dtype`, the dtype a sharded policy's weights take in its forward (FSDP2's
+        `param_dtype`): both forwards are then the same computation, so the KL at step 0 is 0."""
+        if self.frozen is not None and self.frozen is not self.policy:
+            self.frozen.to(dtype)
 
     @contextmanager
     def model(self):

@@ -25,6 +25,7 @@ from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template
 from lsp_exp.core.models import Reference
 from lsp_exp.core.perf import mfu, peak_flops
+from lsp_exp.core.precision import autocast, compute_dtype
 from lsp_exp.core.sharding import full_state_dict, gathered, is_sharded, shard
 from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import algorithm_spec
@@ -55,6 +56,7 @@ class SelfPlayModule(L.LightningModule):
         self.heldout = heldout
         self.verifier, self.labelled_pairs = verifier, labelled_pairs or []
         self.reference = Reference(policy)
+        self.compute_dtype = compute_dtype(cfg.model.get("dtype", "float32"), cfg.trainer.precision)  # docs/method.md §16
         j = cfg.game.judge
         self.judge = SelfQualityJudge(
             self.reference, tokenizer, get_template(judge_template), max_new_tokens=j.max_new_tokens,
@@ -77,8 +79,13 @@ class SelfPlayModule(L.LightningModule):
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.policy):
-            shard(self.policy, self.trainer.strategy.root_device)
+            shard(self.policy, self.trainer.strategy.root_device, param_dtype=self.compute_dtype)
+            self.reference.cast_like_sharded(self.compute_dtype)
             self.strict_loading = False  # the gathered state dict names a tied weight once (lm_head = embeddings)
+
+    def _autocast(self):
+        """The policy's forwards in the compute dtype (core/precision.py); never around an optimizer step."""
+        return autocast(self.device, self.compute_dtype)
 
     def _gathered_reference(self):
         """The full weights for passes of pi_ref when it is the (sharded) policy with its adapter off."""
@@ -103,7 +110,8 @@ class SelfPlayModule(L.LightningModule):
         if self.labelled_pairs:
             with self._gathered_reference():  # every rank gathers; rank 0 judges
                 if self.trainer.is_global_zero:
-                    metrics = judge_the_judges(self.labelled_pairs, self.reward, self.judge, self.cfg.eval.judge_threshold)
+                    judge = _Autocast(self.judge, self._autocast) if self.judge is not None else None
+                    metrics = judge_the_judges(self.labelled_pairs, self.reward, judge, self.cfg.eval.judge_threshold)
                     log_eval(self.logger, 0, metrics)
                     self.judging = metrics
         self._evaluate(samples=self.cfg.eval.samples)
@@ -149,7 +157,7 @@ class SelfPlayModule(L.LightningModule):
         times: dict[str, float] = defaultdict(float)
         step_start = time.perf_counter()
 
-        with _timed(times, "gen"), gathered(self.policy):
+        with _timed(times, "gen"), gathered(self.policy), self._autocast():
             queries = self.game.queries(self.policy, self.tokenizer)
             answers = generate(self.policy, self.tokenizer, chat_prompts(self.tokenizer, queries.texts),
                                max_new_tokens=cfg.max_answer_tokens, temperature=cfg.temperature,
@@ -163,7 +171,7 @@ class SelfPlayModule(L.LightningModule):
             truth = self.verifier.score(pair_queries, answers.texts) if self.verifier is not None else None
         judged = None
         if self.judge is not None:
-            with _timed(times, "judge"), self._gathered_reference():
+            with _timed(times, "judge"), self._gathered_reference(), self._autocast():
                 judged = self.judge.score(pair_queries, answers.texts)
         # r_sol = R + w R_Q and r_ch = objective(V) + w V_Q, V from the task reward alone (README,
         # "The method"); an invalid query is worth `invalid_query_value` and collects no V_Q.
@@ -174,7 +182,8 @@ class SelfPlayModule(L.LightningModule):
             sol_rewards = solver_rewards(rewards, quality, cfg.self_reward_weight)
             ch_rewards = challenger_rewards(ch_rewards, quality, cfg.self_reward_weight, valid=query_valid)
         micro = self.cfg.trainer.micro_batch_size
-        with _timed(times, "ref"), torch.no_grad(), self._gathered_reference(), self.reference.model() as ref:
+        with _timed(times, "ref"), torch.no_grad(), self._gathered_reference(), self._autocast(), \
+                self.reference.model() as ref:
             roles = [RoleBatch("solver", answers, sol_rewards, query_valid[:, None].expand(n, g),
                                logprobs_in_chunks(ref, answers, micro),
                                self.kl_controllers["solver"].value, cfg.max_answer_tokens)]
@@ -262,11 +271,12 @@ class SelfPlayModule(L.LightningModule):
         every rank skips when one does (the decision is reduced), so none waits for the others."""
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        terms = {b.name: role_backward(b, self.policy, estimator=self.kl_estimator, placement=self.cfg.kl.placement,
-                                       algorithm=self.algorithm, scale=weights[b.name],
-                                       micro_batch_size=self.cfg.trainer.micro_batch_size,
-                                       backward=self.manual_backward)
-                 for b in roles}
+        with self._autocast():  # ends before the step: autocast's cached weight casts would be stale after it
+            terms = {b.name: role_backward(b, self.policy, estimator=self.kl_estimator, placement=self.cfg.kl.placement,
+                                           algorithm=self.algorithm, scale=weights[b.name],
+                                           micro_batch_size=self.cfg.trainer.micro_batch_size,
+                                           backward=self.manual_backward)
+                     for b in roles}
         loss = sum(weights[k] * float(t.total) for k, t in terms.items())
         params = [p for p in self.policy.parameters() if p.requires_grad]
         grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))))
@@ -304,7 +314,7 @@ class SelfPlayModule(L.LightningModule):
     def _evaluate(self, samples: int) -> None:
         if self.heldout is None or not self.heldout.prompts:
             return
-        with gathered(self.policy):  # every rank gathers a sharded policy; rank 0 evaluates, the others go on
+        with gathered(self.policy), self._autocast():  # every rank gathers a sharded policy; rank 0 evaluates
             if not self.trainer.is_global_zero:
                 return
             with heldout_status(len(self.heldout.prompts), samples, self.global_step,  # a line, a bar, the result
@@ -326,6 +336,17 @@ def _all_finite(params) -> bool:
 def _full(value: torch.Tensor) -> torch.Tensor:
     """A norm over sharded parameters (FSDP2: a DTensor) as a plain tensor, the same on every rank."""
     return value.full_tensor() if hasattr(value, "full_tensor") else value
+
+
+class _Autocast:
+    """A scorer (the judge) whose `score` runs under `context()`."""
+
+    def __init__(self, scorer, context):
+        self.scorer, self.context = scorer, context
+
+    def score(self, *args, **kwargs):
+        with self.context():
+            return self.scorer.score(*args, **kwargs)
 
 
 @contextmanager

@@ -36,21 +36,29 @@ def collective_forwards(model) -> bool:
     return is_sharded(model) and not getattr(model, "_lsp_gathered", False)
 
 
-def shard(policy, device: torch.device) -> None:
+def shard(policy, device: torch.device, param_dtype: torch.dtype = torch.float32) -> None:
     """fully_shard each decoder layer (the classes the model lists in `_no_split_modules`, as
-    accelerate's FSDP auto-wrap does), then the whole model (embeddings, head, norms), over all ranks."""
+    accelerate's FSDP auto-wrap does), then the whole model (embeddings, head, norms), over all ranks.
+
+    The shards stay float32 (master weights, docs/method.md §16); with `param_dtype` bfloat16 the
+    gathered weights are bfloat16 in the forward and gradients are reduced in float32. Then one
+    forward through the root module: FSDP2 initialises itself lazily at the first forward, which must
+    be the root's (a first log-prob pass through the decoder alone would fail on every rank)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = set(_no_split_modules(policy))
     if not blocks:
         raise ValueError(f"{type(policy).__name__} lists no `_no_split_modules` (its decoder layer class): "
                          "cannot shard it layer by layer; use trainer=ddp")
     for module in list(policy.modules()):
         if type(module).__name__ in blocks:
-            fully_shard(module, mesh=mesh)
-    fully_shard(policy, mesh=mesh)
+            fully_shard(module, mesh=mesh, mp_policy=mixed)
+    fully_shard(policy, mesh=mesh, mp_policy=mixed)
+    with torch.no_grad():  # the root's first forward (every rank: a collective)
+        policy(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
 
 
 def _no_split_modules(model) -> list[str]:

@@ -7,6 +7,7 @@ from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
+from lsp_exp.core.precision import precision_problem
 from lsp_exp.run.config import RANGES
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,
@@ -14,10 +15,7 @@ from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVE
 from lsp_exp.rl.kl import PLACEMENTS
 
 
-# Lightning's precision flags; MLflow's tracking store schemes (a database scheme may name a driver,
-# e.g. postgresql+psycopg2).
-PRECISIONS = ("32-true", "32", "64-true", "64", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true",
-              "transformer-engine", "transformer-engine-float16")
+# MLflow's tracking store schemes (a database scheme may name a driver, e.g. postgresql+psycopg2).
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
@@ -52,10 +50,10 @@ def validate(cfg: DictConfig) -> None:
         require(algo[key] in registry, f"algorithm.{key}",
                 f"unknown; available: {', '.join(sorted(registry))} (or a `_target_` node with `_partial_: true`)")
     require(algo.clip_low < 1, "algorithm.clip_low", "must be in [0, 1)")  # (>= 0: RANGES)
-    # fp16 autocast needs a gradient scaler; with manual optimization the gradients would be clipped
-    # while still scaled and an overflow skipped here instead of lowering the scale: refused.
-    require(str(cfg.trainer.precision) not in ("16-mixed", "16"), "trainer.precision",
-            "fp16 mixed precision (a gradient scaler) is not supported; use bf16-mixed (or 32-true on GPUs without bf16)")
+    # Precisions that would round updates away or need a gradient scaler (docs/method.md §16): refused.
+    problem = precision_problem(cfg.model.get("dtype", "float32"), cfg.trainer.precision)
+    if problem is not None:
+        require(False, *problem)
     require(kl.controller in KL_CONTROLLERS, "kl.controller", f"unknown; available: {', '.join(sorted(KL_CONTROLLERS))}")
     require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
             "must be two numbers in [0, 1)")
@@ -63,7 +61,6 @@ def validate(cfg: DictConfig) -> None:
     require(devices in ("auto", -1) or (isinstance(devices, int) and devices >= 1) or
             (not isinstance(devices, (int, str)) and len(devices) >= 1), "trainer.devices",
             "must be at least 1, a list of device indices, -1 or 'auto'")
-    require(str(cfg.trainer.precision) in PRECISIONS, "trainer.precision", f"unknown; available: {', '.join(PRECISIONS)}")
     if cfg.logger.name != "none":
         uri = cfg.logger.tracking_uri
         scheme = urlparse(uri).scheme.split("+")[0] if uri else ""
