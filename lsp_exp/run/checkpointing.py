@@ -9,7 +9,8 @@ from `StepCheckpoint` below, under `"lsp"`:
   rank plays its own games from its own stream; Lightning does not save them);
 - `run_id`: the MLflow run, so `lsp-train resume=...` continues it;
 - `overrides`: the run's Hydra command-line overrides, so `lsp-train resume=<...>` recomposes the
-  same config (later overrides, e.g. `trainer.max_steps=...`, win).
+  same config (later overrides, e.g. `trainer.max_steps=...`, win); they are data, never code: a
+  `_target_` off the project's allowlist or a `hydra.` key is refused (`saved_state.py`).
 
 Files: `<trainer.checkpoint_dir or <outputs>/checkpoints/<run id>>/step_<step>.ckpt`. A checkpoint is
 written next to its final place (`.tmp`), checked (a complete archive), then renamed into place;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 import re
 import signal
@@ -37,6 +37,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
+
+from lsp_exp.run.saved_state import (UnsafeSavedStateError, check_config_targets, check_saved_overrides, inside,
+                                     targets_named)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +69,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's contents, loaded without running any code (`weights_only=True`)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        reason = " ".join(str(err).split())[:300]
+    except Exception as err:  # noqa: BLE001 (any bytes: a text file is a KeyError in torch's legacy reader)
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): {reason}") from None
 
 
@@ -242,10 +245,12 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, tracking_uri: str | None = None) -> Path:
+def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, tracking_uri: str | None = None,
+                   trust_tag: bool = False) -> Path:
     """The checkpoint file `spec` names: a file, a directory of `step_*.ckpt`, or an MLflow run id
     (its checkpoints under `trainer.checkpoint_dir` when set, else `<outputs>/checkpoints/<run id>`,
-    else where the run's `checkpoint_dir` tag says)."""
+    else where the run's `checkpoint_dir` tag says: anyone who can write to the store can set that
+    tag, so a folder outside `outputs` is used only with `trust_tag`, `trust_checkpoint_dir_tag=true`)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -267,7 +272,14 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
                     tried.append(Path(tagged))
             except Exception as err:  # MLflow raises its own types for an unknown run
                 log.debug("resume: no run %s in %s (%s)", spec, tracking_uri, err)
-        for directory in tried:
+        for n, directory in enumerate(tried):
+            if n > 0 and not trust_tag and not inside(directory, Path(outputs)):
+                if latest_checkpoint(directory) is None:
+                    continue
+                raise ResumeError(f"resume={spec!r}: the run's `checkpoint_dir` tag names {directory}, outside this "
+                                  f"run's outputs ({outputs}); a tag anyone who can write to the tracking store can "
+                                  f"set, so it is not followed: give trust_checkpoint_dir_tag=true (or "
+                                  f"trainer.checkpoint_dir={directory}) to resume from it")
             if (found := latest_checkpoint(directory)) is not None:
                 return found
         raise ResumeError(f"resume={spec!r}: no checkpoint of that MLflow run in {' or '.join(map(str, tried))} "
@@ -278,10 +290,21 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """The `"lsp"` entry of a checkpoint (run id, overrides, world size) and its step."""
     ckpt = load_checkpoint(path)
-    meta = dict(ckpt.get("lsp", {}))
+    missing = [k for k in ("pytorch-lightning_version", "state_dict", "lsp") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing or not isinstance(ckpt["lsp"], dict):
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of lsp-train (a {type(ckpt).__name__} without "
+                              f"{', '.join(missing) or 'a dict under lsp'})")
+    meta = dict(ckpt["lsp"])
     meta.pop("rng", None)
     meta["step"] = ckpt.get("global_step", 0)
     return meta
+
+
+def _step(meta: dict[str, Any], path: Path) -> int:
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"checkpoint {path}: its global_step is {step!r}, not a step count")
+    return step
 
 
 def job_overrides() -> list[str] | None:
@@ -335,15 +358,24 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
     if not cfg.get("resume"):
         return cfg, None, without_resume(current or [])
     uri = cfg.logger.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI")
-    path = resolve_resume(str(cfg.resume), cfg.paths.outputs, cfg.trainer.get("checkpoint_dir"), uri)
+    path = resolve_resume(str(cfg.resume), cfg.paths.outputs, cfg.trainer.get("checkpoint_dir"), uri,
+                          trust_tag=bool(cfg.get("trust_checkpoint_dir_tag")))
     meta = checkpoint_meta(path)
-    overrides = merge_overrides(meta.get("overrides") or [], current or [])
-    if current is not None and meta.get("overrides") is not None:
+    saved = meta.get("overrides")
+    where = f"resume={str(cfg.resume)!r} ({path})"
+    if saved is not None and not isinstance(saved, (list, tuple)):
+        raise UnsafeSavedStateError(f"{where}: the checkpoint's saved overrides are a {type(saved).__name__}, not a "
+                                    "list of override strings; refused")
+    if current is not None and saved is not None:  # saved state is data, never code (run/saved_state.py)
+        check_saved_overrides(list(saved), current, where)
+    overrides = merge_overrides(list(saved or []), current or [])
+    if current is not None and saved is not None:
         from hydra import compose
         from hydra.core.hydra_config import HydraConfig
 
         cfg = compose(config_name=HydraConfig.get().job.config_name, overrides=[*overrides, f"resume={path}"])
-    return cfg, Resume(path, meta.get("run_id"), int(meta["step"])), overrides
+        check_config_targets(cfg, targets_named(current), where)
+    return cfg, Resume(path, meta.get("run_id"), _step(meta, path)), overrides
 
 
 def without_resume(overrides: list[str]) -> list[str]:

@@ -152,6 +152,7 @@ class TrainSchema:
     experiment: Optional[str] = None
     init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<expr>
     resume: Optional[str] = None        # continue a run exactly: a checkpoint file or directory, or an MLflow run id
+    trust_checkpoint_dir_tag: bool = False  # resume=<run id>: follow its `checkpoint_dir` tag outside paths.outputs
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm)
     optimized_metric: str = "eval/accuracy"  # what lsp-train returns to a sweeper (hparams_search): eval/<key>, train/..., perf/...
 
