@@ -116,6 +116,7 @@ def interrupts_during_startup():
 
 
 def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    requeued = cfg.get("resume") == "auto"  # a requeued job waits out its predecessor's last heartbeat (run_lock.py)
     cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
     validate(cfg)
     check_launch(cfg)  # how the ranks start (DDP in a multirun; FSDP refused)
@@ -162,7 +163,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     lock, stale = None, None
     if rank_zero_only.rank == 0 and resume is not None:  # one process per run: before the run is touched
         lock = RunLock(resume.path.parent)
-        stale = lock.acquire()
+        stale = lock.acquire(wait_s=lock.stale_s if requeued else 0.0)
     logger = build_logger(cfg) if rank_zero_only.rank == 0 else None  # only rank 0 touches the store
     if resume is None:
         log_run_start(logger, cfg)
@@ -174,7 +175,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     ckpt_dir = checkpoint_dir(cfg, logger)
     if rank_zero_only.rank == 0 and lock is None:
         lock = RunLock(ckpt_dir)
-        lock.acquire()
+        lock.acquire(wait_s=lock.stale_s if requeued else 0.0)
     checkpoints = StepCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every, run_id, overrides, lock=lock)
     # precision: the module runs its own autocast (core/precision.py); Lightning's would wrap a whole step,
     # optimizer steps included, and serve stale weight casts to PPO's later inner epochs.
