@@ -13,10 +13,11 @@ from `StepCheckpoint` below, under `"lsp"`:
   `_target_` off the project's allowlist or a `hydra.` key is refused (`saved_state.py`).
 
 Files: `<trainer.checkpoint_dir or <outputs>/checkpoints/<run id>>/step_<step>.ckpt`. A checkpoint is
-written next to its final place (`.tmp`), checked (a complete archive), then renamed into place;
-only then are older ones removed, so the last good checkpoint is never lost. `resume=` takes a
-checkpoint file, a directory of them, or an MLflow run id; in a directory (or a run's) the newest
-*readable* checkpoint is used. Checkpoints are loaded with `weights_only=True`: loading one runs no
+written next to its final place (`.tmp`), checked (a complete archive), forced to disk (`fsync`),
+then renamed into place and its folder forced to disk; only then are older ones removed, so the
+last good checkpoint is never lost, not even to a crash of the node. `resume=` takes a checkpoint
+file, a directory of them, or an MLflow run id; in a directory (or a run's) the newest *readable*
+checkpoint is used. Checkpoints are loaded with `weights_only=True`: loading one runs no
 code, whoever wrote it.
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from lsp_exp.run.durable import fsync_dir, fsync_file
 from lsp_exp.run.saved_state import (UnsafeSavedStateError, check_config_targets, check_saved_overrides, inside,
                                      targets_named)
 
@@ -159,7 +161,9 @@ class StepCheckpoint(Callback):
                     raise CheckpointError(f"could not write checkpoint {path}: {tmp} is missing or incomplete (a full "
                                           f"disk, or the writer failed); the previous one ({self.last_path or 'none'}) "
                                           "is kept")
-                os.replace(tmp, path)
+                fsync_file(tmp)               # its bytes on disk, then its name: a crash of the node
+                os.replace(tmp, path)         # cannot leave the only checkpoint empty (durable.py)
+                fsync_dir(self.dirpath)
                 for old in self.dirpath.glob("step_*.ckpt"):  # keep only the newest, now that it is safe
                     if old != path:
                         old.unlink(missing_ok=True)
