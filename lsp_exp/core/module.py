@@ -30,7 +30,7 @@ from lsp_exp.core.sharding import full_state_dict, gathered, is_sharded, shard
 from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import algorithm_spec
 from lsp_exp.rl.kl_control import kl_controller
-from lsp_exp.rl.role_loss import invalid_query_value, query_values
+from lsp_exp.rl.role_loss import challenger_advantage_fn, invalid_query_value, query_values
 from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
 from lsp_exp.run.instantiate import build
 from lsp_exp.core.roles import RoleBatch, role_backward
@@ -191,7 +191,9 @@ class SelfPlayModule(L.LightningModule):
                 roles.append(RoleBatch("challenger", queries.rollout, ch_rewards[None, :],
                                        torch.ones(1, n, dtype=torch.bool, device=self.device),
                                        logprobs_in_chunks(ref, queries.rollout, micro),
-                                       self.kl_controllers["challenger"].value, cfg.max_query_tokens))
+                                       self.kl_controllers["challenger"].value, cfg.max_query_tokens,
+                                       advantage_fn=challenger_advantage_fn(self.algorithm.advantage_fn,
+                                                                            bool(query_valid.any()))))
         weights = {"solver": 1.0, "challenger": cfg.alpha_ch}
         with _timed(times, "update"):
             epochs, skipped = self.algorithm.epochs, False

@@ -36,6 +36,7 @@ class RoleBatch:
     advantages: torch.Tensor | None = None  # fixed at the first epoch
     old_logp: torch.Tensor | None = None    # the playout policy's token log-probs, fixed at the first epoch
     entropy: float = float("nan")
+    advantage_fn: Callable | None = None    # in place of the algorithm's (a Challenger step with no valid query)
 
     @property
     def token_mask(self) -> torch.Tensor:
@@ -52,12 +53,13 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
     members = batch.member_mask.flatten()
     mask = batch.token_mask * members[:, None].to(batch.token_mask.dtype)
     first = batch.advantages is None
+    advantage_fn = batch.advantage_fn or algorithm.advantage_fn
     if first and len(chunks) > 1 and placement == "reward":
-        _fix_advantages_first(batch, policy, estimator, chunks, algorithm, placement)
+        _fix_advantages_first(batch, policy, estimator, chunks, advantage_fn, placement)
     base = None
     if first and batch.advantages is None and len(chunks) > 1:  # A(R): per member once the KL is added
         base = role_advantages(batch.rewards, batch.member_mask, torch.zeros(rows, device=mask.device), beta=0.0,
-                               placement="loss", advantage_fn=algorithm.advantage_fn).flatten()
+                               placement="loss", advantage_fn=advantage_fn).flatten()
     weights = None if len(chunks) == 1 else _token_weights(algorithm.aggregation, mask, batch.max_tokens)
     fix_old = batch.old_logp is None
     old_logp, advantages = [], []
@@ -77,7 +79,7 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
             adv = batch.advantages.flatten()[part]
         elif base is None:  # one micro-batch: the whole batch, as role_advantages defines it
             adv = role_advantages(batch.rewards, batch.member_mask, kl, beta=batch.beta, placement=placement,
-                                  advantage_fn=algorithm.advantage_fn).flatten()
+                                  advantage_fn=advantage_fn).flatten()
         else:
             adv = base[part] - (batch.beta * kl.detach() if placement == "advantage" else 0.0)
             adv = (adv * members[part]).detach()
@@ -105,12 +107,12 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
 
 
 @torch.no_grad()
-def _fix_advantages_first(batch: RoleBatch, policy, estimator, chunks, algorithm, placement) -> None:
+def _fix_advantages_first(batch: RoleBatch, policy, estimator, chunks, advantage_fn, placement) -> None:
     """placement="reward": A(R - beta * KL) needs every member's KL before any micro-batch's loss."""
     batch.old_logp = torch.cat([chunk_logprobs(policy, batch.rollout, part) for part in chunks])
     kl = sequence_kl(estimator, batch.old_logp, batch.ref_logp, batch.token_mask)
     batch.advantages = role_advantages(batch.rewards, batch.member_mask, kl, beta=batch.beta, placement=placement,
-                                       advantage_fn=algorithm.advantage_fn)
+                                       advantage_fn=advantage_fn)
 
 
 def _token_weights(aggregation: str, mask: torch.Tensor, max_tokens: int) -> torch.Tensor:

@@ -47,6 +47,22 @@ def invalid_query_value(configured: float | None, reward_bounds: tuple[float, fl
     return None if reward_bounds is None else float(reward_bounds[1])
 
 
+ALL_INVALID_ADVANTAGE = -1.0   # docs/method.md §3, "A step with no valid query"
+
+
+def all_invalid_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A(q_i) = -1 for every query of a step in which none is valid (docs/method.md §3): equal values
+    leave a group baseline nothing to compare, so each sampled query is made less likely instead."""
+    advantages = torch.full_like(rewards, ALL_INVALID_ADVANTAGE)
+    return advantages if mask is None else advantages * mask
+
+
+def challenger_advantage_fn(advantage_fn: Callable, any_valid: bool) -> Callable:
+    """The Challenger's advantage estimator this step: the algorithm's, or `all_invalid_advantages`
+    when no query is valid."""
+    return advantage_fn if any_valid else all_invalid_advantages
+
+
 def role_advantages(rewards: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor, *, beta: float, placement: str,
                     advantage_fn: Callable) -> torch.Tensor:
     """Detached advantages [groups, members] from rewards and the sequence KL estimates [groups * members]:
