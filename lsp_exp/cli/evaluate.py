@@ -42,6 +42,7 @@ from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
 from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
+from lsp_exp.run.tracking_failures import TrackingUnreachableError  # noqa: E402
 from lsp_exp.run.validation import ConfigError  # noqa: E402
 
 
@@ -270,7 +271,8 @@ def main() -> None:
 def hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError, ValueError) as err:
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError, ValueError,
+            TrackingUnreachableError) as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
 from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ResilientMLFlowLogger,  # noqa: E402
-                                       TrackingLostError, is_remote, one_line)
+                                       TrackingLostError, check_reachable, is_remote, one_line)
 
 
 def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
@@ -82,8 +82,8 @@ def init_sqlite_store(uri: str) -> None:
 
     for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
         logging.getLogger(name).setLevel(logging.WARNING)
+    check_reachable(uri)  # one line for a store that cannot be used (sqlite_store.py)
     db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_suffix(db.suffix + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         mlflow.MlflowClient(uri).search_experiments(max_results=1)

@@ -4,7 +4,8 @@ costs no training (metrics are kept and replayed); a run that raises ends FAILED
 - MLflow's HTTP client retries 7 times with a backoff factor of 2 and a 120 s timeout by default
   (minutes per call against a dead server). Unless the environment says otherwise, a call here
   gives up after 3 retries (about 7 s) and 20 s per request.
-- `check_reachable` asks an http(s) server once, with a 5 s timeout, before anything is built.
+- `check_reachable` asks an http(s) server once, with a 5 s timeout, before anything is built; a
+  sqlite store is preflighted (`sqlite_store.py`: a folder, not a database, read-only, locked).
 - `ResilientMLFlowLogger` keeps the metrics a failed call could not send, retries at most every
   `retry_s` seconds, and replays them in order once the server answers; `finalize` never raises for
   the server, so training ends normally and the final model is saved locally (see
@@ -83,12 +84,13 @@ def check_reachable(uri: str, key: str = "logger.tracking_uri", timeout: float =
                 f"{key}={uri!r}: tracking server unreachable ({one_line(reason)}); start it, point {key} "
                 "(or MLFLOW_TRACKING_URI) at a running one, or use a local store (sqlite:///...) or logger=none"
             ) from None
-    elif scheme == "sqlite":
-        folder = Path(uri.removeprefix("sqlite:///")).parent
+    elif scheme == "sqlite":  # a folder, not a database, read-only, locked past a bound: one line each
+        from lsp_exp.run.sqlite_store import TrackingStoreError, preflight
+
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingUnreachableError(f"{key}={uri!r}: cannot create {folder} ({one_line(err)})") from None
+            preflight(uri, key)
+        except TrackingStoreError as err:
+            raise TrackingUnreachableError(str(err)) from None
 
 
 class ResilientMLFlowLogger(MLFlowLogger):
