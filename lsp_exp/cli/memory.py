@@ -5,13 +5,16 @@ largest that fits a budget (lsp_exp/run/memory.py; estimates until measured on t
     lsp-memory experiment=paper_llama3b/lsp model.lora.enabled=false
     LSP_MEMORY_BUDGET_GIB=139 lsp-memory experiment=paper_llama3b/lsp   # another device (default 80 GiB)
 
-It takes the same overrides as `lsp-train` and loads no weights: the architecture comes from the
+It takes the same overrides as `lsp-train`, refuses what `lsp-train` would (and a budget that is not
+a finite number above 0) in one line naming the key, and loads no weights: the architecture comes from the
 model's config.json (a local directory or the hub cache) or, for the paper's models, from their
 published configs.
 """
 from __future__ import annotations
 
+import math
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -21,8 +24,22 @@ from rich.table import Table
 from lsp_exp.run import config
 from lsp_exp.run.memory import GIB, largest_fitting
 from lsp_exp.run.memory_check import estimate_for
+from lsp_exp.run.validation import ConfigError, validate
 
 SIZES = (None, 64, 32, 16, 8, 4, 2, 1)
+BUDGET_KEY = "LSP_MEMORY_BUDGET_GIB"
+
+
+def read_budget(value: str | None) -> float:
+    """The budget in GiB from LSP_MEMORY_BUDGET_GIB (None: 80); ConfigError unless a finite number above 0."""
+    text = "80" if value is None else value
+    try:
+        budget = float(text)
+    except ValueError:
+        budget = math.nan
+    if not (math.isfinite(budget) and budget > 0):
+        raise ConfigError(f"{BUDGET_KEY}={text!r}: must be a finite number of GiB above 0")
+    return budget
 
 
 def table(cfg: DictConfig, model_path: str, budget_gib: float) -> tuple[Table, int | None]:
@@ -43,7 +60,12 @@ def table(cfg: DictConfig, model_path: str, budget_gib: float) -> tuple[Table, i
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> None:
-    budget = float(os.environ.get("LSP_MEMORY_BUDGET_GIB", 80))
+    try:  # bad input: one line naming the key, exit 2
+        budget = read_budget(os.environ.get(BUDGET_KEY))
+        validate(cfg)   # trainer.micro_batch_size and every other key, as lsp-train checks them
+    except ConfigError as err:
+        print(f"error: lsp-memory: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     model_path = cfg.model.path
     if not model_path:
         from lsp_exp.core.models import resolve_model_path
@@ -53,7 +75,9 @@ def main(cfg: DictConfig) -> None:
     out, fits = table(cfg, str(model_path), budget)
     console = Console()
     console.print(out)
-    console.print(f"largest micro-batch size within {budget:.0f} GiB: {fits if fits else 'none'} "
+    advice = "" if fits else (": use LoRA (model.lora.enabled=true), trainer=fsdp over more devices, "
+                              "model.gradient_checkpointing=true or a smaller trainer.generation_batch_size")
+    console.print(f"largest micro-batch size within {budget:g} GiB: {fits if fits else 'none'}{advice} "
                   "(estimates: see docs/operations.md, Memory)")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from lsp_exp.core.precision import compute_dtype
 from lsp_exp.run.memory import GIB, KNOWN_ARCHITECTURES, Architecture, StepShape, device_memory, estimate, largest_fitting
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -44,7 +45,9 @@ def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None 
     reward_arch = architecture(cfg.reward.get("path"))
     shards = _devices(trainer) if str(trainer.strategy) == "fsdp" else 1
     micro = trainer.micro_batch_size if micro_batch_size == "config" else micro_batch_size
+    compute = compute_dtype(str(model.dtype), str(trainer.get("precision", "32-true"))).itemsize
     return estimate(arch, shape, dtype_bytes=DTYPE_BYTES.get(str(model.dtype), 4), lora=lora, micro_batch_size=micro,
+                    compute_bytes=compute,
                     checkpointing=bool(model.get("gradient_checkpointing")), shards=shards,
                     reward_params=reward_arch.params() if reward_arch else 0, reward_arch=reward_arch,
                     generation_batch_size=trainer.get("generation_batch_size"),
