@@ -170,6 +170,8 @@ def test_largest_fitting_micro_batch():
     budget = fits(16).total
     assert largest_fitting(budget, fits) == 16
     assert largest_fitting(fits(1).total - 1, fits) is None
+    assert largest_fitting(fits(64).total, fits, rows=64) == 64       # all N x G = 64 rows, not 4096
+    assert largest_fitting(fits(64).total, fits, rows=48) == 48       # 32, then all 48 rows
 
 
 def test_a_config_that_cannot_fit_stops_at_start_with_the_micro_batch_that_would(shared_outputs, tmp_path):

@@ -54,7 +54,7 @@ def table(cfg: DictConfig, model_path: str, budget_gib: float) -> tuple[Table, i
             raise SystemExit(f"lsp-memory: the architecture of {model_path!r} is unknown (no config.json found)")
         parts = [f"{e.parts[k] / GIB:.1f}" for k in ("static", "update", "reference", "generation", "judge")]
         out.add_row("null (all rows)" if size is None else str(size), f"{e.total / GIB:.1f}", *parts)
-    fits = largest_fitting(budget_gib * GIB, lambda size: estimate_for(cfg, model_path, size))
+    fits = largest_fitting(budget_gib * GIB, lambda size: estimate_for(cfg, model_path, size), rows)
     return out, fits
 
 
@@ -77,7 +77,9 @@ def main(cfg: DictConfig) -> None:
     console.print(out)
     advice = "" if fits else (": use LoRA (model.lora.enabled=true), trainer=fsdp over more devices, "
                               "model.gradient_checkpointing=true or a smaller trainer.generation_batch_size")
-    console.print(f"largest micro-batch size within {budget:g} GiB: {fits if fits else 'none'}{advice} "
+    rows = cfg.game.n_queries * cfg.game.group_size
+    shown = "none" if not fits else f"{fits} (all rows: null)" if fits == rows else str(fits)
+    console.print(f"largest micro-batch size within {budget:g} GiB: {shown}{advice} "
                   "(estimates: see docs/operations.md, Memory)")
 
 

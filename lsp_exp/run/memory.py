@@ -208,14 +208,13 @@ def estimate(arch: Architecture, shape: StepShape, *, dtype_bytes: int, lora: tu
                            "judge": judge}, micro_batch_size)
 
 
-def largest_fitting(budget: float, fits_with) -> int | None:
-    """The largest micro-batch size (a power of two, or all rows) whose estimate fits `budget` bytes."""
-    best, size = None, 1
-    while size <= 4096:
-        estimate_ = fits_with(size)
-        if estimate_.total <= budget:
+def largest_fitting(budget: float, fits_with, rows: int = 4096) -> int | None:
+    """The largest micro-batch size (a power of two below `rows`, or `rows`: all of them) whose
+    estimate fits `budget` bytes."""
+    best = None
+    for size in [2 ** k for k in range(13) if 2 ** k < rows] + [rows]:
+        if fits_with(size).total <= budget:
             best = size
-        size *= 2
     return best
 
 

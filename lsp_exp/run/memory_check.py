@@ -24,9 +24,11 @@ def architecture(path: str | None) -> Architecture | None:
     try:
         from transformers import AutoConfig
 
-        return Architecture.of(AutoConfig.from_pretrained(path, local_files_only=True))
+        arch = Architecture.of(AutoConfig.from_pretrained(path, local_files_only=True))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
+    # a config without Llama's size keys (GPT-2's intermediate size is n_inner, None for 4 h): not known
+    return None if any(value is None for value in vars(arch).values()) else arch
 
 
 def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None = "config"):
@@ -64,7 +66,8 @@ def check_memory(cfg: DictConfig, model_path: str) -> None:
     budget, what = device_memory(str(cfg.trainer.accelerator))
     if predicted.total <= budget:
         return
-    fits = largest_fitting(budget, lambda size: estimate_for(cfg, model_path, size))
+    fits = largest_fitting(budget, lambda size: estimate_for(cfg, model_path, size),
+                           cfg.game.n_queries * cfg.game.group_size)
     advice = (f"trainer.micro_batch_size={fits} would fit (estimate {estimate_for(cfg, model_path, fits).total / GIB:.1f} GiB)"
               if fits else "no micro-batch size fits: use LoRA (model.lora.enabled=true), trainer=fsdp over more "
                            "devices or model.gradient_checkpointing=true")
