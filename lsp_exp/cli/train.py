@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
 import threading
+import traceback
 import warnings
 from contextlib import contextmanager
 
@@ -29,11 +31,14 @@ from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
 from lsp_exp.run.run_lock import RunLock, RunLockedError  # noqa: E402
 from lsp_exp.run.saved_state import UnsafeSavedStateError  # noqa: E402
+from lsp_exp.run.sweep_callback import end_open_sweep  # noqa: E402
+from lsp_exp.run.sweep_jobs import JobFailed, job_label  # noqa: E402
 from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir,  # noqa: E402
                                        continue_run, mark_interrupted, note_died, prepare_resume)
 from lsp_exp.run.launch import check_launch, release_ranks, trainer_strategy  # noqa: E402
 from lsp_exp.run.memory_check import check_memory  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
+from lsp_exp.core.checkpoint_keys import CheckpointMismatchError, check_checkpoint_keys, saved_weight_names  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
@@ -42,11 +47,13 @@ from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
 from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule  # noqa: E402
+from lsp_exp.core.conformance import check_architecture  # noqa: E402
 from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
 from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look  # noqa: E402
-from lsp_exp.run.tracking import build_logger, log_final_model, log_run_start, tracking_uri  # noqa: E402
-from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, TrackingLostError,  # noqa: E402
-                                       TrackingUnreachableError, fail_active_runs, one_line)
+from lsp_exp.run.run_end import end_run  # noqa: E402
+from lsp_exp.run.tracking import build_logger, log_final_model, log_run_start, save_model, tracking_uri  # noqa: E402
+from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ArtifactStoreError,  # noqa: E402
+                                           TrackingLostError, TrackingUnreachableError, fail_active_runs, one_line)
 from lsp_exp.run.validation import ConfigError, check_overrides, preflight, validate  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
@@ -91,7 +98,8 @@ def objective(cfg: DictConfig, history: dict[int, dict[str, float]]) -> float:
         value = LAST_STEP.get(key)
     if value is None:
         if _in_a_sweep():
-            say(f"optimized_metric={key}: this run has no such figure; the sweeper gets NaN", err=True)
+            say(f"optimized_metric={key}: this run has no such figure; the sweeper gets no value (a failed "
+                "Optuna trial)", err=True)
         return float("nan")
     return float(value)
 
@@ -139,6 +147,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     tokenizer = loader.tokenizer(model_path)
     policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
     check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
+    # run on a few tokens: padding, the KV cache, training mode, the output layer (core/conformance.py)
+    check_architecture(policy, tokenizer, cfg.model.get("path") or cfg.model.name)
     if heldout is not None:
         heldout = heldout.head(cfg.eval.max_problems)
     reward = build_reward(cfg.reward, task=task)
@@ -157,6 +167,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     judge_template = cfg.game.judge.template if cfg.game.judge.template != "auto" else task.judge_template
     module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, verifier=verifier, labelled_pairs=pairs,
                             judge_template=judge_template)
+    if resume is not None:  # before Lightning loads anything: a sharded run loads non-strictly
+        check_checkpoint_keys(saved_weight_names(resume.path), module)
     module.answer_columns = task.answer_columns  # the sample tables' decoded / expected / correct columns
     module.query_metrics = task.query_metrics    # train/queries/*: what kinds of query the Challenger writes
 
@@ -201,11 +213,13 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         if lock is not None:
             lock.release()
     LAST_STEP.update({k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
-    if trainer.is_global_zero:
-        log_final_model(logger, policy, tokenizer, cfg.paths.outputs, state_dict=module.final_weights,
-                        entry={"base_model": model_path, "dtype": cfg.model.get("dtype", "float32"),
-                               "max_new_tokens": cfg.game.max_answer_tokens},
-                        upload=cfg.logger.get("log_model", True))
+    if trainer.is_global_zero:  # the metrics, the final model, then FINISHED: each retried (run/run_end.py)
+        end_run(logger, cfg.paths.outputs, lambda: log_final_model(
+                    logger, policy, tokenizer, cfg.paths.outputs, state_dict=module.final_weights,
+                    entry={"base_model": model_path, "dtype": cfg.model.get("dtype", "float32"),
+                           "max_new_tokens": cfg.game.max_answer_tokens},
+                    upload=cfg.logger.get("log_model", True)),
+                save_locally=lambda folder: save_model(folder, policy, tokenizer, module.final_weights))
         report(module.eval_history, logger, module.judging)
     return module.eval_history
 
@@ -229,41 +243,69 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
 
 # Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
 CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, RunLockedError, FileNotFoundError, RewardModelError, InitFromError, UnsafeSavedStateError,
-                TrackingUnreachableError, TrackingLostError, NonFiniteLossError)
+                TrackingUnreachableError, TrackingLostError, ArtifactStoreError, NonFiniteLossError, CheckpointMismatchError)
 
 
 def main() -> None:
-    """`lsp-train`: an override that does not parse fails with one line naming it; then Hydra."""
+    """`lsp-train`: an override that does not parse fails with one line naming it; then Hydra. A
+    multirun stopped before its end (Ctrl-C, SIGTERM, a sweeper's error) ends its parent runs."""
     check_overrides(sys.argv[1:])
-    hydra_main()
+    try:
+        hydra_main()
+    except BaseException as err:
+        end_open_sweep(err)
+        raise
+
+
+def _failed(line: str, code: int):
+    """A job's failure: exit `code` after the line, or in a multirun the line (stderr and the job's
+    log, with the job's number and overrides) and `JobFailed` for the sweeper, which goes on."""
+    if not _in_a_sweep():
+        say(line, err=True)
+        raise SystemExit(code) from None
+    from hydra.core.hydra_config import HydraConfig
+
+    line = f"error: {job_label(HydraConfig.get())} failed: {line.removeprefix('error: ')}"
+    say(line, err=True)
+    return JobFailed(line)
 
 
 @hydra.main(version_base="1.3", config_path=str(config.PROJECT_ROOT / "conf"), config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
-    """One job; returns `optimized_metric`. Any exception ends its MLflow run FAILED with the error (tag `error`, `error.txt`)."""
+def hydra_main(cfg: DictConfig) -> float | JobFailed | str:
+    """One job; returns `optimized_metric`. Any exception ends its MLflow run FAILED with the error (tag
+    `error`, `error.txt`); in a multirun a failed job returns `JobFailed` (run/sweep_jobs.py)."""
     ACTIVE_LOGGERS.clear()
     try:
         history = train(cfg)
     except CLEAR_ERRORS as err:
         fail_active_runs(err)
-        say(f"error: {one_line(err, 1000)}", err=True)
-        raise SystemExit(2) from None
+        return _failed(f"error: {one_line(err, 1000)}", 2)
     except TRACKING_ERRORS as err:  # the tracking server failed outside the training loop
         fail_active_runs(err)
-        say(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", err=True)
-        raise SystemExit(2) from None
+        return _failed(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", 2)
     except SIGTERMException as err:  # SIGTERM during start-up: no step to finish; the run ends KILLED
         fail_active_runs(err)
         say("interrupted during start-up (SIGTERM): the run is marked KILLED", err=True)
         raise SystemExit(143) from None
-    except SystemExit:  # its run is ended already (e.g. KILLED with its checkpoint after SIGTERM)
+    except SystemExit as exit_:  # its run is ended already (e.g. KILLED with its checkpoint after SIGTERM)
         ACTIVE_LOGGERS.clear()
-        raise
-    except BaseException as err:  # a bug (FAILED; Hydra prints the traceback) or Ctrl-C (KILLED)
+        if exit_.code in (None, 0, 143) or not _in_a_sweep():  # (143: interrupted, the sweep stops too)
+            raise
+        return _failed(f"error: exit code {exit_.code}", 2)
+    except Exception as err:  # a bug: FAILED; its traceback (Hydra prints it, or here in a multirun)
+        fail_active_runs(err)
+        if not _in_a_sweep():
+            raise
+        traceback.print_exc()
+        return _failed(f"error: {type(err).__name__}: {one_line(err, 1000)}", 1)
+    except BaseException as err:  # Ctrl-C: KILLED, and the sweep stops
         fail_active_runs(err)
         raise
     ACTIVE_LOGGERS.clear()
-    return objective(cfg, history)  # what a sweeper (hparams_search=..., Optuna) optimises
+    value = objective(cfg, history)  # what a sweeper (hparams_search=..., Optuna) optimises
+    if math.isnan(value) and _in_a_sweep():  # Optuna stops a study at NaN; a text fails only the trial
+        return f"no {cfg.get('optimized_metric') or 'eval/accuracy'} in this run"
+    return value
 
 
 if __name__ == "__main__":

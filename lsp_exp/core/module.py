@@ -24,6 +24,7 @@ from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.judging_the_judges import judge_the_judges
 from lsp_exp.judge.templates import get_template
 from lsp_exp.core.models import Reference
+from lsp_exp.core.checkpoint_keys import check_checkpoint_keys
 from lsp_exp.core.perf import mfu, peak_flops
 from lsp_exp.core.precision import autocast, compute_dtype
 from lsp_exp.core.sharding import full_state_dict, gathered, is_sharded, shard
@@ -141,7 +142,8 @@ class SelfPlayModule(L.LightningModule):
             setattr(self, k, v)
         if checkpoint.get("game") and hasattr(self.game, "load_state_dict"):
             self.game.load_state_dict(checkpoint["game"][self.global_rank % len(checkpoint["game"])])
-        if "state_dict" in checkpoint:  # (a sharded run's strategy has loaded the weights already)
+        if "state_dict" in checkpoint:  # (a sharded run's strategy has loaded them non-strictly already)
+            check_checkpoint_keys(set(checkpoint["state_dict"]), self)   # every weight of this run, none other
             self.strict_loading = len(checkpoint["state_dict"]) == len(self.state_dict())
         self.resumed_at = checkpoint.get("global_step", 0)
 
