@@ -149,3 +149,107 @@ def test_lsp_train_returns_the_configured_metric():
         assert math.isnan(train_mod.objective(compose_config("train", ["optimized_metric=train/nothing"]), history))
     finally:
         train_mod.LAST_STEP.clear()
+
+
+def _job_log_errors(tmp_path, job: int) -> list[str]:
+    return [line for line in (tmp_path / "sweep" / str(job) / "train.log").read_text().splitlines() if "error:" in line]
+
+
+def _sweep_runs(client):
+    experiment = client.get_experiment_by_name("lsp-exp")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "sweep"]
+    return parent, [r for r in runs if r.data.tags.get("kind") != "sweep"]
+
+
+def test_a_failed_job_does_not_stop_the_sweep(shared_outputs, tmp_path):
+    """Issue 29 item 2, the basic launcher: job 0 fails (optim.lr=-1: a ConfigError, SystemExit(2)
+    outside a sweep), job 1 still runs and finishes; the failure is one line in job 0's log and in the
+    end-of-sweep summary, the parent run ends FAILED and the command exits 1, with no traceback."""
+    train(compose_config("train", tiny_overrides(shared_outputs, "logger=none", "trainer.max_steps=1", "eval.samples=0",
+                                                 "eval.judge_pairs=0")))  # the toy world exists before the jobs start
+    out, client = _multirun(shared_outputs, tmp_path, "optim.lr=-1,2e-5", "game=lsp_zero", "trainer.max_steps=1",
+                            "eval.max_problems=4")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    line = "error: job 0 (optim.lr=-1) failed: optim.lr=-1.0: must be > 0"
+    assert len(_job_log_errors(tmp_path, 0)) == 1 and _job_log_errors(tmp_path, 0)[0].endswith(line)
+    assert _job_log_errors(tmp_path, 1) == []
+    parent, jobs = _sweep_runs(client)
+    assert [(r.data.params["optim.lr"], r.info.status) for r in jobs] == [("2e-05", "FINISHED")]   # job 1 ran
+    assert parent.info.status == "FAILED"
+    summary = out.stdout[out.stdout.index("1 of 2 jobs failed:"):].splitlines()
+    assert summary[1] == f"  {line}"
+    assert "error: 1 of 2 jobs failed" in out.stderr
+
+
+def test_failed_jobs_of_the_joblib_launcher_are_recorded(shared_outputs, tmp_path):
+    """hydra/launcher=local_parallel: two jobs that fail in parallel worker processes (each records its
+    end under the sweep's lock); the summary names both, the parent ends FAILED, exit 1. (Jobs that
+    finish under it: test_joblib_sweep_logs_four_runs_to_one_sqlite_store.)"""
+    out, client = _multirun(shared_outputs, tmp_path, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2",
+                            "optim.lr=-1,-2")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    summary = out.stdout[out.stdout.index("2 of 2 jobs failed:"):].splitlines()
+    assert summary[1:3] == ["  error: job 0 (optim.lr=-1) failed: optim.lr=-1.0: must be > 0",
+                            "  error: job 1 (optim.lr=-2) failed: optim.lr=-2.0: must be > 0"]
+    parent, jobs = _sweep_runs(client)
+    assert jobs == [] and parent.info.status == "FAILED"
+    assert [len(_job_log_errors(tmp_path, n)) for n in (0, 1)] == [1, 1]
+
+
+def test_the_end_of_a_sweep_names_its_failed_jobs(tmp_path, capsys):
+    """From the jobs' records (written by each job's process, under the sweep's lock): nothing failed,
+    no line; one failed, the count and its line. (The parents' status: the tests above and below.)"""
+    from omegaconf import OmegaConf
+
+    from lsp_exp.run.sweep_callback import end_sweep
+    from lsp_exp.run.sweep_jobs import record_job
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    record_job(tmp_path, 0, ["seed=0"], None)
+    record_job(tmp_path, 1, ["seed=1"], None)
+    assert end_sweep(config) is False and capsys.readouterr().out == ""
+    record_job(tmp_path, 1, ["seed=1"], "error: job 1 (seed=1) failed: boom")
+    assert end_sweep(config) is True
+    out = capsys.readouterr()
+    assert out.out.splitlines() == ["1 of 2 jobs failed:", "  error: job 1 (seed=1) failed: boom"]
+    assert out.err.splitlines() == ["error: 1 of 2 jobs failed (listed above, each in its job's log); the parent "
+                                    "runs end FAILED"]
+
+
+def test_an_optuna_study_goes_on_after_a_failed_trial(shared_outputs, tmp_path):
+    """hparams_search=toy_lr_beta with kl.beta searched in {-1, 0.05} (its TPE sampler, seed 0, draws
+    -1 then 0.05): the first trial fails in one line, the second still trains and is the study's
+    best; the parent ends FAILED and the command exits 1."""
+    import yaml
+
+    train(compose_config("train", tiny_overrides(shared_outputs, "logger=none", "trainer.max_steps=1", "eval.samples=0",
+                                                 "eval.judge_pairs=0")))
+    out, client = _multirun_plain(shared_outputs, tmp_path, "hparams_search=toy_lr_beta", "hydra.sweeper.n_trials=2",
+                                  "kl.beta=choice(-1.0,0.05)", "game=lsp_zero", "trainer.max_steps=1",
+                                  "eval.max_problems=4")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    parent, jobs = _sweep_runs(client)
+    assert [(r.data.params["kl.beta"], r.info.status) for r in jobs] == [("0.05", "FINISHED")]
+    assert parent.info.status == "FAILED"
+    assert "1 of 2 jobs failed:" in out.stdout and "failed: kl.beta=-1.0: must be >= 0" in out.stdout
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_params"]["kl.beta"] == 0.05 and results["best_value"] == jobs[0].data.metrics["eval/accuracy"]
+
+
+def test_an_optuna_study_whose_trials_all_fail_ends_in_lines(shared_outputs, tmp_path):
+    """Every trial of hparams_search=toy_lr_beta fails (kl.beta=-1 fixed on the command line): each is
+    one line, the study's end is one line instead of Optuna's traceback, the parent ends FAILED and
+    the command exits 1."""
+    out, client = _multirun_plain(shared_outputs, tmp_path, "hparams_search=toy_lr_beta", "hydra.sweeper.n_trials=2",
+                                  "kl.beta=-1")
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert "no trial of the study completed" in out.stderr
+    parent, jobs = _sweep_runs(client)
+    assert jobs == [] and parent.info.status == "FAILED"
+    assert "2 of 2 jobs failed:" in out.stdout
+    assert [len(_job_log_errors(tmp_path, n)) for n in (0, 1)] == [1, 1]

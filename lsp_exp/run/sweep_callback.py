@@ -6,8 +6,12 @@ experiment), and its id reaches the job's logger through `LSP_MLFLOW_PARENT_RUN_
 `tracking.run_tags` turns into the `mlflow.parentRunId` tag: the MLflow UI then nests the jobs
 under the sweep. The parent is named after the sweep (its swept overrides and its folder); each
 job's run name (`tracking.run_name`, plus the job's values of the other swept keys) is made unique
-within the sweep under the same lock (`LSP_MLFLOW_RUN_NAME`). When the multirun ends, the parents
-are marked FINISHED and one line per job is printed, with the `lsp-report` command for the sweep.
+within the sweep under the same lock (`LSP_MLFLOW_RUN_NAME`). Every job's end is recorded
+(`sweep_jobs.py`: a failed job is one line and the sweep goes on). When the multirun ends, one line
+per job is printed, then one per failed job, with the `lsp-report` command for the sweep; the
+parents end FAILED when a job failed (and the command exits 1), FINISHED otherwise. A sweep stopped
+before its end (Ctrl-C, SIGTERM, an error of the sweeper) ends its parents KILLED or FAILED
+(`end_open_sweep`, from `lsp-train`'s entry).
 
     lsp-report parent_run=<parent run id>      # the sweep's table
 """
@@ -23,11 +27,15 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lsp_exp.run.sweep_jobs import (JobFailed, failure_lines, job_label, record_job,
+                                    tolerate_a_study_without_a_completed_trial)
+
 PARENT_ENV = "LSP_MLFLOW_PARENT_RUN_ID"
 PARENTS_FILE = "mlflow_parents.json"  # {tracking uri + experiment: parent run id}
 SWEEP_FILE = "sweep.json"             # the sweep's name and swept keys (on_multirun_start)
 NAMES_FILE = "run_names.json"         # the run names given so far in this sweep
 NAMED_BY_RUN = ("game", "algorithm", "seed")  # swept keys the default run name already shows
+_OPEN: list[DictConfig] = []         # the sweep this process started and has not ended (end_open_sweep)
 
 
 @contextmanager
@@ -82,6 +90,8 @@ def _value(text: str) -> str:
 
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _OPEN[:] = [config]
+        tolerate_a_study_without_a_completed_trial()
         written, keys = swept(config)
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -139,24 +149,68 @@ class MLflowSweepCallback(Callback):
         os.environ[PARENT_ENV] = parents[key]
         os.environ[RUN_NAME_ENV] = job_name
 
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = Path(config.hydra.sweep.dir) / PARENTS_FILE
-        if not path.is_file():
+    def on_job_end(self, config: DictConfig, job_return=None, **kwargs) -> None:
+        """Record the job's end in the sweep folder: finished, or its one line (`sweep_jobs.JobFailed`)."""
+        if config.hydra.mode != RunMode.MULTIRUN or job_return is None or \
+                int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return
+        from hydra.core.utils import JobStatus
+
+        value, overrides = job_return._return_value, list(config.hydra.overrides.task)
+        error = str(value) if isinstance(value, JobFailed) else None
+        if job_return.status == JobStatus.FAILED:  # (an exception lsp-train did not catch)
+            error = f"error: {job_label(config.hydra)} failed: {type(value).__name__}: {' '.join(str(value).split())[:1000]}"
+        record_job(Path(config.hydra.sweep.dir), int(config.hydra.job.num), overrides, error)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if end_sweep(config):
+            raise SystemExit(1)  # (Hydra passes a callback's SystemExit on: the command's exit code)
+
+
+def end_open_sweep(err: BaseException) -> None:
+    """The sweep this process started stopped before its end (`err`): its parents end KILLED (Ctrl-C,
+    SIGTERM) or FAILED, and the jobs so far are summarised. Nothing when no sweep is open."""
+    if not _OPEN:
+        return
+    interrupted = isinstance(err, KeyboardInterrupt) or (isinstance(err, SystemExit) and err.code == 143)
+    end_sweep(_OPEN[0], stopped=f"the sweep stopped before its end ({type(err).__name__}"
+                                f"{f' {err.code}' if isinstance(err, SystemExit) else ''})",
+              status="KILLED" if interrupted else "FAILED")
+
+
+def end_sweep(config: DictConfig, stopped: str | None = None, status: str | None = None) -> bool:
+    """End the sweep's parent runs (FAILED when a job failed or the sweep stopped early, else
+    FINISHED) and print its summary and its failed jobs; returns whether anything failed."""
+    from lsp_exp.run.console import say
+
+    _OPEN.clear()
+    sweep_dir = Path(config.hydra.sweep.dir)
+    failures = failure_lines(sweep_dir)
+    failed = bool(failures) or stopped is not None
+    status = status or ("FAILED" if failed else "FINISHED")
+    sweep = _read(sweep_dir / SWEEP_FILE)
+    for key, run_id in _read(sweep_dir / PARENTS_FILE).items():
         import mlflow
 
-        from lsp_exp.run.console import say
-
-        sweep = _read(Path(config.hydra.sweep.dir) / SWEEP_FILE)
-        for key, run_id in _read(path).items():
-            uri = key.rsplit("#", 1)[0]
-            client = mlflow.MlflowClient(uri)
-            client.set_terminated(run_id)
-            try:
-                for line in sweep_summary(client, uri, run_id, sweep.get("keys", []), sweep.get("default_store")):
-                    say(line)
-            except Exception as err:  # a summary is a courtesy: never fail a finished sweep over it
-                say(f"(no sweep summary: {type(err).__name__}: {err})")
+        uri = key.rsplit("#", 1)[0]
+        client = mlflow.MlflowClient(uri)
+        try:
+            client.set_terminated(run_id, status)
+        except Exception as err:  # noqa: BLE001 (the jobs' runs are ended already; say so and go on)
+            say(f"could not end the sweep's parent run {run_id} {status} ({type(err).__name__}: {err})", err=True)
+        try:
+            for line in sweep_summary(client, uri, run_id, sweep.get("keys", []), sweep.get("default_store")):
+                say(line)
+        except Exception as err:  # a summary is a courtesy: never fail a finished sweep over it
+            say(f"(no sweep summary: {type(err).__name__}: {err})")
+    for line in failures:
+        say(line)
+    if stopped:
+        say(f"error: {stopped}; the parent runs end {status}", err=True)
+    elif failures:
+        say(f"error: {failures[0].removesuffix(':')} (listed above, each in its job's log); the parent runs end "
+            "FAILED", err=True)
+    return failed
 
 
 def sweep_summary(client, uri: str, parent_id: str, keys: list[str], default_store: str | None = None) -> list[str]:
