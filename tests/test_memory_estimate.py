@@ -123,7 +123,7 @@ def test_saved_activation_bytes_by_hand():
 def test_activation_estimate_matches_real_widths(shape):
     """Issue 27: the bytes autograd saves per token and layer of a Llama-3.2-1B- and 3B-shaped layer
     (bf16 full, LoRA r16 on the 7 projections under bf16 autocast, 32-true full and LoRA) are within
-    15% of the estimate (measured 1.001x each: experiments/memory_estimate/)."""
+    15% of the estimate (1.000 each today: experiments/memory_estimate/)."""
     h, i, heads, kv = shape
     arch = Architecture(h, i, 28, heads, kv, 128256, True)
     for name, value in measure(h, i, heads, kv, rank=16, tokens=(8, 16)).items():
