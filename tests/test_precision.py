@@ -39,20 +39,22 @@ def real_shaped(tmp_path_factory):
     return str(path)
 
 
-def _weight_change(path: str, dtype: str, lora: bool, lr: float) -> dict[str, torch.Tensor]:
-    """Each trainable weight's change after STEPS AdamW steps of fixed gradients (the same every step)."""
+def _weight_change(path: str, dtype: str, lora: bool, lr: float, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Each trainable weight's change after STEPS AdamW steps of fixed gradients (the same every step);
+    on CUDA with the fused AdamW the module builds (`optim.fused`)."""
     torch.manual_seed(1)   # the same LoRA initialisation in every run
-    policy = load_policy(_model_cfg(dtype, lora), path)
+    policy = load_policy(_model_cfg(dtype, lora), path).to(device)
     params = {n: p for n, p in policy.named_parameters() if p.requires_grad}
     before = {n: p.detach().float().clone() for n, p in params.items()}
     g = torch.Generator().manual_seed(2)
-    grads = {n: torch.randn(p.shape, generator=g) * 1e-3 for n, p in params.items()}
-    optimizer = torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0)
+    grads = {n: (torch.randn(p.shape, generator=g) * 1e-3).to(device) for n, p in params.items()}
+    optimizer = torch.optim.AdamW(params.values(), lr=lr, betas=(0.9, 0.999), weight_decay=0.0,
+                                  fused=device == "cuda")
     for _ in range(STEPS):
         for n, p in params.items():
             p.grad = grads[n].to(p.dtype)
         optimizer.step()
-    return {n: p.detach().float() - before[n] for n, p in params.items()}
+    return {n: p.detach().float().cpu() - before[n].cpu() for n, p in params.items()}
 
 
 def applied_share(change: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
