@@ -54,7 +54,7 @@ def _int_or_none(value) -> int | None:
     """A numeric ground truth (`answer`: 41 or "41"), or None when there is none."""
     try:
         return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (JSON's Infinity is a float that int() refuses)
         return None
 
 
@@ -63,13 +63,19 @@ def read_prompt_rows(path: str | Path) -> list[PromptRow]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); a prompt file is JSONL "
+                         "or a JSON list") from None
     stripped = text.lstrip()
     if stripped.startswith("["):
         try:
             objs = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
+        except RecursionError:
+            raise ValueError(f"{path}: not a prompt file (JSON nested too deeply to read)") from None
         rows = [_row(obj, f"{path} item {i}") for i, obj in enumerate(objs)]
     else:
         rows = []
@@ -80,6 +86,8 @@ def read_prompt_rows(path: str | Path) -> list[PromptRow]:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} line {n}: not valid JSON ({err})") from None
+            except RecursionError:
+                raise ValueError(f"{path} line {n}: not a prompt row (JSON nested too deeply to read)") from None
             rows.append(_row(obj, f"{path} line {n}"))
     if not rows:
         raise ValueError(f"{path}: no prompts")

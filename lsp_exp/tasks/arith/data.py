@@ -51,9 +51,10 @@ def read_problems(path: str | Path) -> list[Problem]:
         try:
             row = json.loads(line)
             problems.append(Problem(str(row["prompt"]), int(row["answer"]), str(row.get("difficulty", "unknown"))))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as err:
+            reason = "JSON nested too deeply" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
             raise ValueError(f"{path} line {n}: not a problem row (JSON with prompt and an integer answer): "
-                             f"{type(err).__name__}: {err}") from None
+                             f"{reason}") from None
     if not problems:
         raise ValueError(f"{path}: no problems in it")
     return problems
