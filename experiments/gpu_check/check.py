@@ -144,7 +144,12 @@ def selfplay_overrides(item: Item, policy: Path, rm: Path, outputs: Path, dry: b
     device = ["trainer=cpu", "trainer.precision=32-true", "model.dtype=float32", "reward.dtype=float32"] if dry else \
         ["trainer=gpu", "trainer.precision=bf16-mixed", "model.dtype=bfloat16", "reward.dtype=bfloat16"]
     strategy = ["trainer.strategy=fsdp", "trainer.devices=1"] if item.kind == "fsdp" else []
-    return ["experiment=paper_llama3b/lsp", *device, *strategy, f"model.path={policy}", "model.name=random_llama",
+    # A full fine-tune of the 3B shape keeps float32 master weights, a float32 reference, gradients and
+    # moments (docs/method.md §16): 84 GiB at micro-batch 1 as configured; decoding 16 rows at a time and
+    # checkpointed layers bring it to 78 GiB at micro-batch 16 (docs/operations.md, "Memory").
+    lean = ["trainer.generation_batch_size=16", "model.gradient_checkpointing=true"] \
+        if item.shape == "3B" and not item.lora else []
+    return ["experiment=paper_llama3b/lsp", *device, *strategy, *lean, f"model.path={policy}", "model.name=random_llama",
             f"model.lora.enabled={item.lora}", f"reward.path={rm}", *(DRY_GAME if dry else PAPER_GAME),
             f"trainer.max_steps={item.steps}", f"trainer.micro_batch_size={'null' if micro is None else micro}", "trainer.checkpoint_every=0",
             "trainer.enable_progress_bar=false", "logger=none", f"paths.outputs={outputs}",
