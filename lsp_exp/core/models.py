@@ -28,6 +28,28 @@ class ModelNotFoundError(FileNotFoundError):
     """The model is neither a local directory nor in the Hugging Face cache."""
 
 
+class ModelLoadError(ModelNotFoundError):
+    """The model's weights are there but cannot be loaded safely (a pickle that would run code)."""
+
+
+@contextmanager
+def safe_weights(folder: str | Path):
+    """A `.bin` weights file that is a pickle needing code to load is refused by torch's
+    `weights_only` load (transformers and peft load with it): nothing runs, and here it is one line
+    naming the file instead of a traceback."""
+    import pickle  # noqa: PLC0415
+
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        folder = Path(folder)
+        files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
+        named = str(files[0]) if len(files) == 1 else f"{folder} ({', '.join(f.name for f in files)})" if files else str(folder)
+        why = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "not plain tensors")
+        raise ModelLoadError(f"model weights {named} cannot be loaded safely: a pickle that needs code to load "
+                             f"({why}); nothing was run") from None
+
+
 @dataclass
 class LoraSpec:
     enabled: bool = False
@@ -57,6 +79,11 @@ class HFModel:
 
         self.cfg = checked(ModelSpec, {"path": path, "dtype": dtype, "attn_implementation": attn_implementation,
                                        "gradient_checkpointing": gradient_checkpointing, "lora": lora or {}}, "model")
+        spec = self.cfg.lora
+        for key, ok, why in (("r", spec.r >= 1, "must be at least 1"), ("alpha", spec.alpha > 0, "must be > 0"),
+                             ("dropout", 0 <= spec.dropout < 1, "must be in [0, 1)")):
+            if not ok:
+                raise ValueError(f"model.lora.{key}={spec[key]!r}: {why}")
         if self.cfg.dtype not in DTYPES:
             raise ValueError(f"model.dtype={dtype!r}: must be {', '.join(DTYPES)}")
         self.path = path
@@ -126,8 +153,9 @@ def load_frozen(cfg: DictConfig, path: str):
     """A model that is only read (a judge): `model.dtype`, eval mode, no gradients, no adapter."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline())
+    with safe_weights(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline())
     return model.eval().requires_grad_(False)
 
 
@@ -141,13 +169,15 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
     from transformers import AutoModelForCausalLM
 
     stored = DTYPES[cfg.dtype] if cfg.lora.enabled else torch.float32   # master weights (docs/method.md §16)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=stored, attn_implementation=cfg.attn_implementation, local_files_only=_offline()
-    )
+    with safe_weights(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=stored, attn_implementation=cfg.attn_implementation, local_files_only=_offline()
+        )
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        with safe_weights(adapter):
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     if cfg.get("gradient_checkpointing"):
         enable_checkpointing(model)
     if cfg.lora.enabled:
