@@ -132,6 +132,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
+    # init_from first (a missing run, a corrupt folder): nothing is built before it is found
+    init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
     task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     try:  # the task's data first: a malformed or empty file stops here, before the model is loaded
         heldout = task.heldout()
@@ -139,7 +141,6 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         raise ConfigError(f"task ({cfg.task._target_}): {err}") from None
     # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
     model_path = resolve_model_path(cfg.model, task)
-    init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
     if init is not None and not is_adapter(init):
         model_path = str(init)  # a full model: weights and tokenizer from the earlier run
     check_memory(cfg, model_path)  # the estimated peak against the device's memory, before any weight is loaded

@@ -35,7 +35,7 @@ def find_runs(spec: str, tracking_uri: str | None, key: str = "init_from", max_r
         raise InitFromError(f"{key}={spec!r}: not a directory, an MLflow run id or 'filter:<expression>'")
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri)
+    client = mlflow.MlflowClient(existing_store(tracking_uri, spec, key))
     experiments = [e.experiment_id for e in client.search_experiments()]
     expression = spec.removeprefix("filter:").strip()
     try:
@@ -57,6 +57,18 @@ def find_run(spec: str, tracking_uri: str | None, key: str = "init_from") -> str
     return runs[0]
 
 
+def existing_store(tracking_uri: str | None, spec: str, key: str = "init_from") -> str:
+    """The store to look a run up in; a sqlite file that does not exist is one line (MLflow would
+    create an empty store there: with logger=none, an `mlflow.db` in the working directory)."""
+    import mlflow
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise InitFromError(f"{key}={spec!r}: there is no tracking store at {uri} to look the run up in; give "
+                            "logger.tracking_uri=<the store that holds it>")
+    return uri
+
+
 def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: str = "init_from") -> Path:
     """A local directory holding the weights `spec` names (downloading a run's `model/` artifact);
     `key` names the config key in errors (`run` for lsp-eval)."""
@@ -69,8 +81,14 @@ def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: st
     target = Path(outputs) / "init_from" / run_id
     if not (target / "model").is_dir():
         import mlflow
+        from mlflow.exceptions import MlflowException
 
-        kept = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags.get("final_model_dir")
+        tracking_uri = existing_store(tracking_uri, spec, key)
+        try:
+            kept = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags.get("final_model_dir")
+        except MlflowException as err:
+            raise InitFromError(f"{key}={spec!r}: no run {run_id} in {tracking_uri} "
+                                f"({' '.join(str(err).split())[:200]})") from None
         if kept and Path(kept).is_dir():  # logger.log_model=false: the model stayed on this machine
             return _check_weights(Path(kept), spec, key)
 
@@ -85,9 +103,19 @@ def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: st
 
 
 def _check_weights(path: Path, spec: str, key: str = "init_from") -> Path:
-    if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
+    """A folder with a readable config.json (a model) or adapter_config.json (a LoRA adapter)."""
+    import json
+
+    configs = [path / name for name in ("adapter_config.json", "config.json") if (path / name).is_file()]
+    if not configs:
         raise InitFromError(f"{key}={spec!r}: {path} holds neither a model (config.json) nor a LoRA adapter "
                             "(adapter_config.json)")
+    try:
+        if not isinstance(json.loads(configs[0].read_text(encoding="utf-8")), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else " ".join(str(err).split())[:200]
+        raise InitFromError(f"{key}={spec!r}: {configs[0]} is not valid JSON ({reason})") from None
     return path
 
 

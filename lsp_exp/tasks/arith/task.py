@@ -43,6 +43,8 @@ class ArithTask(Task):
             _require(w.share_chain == 0 and w.chain_flaw_rate == 0 and w.sign_slip_rate == 0, "task.world.answer_format",
                      w.answer_format, "the chain class and sign slips need answer_format=steps")
         _require(0 <= w.flaw_rate <= 1, "task.world.flaw_rate", w.flaw_rate, "must be in [0, 1]")
+        for key in ("max_operand", "max_small_operand"):
+            _require(w[key] >= 1, f"task.world.{key}", w[key], "must be at least 1")
         shares = (w.share_one_op, w.share_two_op, w.share_precedence, w.share_chain)
         _require(min(shares) >= 0 and abs(sum(shares) - 1) < 1e-6, "task.world.share_one_op", w.share_one_op,
                  "the shares of one_op, two_op, precedence and chain must be >= 0 and sum to 1")
