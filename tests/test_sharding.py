@@ -2,8 +2,10 @@
 lsp_exp/core/sharding.py), run here as trainer=fsdp_cpu: 2 CPU processes over gloo, the code path
 of trainer=fsdp on GPUs. Each rank holds half of every weight, gradient and AdamW state; the update
 must be the one DDP makes (full replicas, gradients averaged) on the same games."""
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -55,3 +57,42 @@ def test_strategies_that_cannot_run_the_step_are_refused_in_one_line(shared_outp
     with pytest.raises(ConfigError, match=f"trainer.strategy={strategy}: .*use trainer=") as error:
         train(compose_config("train", tiny_overrides(shared_outputs, f"trainer.strategy={strategy}", "logger=none")))
     assert "\n" not in str(error.value)
+
+
+SHARD_PROBE = """
+import os, sys, torch, torch.distributed as dist
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+from real_models import build_tiny_model
+from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.sharding import shard
+model, _ = build_tiny_model("llama3")
+shard(model, torch.device("cpu"), param_dtype=torch.bfloat16)
+root = model._get_fsdp_state()
+print("root", root._is_root, model.model.layers[0]._get_fsdp_state()._is_root)
+print("params", sorted({f"{type(p).__name__}:{p.dtype}" for p in model.parameters()}))
+ids = torch.randint(0, 100, (2, 6))
+model.train()
+token_logprobs(model, ids, torch.ones_like(ids)).sum().backward()   # a log-prob pass first, then the rest
+print("grads", sorted({str(p.grad.dtype) for p in model.parameters() if p.grad is not None}))
+"""
+
+
+def test_sharding_initialises_the_root_and_leaves_float32_shards(tmp_path):
+    """core/sharding.py `shard`: FSDP2's lazy initialisation happens at once through the root (so any
+    pass may come first), and the parameters the optimizer sees are the float32 shards, also with a
+    bfloat16 `param_dtype` (docs/method.md §16), their gradients reduced in float32."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PYTHONPATH": f"{Path(__file__).parent}:{Path(__file__).parents[1]}", "HF_HUB_OFFLINE": "1",
+           "PATH": os.environ.get("PATH", "")}
+    out = subprocess.run([sys.executable, "-c", SHARD_PROBE, str(port)], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["root"] == "True False"
+    assert lines["params"] == "['DTensor:torch.float32']"
+    assert lines["grads"] == "['torch.float32']"

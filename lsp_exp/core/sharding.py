@@ -45,7 +45,7 @@ def shard(policy, device: torch.device, param_dtype: torch.dtype = torch.float32
     forward through the root module: FSDP2 initialises itself lazily at the first forward, which must
     be the root's (a first log-prob pass through the decoder alone would fail on every rank)."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -59,6 +59,9 @@ def shard(policy, device: torch.device, param_dtype: torch.dtype = torch.float32
     fully_shard(policy, mesh=mesh, mp_policy=mixed)
     with torch.no_grad():  # the root's first forward (every rank: a collective)
         policy(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    for module in policy.modules():   # the root keeps its weights gathered after a forward: shard them again,
+        if isinstance(module, FSDPModule):   # so the optimizer is built over the float32 shards
+            module.reshard()
 
 
 def _no_split_modules(model) -> list[str]:
