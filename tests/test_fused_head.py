@@ -6,7 +6,8 @@ import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lsp_exp.core import fused_head
-from lsp_exp.core.fused_head import fused_logprobs, output_layer
+from lsp_exp.core.fused_head import PROBE_TOKENS, fused_difference, fused_logprobs, output_layer
+from lsp_exp.core.probe import probe_ids
 
 
 @pytest.fixture(params=[None, 3 * 40], ids=["one-chunk", "many-chunks"])
@@ -71,12 +72,52 @@ def test_a_frozen_output_layer_gets_no_gradient_and_bf16_activations_score_in_fl
     assert hidden.grad.dtype == torch.bfloat16 and head.weight.grad is None
 
 
-def test_only_plain_output_layers_are_fused():
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+def _llama(cls=LlamaForCausalLM):
+    torch.manual_seed(0)
+    model = cls(LlamaConfig(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, num_key_value_heads=1))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(50.0)   # logits of a few units, as a trained model's
+    return model
+
+
+class HalvedLogitsLlama(LlamaForCausalLM):
+    """An architecture no list knows: its logits are lm_head(h) / 2 (a config key of its own, say)."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits / 2
+        return out
+
+
+def test_the_fused_path_is_chosen_by_checking_once_per_model(caplog):
+    """The first request runs both paths on a few tokens and keeps the verdict on the model: a plain
+    output layer is fused; a model whose logits are transformed (here in its forward, under no config
+    key anyone listed) takes the logits path, with one log line naming it and the difference."""
+    llama = _llama()
     decoder, head = output_layer(llama)
-    assert decoder is llama.model and head is llama.lm_head
+    assert decoder is llama.model and head is llama.lm_head and llama._lsp_fused_head_exact is True
+    halved = _llama(HalvedLogitsLlama)
+    with caplog.at_level("WARNING", logger="lsp_exp.core.fused_head"):
+        assert output_layer(halved) is None
+        calls = []
+        halved.register_forward_hook(lambda *a: calls.append(1))
+        assert output_layer(halved) is None and calls == []      # the verdict is kept: no second check
+    assert len(caplog.records) == 1
+    line = caplog.records[0].getMessage()
+    assert line.startswith("HalvedLogitsLlama: log-probs from the model's logits (the plain path)") and "nats" in line
+    diff, tol, _ = fused_difference(halved, halved.model, halved.lm_head)
+    assert diff > 0.1 and tol < 1e-4       # float32: 4 ulps at the largest logit
     gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=40, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
                                            num_attention_heads=2, num_key_value_heads=1, head_dim=4,
-                                           final_logit_softcapping=30.0))
+                                           final_logit_softcapping=3.0))
     assert output_layer(gemma) is None   # soft-capped logits: the logits path
+
+
+def test_under_bf16_autocast_the_tolerance_is_bf16s_and_a_plain_layer_stays_fused():
+    llama, halved = _llama(), _llama(HalvedLogitsLlama)
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        diff, tol, _ = fused_difference(llama, llama.model, llama.lm_head)
+        assert output_layer(llama) is not None and output_layer(halved) is None
+        scale = float(llama(input_ids=probe_ids(llama, PROBE_TOKENS)[None]).logits.float().abs().max())
+    assert diff <= tol and tol == pytest.approx(4 * 2 ** -7 * max(1.0, scale), rel=1e-6)   # 4 bf16 ulps

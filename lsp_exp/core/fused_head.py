@@ -6,30 +6,92 @@ positions at a time, so the [rows, positions, vocabulary] logits never exist (do
 
 The backward recomputes each chunk's logits from the saved hidden states and logsumexp. Besides
 the hidden states a pass holds O(chunk x V) float32. Used for causal LMs whose logits are exactly
-lm_head(last hidden state) (no soft-capping or scaling); others, and a policy sharded with FSDP2,
-take the logits path (`logprobs.chosen_logprobs`).
+lm_head(last hidden state), which is decided by running both paths once per model (`fused_is_exact`:
+a soft cap, a scale or a multiplier of the logits shows there, whatever the config calls it); others,
+and a policy sharded with FSDP2, take the logits path (`logprobs.chosen_logprobs`).
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from lsp_exp.core.probe import mode, probe_ids, tolerance, wide
+from lsp_exp.core.sharding import collective_forwards
+
 CHUNK_ELEMENTS = 2 ** 25    # float32 logits per chunk of positions (128 MB; a pass holds at most two)
-LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+PROBE_TOKENS = 16           # positions the check compares, each at 3 targets (next token, likeliest, least likely)
+ULPS = 4                    # tolerance: this many units of rounding of the compute dtype at the largest logit
+VERDICT = "_lsp_fused_head_exact"   # the check's result, kept on the transformers model
+log = logging.getLogger(__name__)
 
 
 def output_layer(model):
     """(the decoder that returns the last hidden states, the output Linear) when the model's logits
-    are exactly that Linear of the decoder's output; None otherwise."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # a PEFT model
+    are exactly that Linear of the decoder's output, as checked the first time this model is asked
+    (`fused_is_exact`, the verdict kept on it); None otherwise, and while every forward of the model
+    is a collective (FSDP2, not `gathered`: the check could not run the same on every rank)."""
+    if collective_forwards(model):
+        return None
+    found = _decoder_and_head(model)
+    if found is None:
+        return None
+    base = _base(model)
+    verdict = base.__dict__.get(VERDICT)
+    if verdict is None:
+        verdict = fused_is_exact(model, *found)
+        setattr(base, VERDICT, verdict)
+    return found if verdict else None
+
+
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model   # a PEFT model's own
+
+
+def _decoder_and_head(model):
+    """(decoder, output Linear) when the model has both, whatever its logits are made of; None otherwise."""
+    base = _base(model)
     get_decoder, head = getattr(base, "get_decoder", None), base.get_output_embeddings() \
         if hasattr(base, "get_output_embeddings") else None
     if get_decoder is None or not isinstance(head, torch.nn.Linear):
         return None
-    config = getattr(base, "config", None)
-    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in LOGIT_TRANSFORMS):
-        return None
     decoder = get_decoder()
     return (decoder, head) if decoder is not None and decoder is not base else None
+
+
+def fused_is_exact(model, decoder, head) -> bool:
+    """Whether the fused path's log-probs equal log_softmax(model(x).logits) (`fused_difference`);
+    one log line (the architecture, the difference) when they do not."""
+    diff, tol, reason = fused_difference(model, decoder, head)
+    exact = diff <= tol   # NaN: not exact
+    if not exact:
+        reason = reason or (f"the fused output layer's log-probs differ from the logits' by {diff:.3g} nats on "
+                            f"{PROBE_TOKENS} probe tokens (tolerance {tol:.2g}): its logits are not lm_head(last hidden state)")
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0:
+            log.warning("%s: log-probs from the model's logits (the plain path): %s", type(_base(model)).__name__, reason)
+    return exact
+
+
+@torch.no_grad()
+def fused_difference(model, decoder, head) -> tuple[float, float, str | None]:
+    """(the largest |fused - plain| log-prob, the tolerance, why the fused path could not run or None)
+    on PROBE_TOKENS fixed tokens, at 3 targets each (the next token, the likeliest, the least likely).
+    The tolerance is ULPS units of rounding of the dtype the forward computes in (core/probe.py) at the
+    largest logit. Eval mode, in the caller's autocast context."""
+    ids = probe_ids(model, PROBE_TOKENS)[None]
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                  position_ids=torch.arange(PROBE_TOKENS, device=ids.device)[None], use_cache=False)
+    reason, diff = None, float("nan")
+    with mode(model, training=False):
+        z = wide(model(**kwargs).logits)[0]                                     # [P, V]
+        targets = torch.stack([ids[0].roll(-1), z.argmax(-1), z.argmin(-1)])    # [3, P]
+        plain = z.log_softmax(-1).gather(-1, targets.t()).t()
+        try:
+            hidden = decoder(**kwargs).last_hidden_state[0]
+            diff = float((fused_logprobs(hidden.expand(3, *hidden.shape), head, targets)[0] - plain).abs().max())
+        except Exception as err:  # noqa: BLE001  (a decoder that cannot run alone: the logits path)
+            reason = f"its decoder does not run alone ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+    return diff, tolerance(model, z, ULPS), reason
 
 
 def fused_logprobs(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor, temperature: float = 1.0,

@@ -8,7 +8,8 @@ a KL term), what follows it does not, whatever the pad token is.
 `num_return_sequences = G`, each prompt is run once and its KV cache repeated G times before
 decoding (transformers' `generate` runs every copy), in a short sampling loop under
 `torch.inference_mode` (no per-step logits processors or stopping criteria; it honours
-`model.generation_config.min_new_tokens`).
+`model.generation_config.min_new_tokens`, which `lsp-train` refuses for the policy at start,
+`check_min_new_tokens`: scoring does not mask the end ids).
 
 **Parts**: with `SETTINGS.generation_batch_size` set, at most that many rows are decoded at once
 (whole prompts with their copies when they fit, else a prompt's copies in parts) and the parts are
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lsp_exp.core.kv_cache import cache_of, with_cache
-from lsp_exp.core.special_tokens import end_ids_tensor
+from lsp_exp.core.kv_cache import cache_of, repeat_is_exact, with_cache
+from lsp_exp.core.special_tokens import ModelSetupError, end_ids_tensor
 
 
 @dataclass
@@ -232,6 +233,16 @@ def _min_new_tokens(model) -> int:
     return int(getattr(config, "min_new_tokens", None) or 0)
 
 
+def check_min_new_tokens(model, name: str) -> None:
+    """Refuse a policy whose generation config sets `min_new_tokens`: sampling masks the end ids for
+    that many tokens, while the log-probs of the update and the reference are of the unmasked
+    distribution, so the update would optimise another policy than the one that sampled."""
+    if _min_new_tokens(model):
+        raise ModelSetupError(f"model {name!r}: generation_config.json sets min_new_tokens={_min_new_tokens(model)}, "
+                              "which masks the end tokens while sampling but not in the log-probs the update scores; "
+                              "remove it (or set it to 0) in the model's generation_config.json")
+
+
 def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_sample: bool, temperature: float,
             copies: int, ends: torch.Tensor, pad: int, generator: torch.Generator | None = None,
             capture: tuple[int, list[int]] | None = None, captured: torch.Tensor | None = None,
@@ -239,11 +250,15 @@ def _sample(model, enc: dict[str, torch.Tensor], *, max_new_tokens: int, do_samp
     """[B * copies, P + T] prompts and completions (T <= max_new_tokens: it stops when every row has
     ended; rows that ended are padded), the same contract as `generate` of transformers.
 
-    Each prompt is prefilled once; its KV cache and last logits are repeated `copies` times. With
+    Each prompt is prefilled once; its KV cache and last logits are repeated `copies` times (every
+    copy is prefilled when the model's cache cannot be repeated, `kv_cache.repeat_is_exact`). With
     `capture=(marker, columns)`, `captured` [B * copies, C] is filled in place (see `generate`);
     `stop_at_capture` ends a row there."""
     ids, mask = enc["input_ids"], enc["attention_mask"]
     position = (mask.cumsum(-1) - 1).clamp(min=0)
+    if copies > 1 and not repeat_is_exact(model):  # a cache that cannot be repeated: every copy prefilled
+        ids, mask, position = (t.repeat_interleave(copies, dim=0) for t in (ids, mask, position))
+        copies = 1
     out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
     cache, logits = cache_of(out), out.logits[:, -1]
     if copies > 1:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lsp_exp.core.fused_head import fused_logprobs, output_layer, position_chunks
-from lsp_exp.core.kv_cache import cache_of, with_cache
+from lsp_exp.core.kv_cache import cache_of, repeat_is_exact, with_cache
 from lsp_exp.core.sharding import collective_forwards
 from lsp_exp.rl.diagnostics import token_entropy
 
@@ -39,7 +39,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # One pass or two depends on the rows: not while every forward is a collective (FSDP2, sharding.py)
-    share = SETTINGS.share_prefixes and not _cache_dropped(model) and not collective_forwards(model)
+    share = SETTINGS.share_prefixes and not _cache_dropped(model) and not collective_forwards(model) \
+        and repeat_is_exact(model)   # (a cache that cannot be repeated row by row: kv_cache.py)
     split = shared_prefix(input_ids, attention_mask) if share else None
     fused = None if collective_forwards(model) else output_layer(model)   # hidden states, never the logits
     t, length = float(temperature), input_ids.shape[1]

@@ -187,6 +187,9 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)   # peft keeps the adapter in float32 over a half-precision base
     check_master_weights(model)
+    from lsp_exp.core.dropout import disable_dropout  # noqa: PLC0415
+
+    disable_dropout(model)   # of the model and the adapter: sampling and scoring see one distribution
     return model
 
 

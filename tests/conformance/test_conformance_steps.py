@@ -1,0 +1,87 @@
+"""The conformance matrix, (c): one self-play step of `lsp-train` (game=lsp: Challenger, Solver, the
+judge) on every architecture of tests/conformance/architectures.py, with LoRA and as a full
+fine-tune, saved and loaded back as a real checkpoint is. After the step the reference (the
+adapter-disabled policy, or the frozen copy) scores exactly as the checkpoint loaded afresh, and the
+update moved the policy. An architecture the start-up check refuses stops in one line."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from architectures import ARCHITECTURES, BY_NAME, build
+from conftest import compose_config
+from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.special_tokens import ModelSetupError
+from test_conformance import REFUSED, batch, padded
+
+STEP = ["task=prompts", "game=lsp", "reward._target_=step_probe.ProbeReward", "reward.world=null",  # R by a checksum
+        "trainer.max_steps=1", "trainer.num_threads=1", "trainer.enable_progress_bar=false",
+        "trainer.checkpoint_every=0", "game.n_queries=2", "game.group_size=2", "game.max_query_tokens=6",
+        "game.max_answer_tokens=4", "game.judge.max_new_tokens=4", "game.temperature=0.7", "eval.every_n_steps=0",
+        "eval.sample_table_every=0", "eval.judge_pairs=0", "eval.samples=0", "logger=none", "optim.lr=1e-2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    torch.set_num_threads(1)
+
+
+def one_step(name: str, lora: bool, tmp_path):
+    """(the module after one step of lsp-train on the saved architecture, its checkpoint's directory)."""
+    from lsp_exp.cli.train import train
+    from lsp_exp.core.module import SelfPlayModule
+
+    arch = BY_NAME[name]
+    model, tok = build(name)
+    path = tmp_path / name
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
+    cfg = compose_config("train", [*STEP, f"model.path={path}", f"model.name={name}", f"model.lora.enabled={lora}",
+                                   f"model.lora.target_modules=[{','.join(arch.lora_targets)}]",
+                                   f"model.attn_implementation={arch.attn}", f"paths.outputs={tmp_path / 'out'}"])
+    modules, real = [], SelfPlayModule.training_step
+
+    def step(self, *args, **kwargs):
+        modules.append(self)
+        return real(self, *args, **kwargs)
+
+    SelfPlayModule.training_step = step
+    try:
+        train(cfg)
+    finally:
+        SelfPlayModule.training_step = real
+    return modules, path
+
+
+@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
+@pytest.mark.parametrize("name", [a.name for a in ARCHITECTURES])
+def test_c_one_lsp_step_and_the_reference_is_the_initial_model(name, lora, tmp_path):
+    if name in REFUSED:
+        with pytest.raises(ModelSetupError, match=f"^model '{tmp_path / name}' \\(\\w+\\): {re.escape(REFUSED[name])}"):
+            one_step(name, lora, tmp_path)
+        return
+    modules, path = one_step(name, lora, tmp_path)
+    assert len(modules) == 1
+    module = modules[0]
+    metrics = module.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/grad_norm"]) and float(metrics["train/grad_norm"]) > 0
+    assert float(metrics["train/kl/solver"]) == pytest.approx(0.0, abs=1e-6)   # step 0: policy = reference
+
+    from transformers import AutoModelForCausalLM
+
+    initial = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                   attn_implementation=BY_NAME[name].attn).eval()
+    _, tok = build(name)
+    _, ids, mask = batch(initial, padded(tok).pad_token_id)
+    counted = (mask[:, :-1] * mask[:, 1:]).bool()
+    with torch.no_grad():
+        want = token_logprobs(initial, ids, mask, temperature=0.7)
+        with module.reference.model() as reference:
+            assert (reference is module.policy) == lora          # LoRA: the policy with its adapter off
+            got = token_logprobs(reference, ids, mask, temperature=0.7)
+        moved = token_logprobs(module.policy, ids, mask, temperature=0.7)
+    torch.testing.assert_close(got[counted], want[counted], rtol=1e-5, atol=1e-5)
+    assert (moved[counted] - want[counted]).abs().max() > 1e-4                 # the update changed the policy
