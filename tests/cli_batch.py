@@ -2,7 +2,7 @@
 
     python tests/cli_batch.py cases.json results.json
 
-`cases.json` is a list of {"argv": [...], "env": {...}}. The heavy imports (torch, Lightning,
+`cases.json` is a list of {"argv": [...], "env": {...}, "fsize": <bytes, optional: RLIMIT_FSIZE, a full disk>}. The heavy imports (torch, Lightning,
 transformers, MLflow) take most of a CLI call's time, so this process imports `lsp_exp.cli.train` once
 and forks one child per case; each child does what the `lsp-train` console script does
 (`sys.exit(main())` with `sys.argv` set) and, like the interpreter, prints the traceback of an
@@ -26,6 +26,12 @@ def run_case(case: dict, out_path: str, err_path: str) -> None:
         os.dup2(handle, fd)
         os.close(handle)
     os.environ.update(case.get("env", {}))
+    if case.get("fsize"):  # a full disk: no file of the case's may grow past this many bytes (EFBIG, not a kill)
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (case["fsize"], case["fsize"]))
     sys.argv = ["lsp-train", *case["argv"]]
     code = 1
     try:

@@ -129,17 +129,30 @@ class WinRateScorer:
 
 
 def challenger_queries(client, run_id: str) -> dict[int, list[str]]:
-    """step -> the Challenger's N queries, from the run's sample tables (rows repeat a query G times)."""
+    """step -> the Challenger's N queries, from the run's sample tables (rows repeat a query G times).
+    Read before any model is loaded: a corrupt param or table is one line naming it (InitFromError)."""
     out: dict[int, list[str]] = {}
     params = client.get_run(run_id).data.params
     if params.get("game.challenger") != "True":
         return out  # grpo_data: the queries are the prompt file's
-    g = int(params.get("game.group_size", 1))
+    value = params.get("game.group_size", "1")
+    try:
+        g = int(value)
+    except ValueError:
+        g = 0
+    if g < 1:
+        raise InitFromError(f"run={run_id!r}: its stored param game.group_size={value!r} is not a whole number >= 1 "
+                            "(the run's params are corrupt); diversity=false evaluates without the diversity metrics")
     with tempfile.TemporaryDirectory() as tmp:
         for art in client.list_artifacts(run_id, "samples"):
-            table = json.loads(Path(client.download_artifacts(run_id, art.path, tmp)).read_text())
-            column = table["columns"].index("query")
-            out[int(Path(art.path).stem.removeprefix("step_"))] = [row[column] for row in table["data"]][::g]
+            try:
+                table = json.loads(Path(client.download_artifacts(run_id, art.path, tmp)).read_text(encoding="utf-8"))
+                column = table["columns"].index("query")
+                step = int(Path(art.path).stem.removeprefix("step_"))
+                out[step] = [str(row[column]) for row in table["data"]][::g]
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError) as err:
+                raise InitFromError(f"run={run_id!r}: its sample table {art.path} is not readable "
+                                    f"({type(err).__name__}); diversity=false evaluates without it") from None
     return out
 
 
@@ -154,6 +167,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
         init_sqlite_store(uri)
     client = mlflow.MlflowClient(uri) if uri else None
     evaluated = targets(cfg, uri)  # a wrong run id or filter fails here, before any model is loaded
+    queries = {t.run_id: challenger_queries(client, t.run_id) for t in evaluated  # (corrupt params: here too)
+               if cfg.diversity and client is not None and t.run_id is not None}
     task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     base_path = resolve_model_path(cfg.model, task)
     char_level = task.char_level if cfg.char_level is None else cfg.char_level
@@ -199,10 +214,9 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
         if ngram is not None:
             metrics["perplexity_ngram"] = ngram
         curves = {}
-        if cfg.diversity and client is not None and target.run_id is not None:
-            for step, queries in sorted(challenger_queries(client, target.run_id).items()):
-                tokens = [list(q) if char_level else tokenizer(q, add_special_tokens=False)["input_ids"] for q in queries]
-                curves[step] = diversity(tokens)
+        for step, texts in sorted(queries.get(target.run_id, {}).items()):
+            tokens = [list(q) if char_level else tokenizer(q, add_special_tokens=False)["input_ids"] for q in texts]
+            curves[step] = diversity(tokens)
         metrics["eval_s"] = time.perf_counter() - start
         _log(cfg, client, target, metrics, curves)
         console.print(f"{target.label}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k))

@@ -379,7 +379,25 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
 
         cfg = compose(config_name=HydraConfig.get().job.config_name, overrides=[*overrides, f"resume={path}"])
         check_config_targets(cfg, targets_named(current), where)
-    return cfg, Resume(path, meta.get("run_id"), _step(meta, path)), overrides
+    step = _step(meta, path)
+    if step >= cfg.trainer.max_steps and cfg.logger.get("name") != "none" and \
+            _finished(cfg.logger.get("tracking_uri") or uri, meta.get("run_id")):
+        raise ResumeError(f"resume={str(cfg.resume)!r}: run {meta['run_id']} is FINISHED at step {step} and "
+                          f"trainer.max_steps={cfg.trainer.max_steps}: nothing to train (its final model is logged "
+                          f"already); give trainer.max_steps=<more than {step}> to train it further")
+    return cfg, Resume(path, meta.get("run_id"), step), overrides
+
+
+def _finished(uri: str | None, run_id: str | None) -> bool:
+    """Whether the store at `uri` holds run `run_id` as FINISHED (False when it cannot tell; no store is created)."""
+    if not run_id or not uri or (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()):
+        return False
+    try:
+        import mlflow
+
+        return mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    except Exception:  # noqa: BLE001 (an unknown run or a store that is down: the resume says so later)
+        return False
 
 
 def without_resume(overrides: list[str]) -> list[str]:

@@ -114,14 +114,25 @@ def preflight(cfg: DictConfig) -> None:
         check_reachable(cfg.logger.tracking_uri, key="logger.tracking_uri")
 
 
-def check_writable(folder: Path, key: str) -> None:
-    """`folder` can be created and written (a probe file, removed at once); one line naming the key if not."""
+def check_writable(folder: Path, key: str, create: bool = True) -> None:
+    """`folder` can be created and written (a 4 KiB probe file, removed at once: a full disk fails it);
+    one line naming the key if not: under a file, unwritable, no space. `create=False`: the probe goes
+    to its nearest existing folder and nothing is created (Hydra creates a run folder itself)."""
     import tempfile  # noqa: PLC0415
 
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == folder else f"is under a file ({existing})"
+        raise ConfigError(f"{key}={str(folder)!r}: {where}, not a folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe_"):
-            pass
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+            existing = folder
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_probe_") as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
     except OSError as err:
         raise ConfigError(f"{key}={str(folder)!r}: cannot write there ({' '.join(str(err).split())})") from None
 
