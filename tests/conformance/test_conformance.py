@@ -144,7 +144,7 @@ def test_the_start_up_check_passes_or_refuses_in_one_line(name):
     found = check_architecture(model, padded(tok), name)
     assert found["fused"] == BY_NAME[name].fused_exact
     assert found["repeat_cache"] == (name not in NO_CACHE_REPEAT)
-    assert found["tolerance"] < 3e-4   # float32
+    assert found["tolerance"] < 2e-3   # float32
     for key in ("padding", "padding+prefixes", "cache", "training_mode"):
         assert found["padding_gradient"] == 0.0
         assert found[key] <= found["tolerance"], key

@@ -6,6 +6,7 @@ update moved the policy. An architecture the start-up check refuses stops in one
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,3 +86,22 @@ def test_c_one_lsp_step_and_the_reference_is_the_initial_model(name, lora, tmp_p
         moved = token_logprobs(module.policy, ids, mask, temperature=0.7)
     torch.testing.assert_close(got[counted], want[counted], rtol=1e-5, atol=1e-5)
     assert (moved[counted] - want[counted]).abs().max() > 1e-4                 # the update changed the policy
+
+
+@pytest.mark.slow
+def test_lsp_train_refuses_an_architecture_that_cannot_pass_in_one_line(tmp_path):
+    """The command line: RecurrentGemma stops at start with exit code 2 and one line naming what fails."""
+    import subprocess
+    import sys
+
+    model, tok = build("recurrent_gemma")
+    path = tmp_path / "rg"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *STEP, f"model.path={path}",
+                          "model.lora.target_modules=[q_proj,v_proj]", f"paths.outputs={tmp_path / 'out'}"],
+                         capture_output=True, text=True, timeout=600,
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])})
+    lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("[transformers]")]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    assert lines[0].startswith(f"error: model '{path}' (RecurrentGemmaForCausalLM): {REFUSED['recurrent_gemma']}")
