@@ -114,3 +114,23 @@ def run_of_this_test(uri: str, experiment: str | None = None, filter_string: str
     runs = runs_of_this_test(uri, experiment, filter_string)
     assert len(runs) == 1, f"{len(runs)} runs of this test in {uri} match {filter_string!r}"
     return runs[0]
+
+
+@pytest.fixture
+def immutable():
+    """A real fault: `chattr +i` on a path (nothing in it can be created, changed or removed, even by
+    root), undone after the test; `set_immutable(path, False)` undoes it early. Skips the test
+    where chattr cannot (not root, or a filesystem without the flag)."""
+    import subprocess
+
+    done: set = set()
+
+    def set_immutable(path, on: bool = True) -> None:
+        flag = "+i" if on else "-i"
+        if os.geteuid() != 0 or subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i needs root and a filesystem that supports it")
+        (done.add if on else done.discard)(str(path))
+
+    yield set_immutable
+    for path in done:
+        subprocess.run(["chattr", "-i", path], check=False)

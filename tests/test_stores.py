@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import threading
 from pathlib import Path
 
@@ -22,21 +21,6 @@ def good_db(path: Path) -> Path:
     conn.commit()
     conn.close()
     return path
-
-
-@pytest.fixture
-def immutable():
-    """chattr +i on paths (root only), undone after the test."""
-    done: list[Path] = []
-
-    def set_immutable(path: Path) -> None:
-        if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
-            pytest.skip("chattr +i needs root and a filesystem that supports it")
-        done.append(path)
-
-    yield set_immutable
-    for path in done:
-        subprocess.run(["chattr", "-i", str(path)], check=False)
 
 
 def test_sqlite_paths():

@@ -1,8 +1,10 @@
 """MLflow tracking through Lightning's MLFlowLogger: params, tags, eval metrics, sample tables."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,8 +16,10 @@ from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
-from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ResilientMLFlowLogger,  # noqa: E402
-                                       TrackingLostError, check_reachable, is_remote, one_line)
+from lsp_exp.run import tracking_failures  # noqa: E402
+from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ArtifactStoreError,  # noqa: E402
+                                       ResilientMLFlowLogger, TrackingLostError, artifact_errors, check_reachable,
+                                       is_remote, one_line, retry_until)
 
 
 def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
@@ -80,8 +84,9 @@ def init_sqlite_store(uri: str) -> None:
 
     import mlflow
 
-    for name in ("mlflow.store.db.utils", "alembic"):  # "Creating initial MLflow database tables..."
-        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
+    # a refused write is MLflow's traceback on stderr: the run's own warning says it in one line
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     check_reachable(uri)  # one line for a store that cannot be used (sqlite_store.py)
     db = Path(uri.removeprefix("sqlite:///"))
     with open(db.with_suffix(db.suffix + ".lock"), "w") as lock:
@@ -133,7 +138,8 @@ def log_run_start(logger: MLFlowLogger | None, cfg: DictConfig) -> None:
     if logger is None:
         return
     logger.log_hyperparams(flat_params(cfg))
-    logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
+    with artifact_errors(logger, "config/resolved.yaml"):
+        logger.experiment.log_text(logger.run_id, OmegaConf.to_yaml(cfg, resolve=True), "config/resolved.yaml")
 
 
 def log_eval(logger: MLFlowLogger | None, step: int, metrics: dict[str, float]) -> None:
@@ -161,7 +167,8 @@ def log_sample_table(logger, step: int, rows: dict[str, list]) -> None:
     if logger is None or not isinstance(logger, MLFlowLogger) or getattr(logger, "down_since", None) is not None:
         return  # (no tables while the tracking server is down)
     try:
-        logger.experiment.log_table(logger.run_id, data=rows, artifact_file=f"samples/step_{step:06d}.json")
+        with artifact_errors(logger, f"the sample table samples/step_{step:06d}.json"):
+            logger.experiment.log_table(logger.run_id, data=rows, artifact_file=f"samples/step_{step:06d}.json")
     except TRACKING_ERRORS as err:
         if not hasattr(logger, "went_down"):
             raise
@@ -178,52 +185,75 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state
     `upload=False` (`logger.log_model=false`: a full 3B model is ~6 GB): nothing is logged; the model
     is saved under `<outputs>/models/<run id>/model`, which the run's tag `final_model_dir` names.
     With a remote tracking server it is first saved there (and kept), so a server that went away
-    does not lose it: then TrackingLostError says where it is, with the metrics the server never
-    got beside it (`unlogged_metrics.jsonl`). Returns that folder."""
+    does not lose it: the upload is retried for END_WAIT_S, then TrackingLostError says where it is,
+    and where the metrics the server never got are (`run_end.keep_unlogged`). Returns that folder.
+    An artifact store that refuses the model part way (full, read-only): what it took is removed
+    and ArtifactStoreError (one line) ends the run FAILED; nothing truncated is left as its model."""
     if logger is None:
         return None
     if not upload:
         local = Path(outputs or ".") / "models" / logger.run_id / "model"
-        local.mkdir(parents=True, exist_ok=True)
-        policy.save_pretrained(local, state_dict=state_dict)
-        tokenizer.save_pretrained(local)
+        save_model(local, policy, tokenizer, state_dict)
         logger.experiment.set_tag(logger.run_id, "final_model_dir", str(local.resolve()))
         return local
-    if not (outputs and is_remote(logger._tracking_uri)):
-        with tempfile.TemporaryDirectory() as tmp:
-            policy.save_pretrained(tmp, state_dict=state_dict)
-            tokenizer.save_pretrained(tmp)
-            logger.experiment.log_artifacts(logger.run_id, tmp, "model")
-        if getattr(logger, "flush", lambda: True)() is False:  # a local store locked or failing to the end
-            kept = Path(outputs or ".") / "models" / logger.run_id / "unlogged_metrics.jsonl"
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            logger.dump_pending(kept)
+    keep = bool(outputs and is_remote(logger._tracking_uri))  # a remote store: the model stays on this machine too
+    local = Path(outputs or ".") / "models" / logger.run_id / "model"
+    with (contextlib.nullcontext(str(local)) if keep else tempfile.TemporaryDirectory()) as folder:
+        save_model(Path(folder), policy, tokenizer, state_dict)
+        refused = retry_until(lambda: upload_model(logger, Path(folder)), tracking_failures.END_WAIT_S,
+                              "the final model", logger._tracking_uri)
+        if refused is not None:
+            from lsp_exp.run.run_end import keep_unlogged
+
+            logger.went_down(refused)
+            where = f"it is saved in {local}"
+            if not keep:
+                try:
+                    shutil.copytree(folder, local, dirs_exist_ok=True)  # not lost with the temporary folder
+                except OSError as err:
+                    where = f"it could not be saved in {local} either ({one_line(err, 200)})"
+            kept = keep_unlogged(logger, outputs)
             raise TrackingLostError(
-                f"the tracking store {logger._tracking_uri} refused metrics until the end "
-                f"({one_line(logger.last_error, 200)}); the metrics it did not get are in {kept}; run "
-                f"{logger.run_id} stays RUNNING there")
-        _log_entry(logger, entry)
-        return None
-    local = Path(outputs) / "models" / logger.run_id / "model"
-    local.mkdir(parents=True, exist_ok=True)
-    policy.save_pretrained(local, state_dict=state_dict)
-    tokenizer.save_pretrained(local)
+                f"the tracking store {logger._tracking_uri} refused the final model ({one_line(refused, 200)}, retried "
+                f"for {tracking_failures.END_WAIT_S:.0f} s); {where}" +
+                (f", the metrics the store did not get in {kept}" if kept else "") +
+                f"; run {logger.run_id} stays RUNNING there")
+    _log_entry(logger, entry)
+    return local if keep else None
+
+
+def save_model(folder: Path, policy, tokenizer, state_dict=None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    policy.save_pretrained(folder, state_dict=state_dict)
+    tokenizer.save_pretrained(folder)
+
+
+def upload_model(logger, folder: Path) -> None:
+    """`folder` as the run's `model/` artifact. If the store refuses it part way, what it took is
+    removed, so no truncated model is left as the run's model (an artifact store that refuses a
+    file: ArtifactStoreError, one line)."""
     try:
-        if getattr(logger, "flush", lambda: True)() is False:
-            raise logger.last_error
-        logger.experiment.log_artifacts(logger.run_id, str(local), "model")
-        _log_entry(logger, entry)
-        if getattr(logger, "unfinished", None):  # the server came back after training ended
-            logger.finalize(logger.unfinished)
-    except TRACKING_ERRORS as err:
-        if hasattr(logger, "went_down"):
-            logger.went_down(err)
-            logger.dump_pending(local.parent / "unlogged_metrics.jsonl")
-        raise TrackingLostError(
-            f"lost the tracking server {logger._tracking_uri} ({one_line(err, 200)}); the final model is saved in "
-            f"{local}, the metrics it did not get in {local.parent / 'unlogged_metrics.jsonl'}; run "
-            f"{logger.run_id} stays RUNNING there") from None
-    return local
+        with artifact_errors(logger, "the final model"):
+            logger.experiment.log_artifacts(logger.run_id, str(folder), "model")
+    except ArtifactStoreError as err:
+        raise ArtifactStoreError(f"{err}; {remove_partial_model(logger)}") from None
+    except TRACKING_ERRORS:
+        remove_partial_model(logger)
+        raise
+
+
+def remove_partial_model(logger) -> str:
+    """Remove the run's `model/` artifact (what a failed upload left); says what happened."""
+    try:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = logger.experiment.get_run(logger.run_id).info.artifact_uri
+        get_artifact_repository(uri).delete_artifacts("model")
+        return "the partial model/ artifact is removed"
+    except Exception as err:  # noqa: BLE001 (any store's own error: the message says so)
+        logging.getLogger(__name__).warning("could not remove the partial model/ artifact of run %s (%s)",
+                                            logger.run_id, one_line(err, 200))
+        return f"its partial model/ artifact could not be removed ({one_line(err, 200)})"
 
 
 def _log_entry(logger, entry: dict | None) -> None:
@@ -234,7 +264,8 @@ def _log_entry(logger, entry: dict | None) -> None:
     from lsp_exp.run.final_model import log_model_entry
 
     try:
-        logger.model_id = log_model_entry(logger, **entry)
+        with artifact_errors(logger, "the final model's logged-model entry (its model/ artifact is complete)"):
+            logger.model_id = log_model_entry(logger, **entry)
     except TRACKING_ERRORS as err:
         logging.getLogger(__name__).warning("the final model is the run's model/ artifact; the store refused it as "
                                             "a logged model (%s)", one_line(err, 200))

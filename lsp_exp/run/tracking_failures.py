@@ -23,6 +23,7 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -50,6 +51,9 @@ REMOTE_SCHEMES = ("http", "https", "databricks")
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)  # a run they stop ends KILLED, not FAILED
 # While the server is down, how often a metrics call tries it again (the others are kept meanwhile).
 RETRY_S = float(os.environ.get("LSP_TRACKING_RETRY_S", "60"))
+# After training, how long the run's end (the metrics kept, the final model, its status) is retried
+# against a store that refuses it (a server down, a sqlite file locked by another writer).
+END_WAIT_S = float(os.environ.get("LSP_TRACKING_END_WAIT_S", "300"))
 
 
 class TrackingUnreachableError(ConnectionError):
@@ -59,6 +63,46 @@ class TrackingUnreachableError(ConnectionError):
 class TrackingLostError(RuntimeError):
     """The tracking server went away and did not come back before the run ended; the message says
     where the final model and the metrics it did not get are kept."""
+
+
+class ArtifactStoreError(RuntimeError):
+    """The artifact store refused a file (full, read-only); the run ends FAILED, its metrics kept in
+    the tracking store; the message names the run, the file and the reason."""
+
+
+@contextmanager
+def artifact_errors(logger, what: str):
+    """An OSError of a local artifact store (a full disk, a read-only folder) while logging `what`
+    becomes ArtifactStoreError, one line; a tracking server's errors pass through."""
+    try:
+        yield
+    except TRACKING_ERRORS:
+        raise
+    except OSError as err:
+        raise ArtifactStoreError(
+            f"the artifact store of run {getattr(logger, 'run_id', None)} refused {what} ({one_line(err, 300)}); the "
+            f"run ends FAILED, its metrics are kept in {getattr(logger, '_tracking_uri', None)}") from None
+
+
+def retry_until(call, wait_s: float, what: str, uri: str | None = None) -> BaseException | None:
+    """`call()` again (backing off from 0.5 s to 10 s) while the store refuses it, for at most
+    `wait_s` seconds; returns the last refusal, or None once it succeeded."""
+    deadline, delay, said = time.monotonic() + wait_s, 0.5, False
+    while True:
+        try:
+            call()
+            if said:
+                log.warning("the tracking store %s took %s", uri, what)
+            return None
+        except TRACKING_ERRORS as err:
+            if time.monotonic() + delay > deadline:
+                return err
+            if not said:
+                log.warning("the tracking store %s refused %s (%s); retrying for up to %.0f s", uri, what,
+                            one_line(err, 200), wait_s)
+                said = True
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
 
 
 def one_line(err: BaseException, limit: int = 400) -> str:
@@ -156,6 +200,10 @@ class ResilientMLFlowLogger(MLFlowLogger):
         if not self._initialized:
             return
         error = sys.exc_info()[1] if status == "failed" else None  # Lightning finalizes inside its `except`
+        if status == "success":  # ended by run_end.end_run: after the final model, retried (not here)
+            self.flush()
+            self.unfinished = "FINISHED"
+            return
         if not self.flush():
             self.unfinished = status  # the run stays RUNNING on the server; log_final_model / main say so
             return
@@ -172,9 +220,9 @@ class ResilientMLFlowLogger(MLFlowLogger):
 
 
 def record_failure(logger, err: BaseException) -> None:
-    """Tag the run `error` (one line), log `error.txt` (the traceback) and end it FAILED (KILLED
-    for Ctrl-C or SIGTERM, without the error). Never raises: a server that is down only gets a
-    warning (the run then stays RUNNING there)."""
+    """Tag the run `error` (one line), end it FAILED (KILLED for Ctrl-C or SIGTERM, without the
+    error), retried for END_WAIT_S while the store refuses it, then log `error.txt` (the traceback).
+    Never raises: a server that is down only gets a warning (the run then stays RUNNING there)."""
     run_id = getattr(logger, "_run_id", None)
     if logger is None or run_id is None or getattr(logger, "error_recorded", False):
         return
@@ -182,17 +230,23 @@ def record_failure(logger, err: BaseException) -> None:
         log.warning("run %s stays RUNNING on %s: the tracking server is down", run_id, logger._tracking_uri)
         return
     client = logger.experiment
-    try:
-        if isinstance(err, INTERRUPTS):
-            client.set_terminated(run_id, "KILLED")
-            logger.error_recorded = True
-            return
-        client.set_tag(run_id, "error", f"{type(err).__name__}: {one_line(err, 4000)}")
-        client.log_text(run_id, "".join(traceback.format_exception(err)), "error.txt")
-        client.set_terminated(run_id, "FAILED")
-        logger.error_recorded = True
-    except TRACKING_ERRORS as tracking_err:
-        log.warning("could not mark run %s FAILED on %s (%s)", run_id, logger._tracking_uri, one_line(tracking_err))
+    status = "KILLED" if isinstance(err, INTERRUPTS) else "FAILED"
+
+    def end():
+        if status == "FAILED":
+            client.set_tag(run_id, "error", f"{type(err).__name__}: {one_line(err, 4000)}")
+        client.set_terminated(run_id, status)
+
+    refused = retry_until(end, END_WAIT_S, f"the run's end ({status})", logger._tracking_uri)  # (a locked store)
+    if refused is not None:
+        log.warning("could not mark run %s %s on %s (%s)", run_id, status, logger._tracking_uri, one_line(refused))
+        return
+    logger.error_recorded = True
+    if status == "FAILED":  # the traceback last: an artifact store that is full must not keep the run RUNNING
+        try:
+            client.log_text(run_id, "".join(traceback.format_exception(err)), "error.txt")
+        except (*TRACKING_ERRORS, OSError) as log_err:
+            log.warning("run %s is FAILED; its error.txt could not be logged (%s)", run_id, one_line(log_err))
 
 
 ACTIVE_LOGGERS: list = []  # the loggers of the job now running in this process (for main's error handler)
