@@ -5,6 +5,9 @@
 
 Items, one line each, then a summary (and DIR/gpu_check.json):
 1. `gpu_tests`: the gpu-marked tests (tests/test_gpu.py);
+   `conformance`: the conformance matrix in bf16 for Llama, Gemma 2 and Falcon-H1
+   (tests/conformance/test_conformance_gpu.py): the output layer each takes, the start-up check,
+   log-probs against the model's logits, one LoRA and one full lsp step, sampling with dropout off;
 2. `selfplay <shape> <lora|full>`: self-play steps (game=lsp: Challenger, Solver, the judge, a reward
    model) of randomly initialised Llama-3.2-1B- and 3B-shaped models with the Llama-3 vocabulary in
    bf16, at the paper's N, G and lengths, with the micro-batch size the memory estimate picks for the
@@ -59,7 +62,7 @@ PERF = ("gen", "judge", "reward", "ref", "update")
 @dataclass
 class Item:
     name: str
-    kind: str                      # gpu_tests | selfplay | fsdp
+    kind: str                      # gpu_tests | conformance | selfplay | fsdp
     shape: str = ""
     lora: bool = True
     steps: int = 1
@@ -79,6 +82,7 @@ def items(dry: bool) -> list[Item]:
     big, small = ("tiny2", "tiny") if dry else ("3B", "1B")
     return [
         Item("gpu_tests", "gpu_tests", expected_s=25 if dry else 90),
+        Item("conformance", "conformance", expected_s=30 if dry else 60),
         Item(f"selfplay {small} lora", "selfplay", small, True, steps=2, expected_s=20 if dry else 60),
         Item(f"selfplay {small} full", "selfplay", small, False, steps=1, expected_s=15 if dry else 40),
         Item(f"selfplay {big} lora", "selfplay", big, True, steps=1, expected_s=15 if dry else 70),
@@ -138,6 +142,33 @@ def run_gpu_tests(dry: bool, timeout: float) -> Result:
     failed = [line for line in tail if line.startswith(("FAILED", "ERROR"))]
     return Result("gpu_tests", "ok" if out.returncode == 0 else "failed", line=summary.strip("= "),
                   figures={"returncode": out.returncode, "failed": failed[:10]})
+
+
+def run_conformance(dry: bool, timeout: float, out: Path) -> Result:
+    """The conformance matrix on the device in bf16 for Llama, Gemma 2 and Falcon-H1
+    (tests/conformance/test_conformance_gpu.py); its measured differences from the tests' report."""
+    report = out / "conformance.jsonl"
+    report.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               LSP_CONFORMANCE_REPORT=str(report))
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/conformance/test_conformance_gpu.py", "-q",
+           "-p", "no:cacheprovider"]
+    if dry:  # the CPU stand-in: one architecture
+        env["LSP_TEST_DEVICE"] = "cpu"
+        cmd += ["-k", "llama"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    tail = (done.stdout + done.stderr).strip().splitlines()
+    summary = next((line for line in reversed(tail) if re.search(r"\d+ (passed|failed|error)", line)), "no summary")
+    rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    paths = {r["name"]: "fused" if r["fused"] else "plain" for r in rows if r["check"] == "float32"}
+    bf16 = [r for r in rows if r["check"].startswith("bf16")]
+    worst = lambda rs, *keys: max((r[k] for r in rs for k in keys if k in r), default=float("nan"))  # noqa: E731
+    line = (f"{summary.strip('= ')}; paths {', '.join(f'{k} {v}' for k, v in paths.items()) or '?'}; bf16: log-prob "
+            f"error {worst(bf16, 'logp'):.2g} nats, start-up check {worst(bf16, 'padding', 'padding+prefixes', 'cache', 'training_mode'):.2g}, "
+            f"reference after a step {worst([r for r in rows if r['check'].startswith('step')], 'reference'):.2g}")
+    failed = [line for line in tail if line.startswith(("FAILED", "ERROR"))]
+    return Result("conformance", "ok" if done.returncode == 0 else "failed", line=line,
+                  figures={"returncode": done.returncode, "failed": failed[:10], "rows": rows})
 
 
 def selfplay_overrides(item: Item, policy: Path, rm: Path, outputs: Path, dry: bool, micro: int | None) -> list[str]:
@@ -273,6 +304,8 @@ def main() -> int:
             try:
                 if item.kind == "gpu_tests":
                     result = run_gpu_tests(args.dry_run, timeout=max(args.budget_s - elapsed, 30))
+                elif item.kind == "conformance":
+                    result = run_conformance(args.dry_run, timeout=max(args.budget_s - elapsed, 30), out=out)
                 else:
                     result = run_selfplay(item, work / "models", work / "outputs", args.dry_run)
             except Exception as err:  # noqa: BLE001  (every failure is a result; the next item runs)

@@ -17,7 +17,7 @@ from lsp_exp.core.logprobs import token_logprobs
 from lsp_exp.core.special_tokens import ModelSetupError
 from test_conformance import REFUSED, batch, padded
 
-STEP = ["task=prompts", "game=lsp", "reward._target_=step_probe.ProbeReward", "reward.world=null",  # R by a checksum
+STEP = ["task=prompts", "game=lsp", "reward._target_=parity_reward.ParityReward", "reward.world=null",  # R by a checksum
         "trainer.max_steps=1", "trainer.num_threads=1", "trainer.enable_progress_bar=false",
         "trainer.checkpoint_every=0", "game.n_queries=2", "game.group_size=2", "game.max_query_tokens=6",
         "game.max_answer_tokens=4", "game.judge.max_new_tokens=4", "game.temperature=0.7", "eval.every_n_steps=0",
@@ -29,8 +29,9 @@ def one_thread():
     torch.set_num_threads(1)
 
 
-def one_step(name: str, lora: bool, tmp_path):
-    """(the module after one step of lsp-train on the saved architecture, its checkpoint's directory)."""
+def one_step(name: str, lora: bool, tmp_path, *extra: str):
+    """(the modules of one step of lsp-train on the saved architecture, its checkpoint's directory);
+    `extra`: more overrides (the device, the precision)."""
     from lsp_exp.cli.train import train
     from lsp_exp.core.module import SelfPlayModule
 
@@ -42,7 +43,7 @@ def one_step(name: str, lora: bool, tmp_path):
     model.generation_config.save_pretrained(path)
     cfg = compose_config("train", [*STEP, f"model.path={path}", f"model.name={name}", f"model.lora.enabled={lora}",
                                    f"model.lora.target_modules=[{','.join(arch.lora_targets)}]",
-                                   f"model.attn_implementation={arch.attn}", f"paths.outputs={tmp_path / 'out'}"])
+                                   f"model.attn_implementation={arch.attn}", f"paths.outputs={tmp_path / 'out'}", *extra])
     modules, real = [], SelfPlayModule.training_step
 
     def step(self, *args, **kwargs):
@@ -101,7 +102,7 @@ def test_lsp_train_refuses_an_architecture_that_cannot_pass_in_one_line(tmp_path
     out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *STEP, f"model.path={path}",
                           "model.lora.target_modules=[q_proj,v_proj]", f"paths.outputs={tmp_path / 'out'}"],
                          capture_output=True, text=True, timeout=600,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "", "PYTHONPATH": str(Path(__file__).parents[1])})
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "", "PYTHONPATH": str(Path(__file__).parent)})
     lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("[transformers]")]
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith(f"error: model '{path}' (RecurrentGemmaForCausalLM): {REFUSED['recurrent_gemma']}")
