@@ -100,10 +100,12 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig)
     assert ckpt.is_file() and 1 <= step < 500 and "interrupted: checkpoint at" in log
 
     # The command line names only the run (and its store): the config is the run's own, recomposed
-    # from the overrides saved in the checkpoint (else this would build the full-size toy world).
+    # from the overrides saved in the checkpoint (else this would build the full-size toy world). Its
+    # checkpoints are outside this command's paths.outputs, found through the run's checkpoint_dir tag:
+    # that is followed only when the command says so (a tag anyone who can write the store can set).
     done = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", f"resume={run_id}", f"trainer.max_steps={step + 1}",
-                           f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db"], capture_output=True, text=True,
-                          timeout=300)
+                           f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", "trust_checkpoint_dir_tag=true"],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
     assert run_ids(outputs) == [run_id] and client.get_run(run_id).info.status == "FINISHED"
