@@ -60,7 +60,7 @@ def world(tmp_path_factory):
                                           "+game.queries.mode=w"])
     as_dict = crafted(elsewhere / "dict", [f"game.queries={{_target_:builtins.open,file:'{victim}',mode:w}}"])
     searchpath = crafted(elsewhere / "hydra", [f"hydra.searchpath=[file://{root}]"])
-    store = f"sqlite:///{root}/mlflow.db"
+    store = f"sqlite:///{root}/store/mlflow.db"   # (a local store's own folder would be trusted: not the crafted ones')
     init_sqlite_store(store)
     client = mlflow.MlflowClient(store)
     run_id = client.create_run(client.create_experiment("crafted")).info.run_id

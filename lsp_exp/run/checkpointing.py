@@ -254,7 +254,8 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
     """The checkpoint file `spec` names: a file, a directory of `step_*.ckpt`, or an MLflow run id
     (its checkpoints under `trainer.checkpoint_dir` when set, else `<outputs>/checkpoints/<run id>`,
     else where the run's `checkpoint_dir` tag says: anyone who can write to the store can set that
-    tag, so a folder outside `outputs` is used only with `trust_tag`, `trust_checkpoint_dir_tag=true`)."""
+    tag, so a folder outside `outputs` (and a local sqlite store's folder) is used only with `trust_tag`,
+    `trust_checkpoint_dir_tag=true`)."""
     path = Path(spec).expanduser()
     if path.is_file():
         return path
@@ -276,14 +277,17 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
                     tried.append(Path(tagged))
             except Exception as err:  # MLflow raises its own types for an unknown run
                 log.debug("resume: no run %s in %s (%s)", spec, tracking_uri, err)
+        own = [Path(outputs)]  # this run's outputs, and a local store's folder (by default the outputs it logs)
+        if tracking_uri and tracking_uri.startswith("sqlite:///"):
+            own.append(Path(tracking_uri.removeprefix("sqlite:///")).parent)
         for n, directory in enumerate(tried):
-            if n > 0 and not trust_tag and not inside(directory, Path(outputs)):
+            if n > 0 and not trust_tag and not any(inside(directory, folder) for folder in own):
                 if latest_checkpoint(directory) is None:
                     continue
                 raise ResumeError(f"resume={spec!r}: the run's `checkpoint_dir` tag names {directory}, outside this "
-                                  f"run's outputs ({outputs}); a tag anyone who can write to the tracking store can "
-                                  f"set, so it is not followed: give trust_checkpoint_dir_tag=true (or "
-                                  f"trainer.checkpoint_dir={directory}) to resume from it")
+                                  f"run's outputs ({' or '.join(map(str, own))}); a tag anyone who can write to the "
+                                  "tracking store can set, so it is not followed: give trust_checkpoint_dir_tag=true "
+                                  f"(or trainer.checkpoint_dir={directory}) to resume from it")
             if (found := latest_checkpoint(directory)) is not None:
                 return found
         raise ResumeError(f"resume={spec!r}: no checkpoint of that MLflow run in {' or '.join(map(str, tried))} "
