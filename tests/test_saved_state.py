@@ -137,3 +137,24 @@ def test_every_target_of_the_recomposed_config_is_checked_without_importing_it()
     listed = compose_config("train", ["+extra=[{_target_:os.system}]"])
     with pytest.raises(UnsafeSavedStateError, match=r"extra\[0\]._target_='os.system'"):
         check_config_targets(listed, set(), where)
+
+
+def test_a_model_folder_from_a_store_runs_none_of_its_code(tmp_path):
+    """What `init_from=<run id>` and `lsp-eval run=<run id>` load from a run's `model/` artifact is
+    weights: a config.json whose `auto_map` names a module in the folder loads as the plain
+    architecture (no trust_remote_code) and the module never runs. (A `.bin` that is a pickle:
+    tests/test_bad_inputs.py.)"""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lsp_exp.core.models import HFModel
+
+    marker, folder = tmp_path / "pwned", tmp_path / "model"
+    LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=2, vocab_size=64)).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "evil.py").write_text(f"import os\nos.system('touch {marker}')\n"
+                                    "from transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel\n")
+    policy = HFModel().policy(str(folder))
+    assert type(policy).__name__ == "LlamaForCausalLM" and not marker.exists()
