@@ -38,6 +38,7 @@ from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
 from lsp_exp.core.generation import chat_prompts, generate  # noqa: E402
 from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
 from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
+from lsp_exp.core.prompt_bound import prompt_bound  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
 from lsp_exp.run.instantiate import build  # noqa: E402
@@ -172,10 +173,14 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     base_path = resolve_model_path(cfg.model, task)
     char_level = task.char_level if cfg.char_level is None else cfg.char_level
+    # the base's tokenizer and context bound a row before it is tokenized (core/prompt_bound.py)
+    answer_tokens = max(cfg.heldout.max_new_tokens, cfg.win_rate.max_new_tokens)
+    task.prompt_bound = bound = prompt_bound(loader.tokenizer(base_path), base_path, answer_tokens,
+                                             "max(heldout.max_new_tokens, win_rate.max_new_tokens)")
     task_set = task.heldout()
     heldout = task_set.head(cfg.heldout.max_problems) if (cfg.heldout.enabled and task_set is not None) else None
-    wr_rows = _rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts) if cfg.win_rate.enabled else []
-    ppl_rows = [r for r in _rows(cfg.perplexity.path, task_set, cfg.perplexity.max_rows)
+    wr_rows = _rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts, bound) if cfg.win_rate.enabled else []
+    ppl_rows = [r for r in _rows(cfg.perplexity.path, task_set, cfg.perplexity.max_rows, bound)
                 if r.reference is not None] if cfg.perplexity.enabled else []
     ngram = None  # the classical reference: a Kneser-Ney n-gram model of the training split's answers
     train_refs = task.train_references() if ppl_rows and cfg.perplexity.ngram > 0 else None
@@ -224,10 +229,10 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     return results
 
 
-def _rows(path: str | None, task_set, limit: int | None) -> list[PromptRow]:
-    """A prompt file's rows, or the task's held-out set as rows (split: its first slice)."""
+def _rows(path: str | None, task_set, limit: int | None, bound=None) -> list[PromptRow]:
+    """A prompt file's rows (within `bound`), or the task's held-out set as rows (split: its first slice)."""
     if path:
-        return read_prompt_rows(path)[:limit]
+        return read_prompt_rows(path, bound)[:limit]
     if task_set is None:
         return []
     rows = [PromptRow(p, s[0] if s else "all", r) for p, s, r in zip(task_set.prompts, task_set.slices,

@@ -43,6 +43,7 @@ from lsp_exp.core.generation import settings as generation_settings  # noqa: E40
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
 from lsp_exp.core.prompts import read_prompts  # noqa: E402
+from lsp_exp.core.prompt_bound import check_texts, prompt_bound  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
@@ -123,6 +124,36 @@ def interrupts_during_startup():
         signal.signal(signal.SIGTERM, previous)
 
 
+def read_data(cfg: DictConfig, task, bound) -> tuple:
+    """The task's held-out set and a data game's prompts (game=grpo_data), within `bound` when given;
+    a malformed, empty or too long file is one line (ConfigError)."""
+    task.prompt_bound = bound
+    try:
+        heldout = task.heldout()
+    except ValueError as err:
+        raise ConfigError(f"task ({cfg.task._target_}): {err}") from None
+    try:
+        prompts = None
+        if not cfg.game.challenger:
+            prompts = read_prompts(cfg.game.prompts_path, bound) if cfg.game.prompts_path else task.train_prompts()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return heldout, prompts
+
+
+def check_data(bound, cfg: DictConfig, heldout, prompts) -> None:
+    """The rows read before the model was built, against its bound (rows named by number)."""
+    try:
+        if heldout is not None:
+            check_texts(bound, heldout.prompts, f"task.heldout_path={cfg.task.heldout_path!r}"
+                        if cfg.task.get("heldout_path") else f"the held-out set of task {cfg.task._target_}")
+        if prompts is not None:
+            check_texts(bound, prompts, f"game.prompts_path={cfg.game.prompts_path!r}" if cfg.game.prompts_path
+                        else f"the training prompts of task {cfg.task._target_}")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     requeued = cfg.get("resume") == "auto"  # a requeued job waits out its predecessor's last heartbeat (run_lock.py)
     cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
@@ -135,17 +166,22 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     # init_from first (a missing run, a corrupt folder): nothing is built before it is found
     init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
     task, loader = build(cfg.task, "task"), build(cfg.model, "model")
-    try:  # the task's data first: a malformed or empty file stops here, before the model is loaded
-        heldout = task.heldout()
-    except ValueError as err:
-        raise ConfigError(f"task ({cfg.task._target_}): {err}") from None
+    # The data before any model is built or loaded. A model at hand (model.path, a full model to start
+    # from, a base the task has built already) bounds a row while it is read: its tokenizer and context
+    # (core/prompt_bound.py).
+    full_init = init is not None and not is_adapter(init)
+    at_hand = str(init) if full_init else (resolve_model_path(cfg.model, task) if cfg.model.get("path")
+                                           else task.built_model())
+    tokenizer = loader.tokenizer(at_hand) if at_hand else None
+    bound = prompt_bound(tokenizer, at_hand, cfg.game.max_answer_tokens) if at_hand else None
+    heldout, prompts = read_data(cfg, task, bound)
     # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
-    model_path = resolve_model_path(cfg.model, task)
-    if init is not None and not is_adapter(init):
-        model_path = str(init)  # a full model: weights and tokenizer from the earlier run
+    model_path = str(init) if full_init else resolve_model_path(cfg.model, task)
+    if tokenizer is None:  # a model the task built just now: it bounds the rows read (named by number)
+        tokenizer = loader.tokenizer(model_path)
+        check_data(prompt_bound(tokenizer, model_path, cfg.game.max_answer_tokens), cfg, heldout, prompts)
     check_memory(cfg, model_path)  # the estimated peak against the device's memory, before any weight is loaded
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    tokenizer = loader.tokenizer(model_path)
     policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
     check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
     # run on a few tokens: padding, the KV cache, training mode, the output layer (core/conformance.py)
@@ -154,9 +190,6 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         heldout = heldout.head(cfg.eval.max_problems)
     reward = build_reward(cfg.reward, task=task)
     try:
-        prompts = None
-        if not cfg.game.challenger:
-            prompts = read_prompts(cfg.game.prompts_path) if cfg.game.prompts_path else task.train_prompts()
         check_objective(cfg.game.challenger_objective, reward.bounds)
         game = build_game(cfg.game, task, prompts, cfg.seed)
     except ValueError as err:

@@ -41,9 +41,14 @@ class Task:
     challenger_style = "paper"   # the Challenger's prompt for `game.prompt=auto` (games/challenger_prompt.py)
     judge_template = "paper"     # the self-quality judge's rubric for `game.judge.template=auto` (judge/templates.py)
     char_level = False           # `lsp-eval`: BLEU, ROUGE and diversity over characters (answers of a few characters)
+    prompt_bound = None          # set by the run before reading files (core/prompt_bound.py): longer rows are refused
 
     def base_model(self, force: bool = False) -> str | None:
         """A model directory this task builds (or finds in its cache) when `model.path` is null."""
+        return None
+
+    def built_model(self) -> str | None:
+        """`base_model()` when it is built already (nothing is built here); None otherwise."""
         return None
 
     def heldout(self) -> HeldoutSet | None:

@@ -19,12 +19,12 @@ class PromptFileTask(Task):
         self.challenger_style, self.judge_template = challenger_style, judge_template
 
     def train_prompts(self) -> list[str] | None:
-        return [r.prompt for r in read_prompt_rows(self.train_path)] if self.train_path else None
+        return [r.prompt for r in read_prompt_rows(self.train_path, self.prompt_bound)] if self.train_path else None
 
     def heldout(self) -> HeldoutSet | None:
         if not self.heldout_path:
             return None
-        rows = [r for r in read_prompt_rows(self.heldout_path) if r.reference is not None]
+        rows = [r for r in read_prompt_rows(self.heldout_path, self.prompt_bound) if r.reference is not None]
         if not rows:
             raise ValueError(f"task.heldout_path={self.heldout_path!r}: no row has a reference answer")
         return HeldoutSet([r.prompt for r in rows], lambda i, text: text.strip() == rows[i].reference.strip(),

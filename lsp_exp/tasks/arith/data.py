@@ -10,6 +10,8 @@ import json
 import random
 from pathlib import Path
 
+from lsp_exp.core.prompt_bound import PromptBound
+from lsp_exp.core.prompts import check_utf8, jsonl_lines
 from lsp_exp.tasks.arith.world import Problem, WorldConfig, sample_problem
 
 
@@ -35,26 +37,34 @@ def write_problems(path: Path, problems: list[Problem]) -> None:
             f.write(json.dumps({"prompt": p.text, "answer": p.answer, "difficulty": p.difficulty}) + "\n")
 
 
-def read_problems(path: str | Path) -> list[Problem]:
-    """Read a JSONL split written by `write_problems` (fields: prompt, answer, difficulty)."""
+def read_problems(path: str | Path, bound: PromptBound | None = None) -> list[Problem]:
+    """Read a JSONL split written by `write_problems` (fields: prompt, answer, difficulty), a line at
+    a time; with `bound`, a row longer than the run takes is refused naming it (core/prompt_bound.py)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"problem file not found: {path} (run `lsp-bootstrap` to build the toy world)")
-    problems = []
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (JSONL rows with prompt, answer, difficulty)") from None
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    problems, wheres = [], []
+    with open(path, "rb") as f:
         try:
-            row = json.loads(line)
-            problems.append(Problem(str(row["prompt"]), int(row["answer"]), str(row.get("difficulty", "unknown"))))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as err:
-            reason = "JSON nested too deeply" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
-            raise ValueError(f"{path} line {n}: not a problem row (JSON with prompt and an integer answer): "
-                             f"{reason}") from None
+            check_utf8(f, path)
+        except ValueError:
+            raise ValueError(f"{path}: not a text file (JSONL rows with prompt, answer, difficulty)") from None
+        for n, raw, _ in jsonl_lines(f, path, bound.max_line_bytes if bound else None, bound.refuse if bound else None):
+            line = raw.decode("utf-8")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                problems.append(Problem(str(row["prompt"]), int(row["answer"]), str(row.get("difficulty", "unknown"))))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError, RecursionError) as err:
+                reason = "JSON nested too deeply" if isinstance(err, RecursionError) else f"{type(err).__name__}: {err}"
+                raise ValueError(f"{path} line {n}: not a problem row (JSON with prompt and an integer answer): "
+                                 f"{reason}") from None
+            wheres.append(f"{path} line {n}")
+            if bound is not None:
+                bound.check_chars(problems[-1].text, wheres[-1])
     if not problems:
         raise ValueError(f"{path}: no problems in it")
+    if bound is not None:
+        bound.check_tokens([p.text for p in problems], wheres)
     return problems

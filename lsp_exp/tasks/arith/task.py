@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lsp_exp.tasks.arith.build import build_toy_world, toy_world_dir, world_config
+from lsp_exp.tasks.arith.build import build_toy_world, is_complete, toy_world_dir, world_config
 from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
 from lsp_exp.tasks.arith.data import read_problems
 from lsp_exp.tasks.arith.judge_data import labelled_pairs
@@ -71,12 +71,15 @@ class ArithTask(Task):
     def base_model(self, force: bool = False) -> str:
         return str(build_toy_world(self.world, self.bootstrap, self.outputs, force=force) / "model")
 
+    def built_model(self) -> str | None:
+        return str(self.directory / "model") if is_complete(self.directory) else None
+
     def problems(self, split: str) -> list[Problem]:
         """`heldout` (or `task.heldout_path`) or `train` problems of the built world."""
         if split == "heldout" and self.heldout_path:
-            return read_problems(self.heldout_path)
+            return read_problems(self.heldout_path, self.prompt_bound)
         path = build_toy_world(self.world, self.bootstrap, self.outputs)
-        return read_problems(path / "data" / f"{split}.jsonl")
+        return read_problems(path / "data" / f"{split}.jsonl", self.prompt_bound)
 
     def heldout(self) -> HeldoutSet:
         return heldout_set(self.problems("heldout"), self.config)
