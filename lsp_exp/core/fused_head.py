@@ -21,7 +21,7 @@ from lsp_exp.core.sharding import collective_forwards
 
 CHUNK_ELEMENTS = 2 ** 25    # float32 logits per chunk of positions (128 MB; a pass holds at most two)
 PROBE_TOKENS = 16           # positions the check compares, each at 3 targets (next token, likeliest, least likely)
-ULPS = 4                    # tolerance: this many units of rounding of the compute dtype at the largest logit
+ULPS = 4                    # tolerance: units of rounding at the largest logit (core/probe.py:tolerance)
 VERDICT = "_lsp_fused_head_exact"   # the check's result, kept on the transformers model
 log = logging.getLogger(__name__)
 
