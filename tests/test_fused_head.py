@@ -122,3 +122,15 @@ def test_under_bf16_autocast_the_tolerance_is_bf16s_and_a_plain_layer_stays_fuse
         scale = float(llama(input_ids=probe_ids(llama, PROBE_TOKENS)[None]).logits.float().abs().max())
     # 4 units of bf16 rounding (and of a float32 sum over the hidden width, 8) at the largest logit
     assert diff <= tol and tol == pytest.approx(4 * (2 ** -7 + 8 ** 0.5 * 2 ** -23) * max(1.0, scale), rel=1e-6)
+
+
+def test_while_forwards_are_collectives_nothing_is_checked_or_kept(monkeypatch):
+    """FSDP2, not gathered: every forward is a collective, so no rank runs the check on its own; the
+    logits path is taken and no verdict is kept (it is made at start, before sharding, or gathered)."""
+    from lsp_exp.core import fused_head as fh
+
+    llama = _llama()
+    monkeypatch.setattr(fh, "collective_forwards", lambda model: True)
+    assert output_layer(llama) is None and fh.VERDICT not in llama.__dict__
+    monkeypatch.setattr(fh, "collective_forwards", lambda model: False)
+    assert output_layer(llama) is not None and llama.__dict__[fh.VERDICT] is True
