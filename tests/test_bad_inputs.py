@@ -184,3 +184,45 @@ def test_lsp_eval_of_a_run_with_corrupt_params_fails_before_evaluating(tmp_path,
                                             r"whole number >= 1 \(the run's params are corrupt\)") as err:
         evaluate.evaluate(cfg)
     assert built == [] and "\n" not in str(err.value)   # nothing built, no model loaded
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real full disk: a 64 KiB tmpfs filled to the last byte (needs root and mount; skipped otherwise)."""
+    mount = tmp_path / "full_tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        fill = os.open(mount / "fill", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fill, b"\0" * 512):
+                pass
+        except OSError:  # ENOSPC: full
+            pass
+        finally:
+            os.close(fill)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("key", ["paths.outputs", "hydra.run.dir"])
+def test_a_run_folder_on_a_real_full_disk_is_one_line(tmp_path, full_disk, capsys, key):
+    """The check Hydra's callback runs before the run folder is made (lsp_exp/run/output_dirs.py), on
+    a tmpfs with no byte left: one line naming the key, exit 2, and no folder of the run's left there."""
+    from omegaconf import OmegaConf
+
+    from lsp_exp.run.output_dirs import OutputFolders
+
+    folders = {"paths.outputs": str(tmp_path / "outputs"), "hydra.run.dir": str(tmp_path / "outputs" / "run")}
+    folders[key] = str(full_disk / "run")
+    config = OmegaConf.create({"paths": {"outputs": folders["paths.outputs"]},
+                               "hydra": {"run": {"dir": folders["hydra.run.dir"]}}})
+    with pytest.raises(SystemExit) as exit_:
+        OutputFolders().on_run_start(config)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {key}={str(full_disk / 'run')!r}: cannot write there ([Errno 28] No space left on device)"]
+    assert sorted(p.name for p in full_disk.iterdir()) == (["fill", "run"] if key == "paths.outputs" else ["fill"])

@@ -118,6 +118,8 @@ def check_writable(folder: Path, key: str, create: bool = True) -> None:
     """`folder` can be created and written (a 4 KiB probe file, removed at once: a full disk fails it);
     one line naming the key if not: under a file, unwritable, no space. `create=False`: the probe goes
     to its nearest existing folder and nothing is created (Hydra creates a run folder itself)."""
+    import errno  # noqa: PLC0415
+    import os  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
     existing = folder
@@ -130,9 +132,17 @@ def check_writable(folder: Path, key: str, create: bool = True) -> None:
         if create:
             folder.mkdir(parents=True, exist_ok=True)
             existing = folder
-        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write_probe_") as probe:
-            probe.write(b"\0" * 4096)
-            probe.flush()
+        handle, name = tempfile.mkstemp(dir=existing, prefix=".write_probe_")
+        try:
+            left = memoryview(b"\0" * 4096)
+            while left:  # (a short write is followed by one that says why: ENOSPC, EFBIG)
+                written = os.write(handle, left)
+                if written == 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                left = left[written:]
+        finally:
+            os.close(handle)
+            os.unlink(name)
     except OSError as err:
         raise ConfigError(f"{key}={str(folder)!r}: cannot write there ({' '.join(str(err).split())})") from None
 
