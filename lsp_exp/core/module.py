@@ -343,7 +343,7 @@ def _full(value: torch.Tensor) -> torch.Tensor:
 
 
 class _Autocast:
-    """A scorer (the judge) whose `score` runs under `context()`."""
+    """A scorer (the judge) whose `score` runs under `context()`; its other attributes are the scorer's."""
 
     def __init__(self, scorer, context):
         self.scorer, self.context = scorer, context
@@ -351,6 +351,9 @@ class _Autocast:
     def score(self, *args, **kwargs):
         with self.context():
             return self.scorer.score(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.scorer, name)
 
 
 @contextmanager
