@@ -179,3 +179,10 @@ def test_the_heartbeat_thread_beats_and_release_leaves_a_lock_taken_over(tmp_pat
     write_lock(tmp_path, pid=os.getpid(), token="someone-else")   # another process took it over
     lock.release()
     assert json.loads((tmp_path / "run.lock").read_text())["token"] == "someone-else"
+
+
+def test_a_lock_that_cannot_be_written_is_one_line(tmp_path, immutable):
+    immutable(tmp_path)                                   # a real fault: nothing can be created in the folder
+    with pytest.raises(RunLockedError, match="cannot open the run lock's guard .*Operation not permitted") as err:
+        RunLock(tmp_path, beat_s=0).acquire()
+    assert "\n" not in str(err.value)

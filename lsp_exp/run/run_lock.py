@@ -99,7 +99,11 @@ class RunLock:
             with self._guard():
                 holder = self._read()
                 if holder is None or not (refusal := self._alive(holder)):
-                    self._write()
+                    try:
+                        self._write()
+                    except OSError as err:
+                        raise RunLockedError(f"cannot write the run lock {self.path} ({' '.join(str(err).split())})") \
+                            from None
                     self.held = True
                     self._start_beating()
                     return None if holder is None else StaleLock(holder["host"], holder["pid"], holder["heartbeat"])
@@ -267,6 +271,9 @@ class _Guard:
             self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except IsADirectoryError:
             raise RunLockedError(f"the run lock's guard {self.path} is a directory; remove it") from None
+        except OSError as err:
+            raise RunLockedError(f"cannot open the run lock's guard {self.path} ({' '.join(str(err).split())})") \
+                from None
         deadline = time.monotonic() + GUARD_WAIT_S
         while True:
             try:
