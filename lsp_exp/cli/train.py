@@ -172,6 +172,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     full_init = init is not None and not is_adapter(init)
     at_hand = str(init) if full_init else (resolve_model_path(cfg.model, task) if cfg.model.get("path")
                                            else task.built_model())
+    if at_hand:  # the estimated peak against the device's memory, before anything but its config is read
+        check_memory(cfg, at_hand)
     tokenizer = loader.tokenizer(at_hand) if at_hand else None
     bound = prompt_bound(tokenizer, at_hand, cfg.game.max_answer_tokens) if at_hand else None
     heldout, prompts = read_data(cfg, task, bound)
@@ -180,7 +182,7 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     if tokenizer is None:  # a model the task built just now: it bounds the rows read (named by number)
         tokenizer = loader.tokenizer(model_path)
         check_data(prompt_bound(tokenizer, model_path, cfg.game.max_answer_tokens), cfg, heldout, prompts)
-    check_memory(cfg, model_path)  # the estimated peak against the device's memory, before any weight is loaded
+        check_memory(cfg, model_path)  # before any weight is loaded
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
     check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
