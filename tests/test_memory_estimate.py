@@ -47,7 +47,7 @@ def test_estimate_by_hand():
     assert e.parts["update"] == 2 * 6 * (2 * act + outside) + 2 * logits + LOGPROB_CHUNKS
     assert e.parts["reference"] == logits + 2 * 6 * (4 * 8 + 4 * 8 + 4 * 4 * 16) + LOGPROB_CHUNKS
     fused = estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=2)   # the output layer in chunks
-    head_grad = 2 * 100 * 8 * 4                                            # float32 V x h gradient + the product
+    head_grad = 100 * 8 * 4                                                # float32 V x h gradient (in place)
     assert fused.parts["update"] == 2 * 6 * (2 * act + outside) + head_grad + LOGPROB_CHUNKS
     kv = 2 * 4 * (4 + 4)                                                   # 2 layers, kv_dim 4, float32 K and V
     assert e.parts["generation"] == 4 * 6 * kv + 4 * 100 * 4              # all 4 rows decoded at once

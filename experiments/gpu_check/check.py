@@ -176,8 +176,8 @@ def selfplay_overrides(item: Item, policy: Path, rm: Path, outputs: Path, dry: b
         ["trainer=gpu", "trainer.precision=bf16-mixed", "model.dtype=bfloat16", "reward.dtype=bfloat16"]
     strategy = ["trainer.strategy=fsdp", "trainer.devices=1"] if item.kind == "fsdp" else []
     # A full fine-tune of the 3B shape keeps float32 master weights, a float32 reference, gradients and
-    # moments (docs/method.md §16): 84 GiB at micro-batch 1 as configured; decoding 16 rows at a time and
-    # checkpointed layers bring it to 78 GiB at micro-batch 16 (docs/operations.md, "Memory").
+    # moments (docs/method.md §16): 88 GiB at micro-batch 1 as configured; decoding 16 rows at a time and
+    # checkpointed layers bring it to 77.7 GiB at micro-batch 8 (docs/operations.md, "Memory").
     lean = ["trainer.generation_batch_size=16", "model.gradient_checkpointing=true"] \
         if item.shape == "3B" and not item.lora else []
     return ["experiment=paper_llama3b/lsp", *device, *strategy, *lean, f"model.path={policy}", "model.name=random_llama",

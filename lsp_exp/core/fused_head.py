@@ -147,7 +147,7 @@ class _FusedHeadLogprob(torch.autograd.Function):
             if need_h:
                 grad_h[rows] = dz.to(hidden.dtype) @ w
             if need_w:
-                grad_w += dz.t() @ hidden[rows].to(dtype)
+                grad_w.addmm_(dz.t(), hidden[rows].to(dtype))   # in place: no second V x h buffer
             if need_b:
                 grad_b += dz.sum(0)
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,

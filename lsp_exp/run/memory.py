@@ -16,7 +16,7 @@ m the rows of a micro-batch, L a row's tokens (query or prompt + answer), V the 
                (checkpointed: each layer's input, m L layers s h, + one layer's act_per_token)
                + the log-prob chunks (2 x 128 MB)
                + the fused output layer's backward, when it trains the head (full fine-tune): its
-                 float32 V x h gradient and the V x h product added to it, 2 x 4 V h
+                 float32 V x h gradient, accumulated in place, 4 V h
                + on the logits path (trainer=fsdp, soft-capped logits: `fused_head=False`) the
                  logits and their gradient 2 m T V c (T: the answer's tokens)
     reference = no graph: m L (s h + 4 h + 4 c I) (the residual stream, a norm's float32 copy, the
@@ -188,10 +188,10 @@ def estimate(arch: Architecture, shape: StepShape, *, dtype_bytes: int, lora: tu
     kept = arch.layers * (arch.hidden * residual if checkpointing else layer)
     kept += (layer if checkpointing else 0) + arch.outside_layers_per_token(residual, lora is None)
     # the logits path keeps the completion's logits (logits_to_keep) and their gradient; the fused output
-    # layer (core/fused_head.py) only its chunks, and in its backward the head's float32 gradient and the
-    # product added to it when the head trains
+    # layer (core/fused_head.py) only its chunks, and in its backward the head's float32 gradient (the
+    # chunks' products added in place) when the head trains
     logits = 0 if fused_head else m * shape.answer_tokens * arch.vocab * c
-    head_grad = 2 * arch.vocab * arch.hidden * 4 if fused_head and lora is None else 0
+    head_grad = arch.vocab * arch.hidden * 4 if fused_head and lora is None else 0
     update = m * length * kept + 2 * logits + head_grad + LOGPROB_CHUNKS
     # no graph: the residual stream, a norm's float32 copy, the MLP's gate, up, act and product
     reference = logits + m * length * (residual * arch.hidden + 4 * arch.hidden + 4 * c * arch.intermediate) \
