@@ -1,4 +1,5 @@
 """The reference model: a frozen copy for full fine-tuning, the adapter switched off under LoRA."""
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -61,3 +62,20 @@ def test_a_shared_reference_is_the_model_itself_not_a_copy(tmp_path):
         assert ref is model
     assert reference.frozen is model and not reference.uses_adapter
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_lora_targets_that_match_no_layer_are_one_line_naming_the_layers(tmp_path):
+    """GPT-2 names its projections c_attn / c_proj / c_fc: the default q_proj... match nothing."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lsp_exp.core.special_tokens import ModelSetupError
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=1, n_head=2)).save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"dtype": "float32", "attn_implementation": "eager",
+                            "lora": {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0,
+                                     "target_modules": ["q_proj", "v_proj"]}})
+    with pytest.raises(ModelSetupError) as err:
+        load_policy(cfg, str(tmp_path))
+    message = str(err.value)
+    assert message.startswith("model.lora.target_modules=['q_proj', 'v_proj']: peft cannot adapt GPT2LMHeadModel")
+    assert "c_attn" in message and "c_fc" in message and "\n" not in message

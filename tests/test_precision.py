@@ -168,3 +168,4 @@ def test_bf16_compute_starts_at_kl_zero_and_moves_float32_weights(tmp_path):
     weights = load_file(str(saved))
     assert {w.dtype for w in weights.values()} == {torch.float32}
     json.loads((saved.parent / "config.json").read_text())   # a loadable checkpoint beside them
+

@@ -16,7 +16,9 @@ import torch
 from omegaconf import DictConfig
 
 from lsp_exp.core.precision import check_master_weights
+from lsp_exp.core.special_tokens import ModelSetupError
 
+from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
 
 hf_logging.disable_progress_bar()
@@ -185,12 +187,24 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
 
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)   # peft keeps the adapter in float32 over a half-precision base
+        try:
+            model = get_peft_model(model, lora)   # peft keeps the adapter in float32 over a half-precision base
+        except ValueError as err:   # e.g. no module matches target_modules (GPT-2 names them c_attn, c_proj...)
+            raise ModelSetupError(
+                f"model.lora.target_modules={list(cfg.lora.target_modules)}: peft cannot adapt "
+                f"{type(model).__name__} ({' '.join(str(err).split())[:200]}); its linear layers are named "
+                f"{', '.join(linear_names(model))}") from None
     check_master_weights(model)
     from lsp_exp.core.dropout import disable_dropout  # noqa: PLC0415
 
     disable_dropout(model)   # of the model and the adapter: sampling and scoring see one distribution
     return model
+
+
+def linear_names(model) -> list[str]:
+    """The last parts of the names of the model's linear layers (what LoRA's target_modules match)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and name})
 
 
 def enable_checkpointing(model) -> None:
