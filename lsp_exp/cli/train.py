@@ -39,6 +39,7 @@ from lsp_exp.run.launch import check_launch, release_ranks, trainer_strategy  # 
 from lsp_exp.run.memory_check import check_memory  # noqa: E402
 from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.core.checkpoint_keys import CheckpointMismatchError, check_checkpoint_keys, saved_weight_names  # noqa: E402
+from lsp_exp.core.fused_head import output_layer  # noqa: E402
 from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
 from lsp_exp.games import build_game  # noqa: E402
 from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
@@ -188,6 +189,8 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
     check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
     # run on a few tokens: padding, the KV cache, training mode, the output layer (core/conformance.py)
     check_architecture(policy, tokenizer, cfg.model.get("path") or cfg.model.name)
+    if output_layer(policy) is None:  # the check chose the logits path: the estimate counts the logits too
+        check_memory(cfg, model_path, fused_head=False)
     if heldout is not None:
         heldout = heldout.head(cfg.eval.max_problems)
     reward = build_reward(cfg.reward, task=task)

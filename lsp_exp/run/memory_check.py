@@ -31,9 +31,11 @@ def architecture(path: str | None) -> Architecture | None:
     return None if any(value is None for value in vars(arch).values()) else arch
 
 
-def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None = "config"):
+def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None = "config",
+                 fused_head: bool | None = None):
     """The estimate of `cfg` (its trainer.micro_batch_size unless one is given); None for a model
-    whose architecture is unknown."""
+    whose architecture is unknown. `fused_head`: whether log-probs skip the full logits (None: as the
+    strategy allows; False once the model's own check chose the logits path, core/fused_head.py)."""
     arch = architecture(model_path)
     if arch is None:
         return None
@@ -53,22 +55,23 @@ def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None 
                     checkpointing=bool(model.get("gradient_checkpointing")), shards=shards,
                     reward_params=reward_arch.params() if reward_arch else 0, reward_arch=reward_arch,
                     generation_batch_size=trainer.get("generation_batch_size"),
-                    fused_head=str(trainer.strategy) != "fsdp")
+                    fused_head=str(trainer.strategy) != "fsdp" and fused_head is not False)
 
 
-def check_memory(cfg: DictConfig, model_path: str) -> None:
+def check_memory(cfg: DictConfig, model_path: str, fused_head: bool | None = None) -> None:
     """Stop (ConfigError, one line) when the estimate exceeds the device's memory."""
     from lsp_exp.run.validation import ConfigError
 
-    predicted = estimate_for(cfg, model_path)
+    predicted = estimate_for(cfg, model_path, fused_head=fused_head)
     if predicted is None:
         return
     budget, what = device_memory(str(cfg.trainer.accelerator))
     if predicted.total <= budget:
         return
-    fits = largest_fitting(budget, lambda size: estimate_for(cfg, model_path, size),
+    fits = largest_fitting(budget, lambda size: estimate_for(cfg, model_path, size, fused_head),
                            cfg.game.n_queries * cfg.game.group_size)
-    advice = (f"trainer.micro_batch_size={fits} would fit (estimate {estimate_for(cfg, model_path, fits).total / GIB:.1f} GiB)"
+    advice = (f"trainer.micro_batch_size={fits} would fit (estimate "
+              f"{estimate_for(cfg, model_path, fits, fused_head).total / GIB:.1f} GiB)"
               if fits else "no micro-batch size fits: use LoRA (model.lora.enabled=true), trainer=fsdp over more "
                            "devices or model.gradient_checkpointing=true")
     raise ConfigError(f"estimated peak memory {predicted.line()} exceeds {what} with "

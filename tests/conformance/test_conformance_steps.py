@@ -106,3 +106,27 @@ def test_lsp_train_refuses_an_architecture_that_cannot_pass_in_one_line(tmp_path
     lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("[transformers]")]
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith(f"error: model '{path}' (RecurrentGemmaForCausalLM): {REFUSED['recurrent_gemma']}")
+
+
+def test_the_memory_check_counts_the_logits_once_the_model_chose_the_logits_path(tmp_path, monkeypatch):
+    """Before the weights are loaded the estimate assumes the fused output layer; Gemma 2's soft cap
+    makes its check choose the logits path, so lsp-train estimates again with the logits and refuses
+    a budget that only the fused path would fit (lsp_exp/cli/train.py, run/memory_check.py)."""
+    import lsp_exp.run.memory_check as memory_check
+    from lsp_exp.cli.train import train
+    from lsp_exp.run.memory_check import estimate_for
+    from lsp_exp.run.validation import ConfigError
+
+    model, tok = build("gemma2")
+    path = tmp_path / "gemma2"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    model.generation_config.save_pretrained(path)
+    cfg = compose_config("train", [*STEP, f"model.path={path}", "model.name=gemma2", "model.lora.enabled=false",
+                                   f"model.attn_implementation={BY_NAME['gemma2'].attn}",
+                                   "game.max_answer_tokens=64", f"paths.outputs={tmp_path / 'out'}"])
+    fused, plain = estimate_for(cfg, str(path)).total, estimate_for(cfg, str(path), fused_head=False).total
+    assert plain > fused   # the completion's logits and their gradient
+    monkeypatch.setattr(memory_check, "device_memory", lambda accelerator: ((fused + plain) / 2, "a test budget"))
+    with pytest.raises(ConfigError, match=r"^estimated peak memory .* exceeds a test budget"):
+        train(cfg)
