@@ -79,3 +79,20 @@ def test_lora_targets_that_match_no_layer_are_one_line_naming_the_layers(tmp_pat
     message = str(err.value)
     assert message.startswith("model.lora.target_modules=['q_proj', 'v_proj']: peft cannot adapt GPT2LMHeadModel")
     assert "c_attn" in message and "c_fc" in message and "\n" not in message
+
+
+def test_an_attention_implementation_the_model_lacks_is_one_line_naming_the_key(tmp_path):
+    """Gemma 2 has no SDPA path in transformers: the loader's ValueError becomes one line."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from lsp_exp.core.special_tokens import ModelSetupError
+
+    Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(tmp_path)
+    cfg = OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa",
+                            "lora": {"enabled": False, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}})
+    with pytest.raises(ModelSetupError) as err:
+        load_policy(cfg, str(tmp_path))
+    message = str(err.value)
+    assert message.startswith("model.attn_implementation='sdpa': Gemma2ForCausalLM does not support")
+    assert message.endswith("set model.attn_implementation=eager (or another the model supports)") and "\n" not in message

@@ -153,11 +153,7 @@ def load_tokenizer(path: str):
 
 def load_frozen(cfg: DictConfig, path: str):
     """A model that is only read (a judge): `model.dtype`, eval mode, no gradients, no adapter."""
-    from transformers import AutoModelForCausalLM
-
-    with safe_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=_offline())
+    model = _from_pretrained(path, DTYPES[cfg.dtype], cfg.attn_implementation)
     return model.eval().requires_grad_(False)
 
 
@@ -168,13 +164,8 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
 
     `adapter`: a LoRA adapter of an earlier run (`init_from`), merged into the weights first, so the
     new run starts from (and is anchored to) what the earlier run ended with."""
-    from transformers import AutoModelForCausalLM
-
     stored = DTYPES[cfg.dtype] if cfg.lora.enabled else torch.float32   # master weights (docs/method.md §16)
-    with safe_weights(path):
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=stored, attn_implementation=cfg.attn_implementation, local_files_only=_offline()
-        )
+    model = _from_pretrained(path, stored, cfg.attn_implementation)
     if adapter is not None:
         from peft import PeftModel
 
@@ -199,6 +190,23 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
 
     disable_dropout(model)   # of the model and the adapter: sampling and scoring see one distribution
     return model
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str):
+    """AutoModelForCausalLM from `path`; an attention implementation the architecture does not
+    support is one line naming `model.attn_implementation` (e.g. Gemma 2 has no SDPA path)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with safe_weights(path):
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                        local_files_only=_offline())
+    except ValueError as err:
+        if "attn_implementation" not in str(err) and "attention implementation" not in str(err):
+            raise
+        first = " ".join(str(err).split()).split(". ")[0]
+        raise ModelSetupError(f"model.attn_implementation={attn_implementation!r}: {first}; set "
+                              "model.attn_implementation=eager (or another the model supports)") from None
 
 
 def linear_names(model) -> list[str]:
