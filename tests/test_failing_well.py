@@ -368,6 +368,6 @@ entry.hydra_main.__wrapped__(compose_config("train", tiny_overrides({str(tmp_pat
     os.kill(proc.pid, signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-2000:]
-    assert "interrupted during start-up" in stderr and "Traceback" not in stderr
+    assert "interrupted during start-up (SIGTERM): the run is marked KILLED" in stderr and "Traceback" not in stderr
     run, _, _ = run_of(tmp_path, "startup")
     assert run.info.status == "KILLED"

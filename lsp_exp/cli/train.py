@@ -323,8 +323,10 @@ def hydra_main(cfg: DictConfig) -> float | JobFailed | str:
         fail_active_runs(err)
         return _failed(f"error: MLflow tracking ({cfg.logger.get('tracking_uri')}): {one_line(err, 1000)}", 2)
     except SIGTERMException as err:  # SIGTERM during start-up: no step to finish; the run ends KILLED
+        started = bool(ACTIVE_LOGGERS)   # an MLflow run exists only once the logger is built
         fail_active_runs(err)
-        say("interrupted during start-up (SIGTERM): the run is marked KILLED", err=True)
+        say("interrupted during start-up (SIGTERM): " + ("the run is marked KILLED" if started else
+                                                         "no MLflow run was started yet"), err=True)
         raise SystemExit(143) from None
     except SystemExit as exit_:  # its run is ended already (e.g. KILLED with its checkpoint after SIGTERM)
         ACTIVE_LOGGERS.clear()
