@@ -1,4 +1,4 @@
-"""Bad inputs (issue 29 item 7): each is one line naming the key or the file, never a traceback.
+"""Bad inputs: each is one line naming the key or the file, never a traceback.
 
 The `lsp-train` cases run in one batch (tests/cli_batch.py, as in test_bad_configs.py), in an empty
 working directory that must stay empty; a full disk is a real fault (RLIMIT_FSIZE: every write past

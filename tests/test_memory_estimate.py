@@ -121,7 +121,7 @@ def test_saved_activation_bytes_by_hand():
 
 @pytest.mark.parametrize("shape", [(2048, 8192, 32, 8), (3072, 8192, 24, 8)], ids=["llama3.2-1b", "llama3.2-3b"])
 def test_activation_estimate_matches_real_widths(shape):
-    """Issue 27: the bytes autograd saves per token and layer of a Llama-3.2-1B- and 3B-shaped layer
+    """The bytes autograd saves per token and layer of a Llama-3.2-1B- and 3B-shaped layer
     (bf16 full, LoRA r16 on the 7 projections under bf16 autocast, 32-true full and LoRA) are within
     15% of the estimate (1.000 each today: experiments/memory_estimate/)."""
     h, i, heads, kv = shape
@@ -145,7 +145,7 @@ def test_memory_budget_must_be_a_positive_number(budget):
                                          "batch in one pass)"),
 ], ids=["budget-nan", "budget-negative", "micro-batch-0"])
 def test_lsp_memory_refuses_bad_input_in_one_line(budget, override, line, tmp_path, monkeypatch, capsys):
-    """Issue 29: `lsp-memory` (in-process) with a budget of nan or -1 or a micro-batch of 0: one line
+    """`lsp-memory` (in-process) with a budget of nan or -1 or a micro-batch of 0: one line
     naming the key on stderr, exit 2, no table."""
     from hydra.core.global_hydra import GlobalHydra
 

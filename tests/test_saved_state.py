@@ -1,4 +1,4 @@
-"""Saved state is data, never code (issue 29, item 1): a crafted checkpoint whose saved overrides name
+"""Saved state is data, never code: a crafted checkpoint whose saved overrides name
 a `_target_` of another package (`pandas.read_pickle`, `builtins.open` with mode=w) or a Hydra key is
 refused in one line by `lsp-train resume=...`, directly or through a tagged MLflow run id, and
 nothing is touched: the file the target would truncate is unchanged, the pickle it would load never

@@ -163,7 +163,7 @@ def _sweep_runs(client):
 
 
 def test_a_failed_job_does_not_stop_the_sweep(shared_outputs, tmp_path):
-    """Issue 29 item 2, the basic launcher: job 0 fails (optim.lr=-1: a ConfigError, SystemExit(2)
+    """The basic launcher: job 0 fails (optim.lr=-1: a ConfigError, SystemExit(2)
     outside a sweep), job 1 still runs and finishes; the failure is one line in job 0's log and in the
     end-of-sweep summary, the parent run ends FAILED and the command exits 1, with no traceback."""
     train(compose_config("train", tiny_overrides(shared_outputs, "logger=none", "trainer.max_steps=1", "eval.samples=0",

@@ -4,7 +4,7 @@
     .venv/bin/python experiments/memory_estimate/measure.py --shapes 3b --tokens 16,32 --device cuda
 
 Measured: lsp_exp/run/activation_bytes.py (saved_tensors_hooks, a real-width layer, random
-weights, CPU). Estimated: lsp_exp/run/memory.py's act_per_token, and the formula before issue 27
+weights, CPU). Estimated: lsp_exp/run/memory.py's act_per_token, and the formula before the measured term
 ((6 h + 2 kv_dim + 4 I) x the bytes of model.dtype) for comparison.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lsp_exp.run.memory import Architecture
 SHAPES = {  # hidden, intermediate, heads, KV heads
     "1b": (2048, 8192, 32, 8),      # Llama-3.2-1B
     "3b": (3072, 8192, 24, 8),      # Llama-3.2-3B
-    "768": (768, 2048, 12, 4),      # the layer issue 27 measured first
+    "768": (768, 2048, 12, 4),      # the small layer a first review measured
 }
 RANK = 16
 
