@@ -122,18 +122,7 @@ def _not_utf8(path: Path, offset: int, err: UnicodeDecodeError) -> ValueError:
 
 def _list_items(f, path: Path):
     """(where, object) of a JSON list, read whole (its memory is the file's size)."""
-    data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise _not_utf8(path, 0, err) from None
-    try:
-        objs = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    except RecursionError:
-        raise ValueError(f"{path}: not a prompt file (JSON nested too deeply to read)") from None
-    del data, text
+    objs = _json(_utf8(f.read(), path, 0), str(path), "a prompt file")
     for i, obj in enumerate(objs):
         yield f"{path} item {i}", obj
 
@@ -155,19 +144,27 @@ def jsonl_lines(f, path: Path, max_bytes: int | None = None, refuse=None):
 def _jsonl_items(f, path: Path, bound: PromptBound | None):
     for n, raw, offset in jsonl_lines(f, path, bound.max_line_bytes if bound else None,
                                       bound.refuse if bound else None):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise _not_utf8(path, offset, err) from None
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {n}: not valid JSON ({err})") from None
-        except RecursionError:
-            raise ValueError(f"{path} line {n}: not a prompt row (JSON nested too deeply to read)") from None
-        yield f"{path} line {n}", obj
+        line = _utf8(raw, path, offset)
+        if line.strip():
+            yield f"{path} line {n}", _json(line, f"{path} line {n}", "a prompt row")
+
+
+def _utf8(raw: bytes, path: Path, offset: int) -> str:
+    """`raw` (read at `offset` of `path`) as text; a ValueError naming the file and byte otherwise."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, offset, err) from None
+
+
+def _json(text: str, where: str, what: str):
+    """The JSON value of `text`; a ValueError naming `where` otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{where}: not {what} (JSON nested too deeply to read)") from None
 
 
 def read_prompts(path: str | Path, bound: PromptBound | None = None) -> list[str]:
