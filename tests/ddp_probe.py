@@ -36,7 +36,7 @@ class _Setter:
 
 def install() -> None:
     """The probes, through public hooks only (Lightning's batch hooks, the algorithm's loss)."""
-    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.run.self_play import SelfPlayModule
 
     out = Path(os.environ["DDP_PROBE_DIR"])
 

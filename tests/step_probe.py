@@ -126,7 +126,7 @@ def groups(rows: list[dict], g: int) -> list[list[dict]]:
 def poison_losses(monkeypatch, steps, when=lambda module: True):
     """The policy loss is NaN at the given self-play steps (on the modules `when` picks, e.g. one DDP
     rank), through public hooks: Lightning's `on_train_batch_start` and the algorithm's `loss`."""
-    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.run.self_play import SelfPlayModule
     from lsp_exp.rl.algorithms import AlgorithmSpec
     from lsp_exp.rl.losses import PolicyLossOutput
 

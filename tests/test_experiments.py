@@ -102,7 +102,7 @@ def capture_start_weights(monkeypatch):
     """The policy the self-play module is given, as a function of input ids (a frozen copy)."""
     import copy
 
-    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.run.self_play import SelfPlayModule
 
     held = {}
     real = SelfPlayModule.__init__

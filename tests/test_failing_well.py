@@ -14,10 +14,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import lsp_exp.games.challenger
-import lsp_exp.core.module
+import lsp_exp.run.self_play
 import lsp_exp.cli.train
 from lsp_exp.run import tracking_failures
-from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule
+from lsp_exp.run.self_play import NonFiniteLossError, SelfPlayModule
 from lsp_exp.run.tracking_failures import TrackingLostError, TrackingUnreachableError, check_reachable
 from lsp_exp.cli.train import train
 
@@ -186,7 +186,7 @@ def stub_degenerate(real):
 
 def test_degenerate_generations_are_counted_and_logged_without_crashing(shared_outputs, monkeypatch):
     monkeypatch.setattr(lsp_exp.games.challenger, "generate", stub_degenerate(lsp_exp.games.challenger.generate))
-    monkeypatch.setattr(lsp_exp.core.module, "generate", stub_degenerate(lsp_exp.core.module.generate))
+    monkeypatch.setattr(lsp_exp.run.self_play, "generate", stub_degenerate(lsp_exp.run.self_play.generate))
     train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=2", "game.n_queries=4",
                                                  "game.group_size=2", "+tags.failcase=degenerate")))
     run, history, _ = run_of(shared_outputs, "degenerate")
@@ -293,7 +293,7 @@ def test_a_real_tracking_server_that_goes_away_mid_run_and_comes_back(shared_out
 def test_an_update_that_makes_the_weights_non_finite_stops_the_run(shared_outputs):
     """optim.lr=1e39 is a finite number (it passes the start-up checks) but overflows float32 in the
     optimizer: the first real update would leave inf weights behind; the run stops in one line."""
-    from lsp_exp.core.module import NonFiniteLossError
+    from lsp_exp.run.self_play import NonFiniteLossError
     from test_train_e2e import TINY_RM
 
     cfg = compose_config("train", tiny_overrides(shared_outputs, *FAST, "game=grpo_data", "reward=tiny_rm", *TINY_RM,
@@ -310,7 +310,7 @@ def test_a_local_store_locked_to_the_end_loses_no_metric_silently(tmp_path, monk
     line) saying where the metrics the store refused are, and that file holds every step it refused."""
     import sqlite3
 
-    import lsp_exp.core.module as module
+    import lsp_exp.run.self_play as module
     from lsp_exp.run.tracking_failures import TrackingLostError
 
     monkeypatch.setenv("LSP_TRACKING_RETRY_S", "0")

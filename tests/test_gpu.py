@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from lsp_exp.cli.train import train
-from lsp_exp.core.module import SelfPlayModule
+from lsp_exp.run.self_play import SelfPlayModule
 
 from conftest import TINY_RM, compose_config, tiny_overrides
 from real_models import save_tiny_model, save_tiny_reward_model

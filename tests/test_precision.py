@@ -109,7 +109,7 @@ def test_a_float32_autocast_region_switches_an_outer_one_off():
 
 
 def test_a_new_autocast_region_reads_the_weights_after_an_optimizer_step():
-    """Why the update's autocast region ends before the step (core/module.py `_update`): inside one
+    """Why the update's autocast region ends before the step (run/self_play.py `_update`): inside one
     region autocast caches its bfloat16 cast of a float32 weight, and serves it after the step."""
     layer = torch.nn.Linear(8, 8)
     x = torch.randn(2, 8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-import lsp_exp.core.module
+import lsp_exp.run.self_play
 from lsp_exp.cli.train import train
 
 from conftest import compose_config, tiny_overrides
@@ -16,7 +16,7 @@ def test_every_rank_logs_and_adapts_beta_to_the_same_reduced_figures(shared_outp
     """kl.target = 0.5, horizon 1, beta 0.1. At step 0 the policy is the reference: this rank's KL is
     exactly 0, the made-up rank's 1.0, so the reduced KL is 0.5 = target and beta stays 0.1 at step 1.
     Adapting to this rank's own KL (error clipped to -0.2) would give 0.1 * (1 - 0.2) = 0.08."""
-    real = lsp_exp.core.module.gather_objects
+    real = lsp_exp.run.self_play.gather_objects
     local_tokens = []
 
     def two_ranks(obj, trainer):
@@ -29,7 +29,7 @@ def test_every_rank_logs_and_adapts_beta_to_the_same_reduced_figures(shared_outp
         other.pop("train/answer_len")              # a key this rank lacks
         return [obj, other]
 
-    monkeypatch.setattr(lsp_exp.core.module, "gather_objects", two_ranks)
+    monkeypatch.setattr(lsp_exp.run.self_play, "gather_objects", two_ranks)
     train(compose_config("train", tiny_overrides(
         shared_outputs, "game=lsp_zero", "kl=adaptive", "kl.beta=0.1", "kl.target=0.5", "kl.horizon=1",
         "trainer.max_steps=2", "eval.samples=0", "eval.every_n_steps=0", "eval.judge_pairs=0",

@@ -18,7 +18,7 @@ import mlflow
 import pytest
 
 import lsp_exp.cli.train
-from lsp_exp.core.module import SelfPlayModule
+from lsp_exp.run.self_play import SelfPlayModule
 from lsp_exp.run import tracking_failures
 from lsp_exp.run.run_end import keep_unlogged
 

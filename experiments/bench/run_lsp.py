@@ -17,8 +17,8 @@ from common import add_work_args, Clock, compose, emit, rss_mb, set_threads, sum
 
 
 def force_solver_lengths() -> None:
-    """Make the Solver's `generate` call (the one `lsp_exp.core.module` makes) run to its max length."""
-    import lsp_exp.core.module as selfplay
+    """Make the Solver's `generate` call (the one `lsp_exp.run.self_play` makes) run to its max length."""
+    import lsp_exp.run.self_play as selfplay
 
     original = selfplay.generate
 
@@ -53,7 +53,7 @@ def main() -> None:
 
     from lsp_exp.games import build_game
     from lsp_exp.rewards import build_reward
-    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.run.self_play import SelfPlayModule
     from lsp_exp.cli.train import StepStream
     from lsp_exp.core.generation import settings as generation_settings
     from lsp_exp.run.instantiate import build

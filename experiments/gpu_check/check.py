@@ -214,7 +214,7 @@ def run_selfplay(item: Item, models: Path, outputs: Path, dry: bool) -> Result:
     import torch
 
     from lsp_exp.cli.train import train
-    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.run.self_play import SelfPlayModule
     from lsp_exp.core.perf import peak_flops
 
     device = "cpu" if dry else "cuda"

@@ -48,7 +48,7 @@ from lsp_exp.core.prompt_bound import check_texts, prompt_bound  # noqa: E402
 from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
 from lsp_exp.run.instantiate import build  # noqa: E402
 from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
-from lsp_exp.core.module import NonFiniteLossError, SelfPlayModule  # noqa: E402
+from lsp_exp.run.self_play import NonFiniteLossError, SelfPlayModule  # noqa: E402
 from lsp_exp.core.conformance import check_architecture  # noqa: E402
 from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
 from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look  # noqa: E402

@@ -33,7 +33,7 @@ def one_step(name: str, lora: bool, tmp_path, *extra: str):
     """(the modules of one step of lsp-train on the saved architecture, its checkpoint's directory);
     `extra`: more overrides (the device, the precision)."""
     from lsp_exp.cli.train import train
-    from lsp_exp.core.module import SelfPlayModule
+    from lsp_exp.run.self_play import SelfPlayModule
 
     arch = BY_NAME[name]
     model, tok = build(name)
