@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, SI, OmegaConf
 
 from lsp_exp.judge.parsing import MAX_SCORE
 
@@ -31,11 +31,11 @@ class PathsConfig:
 class JudgeSchema:
     """The self-quality judge of full LSP (docs/method.md §8): the frozen reference model with a rubric."""
 
-    template: str = "auto"              # auto: the task's judge_template (judge/templates.py)
-    max_new_tokens: Optional[int] = None  # None: the template's own default
+    template: str = "auto"              # auto: the task's judge_template (judge/templates.py): toy_steps / toy for the toy worlds, the paper's rubric otherwise
+    max_new_tokens: Optional[int] = None  # None: the template's own default (toy: 64, paper: 320)
     temperature: float = 0.0            # 0: greedy (the paper does not say)
-    fallback_score: float = 0.0         # R_Q of a reply with neither a <Score> nor a <Calculation>
-    score_from: str = "auto"            # auto: the template's; text: the <Score> written; probabilities: E[score] over the digits
+    fallback_score: float = 0.0         # R_Q of a reply with neither a <Score> nor a <Calculation> (counted)
+    score_from: str = "auto"            # auto: the template's (toy_steps: probabilities, text otherwise); text: the <Score> written; probabilities: E[score] over the digits
 
 
 @dataclass
@@ -43,21 +43,22 @@ class GameSchema:
     name: str = MISSING
     queries: Any = None                 # the query source, a `_target_` node (lsp_exp/games/__init__.py)
     challenger: bool = True             # the Challenger writes the queries and is trained (False: grpo_data)
-    n_queries: int = 8                  # N
-    group_size: int = 8                 # G
-    task: str = "arithmetic"
+    n_queries: int = 8                  # N (grpo_data: prompts per step)
+    group_size: int = 8                 # G (grpo_data: answers per prompt)
+    task: str = "arithmetic"            # the toy Challenger prompt is the user turn "task: <task>"
     template: str = ""
     prompt: str = "auto"                # the Challenger's prompt: toy | paper | auto (the task's challenger_style)
-    alpha_ch: float = 1.0
+    alpha_ch: float = 1.0               # not given in the paper (docs/method.md §11)
     self_reward: bool = False           # full LSP: add the judge's R_Q (docs/method.md §8)
     self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)
     judge: JudgeSchema = field(default_factory=JudgeSchema)
-    invalid_query_value: Optional[float] = None  # V of an invalid query; None: the reward's upper bound
-    challenger_objective: str = "neg_value"
+    invalid_query_value: Optional[float] = None  # V of an invalid query; None: the reward's upper bound (1 for the
+    #                                     verifier), or the step's highest reward for an unbounded reward (0.0 reproduces the collapse)
+    challenger_objective: str = "neg_value"  # the paper's -V; also uncertainty, learnability
     max_query_tokens: int = 12
-    max_answer_tokens: int = 8
+    max_answer_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24 worked, 8 direct)
     temperature: float = 1.0
-    prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's train prompts
+    prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's training split (disjoint from the held-out set)
 
 
 @dataclass
