@@ -64,11 +64,11 @@ class GameSchema:
 @dataclass
 class KLSchema:
     name: str = MISSING
-    beta: float = 0.0
-    beta_challenger: Optional[float] = None
+    beta: float = 0.05                  # to the frozen initial model, both roles (the paper's beta)
+    beta_challenger: Optional[float] = None  # per-role overrides; None -> beta
     beta_solver: Optional[float] = None
-    estimator: str = "k1"
-    placement: str = "advantage"        # advantage | loss | reward
+    estimator: str = "k1"               # k1 | k2 | k3 (per token, summed over the sequence)
+    placement: str = "advantage"        # advantage (docs/method.md §7) | loss (the literal form) | reward
     controller: str = "fixed"           # fixed | adaptive (Ziegler et al. 2019; beta is the initial value)
     target: float = 1.0                 # adaptive: the target sequence KL per role
     horizon: float = 500.0              # adaptive: steps over which beta may change by ~20%
@@ -83,7 +83,7 @@ class AlgorithmSchema:
     policy_loss: Any = "reinforce_token"  # reinforce_token | clipped, or a `_target_` node (`_partial_: true`)
     aggregation: str = "seq_mean_token_sum"  # seq_mean_token_sum | seq_mean_token_mean | token_mean | seq_mean_token_sum_norm
     clip_low: float = 0.2               # ratio clipped to [1 - clip_low, 1 + clip_high] (policy_loss=clipped)
-    clip_high: Optional[float] = None   # None: = clip_low; DAPO's asymmetric epsilon_high otherwise
+    clip_high: Optional[float] = None   # None: = clip_low (symmetric); e.g. 0.28 for DAPO's asymmetric epsilon_high
     epochs: int = 1                     # optimizer steps over one batch of playouts (PPO's inner epochs)
 
 
@@ -94,17 +94,17 @@ class TrainerSchema:
     devices: Any = 1
     strategy: str = "auto"
     precision: str = "32-true"
-    max_steps: int = 1000
+    max_steps: int = 2000
     num_threads: Optional[int] = None   # torch intra-op threads; None: torch's default
     enable_progress_bar: bool = True
-    max_consecutive_nonfinite: int = 20  # non-finite losses (skipped updates) in a row that stop the run
+    max_consecutive_nonfinite: int = 20  # a NaN/inf loss skips its update (train/nonfinite_skips); this many in a row stop the run
     num_nodes: int = 1
     checkpoint_every: int = 500         # a checkpoint every k steps and at the last one (0: only on SIGTERM / Ctrl-C)
     checkpoint_dir: Optional[str] = None  # None -> <outputs>/checkpoints/<MLflow run id>
     hf_generate: bool = False           # sample with transformers' generate (the benchmark's baseline; slower)
     share_prefixes: bool = True         # log-prob passes run a prefix shared by rows once (exact; faster)
-    micro_batch_size: Optional[int] = None  # rows per log-prob forward/backward pass (None: all N x G at once); exact
-    generation_batch_size: Optional[int] = None  # rows decoded at once (generation, the judge; None: all)
+    micro_batch_size: Optional[int] = None  # rows per log-prob forward/backward pass (None: all N x G at once); the gradient is the same
+    generation_batch_size: Optional[int] = None  # rows decoded at once (generation, the judge; None: all); set only if the KV cache does not fit
 
 
 @dataclass
@@ -113,8 +113,10 @@ class LoggerSchema:
     tracking_uri: Optional[str] = None
     experiment_name: str = "lsp-exp"
     artifact_location: Optional[str] = None
-    run_name: Optional[str] = None      # None: <game>-<algorithm>-s<seed> (tracking.run_name); interpolations work
-    log_model: bool = True              # the final model as the run's model/ artifact and a logged model (false: saved locally only)
+    run_name: Optional[str] = None      # None: <game>-<algorithm>-s<seed>, e.g. lsp_zero-lsp-s1 (a sweep adds its other swept
+    #                                     values; tracking.run_name); interpolations work
+    log_model: bool = True              # the final model (LoRA: the adapter) as the run's model/ artifact and a logged model;
+    #                                     false: kept under outputs/models/<run id>/model only (a full 3B model is ~6 GB)
 
 
 @dataclass
@@ -266,7 +268,7 @@ class Range:
 
 
 # The range of every number of the framework's own groups, declared once: `run/validation.py`
-# checks them all before anything is built, and tests/test_config.py fails when a numeric field
+# checks them all before anything is built, and tests/run/test_config.py fails when a numeric field
 # of a schema has no entry here.
 RANGES: dict[str, Range] = {
     "seed": Range(0, 2**32 - 1, why="must be in [0, 2**32 - 1] (numpy's seed range)"),
