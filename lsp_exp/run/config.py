@@ -2,6 +2,8 @@
 
 Every option YAML under `conf/<group>/` starts from its group's schema (`defaults: [schema]`), so
 a misspelt key or a wrong type fails when the config is composed, with Hydra's own message.
+A default is stated once: here, or in the option that sets it; an option states only what differs
+from the schema or from the option it extends (`conf/game/lsp.yaml`: `defaults: [lsp_zero, _self_]`).
 """
 from __future__ import annotations
 
@@ -121,7 +123,7 @@ class LoggerSchema:
 
 @dataclass
 class OptimSchema:
-    lr: float = 3e-5
+    lr: float = 3e-5                    # RL lr well below the SFT lr (1e-3): Adam at >= 1e-4 damages the base (docs/method.md §12)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -131,7 +133,7 @@ class OptimSchema:
 @dataclass
 class EvalSchema:
     every_n_steps: int = 250
-    samples: int = 8                    # k for sampled pass@1 / pass@k at start and end (0: greedy only)
+    samples: int = 8                    # k: sampled pass@1 / pass@k on the held-out set before and after training (0: greedy only)
     max_problems: Optional[int] = None
     sample_table_every: int = 250
     judge_pairs: int = 512              # labelled (query, answer, correct?) pairs to judge the judges at start (0: off)
@@ -153,11 +155,11 @@ class TrainSchema:
     eval: EvalSchema = field(default_factory=EvalSchema)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: Optional[str] = None
-    init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<expr>
+    init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<MLflow filter> (run/chaining.py)
     resume: Optional[str] = None        # continue a run exactly: a checkpoint file or directory, or an MLflow run id
     trust_checkpoint_dir_tag: bool = False  # resume=<run id>: follow its `checkpoint_dir` tag outside paths.outputs
-    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm)
-    optimized_metric: str = "eval/accuracy"  # what lsp-train returns to a sweeper (hparams_search): eval/<key>, train/..., perf/...
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm: +tags.arm=lsp)
+    optimized_metric: str = "eval/accuracy"  # what lsp-train returns to a sweeper (hparams_search): eval/<key> at the end, or train/..., perf/... of the last step
 
 
 @dataclass
@@ -175,7 +177,7 @@ class HeldoutEvalSchema:
     path: Optional[str] = None          # a prompt file with references; None -> the task's held-out set
     max_problems: Optional[int] = None
     samples: int = 0                    # k > 0: also sampled pass@1 / pass@k
-    max_new_tokens: int = 8
+    max_new_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24 worked, 8 direct)
 
 
 @dataclass
@@ -188,7 +190,7 @@ class WinRateSchema:
     tie_value: float = 0.5              # a tie counts this much of a win (0.5 AlpacaEval; 0 ties are not wins)
     margin: float = 0.0                 # a win needs a score above the base's by more than this
     max_prompts: Optional[int] = None
-    max_new_tokens: int = 8
+    max_new_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length
     temperature: float = 0.0            # 0: greedy (the paper evaluates at 0.01)
 
 
@@ -225,7 +227,7 @@ class EvalRunSchema:
 class ReportSchema:
     """`lsp-report`: which runs, grouped how, which metrics (lsp_exp/cli/report.py)."""
 
-    tracking_uri: str = "sqlite:///${paths.outputs}/mlflow.db"
+    tracking_uri: str = '${oc.env:MLFLOW_TRACKING_URI,"sqlite:///${paths.outputs}/mlflow.db"}'
     experiment_names: list[str] = field(default_factory=list)  # empty: every experiment
     parent_run: Optional[str] = None    # a sweep's parent run id: only its child runs
     filter: Optional[str] = None        # an MLflow filter, e.g. "tags.game = 'lsp'"
