@@ -1,4 +1,4 @@
-"""The conformance table: per architecture of tests/conformance/architectures.py, the largest
+"""The conformance table: per architecture of tests/helpers/architectures.py, the largest
 differences the matrix checks, measured (float32, T = 0.7, CPU), and what the start-up check decides.
 
     .venv/bin/python experiments/conformance/table.py            # a markdown table on stdout
@@ -16,18 +16,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "conformance")]
+sys.path.insert(0, str(ROOT))   # the repository: tests.helpers
 
 import torch  # noqa: E402
 
-from architectures import ARCHITECTURES, build  # noqa: E402
+from tests.helpers.architectures import ARCHITECTURES, build  # noqa: E402
 from lsp_exp.core.conformance import check_architecture  # noqa: E402
 from lsp_exp.core.dropout import disable_dropout  # noqa: E402
 from lsp_exp.core.fused_head import _decoder_and_head, fused_difference  # noqa: E402
 from lsp_exp.core.generation import settings  # noqa: E402
 from lsp_exp.core.logprobs import token_logprobs  # noqa: E402
 from lsp_exp.core.special_tokens import ModelSetupError  # noqa: E402
-from test_conformance import T, alone, batch, padded  # noqa: E402
+from tests.helpers.conformance import T, alone, batch, padded  # noqa: E402
 
 
 def part_a(name: str) -> tuple[float, float, float]:

@@ -4,9 +4,9 @@
     python experiments/gpu_check/check.py --dry-run --out DIR  # the same items with tiny models on this CPU
 
 Items, one line each, then a summary (and DIR/gpu_check.json):
-1. `gpu_tests`: the gpu-marked tests (tests/test_gpu.py);
+1. `gpu_tests`: the gpu-marked tests (tests/system/test_gpu.py);
    `conformance`: the conformance matrix in bf16 for Llama, Gemma 2 and Falcon-H1
-   (tests/conformance/test_conformance_gpu.py): the output layer each takes, the start-up check,
+   (tests/core/test_conformance_gpu.py): the output layer each takes, the start-up check,
    log-probs against the model's logits, one LoRA and one full lsp step, sampling with dropout off;
 2. `selfplay <shape> <lora|full>`: self-play steps (game=lsp: Challenger, Solver, the judge, a reward
    model) of randomly initialised Llama-3.2-1B- and 3B-shaped models with the Llama-3 vocabulary in
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))   # the repository: tests.helpers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # Llama-3.2 shapes (published configs); the vocabulary is Llama-3's.
@@ -98,7 +98,7 @@ def save_random_models(shape: str, where: Path, device: str) -> tuple[Path, Path
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
-    from real_models import LLAMA3_END_TOKENS, build_llama3_tokenizer
+    from tests.helpers.real_models import LLAMA3_END_TOKENS, build_llama3_tokenizer
 
     policy_dir, rm_dir = where / f"policy_{shape}", where / "reward_model"
     tokenizer = build_llama3_tokenizer()
@@ -132,7 +132,7 @@ def save_random_models(shape: str, where: Path, device: str) -> tuple[Path, Path
 # ---- the items -----------------------------------------------------------------------------------
 def run_gpu_tests(dry: bool, timeout: float) -> Result:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-p", "no:cacheprovider", "-x"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/system/test_gpu.py", "-q", "-p", "no:cacheprovider", "-x"]
     if dry:  # the CPU stand-in: the same tests on the CPU, the quickest one
         env["LSP_TEST_DEVICE"] = "cpu"
         cmd += ["-k", "evaluation"]
@@ -146,12 +146,12 @@ def run_gpu_tests(dry: bool, timeout: float) -> Result:
 
 def run_conformance(dry: bool, timeout: float, out: Path) -> Result:
     """The conformance matrix on the device in bf16 for Llama, Gemma 2 and Falcon-H1
-    (tests/conformance/test_conformance_gpu.py); its measured differences from the tests' report."""
+    (tests/core/test_conformance_gpu.py); its measured differences from the tests' report."""
     report = out / "conformance.jsonl"
     report.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                LSP_CONFORMANCE_REPORT=str(report))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/conformance/test_conformance_gpu.py", "-q",
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/core/test_conformance_gpu.py", "-q",
            "-p", "no:cacheprovider"]
     if dry:  # the CPU stand-in: one architecture
         env["LSP_TEST_DEVICE"] = "cpu"

@@ -98,7 +98,7 @@ def classify(path: Path) -> list[tuple[str, str]]:
 
 def main() -> None:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "tests")
-    rows = [row for p in sorted(root.glob("test_*.py")) for row in classify(p)]
+    rows = [row for p in sorted(root.rglob("test_*.py")) for row in classify(p)]
     counts = {k: sum(1 for _, kind in rows if kind == k) for k in ("strong", "error-path", "weak", "slow/gpu")}
     fast = counts["strong"] + counts["error-path"] + counts["weak"]
     if "-v" in sys.argv:

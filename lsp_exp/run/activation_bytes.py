@@ -1,6 +1,6 @@
 """Measured activation memory: the bytes autograd saves for the backward per token and decoder layer
 of a real-width Llama, counted with `torch.autograd.graph.saved_tensors_hooks` on a CPU (random
-weights, nothing downloaded). It checks `memory.py`'s per-token formula (tests/test_memory_estimate.py,
+weights, nothing downloaded). It checks `memory.py`'s per-token formula (tests/run/test_memory_estimate.py,
 experiments/memory_estimate/).
 
 A one-layer model runs a left-padded batch (so attention runs with a mask, as in training), its

@@ -1,0 +1,133 @@
+"""Docs that cannot rot silently: every relative link and every repository path named in the
+Markdown files exists (anchors included), nothing points outside the repository, and every
+`lsp-train` command the README shows composes (and passes the range checks)."""
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from lsp_exp.run.config import PROJECT_ROOT
+from lsp_exp.run.validation import validate
+
+from tests.helpers.tiny_run import compose_config
+
+DOCS = sorted([PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs").glob("*.md"),
+               *(PROJECT_ROOT / "experiments").rglob("*.md")])
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+PATH = re.compile(r"`((?:lsp_exp|conf|tests|experiments|docs)/[\w./-]*\w)(?::[\w.]+)?`")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"(?m)^#+\s+(.*)$", text)}
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(PROJECT_ROOT)) for d in DOCS])
+def test_every_relative_link_and_named_path_exists(doc):
+    text = doc.read_text()
+    broken = []
+    for target in LINK.findall(text):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (doc.parent / file).resolve() if file else doc
+        if not resolved.exists():
+            broken.append(target)
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
+            broken.append(f"{target} (no such heading)")
+    for path in PATH.findall(text):
+        if not any(c in path for c in "<*{") and not (PROJECT_ROOT / path).exists():
+            broken.append(f"`{path}`")
+    assert not broken, broken
+
+
+def test_nothing_points_outside_the_repository():
+    """Every Markdown file a source, config or doc names (`<name>.md`) is a file of the
+    repository, and nothing reaches above it into a sibling folder (`../<folder>/`): a user who
+    clones the repository can follow every reference."""
+    def ours(p):  # not in a hidden folder (.git, virtual environments such as .venv-bench) or outputs
+        parts = p.relative_to(PROJECT_ROOT).parts
+        return not any(part.startswith(".") or part == "outputs" for part in parts[:-1])
+
+    names = {p.name for p in PROJECT_ROOT.rglob("*.md") if ours(p)}
+    files = [p for p in PROJECT_ROOT.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".sh", ".toml"}
+             and ours(p)]
+    outside = []
+    for path in files:
+        text = path.read_text()
+        outside += [f"{path.relative_to(PROJECT_ROOT)}: {name}" for name in
+                    re.findall(r"(?<![\w/.-])([\w-]+\.md)\b", text) if name not in names]
+        if path.parent == PROJECT_ROOT:  # a top-level file: `../` leaves the repository
+            outside += [f"{path.name}: {m}" for m in re.findall(r"\]\((\.\./[^)]*)\)", text)]
+    assert outside == []
+
+
+def readme_commands() -> list[str]:
+    """Every `lsp-train` line of the README's code blocks (a sweep's lists: their first values)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (PROJECT_ROOT / "README.md").read_text(), flags=re.S)
+    lines = [line.split("#", 1)[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if re.match(r"(\.venv/bin/)?lsp-train\b", line) and "..." not in line]
+
+
+def first_of_each_sweep(args: list[str]) -> list[str]:
+    out = []
+    for arg in args:
+        if arg in ("-m", "--multirun", "--cfg", "job"):
+            continue
+        override = OverridesParser.create().parse_overrides([arg])[0]
+        if override.is_sweep_override():
+            arg = f"{override.get_key_element()}={next(iter(override.sweep_string_iterator()))}"
+        out.append(arg)
+    return out
+
+
+COMMANDS = readme_commands()
+
+
+def test_the_readme_shows_commands():
+    assert len(COMMANDS) >= 10
+
+
+@pytest.fixture
+def readme_examples(tmp_path, monkeypatch):
+    """The README's example files (code blocks that start with `# <file>.py` or `# my_conf/<file>.yaml`),
+    written out: the package on sys.path, the config directory returned."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    for kind, body in re.findall(r"```(python|yaml)\n(.*?)```", text, flags=re.S):
+        first = body.splitlines()[0]
+        match = re.fullmatch(r"# (my_conf/[\w/]+\.yaml|\w+\.py)(:.*)?", first.strip())
+        if match:
+            target = tmp_path / match.group(1)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(body)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "my_conf"
+    for name in ("my_rewards", "reverse_task", "my_algos"):
+        sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_readme_command_composes(command, readme_examples):
+    """Commands that use the Extending section's config directory get the README's own examples."""
+    command = command.replace("file:///path/to/my_conf", f"file://{readme_examples}")
+    overrides = first_of_each_sweep(shlex.split(command)[1:])
+    validate(compose_config("train", overrides))
+
+
+def test_the_readme_extension_examples_compose(readme_examples):
+    names = {p.relative_to(readme_examples).as_posix() for p in readme_examples.rglob("*.yaml")}
+    assert names == {"reward/brevity.yaml", "task/reverse.yaml", "algorithm/scaled.yaml"}
+    cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "reward=brevity",
+                                   "task=reverse", "algorithm=scaled"])
+    validate(cfg)   # every `_target_` imports
+    assert cfg.algorithm.advantage.scale == 2.5 and cfg.reward.max_chars == 1
