@@ -1,4 +1,4 @@
-"""Failing well (issue 7, item 4): non-finite losses, exceptions, a tracking server that is dead or
+"""Failing well: non-finite losses, exceptions, a tracking server that is dead or
 goes away, degenerate generations. Tiny in-process runs on the toy world built in the tests."""
 from __future__ import annotations
 

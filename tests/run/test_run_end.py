@@ -130,8 +130,8 @@ def test_a_store_refusing_writes_until_after_training_still_ends_the_run_finishe
 
 @pytest.mark.slow  # every write refused by the lock waits for MLflow's 20 s sqlite busy timeout (about a minute)
 def test_a_store_locked_until_after_training_still_ends_the_run_finished(shared_outputs, tmp_path, monkeypatch):
-    """The issue's case: another connection holds sqlite's write lock from the last step until the
-    run's end is being retried."""
+    """Another connection holds sqlite's write lock from the last step until the run's end is being
+    retried: the run still ends FINISHED with every metric."""
     import sqlite3
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"

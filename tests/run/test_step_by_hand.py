@@ -1,6 +1,6 @@
-"""One self-play step checked by hand against its sample table (issue 20).
+"""One self-play step checked by hand against its sample table.
 
-Every run here plays `game=lsp` on the tiny toy policy with `step_probe.ProbeReward` (R = 0.75 or
+Every run here plays `game=lsp` on the tiny toy policy with `tests.helpers.step_probe.ProbeReward` (R = 0.75 or
 0.25 by a checksum of the pair's text: "right about half the time", so Solver advantages are not 0)
 and a stand-in for the judge's generation whose scores differ per (query, answer) pair. The tests
 recompute, from the table's text alone, every reward, value, judge score and advantage of a step

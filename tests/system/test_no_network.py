@@ -1,4 +1,4 @@
-"""Security (issue 7, item 5): no connection leaves the machine during an end-to-end run, MLflow's
+"""Security: no connection leaves the machine during an end-to-end run, MLflow's
 telemetry is off and the Hugging Face hub offline by default, and no model text is ever executed."""
 from __future__ import annotations
 
