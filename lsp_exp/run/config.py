@@ -33,11 +33,13 @@ class PathsConfig:
 class JudgeSchema:
     """The self-quality judge of full LSP (docs/method.md §8): the frozen reference model with a rubric."""
 
-    template: str = "auto"              # auto: the task's judge_template (judge/templates.py): toy_steps / toy for the toy worlds, the paper's rubric otherwise
+    template: str = "auto"              # auto: the task's judge_template (judge/templates.py): toy_steps / toy for
+    #                                     the toy worlds, the paper's rubric otherwise
     max_new_tokens: Optional[int] = None  # None: the template's own default (toy: 64, paper: 320)
     temperature: float = 0.0            # 0: greedy (the paper does not say)
     fallback_score: float = 0.0         # R_Q of a reply with neither a <Score> nor a <Calculation> (counted)
-    score_from: str = "auto"            # auto: the template's (toy_steps: probabilities, text otherwise); text: the <Score> written; probabilities: E[score] over the digits
+    score_from: str = "auto"            # auto: the template's (toy_steps: probabilities, text otherwise); text: the
+    #                                     <Score> written; probabilities: E[score] over the digits
 
 
 @dataclass
@@ -60,7 +62,8 @@ class GameSchema:
     max_query_tokens: int = 12
     max_answer_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24 worked, 8 direct)
     temperature: float = 1.0
-    prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's training split (disjoint from the held-out set)
+    prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's training
+    #                                     split (disjoint from the held-out set)
 
 
 @dataclass
@@ -155,11 +158,13 @@ class TrainSchema:
     eval: EvalSchema = field(default_factory=EvalSchema)
     paths: PathsConfig = field(default_factory=PathsConfig)
     experiment: Optional[str] = None
-    init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or filter:<MLflow filter> (run/chaining.py)
+    init_from: Optional[str] = None     # start from a run's final weights: a directory, a run id or
+    #                                     filter:<MLflow filter> (run/chaining.py)
     resume: Optional[str] = None        # continue a run exactly: a checkpoint file or directory, or an MLflow run id
     trust_checkpoint_dir_tag: bool = False  # resume=<run id>: follow its `checkpoint_dir` tag outside paths.outputs
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (e.g. an experiment's arm: +tags.arm=lsp)
-    optimized_metric: str = "eval/accuracy"  # what lsp-train returns to a sweeper (hparams_search): eval/<key> at the end, or train/..., perf/... of the last step
+    optimized_metric: str = "eval/accuracy"  # what lsp-train returns to a sweeper (hparams_search): eval/<key> at
+    #                                     the end, or train/..., perf/... of the last step
 
 
 @dataclass
