@@ -24,8 +24,7 @@ from tests.helpers.architectures import ARCHITECTURES, build  # noqa: E402
 from lsp_exp.core.conformance import check_architecture  # noqa: E402
 from lsp_exp.core.dropout import disable_dropout  # noqa: E402
 from lsp_exp.core.fused_head import _decoder_and_head, fused_difference  # noqa: E402
-from lsp_exp.core.generation import settings  # noqa: E402
-from lsp_exp.core.logprobs import token_logprobs  # noqa: E402
+from lsp_exp.core.logprobs import LogprobOptions, token_logprobs  # noqa: E402
 from lsp_exp.core.special_tokens import ModelSetupError  # noqa: E402
 from tests.helpers.conformance import T, alone, batch, padded  # noqa: E402
 
@@ -44,8 +43,8 @@ def part_a(name: str) -> tuple[float, float, float]:
     want = torch.autograd.grad((want_logp * weights)[counted].sum(), params, allow_unused=True)
     worst = [0.0, 0.0, 0.0]
     for share in (True, False):
-        with settings(share_prefixes=share):
-            logp, entropy = token_logprobs(model, ids, mask, entropy_mask=counted.float(), temperature=T)
+        logp, entropy = token_logprobs(model, ids, mask, entropy_mask=counted.float(), temperature=T,
+                                       options=LogprobOptions(share_prefixes=share))
         got = torch.autograd.grad((logp * weights)[counted].sum(), params, allow_unused=True)
         grads = [float((a - b).abs().max()) / max(float(b.abs().max()), 1.0)
                  for a, b in zip(got, want) if a is not None and b is not None]

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 
 from lsp_exp.core.fused_head import output_layer
-from lsp_exp.core.generation import check_min_new_tokens, settings
+from lsp_exp.core.generation import check_min_new_tokens
 from lsp_exp.core.kv_cache import cache_of, repeat_is_exact, with_cache
-from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.logprobs import LogprobOptions, token_logprobs
 from lsp_exp.core.probe import WHOLE_NETWORK_ULPS, mode, network_tolerance, probe_ids, rounding, wide
 from lsp_exp.core.special_tokens import ModelSetupError
 
@@ -82,8 +82,7 @@ def _padding(model, rows, pad: int, share: bool) -> float:
     """Largest |batched - alone| log-prob over the real positions (temperature 1)."""
     ids, mask = _left_padded(rows, pad)
     width = ids.shape[1]
-    with settings(share_prefixes=share):
-        batched = token_logprobs(model, ids, mask)
+    batched = token_logprobs(model, ids, mask, options=LogprobOptions(share_prefixes=share))
     diff = 0.0
     for i, row in enumerate(rows):
         alone = wide(model(input_ids=row[None]).logits[0, :-1]).log_softmax(-1).gather(-1, row[1:, None])[:, 0]

@@ -11,19 +11,17 @@ decoding (transformers' `generate` runs every copy), in a short sampling loop un
 `model.generation_config.min_new_tokens`, which `lsp-train` refuses for the policy at start,
 `check_min_new_tokens`: scoring does not mask the end ids).
 
-**Parts**: with `SETTINGS.generation_batch_size` set, at most that many rows are decoded at once
+**Parts**: with `SamplingOptions.generation_batch_size` set, at most that many rows are decoded at once
 (whole prompts with their copies when they fit, else a prompt's copies in parts) and the parts are
 joined into one Rollout (`join_rollouts`), so the KV cache is bounded whatever N x G is. Parts decode
 one after another (each as many steps as the longest row), so leave it unset unless the KV cache
 does not fit: it is small next to the update's activations and logits (`trainer.micro_batch_size`).
 
-`trainer.hf_generate`, `trainer.share_prefixes`, `trainer.micro_batch_size` and
-`trainer.generation_batch_size` are `SETTINGS`:
-`lsp-train` runs the fit under `settings(...)`, which sets them for its duration.
+`SamplingOptions` (`trainer.hf_generate`, `trainer.generation_batch_size`) is built once from the
+config (`SamplingOptions.of(cfg.trainer)`) and passed to every caller of `generate`.
 """
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -33,30 +31,17 @@ from lsp_exp.core.kv_cache import cache_of, repeat_is_exact, with_cache
 from lsp_exp.core.special_tokens import ModelSetupError, end_ids_tensor
 
 
-@dataclass
-class GenerationSettings:
-    hf_generate: bool = False    # True: transformers' `generate` (every copy of a prompt prefilled)
-    share_prefixes: bool = True  # False: one plain forward pass over every full row in `token_logprobs`
-    micro_batch_size: int | None = None  # rows per log-prob forward / backward pass (None: the whole batch at once)
-    generation_batch_size: int | None = None  # rows decoded at once by `generate` (None: all of a call's rows)
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How `generate` decodes (`trainer.hf_generate`, `trainer.generation_batch_size`)."""
 
+    hf_generate: bool = False                 # True: transformers' `generate` (every copy of a prompt prefilled)
+    generation_batch_size: int | None = None  # rows decoded at once (None: all of a call's rows)
 
-SETTINGS = GenerationSettings()
-
-
-@contextmanager
-def settings(**changes):
-    """`SETTINGS` changed for the duration (`with settings(hf_generate=True): ...`), then restored."""
-    saved = dataclasses.replace(SETTINGS)
-    for key, value in changes.items():
-        if not hasattr(SETTINGS, key):
-            raise TypeError(f"unknown generation setting {key!r}")
-        setattr(SETTINGS, key, value)
-    try:
-        yield SETTINGS
-    finally:
-        for key in changes:
-            setattr(SETTINGS, key, getattr(saved, key))
+    @classmethod
+    def of(cls, trainer) -> "SamplingOptions":
+        """The options a `trainer` config node sets."""
+        return cls(hf_generate=bool(trainer.hf_generate), generation_batch_size=trainer.generation_batch_size)
 
 
 @dataclass
@@ -94,24 +79,24 @@ def encode_prompts(tokenizer, prompts: list[str], device: torch.device | str = "
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool = True,
              temperature: float = 1.0, num_return_sequences: int = 1,
              generator: torch.Generator | None = None, capture: tuple[int, list[int]] | None = None,
-             stop_at_capture: bool = False) -> Rollout:
+             stop_at_capture: bool = False, options: SamplingOptions = SamplingOptions()) -> Rollout:
     """Sample (or greedily decode) completions for rendered prompts.
 
     Rows are prompt-major: the `num_return_sequences` completions of prompt i are rows
     i * n .. i * n + n - 1. Sampling stops a row at any end id and draws from `generator` when given
     (else the global RNG of the model's device). It runs under `torch.inference_mode`; the returned
     tensors are ordinary tensors (cloned out of inference mode), so the update can run autograd
-    through them. With `SETTINGS.generation_batch_size`, in parts of at most that many rows.
+    through them. With `options.generation_batch_size`, in parts of at most that many rows.
 
     `capture=(marker, columns)`: also keep, per row, the log-probs (temperature 1) of the token ids
     `columns` right after the row's first `marker` token, from logits the sampling loop computes
     anyway (the judge's score digits after `<Score>`); NaN where a row has no marker, or with
-    `hf_generate` (the caller then scores those rows itself). With `stop_at_capture` a row stops once
+    `options.hf_generate` (the caller then scores those rows itself). With `stop_at_capture` a row stops once
     its log-probs are kept (its text ends with the marker; `finished` is False: no end token).
     """
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, generator=generator,
-                  capture=capture, stop_at_capture=stop_at_capture)
-    parts = generation_parts(len(prompts), num_return_sequences, SETTINGS.generation_batch_size)
+                  capture=capture, stop_at_capture=stop_at_capture, hf_generate=options.hf_generate)
+    parts = generation_parts(len(prompts), num_return_sequences, options.generation_batch_size)
     if len(parts) == 1:
         return _generate(model, tokenizer, prompts, num_return_sequences=num_return_sequences, **kwargs)
     return join_rollouts([_generate(model, tokenizer, prompts[first:last], num_return_sequences=copies, **kwargs)
@@ -153,14 +138,15 @@ def join_rollouts(parts: list[Rollout], pad: int) -> Rollout:
 
 def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_sample: bool, temperature: float,
               num_return_sequences: int, generator: torch.Generator | None,
-              capture: tuple[int, list[int]] | None = None, stop_at_capture: bool = False) -> Rollout:
+              capture: tuple[int, list[int]] | None = None, stop_at_capture: bool = False,
+              hf_generate: bool = False) -> Rollout:
     enc = encode_prompts(tokenizer, prompts, model.device)
     ends = end_ids_tensor(model, tokenizer, model.device)
     captured = None
     if capture is not None:
         captured = torch.full((len(prompts) * num_return_sequences, len(capture[1])), float("nan"), device=model.device)
     with torch.inference_mode():
-        if SETTINGS.hf_generate or getattr(model.config, "is_encoder_decoder", False):
+        if hf_generate or getattr(model.config, "is_encoder_decoder", False):
             sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
             # `generate` draws from the global RNG only, and fills every field the call leaves unset from
             # the model's generation config (Qwen2.5: repetition_penalty 1.05, top_k 20, ...): a plain

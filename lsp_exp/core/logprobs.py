@@ -12,8 +12,13 @@ with the plain computation to 1e-5):
   queries of one challenger prompt) run that prefix once; the rest of each row attends to the
   prefix's repeated KV cache (gradients flow through it). Off under gradient checkpointing in
   training, where transformers' checkpointed layers drop the cache (the tail would attend to nothing).
+
+`LogprobOptions` (`trainer.share_prefixes`, `trainer.micro_batch_size`) is built once from the config
+(`LogprobOptions.of(cfg.trainer)`) and passed to every log-prob pass.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,20 +31,34 @@ from lsp_exp.rl.diagnostics import token_entropy
 MIN_SAVING = 0.25           # share a prefix only when it saves at least this fraction of the tokens
 
 
+@dataclass(frozen=True)
+class LogprobOptions:
+    """How log-prob passes run (`trainer.share_prefixes`, `trainer.micro_batch_size`); exact either way."""
+
+    share_prefixes: bool = True          # False: one plain forward pass over every full row
+    micro_batch_size: int | None = None  # rows per forward / backward pass (None: the whole batch at once)
+
+    @classmethod
+    def of(cls, trainer) -> "LogprobOptions":
+        """The options a `trainer` config node sets."""
+        return cls(share_prefixes=bool(trainer.share_prefixes), micro_batch_size=trainer.micro_batch_size)
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0, score_from: int = 0):
+                   entropy_mask: torch.Tensor | None = None, temperature: float = 1.0, score_from: int = 0,
+                   options: LogprobOptions = LogprobOptions()):
     """log pi_T(token_t | tokens_<t) for t >= 1, shape [B, L - 1] (position ids follow the mask; T:
     the temperature the tokens were sampled at, `Rollout.temperature`).
 
     `score_from` = f: only positions f .. L - 2 are scored (log-probs of tokens f + 1 ..; those
     before are returned as 0), so a prompt that no mask counts costs no vocabulary projection. With
     `entropy_mask` [B, L - 1] (zero before f), also the mean entropy of the same tempered
-    distributions over the masked positions, from the same forward pass: returns (logp, entropy)."""
-    from lsp_exp.core.generation import SETTINGS  # noqa: PLC0415
-
+    distributions over the masked positions, from the same forward pass: returns (logp, entropy).
+    Rows share a prefix when `options.share_prefixes` and the model allows it (one pass over the
+    rows otherwise); `options.micro_batch_size` is the caller's (`micro_batch.py`)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     # One pass or two depends on the rows: not while every forward is a collective (FSDP2, sharding.py)
-    share = SETTINGS.share_prefixes and not _cache_dropped(model) and not collective_forwards(model) \
+    share = options.share_prefixes and not _cache_dropped(model) and not collective_forwards(model) \
         and repeat_is_exact(model)   # (a cache that cannot be repeated row by row: kv_cache.py)
     split = shared_prefix(input_ids, attention_mask) if share else None
     fused = None if collective_forwards(model) else output_layer(model)   # hidden states, never the logits

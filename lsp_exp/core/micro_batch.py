@@ -1,5 +1,5 @@
-"""Rows in micro-batches: a forward (and backward) pass over at most `trainer.micro_batch_size` rows
-at a time, so activations and logits are bounded by the micro-batch whatever N x G is.
+"""Rows in micro-batches: a forward (and backward) pass over at most `LogprobOptions.micro_batch_size`
+rows (`trainer.micro_batch_size`) at a time, so activations and logits are bounded by the micro-batch whatever N x G is.
 
 Each micro-batch is cut to the columns where any of its rows has a real token (generation parts are
 padded to the widest part, `generation.join_rollouts`) and scored from its first completion token
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lsp_exp.core.generation import Rollout
-from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.logprobs import LogprobOptions, token_logprobs
 
 
 def row_chunks(rows: int, size: int | None) -> list[slice]:
@@ -22,7 +22,8 @@ def row_chunks(rows: int, size: int | None) -> list[slice]:
     return [slice(start, min(start + size, rows)) for start in range(0, rows, size)]
 
 
-def chunk_logprobs(model, rollout: Rollout, rows: slice, entropy_mask: torch.Tensor | None = None):
+def chunk_logprobs(model, rollout: Rollout, rows: slice, entropy_mask: torch.Tensor | None = None,
+                   options: LogprobOptions = LogprobOptions()):
     """log pi_T of rows `rows` of the rollout, [rows, L - 1] (token_logprobs on the columns the rows
     use, zeros elsewhere). With `entropy_mask` [B, L - 1]: (logp, entropy sum over the masked positions)."""
     ids, mask = rollout.input_ids[rows], rollout.attention_mask[rows]
@@ -33,7 +34,7 @@ def chunk_logprobs(model, rollout: Rollout, rows: slice, entropy_mask: torch.Ten
     scored = rollout.completion_mask[rows, first + 1:last].any(0).nonzero()   # logp[:, j] scores token j + 1
     out = token_logprobs(model, ids[:, first:last], mask[:, first:last], temperature=rollout.temperature,
                          entropy_mask=None if entropy_mask is None else entropy_mask[rows, first:last - 1],
-                         score_from=int(scored[0]) if scored.numel() else 0)
+                         score_from=int(scored[0]) if scored.numel() else 0, options=options)
     logp = out if entropy_mask is None else out[0]
     logp = F.pad(logp, (first, width - (last - 1)))   # logp[:, t] scores token t + 1
     if entropy_mask is None:
@@ -42,6 +43,7 @@ def chunk_logprobs(model, rollout: Rollout, rows: slice, entropy_mask: torch.Ten
 
 
 @torch.no_grad()
-def logprobs_in_chunks(model, rollout: Rollout, size: int | None) -> torch.Tensor:
-    """log pi_T of every row [B, L - 1], at most `size` rows per forward pass (the reference pass)."""
-    return torch.cat([chunk_logprobs(model, rollout, rows) for rows in row_chunks(rollout.input_ids.shape[0], size)])
+def logprobs_in_chunks(model, rollout: Rollout, options: LogprobOptions = LogprobOptions()) -> torch.Tensor:
+    """log pi_T of every row [B, L - 1], at most `options.micro_batch_size` rows per forward pass (the reference pass)."""
+    chunks = row_chunks(rollout.input_ids.shape[0], options.micro_batch_size)
+    return torch.cat([chunk_logprobs(model, rollout, rows, options=options) for rows in chunks])

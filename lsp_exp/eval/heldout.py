@@ -6,13 +6,14 @@ from collections import defaultdict
 
 import torch
 
-from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.generation import SamplingOptions, chat_prompts, generate
 from lsp_exp.tasks.base import HeldoutSet
 
 
 @torch.inference_mode()
 def evaluate_solver(model, tokenizer, heldout: HeldoutSet, *, max_new_tokens: int = 8, batch_size: int = 1000,
-                    samples: int = 0, temperature: float = 1.0, progress=None) -> dict[str, float]:
+                    samples: int = 0, temperature: float = 1.0, progress=None,
+                    sampling: SamplingOptions = SamplingOptions()) -> dict[str, float]:
     """Greedy accuracy (overall and per slice); with `samples` = k > 0 also sampled pass@1 and pass@k
     (keys `pass_at_1`, `pass_at_<k>`: MLflow metric names cannot hold '@').
 
@@ -21,6 +22,7 @@ def evaluate_solver(model, tokenizer, heldout: HeldoutSet, *, max_new_tokens: in
     so far (greedy and sampled) after each pass. Sampling draws from its own generator (seed 0) on the model's device, so
     evaluating leaves every global RNG as it was: it does not change the training trajectory. Every
     metric is also reported per slice (`accuracy/<slice>`), the slices the task gave each prompt.
+    `sampling`: how `generate` decodes (the run's `trainer.hf_generate` and `trainer.generation_batch_size`).
     """
     was_training = model.training
     model.eval()
@@ -30,13 +32,14 @@ def evaluate_solver(model, tokenizer, heldout: HeldoutSet, *, max_new_tokens: in
     for start in range(0, n, batch_size):
         index = range(start, min(start + batch_size, n))
         prompts = chat_prompts(tokenizer, [heldout.prompts[i] for i in index])
-        out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False)
+        out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=False, options=sampling)
         greedy.append(_correct(heldout, index, out.texts, 1))
         if progress is not None:
             progress(start * (1 + samples) + len(index))
         if samples > 0:
             out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
-                           temperature=temperature, num_return_sequences=samples, generator=generator)
+                           temperature=temperature, num_return_sequences=samples, generator=generator,
+                           options=sampling)
             sampled.append(_correct(heldout, index, out.texts, samples).view(-1, samples))
             if progress is not None:
                 progress(index.stop * (1 + samples))

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from lsp_exp.games.base import Queries
+from lsp_exp.games.base import Queries, StatefulGame
 
 
-class PromptFileGame:
+class PromptFileGame(StatefulGame):
+    """N prompts drawn uniformly with replacement, from a generator of its own (resumed exactly)."""
+
     def __init__(self, cfg, prompts: list[str] | None, seed: int):
         if not prompts:
             raise ValueError(f"game {cfg.name!r} needs prompts: set game.prompts_path (the task has no training prompts)")

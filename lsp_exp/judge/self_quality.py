@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lsp_exp.core.generation import chat_prompts, encode_prompts, generate
+from lsp_exp.core.generation import SamplingOptions, chat_prompts, encode_prompts, generate
 from lsp_exp.judge.parsing import MAX_SCORE, parse_judgement
 from lsp_exp.judge.templates import JudgeTemplate
 
@@ -53,7 +53,8 @@ class SelfQualityJudge:
     bounds = (0.0, float(MAX_SCORE))
 
     def __init__(self, reference, tokenizer, template: JudgeTemplate, *, max_new_tokens: int | None = None,
-                 temperature: float = 0.0, fallback_score: float = 0.0, score_from: str = "auto"):
+                 temperature: float = 0.0, fallback_score: float = 0.0, score_from: str = "auto",
+                 sampling: SamplingOptions = SamplingOptions()):
         if not 0 <= fallback_score <= MAX_SCORE:
             raise ValueError(f"game.judge.fallback_score={fallback_score}: must be in [0, {MAX_SCORE}]")
         if score_from not in SCORE_SOURCES:
@@ -61,6 +62,7 @@ class SelfQualityJudge:
         self.reference, self.tokenizer, self.template = reference, tokenizer, template
         self.max_new_tokens = max_new_tokens or template.max_new_tokens
         self.temperature = temperature
+        self.sampling = sampling  # how the replies are decoded (the run's `trainer.hf_generate`, ...)
         self.fallback_score = fallback_score
         self.score_from = template.score_from if score_from == "auto" else score_from
         self.digit_ids = score_digit_ids(tokenizer) if self.score_from == "probabilities" else None
@@ -94,7 +96,7 @@ class SelfQualityJudge:
             rollout = generate(ref, self.tokenizer, prompts, max_new_tokens=self.max_new_tokens,
                                do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
                                capture=(self.tag_id, self.digit_ids) if self.tag_id is not None else None,
-                               stop_at_capture=self.tag_id is not None)
+                               stop_at_capture=self.tag_id is not None, options=self.sampling)
             captured = getattr(rollout, "captured", None)  # absent from a stand-in generate (tests)
             expected = self.expected_scores(ref, prompts, rollout.texts, captured) if self.digit_ids else {}
         judgements = [parse_judgement(text) for text in rollout.texts]

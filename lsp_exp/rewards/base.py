@@ -1,8 +1,9 @@
-"""The reward interface."""
+"""The reward interface: `Reward` (`score` and `bounds`), and `DeviceReward` for a reward with
+weights of its own that the run moves to its device."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -17,11 +18,30 @@ class Scores:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per named part (composite rewards)
 
 
+@runtime_checkable
 class Reward(Protocol):
-    #: (low, high) of the values, or None when unbounded; objectives that need V in [0, 1] check it.
+    """R(q, a) for a batch of (query, answer) pairs: the task reward of the self-play step, a
+    ground truth logged beside it, or a part of a `CompositeReward`. A protocol: a reward of yours
+    needs these two members, no base class (`build_reward` sets `bounds = None` where it is missing)."""
+
+    #: (low, high) of the values, or None when unbounded; objectives that need V in [0, 1] check it
+    #: (`check_objective`), and an invalid query's value is placed from them (`invalid_query_value`).
     bounds: tuple[float, float] | None
 
-    def score(self, queries: list[str], answers: list[str]) -> Scores: ...
+    def score(self, queries: list[str], answers: list[str]) -> Scores:
+        """One score per pair (`queries[i]` answered by `answers[i]`), on any device; called once per
+        step with the N x G pairs, query-major."""
+        ...
+
+
+@runtime_checkable
+class DeviceReward(Reward, Protocol):
+    """A reward that runs a model of its own (a reward model): the run moves it to the policy's device
+    at the start of training (Lightning does not, it is no submodule)."""
+
+    def to(self, device) -> "DeviceReward":
+        """Move the reward's weights to `device`; returns the reward."""
+        ...
 
 
 class FunctionReward:

@@ -35,7 +35,23 @@ class HeldoutSet:
 
 
 class Task:
-    """The defaults of a task with nothing but a Challenger: override what your task has."""
+    """The contract between a task and the framework; these defaults are a task with nothing but a
+    Challenger: subclass it and override what your task has.
+
+    Attributes: `name`; `challenger_style` and `judge_template` (the prompt and rubric `auto`
+    selects); `char_level` (`lsp-eval` over characters); `prompt_bound` (set by the run, read by
+    the methods that read files). Methods, each called by the run at most once unless stated:
+
+    - `base_model(force)` / `built_model()`: a model the task builds, when `model.path` is null;
+    - `heldout()`: the held-out set of the Solver (None: no evaluation);
+    - `train_prompts()` / `train_references()`: a data game's prompts, `lsp-eval`'s n-gram baseline;
+    - `ground_truth()`: a reward always right, logged beside a proxy reward (None: none);
+    - `labelled_pairs(n)`: (query, answer, correct?) to judge the judges at start;
+    - `answer_columns(queries, answers)`: per (query, answer) pair, the columns the sample tables
+      show beside the raw answer (called at each sample table; default {}: none);
+    - `query_metrics(queries)`: figures of one step's queries, logged as `train/queries/<name>`
+      (called every step; default {}: none).
+    """
 
     name = "task"
     challenger_style = "paper"   # the Challenger's prompt for `game.prompt=auto` (games/challenger_prompt.py)

@@ -3,9 +3,8 @@ what transformers' `generate` and one plain forward pass give (timings live in e
 import pytest
 import torch
 
-import lsp_exp.core.generation as generation
-from lsp_exp.core.generation import chat_prompts, generate
-from lsp_exp.core.logprobs import shared_prefix, token_logprobs
+from lsp_exp.core.generation import SamplingOptions, chat_prompts, generate
+from lsp_exp.core.logprobs import LogprobOptions, shared_prefix, token_logprobs
 from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 
@@ -18,33 +17,23 @@ def tiny():
     return model.train(), tokenizer
 
 
-@pytest.fixture
-def switches(monkeypatch):
-    """Set trainer.hf_generate / trainer.share_prefixes for the rest of the test (restored after)."""
-    def set_(hf: bool, share: bool):
-        monkeypatch.setattr(generation.SETTINGS, "hf_generate", hf)
-        monkeypatch.setattr(generation.SETTINGS, "share_prefixes", share)
-    return set_
-
-
 PROBLEMS = ["1+2", "12+3*4", "7", "19-15*2"]
 
 
-def test_greedy_lean_loop_matches_transformers_generate(tiny, switches):
+def test_greedy_lean_loop_matches_transformers_generate(tiny):
     model, tokenizer = tiny
     prompts = chat_prompts(tokenizer, PROBLEMS)
     outs = {}
     for hf in (True, False):
-        switches(hf, True)
-        outs[hf] = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False)
+        outs[hf] = generate(model, tokenizer, prompts, max_new_tokens=6, do_sample=False,
+                            options=SamplingOptions(hf_generate=hf))
     assert torch.equal(outs[True].input_ids, outs[False].input_ids)
     assert torch.equal(outs[True].completion_mask, outs[False].completion_mask)
     assert outs[True].texts == outs[False].texts
 
 
-def test_sampling_is_seeded_and_honours_min_new_tokens(tiny, switches):
+def test_sampling_is_seeded_and_honours_min_new_tokens(tiny):
     model, tokenizer = tiny
-    switches(False, True)
     prompts = chat_prompts(tokenizer, PROBLEMS)
     runs = []
     for _ in range(2):
@@ -60,9 +49,8 @@ def test_sampling_is_seeded_and_honours_min_new_tokens(tiny, switches):
 
 
 @pytest.mark.parametrize("problems,copies", [(PROBLEMS, 4), (["1+2", "1+2", "1+2", "12+3*4"], 1)])
-def test_shared_prefix_log_probs_entropy_and_gradients_equal_a_plain_pass(tiny, switches, problems, copies):
+def test_shared_prefix_log_probs_entropy_and_gradients_equal_a_plain_pass(tiny, problems, copies):
     model, tokenizer = tiny
-    switches(False, True)
     torch.manual_seed(0)
     rollout = generate(model, tokenizer, chat_prompts(tokenizer, problems), max_new_tokens=6,
                        num_return_sequences=copies)
@@ -71,9 +59,9 @@ def test_shared_prefix_log_probs_entropy_and_gradients_equal_a_plain_pass(tiny, 
     mask = rollout.completion_mask[:, 1:].float()
     results = {}
     for share in (False, True):
-        switches(False, share)
         model.zero_grad()
-        logp, entropy = token_logprobs(model, rollout.input_ids, rollout.attention_mask, entropy_mask=mask)
+        logp, entropy = token_logprobs(model, rollout.input_ids, rollout.attention_mask, entropy_mask=mask,
+                                       options=LogprobOptions(share_prefixes=share))
         (logp * mask).sum().backward()
         results[share] = (logp.detach(), entropy, [p.grad.clone() for p in model.parameters()])
     (a, ea, ga), (b, eb, gb) = results[False], results[True]

@@ -20,9 +20,9 @@ from tests.helpers.conformance import REFUSED, T, alone, batch, padded, with_dro
 from lsp_exp.core.conformance import check_architecture
 from lsp_exp.core.dropout import disable_dropout
 from lsp_exp.core.fused_head import output_layer
-from lsp_exp.core.generation import check_min_new_tokens, chat_prompts, generate, settings
+from lsp_exp.core.generation import check_min_new_tokens, chat_prompts, generate
 from lsp_exp.core.kv_cache import repeat_is_exact
-from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.logprobs import LogprobOptions, token_logprobs
 from lsp_exp.core.special_tokens import ModelSetupError
 
 NAMES = [a.name for a in ARCHITECTURES]
@@ -49,8 +49,8 @@ def test_a_logprobs_entropy_and_gradients_equal_log_softmax_of_the_logits(name, 
     weights = torch.randn(counted.shape, generator=torch.Generator().manual_seed(1))
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
 
-    with settings(share_prefixes=share):
-        logp, entropy = token_logprobs(model, ids, mask, entropy_mask=entropy_mask.float(), temperature=T)
+    logp, entropy = token_logprobs(model, ids, mask, entropy_mask=entropy_mask.float(), temperature=T,
+                                   options=LogprobOptions(share_prefixes=share))
     got = torch.autograd.grad((logp * weights)[counted].sum(), params, allow_unused=True)
 
     want_logp, want_entropy = torch.zeros_like(logp), torch.zeros_like(logp)
