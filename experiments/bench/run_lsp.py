@@ -55,8 +55,10 @@ def main() -> None:
     from lsp_exp.rewards import build_reward
     from lsp_exp.run.self_play import SelfPlayModule
     from lsp_exp.cli.train import StepStream
-    from lsp_exp.core.generation import settings as generation_settings
-    from lsp_exp.run.instantiate import build
+    from lsp_exp.core.generation import SamplingOptions
+    from lsp_exp.core.logprobs import LogprobOptions
+    from lsp_exp.nodes import build
+    from lsp_exp.run.step_logging import StepMetricsLogger
     from lsp_exp.run.validation import validate
 
     cfg = compose([f"game={args.game}", "logger=none", f"paths.outputs={args.outputs}",
@@ -80,8 +82,10 @@ def main() -> None:
 
         prompts = read_prompts(cfg.game.prompts_path) if cfg.game.get("prompts_path") else task.train_prompts()
     reward = build_reward(cfg.reward, task=task)
-    game = build_game(cfg.game, task, prompts, cfg.seed)
-    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout=None, judge_template="toy")
+    sampling, logprob_options = SamplingOptions.of(cfg.trainer), LogprobOptions.of(cfg.trainer)
+    game = build_game(cfg.game, task, prompts, cfg.seed, sampling=sampling)
+    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, task, judge_template="toy",
+                            sampling=sampling, logprobs=logprob_options)
 
     class Timer(L.Callback):
         def __init__(self):
@@ -99,10 +103,9 @@ def main() -> None:
     timer = Timer()
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=cfg.trainer.precision, max_steps=args.steps,
                         logger=False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=False, callbacks=[timer])
+                        enable_progress_bar=False, callbacks=[StepMetricsLogger(), timer])
     rss_before = rss_mb()
-    with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes):
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
     kept = slice(args.warmup, None)
     perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
     emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,

@@ -21,45 +21,43 @@ for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "tru
     os.environ.setdefault(_key, _value)
 
 import hydra  # noqa: E402
-import lightning as L  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
-from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
 
+from lsp_exp.cli.overrides import check_overrides  # noqa: E402
+from lsp_exp.core.checkpoint_keys import check_checkpoint_keys, saved_weight_names  # noqa: E402
+from lsp_exp.core.generation import SamplingOptions  # noqa: E402
+from lsp_exp.core.logprobs import LogprobOptions  # noqa: E402
+from lsp_exp.errors import ConfigError, LspError  # noqa: E402
+from lsp_exp.games import build_game  # noqa: E402
+from lsp_exp.nodes import build  # noqa: E402
+from lsp_exp.rewards import build_reward  # noqa: E402
+from lsp_exp.rl.role_rewards import check_objective  # noqa: E402
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.run.run_lock import RunLock, RunLockedError  # noqa: E402
-from lsp_exp.run.saved_state import UnsafeSavedStateError  # noqa: E402
+from lsp_exp.run.chaining import resolve_init_from  # noqa: E402
+from lsp_exp.run.checkpointing import mark_interrupted, prepare_resume  # noqa: E402
+from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look  # noqa: E402
+from lsp_exp.run.evaluation import HeldoutEvaluation  # noqa: E402
+from lsp_exp.run.launch import check_launch  # noqa: E402
+from lsp_exp.run.policy_and_data import PolicyAndData, load_policy_and_data  # noqa: E402
+from lsp_exp.run.run_end import end_run  # noqa: E402
+from lsp_exp.run.sample_tables import SampleTables  # noqa: E402
+from lsp_exp.run.self_play import SelfPlayModule  # noqa: E402
+from lsp_exp.run.session import build_trainer, tracked_run  # noqa: E402
+from lsp_exp.run.step_logging import StepMetricsLogger  # noqa: E402
 from lsp_exp.run.sweep_callback import end_open_sweep  # noqa: E402
 from lsp_exp.run.sweep_jobs import JobFailed, job_label  # noqa: E402
-from lsp_exp.run.checkpointing import (CheckpointError, ResumeError, StepCheckpoint, checkpoint_dir,  # noqa: E402
-                                       continue_run, mark_interrupted, note_died, prepare_resume)
-from lsp_exp.run.launch import check_launch, release_ranks, trainer_strategy  # noqa: E402
-from lsp_exp.run.memory_check import check_memory  # noqa: E402
-from lsp_exp.run.chaining import InitFromError, is_adapter, resolve_init_from  # noqa: E402
-from lsp_exp.core.checkpoint_keys import CheckpointMismatchError, check_checkpoint_keys, saved_weight_names  # noqa: E402
-from lsp_exp.core.fused_head import output_layer  # noqa: E402
-from lsp_exp.core.generation import settings as generation_settings  # noqa: E402
-from lsp_exp.games import build_game  # noqa: E402
-from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
-from lsp_exp.core.prompts import read_prompts  # noqa: E402
-from lsp_exp.core.prompt_bound import check_texts, prompt_bound  # noqa: E402
-from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
-from lsp_exp.run.instantiate import build  # noqa: E402
-from lsp_exp.rl.challenger_objectives import check_objective  # noqa: E402
-from lsp_exp.run.self_play import NonFiniteLossError, SelfPlayModule  # noqa: E402
-from lsp_exp.core.conformance import check_architecture  # noqa: E402
-from lsp_exp.core.special_tokens import ModelSetupError, check_chat_model  # noqa: E402
-from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look  # noqa: E402
-from lsp_exp.run.run_end import end_run  # noqa: E402
-from lsp_exp.run.tracking import build_logger, log_final_model, log_run_start, save_model, tracking_uri  # noqa: E402
-from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ArtifactStoreError,  # noqa: E402
-                                           TrackingLostError, TrackingUnreachableError, fail_active_runs, one_line)
-from lsp_exp.run.validation import ConfigError, check_overrides, preflight, validate  # noqa: E402
+from lsp_exp.run.tracking import log_final_model, save_model, tracking_uri  # noqa: E402
+from lsp_exp.run.tracking_failures import ACTIVE_LOGGERS, TRACKING_ERRORS, fail_active_runs, one_line  # noqa: E402
+from lsp_exp.run.validation import preflight, validate  # noqa: E402
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message=".*litlogger.*")
+log = logging.getLogger(__name__)
 
 
 class StepStream(IterableDataset):
@@ -82,10 +80,80 @@ def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         return _train(cfg)
 
 
-def _in_a_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """Prepare, build each component, fit inside the tracked run, finish."""
+    requeued = cfg.get("resume") == "auto"
+    cfg, resume, overrides = prepare(cfg)
+    init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
+    task = _built("task", build(cfg.task, "task"))
+    model = _built("policy", load_policy_and_data(cfg, task, init))  # the data first, bounded by the model
+    reward = _built("reward", build_reward(cfg.reward, task=task))
+    sampling, logprobs = SamplingOptions.of(cfg.trainer), LogprobOptions.of(cfg.trainer)
+    try:
+        check_objective(cfg.game.challenger_objective, reward.bounds)
+        game = _built("game", build_game(cfg.game, task, model.prompts, cfg.seed, sampling=sampling))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    truth = task.ground_truth()  # the verifier beside a proxy reward, unless it is the reward itself
+    template = cfg.game.judge.template if cfg.game.judge.template != "auto" else task.judge_template
+    module = _built("module", SelfPlayModule(
+        cfg, model.policy, model.tokenizer, game, reward, task, judge_template=template, sampling=sampling,
+        logprobs=logprobs, verifier=truth if truth is not None and type(truth) is not type(reward) else None))
+    if resume is not None:  # before Lightning loads anything: a sharded run loads non-strictly
+        check_checkpoint_keys(saved_weight_names(resume.path), module)
+    steps, evaluation = StepMetricsLogger(), HeldoutEvaluation(
+        model.heldout, every=cfg.eval.every_n_steps, samples=cfg.eval.samples, judge_threshold=cfg.eval.judge_threshold,
+        max_new_tokens=cfg.game.max_answer_tokens,
+        labelled_pairs=task.labelled_pairs(cfg.eval.judge_pairs) if cfg.eval.judge_pairs else None)
+    with tracked_run(cfg, resume, overrides, requeued) as run:
+        bar = [progress_bar(cfg)] if cfg.trainer.enable_progress_bar else []
+        trainer = build_trainer(cfg, run.logger, [steps, SampleTables(cfg.eval.sample_table_every), *bar, evaluation,
+                                                  run.checkpoints])  # the step's metrics reach the store before its checkpoint
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's: a checkpoint at the step's end
+        try:
+            trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
+                        ckpt_path=str(resume.path) if resume else None, weights_only=True)  # runs no code
+        except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint at the step's end; the run KILLED; exit 143
+            mark_interrupted(run.logger, run.checkpoints.last_path)
+            raise SystemExit(143) from None
+    LAST_STEP.update(steps.last)
+    if trainer.is_global_zero:
+        finish(cfg, run.logger, module, model, evaluation)
+    return evaluation.history
 
+
+def prepare(cfg: DictConfig):
+    """`resume=` (the run's own config, its checkpoint and MLflow run), the config's checks, how the
+    ranks start (DDP in a multirun; FSDP refused), the files it names and the tracking server: all
+    before anything is built. Returns (config, what to resume, the overrides to save in checkpoints)."""
+    cfg, resume, overrides = prepare_resume(cfg)
+    validate(cfg)
+    check_launch(cfg)
+    preflight(cfg)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    return cfg, resume, overrides
+
+
+def _built(what: str, component):
+    log.info("built the %s: %s", what, type(component).__name__)
+    return component
+
+
+def finish(cfg: DictConfig, logger, module: SelfPlayModule, model: PolicyAndData, evaluation: HeldoutEvaluation):
+    """The metrics, the final model, then FINISHED, each retried (run/run_end.py); then the report."""
+    weights = module.final_weights  # the full weights gathered at the end of a sharded run (else None)
+    entry = {"base_model": model.model_path, "dtype": cfg.model.get("dtype", "float32"),
+             "max_new_tokens": cfg.game.max_answer_tokens}
+    end_run(logger, cfg.paths.outputs,
+            lambda: log_final_model(logger, model.policy, model.tokenizer, cfg.paths.outputs, state_dict=weights,
+                                    entry=entry, upload=cfg.logger.get("log_model", True)),
+            save_locally=lambda folder: save_model(folder, model.policy, model.tokenizer, weights))
+    report(evaluation.history, logger, evaluation.judging)
+
+
+def _in_a_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
@@ -125,144 +193,6 @@ def interrupts_during_startup():
         signal.signal(signal.SIGTERM, previous)
 
 
-def read_data(cfg: DictConfig, task, bound) -> tuple:
-    """The task's held-out set and a data game's prompts (game=grpo_data), within `bound` when given;
-    a malformed, empty or too long file is one line (ConfigError)."""
-    task.prompt_bound = bound
-    try:
-        heldout = task.heldout()
-    except ValueError as err:
-        raise ConfigError(f"task ({cfg.task._target_}): {err}") from None
-    try:
-        prompts = None
-        if not cfg.game.challenger:
-            prompts = read_prompts(cfg.game.prompts_path, bound) if cfg.game.prompts_path else task.train_prompts()
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    return heldout, prompts
-
-
-def check_data(bound, cfg: DictConfig, heldout, prompts) -> None:
-    """The rows read before the model was built, against its bound (rows named by number)."""
-    try:
-        if heldout is not None:
-            check_texts(bound, heldout.prompts, f"task.heldout_path={cfg.task.heldout_path!r}"
-                        if cfg.task.get("heldout_path") else f"the held-out set of task {cfg.task._target_}")
-        if prompts is not None:
-            check_texts(bound, prompts, f"game.prompts_path={cfg.game.prompts_path!r}" if cfg.game.prompts_path
-                        else f"the training prompts of task {cfg.task._target_}")
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
-    requeued = cfg.get("resume") == "auto"  # a requeued job waits out its predecessor's last heartbeat (run_lock.py)
-    cfg, resume, overrides = prepare_resume(cfg)  # resume=: the run's own config, its checkpoint and MLflow run
-    validate(cfg)
-    check_launch(cfg)  # how the ranks start (DDP in a multirun; FSDP refused)
-    preflight(cfg)  # files the config names, the tracking server: before anything is built
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)  # hardware/tip chatter
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    # init_from first (a missing run, a corrupt folder): nothing is built before it is found
-    init = resolve_init_from(cfg.init_from, tracking_uri(cfg), cfg.paths.outputs) if cfg.init_from else None
-    task, loader = build(cfg.task, "task"), build(cfg.model, "model")
-    # The data before any model is built or loaded. A model at hand (model.path, a full model to start
-    # from, a base the task has built already) bounds a row while it is read: its tokenizer and context
-    # (core/prompt_bound.py).
-    full_init = init is not None and not is_adapter(init)
-    at_hand = str(init) if full_init else (resolve_model_path(cfg.model, task) if cfg.model.get("path")
-                                           else task.built_model())
-    if at_hand:  # the estimated peak against the device's memory, before anything but its config is read
-        check_memory(cfg, at_hand)
-    tokenizer = loader.tokenizer(at_hand) if at_hand else None
-    bound = prompt_bound(tokenizer, at_hand, cfg.game.max_answer_tokens) if at_hand else None
-    heldout, prompts = read_data(cfg, task, bound)
-    # Build (or find) the model first: a first-time bootstrap consumes the global RNG.
-    model_path = str(init) if full_init else resolve_model_path(cfg.model, task)
-    if tokenizer is None:  # a model the task built just now: it bounds the rows read (named by number)
-        tokenizer = loader.tokenizer(model_path)
-        check_data(prompt_bound(tokenizer, model_path, cfg.game.max_answer_tokens), cfg, heldout, prompts)
-        check_memory(cfg, model_path)  # before any weight is loaded
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
-    check_chat_model(policy, tokenizer, cfg.model.get("path") or cfg.model.name)  # a chat template and end ids
-    # run on a few tokens: padding, the KV cache, training mode, the output layer (core/conformance.py)
-    check_architecture(policy, tokenizer, cfg.model.get("path") or cfg.model.name)
-    if output_layer(policy) is None:  # the check chose the logits path: the estimate counts the logits too
-        check_memory(cfg, model_path, fused_head=False)
-    if heldout is not None:
-        heldout = heldout.head(cfg.eval.max_problems)
-    reward = build_reward(cfg.reward, task=task)
-    try:
-        check_objective(cfg.game.challenger_objective, reward.bounds)
-        game = build_game(cfg.game, task, prompts, cfg.seed)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    # Ground truth beside a proxy reward: the task's verifier, unless it is the reward itself.
-    truth = task.ground_truth()
-    verifier = truth if truth is not None and type(truth) is not type(reward) else None
-    pairs = task.labelled_pairs(cfg.eval.judge_pairs) if cfg.eval.judge_pairs else None
-    judge_template = cfg.game.judge.template if cfg.game.judge.template != "auto" else task.judge_template
-    module = SelfPlayModule(cfg, policy, tokenizer, game, reward, heldout, verifier=verifier, labelled_pairs=pairs,
-                            judge_template=judge_template)
-    if resume is not None:  # before Lightning loads anything: a sharded run loads non-strictly
-        check_checkpoint_keys(saved_weight_names(resume.path), module)
-    module.answer_columns = task.answer_columns  # the sample tables' decoded / expected / correct columns
-    module.query_metrics = task.query_metrics    # train/queries/*: what kinds of query the Challenger writes
-
-    lock, stale = None, None
-    if rank_zero_only.rank == 0 and resume is not None:  # one process per run: before the run is touched
-        lock = RunLock(resume.path.parent)
-        stale = lock.acquire(wait_s=lock.stale_s if requeued else 0.0)
-    logger = build_logger(cfg) if rank_zero_only.rank == 0 else None  # only rank 0 touches the store
-    if resume is None:
-        log_run_start(logger, cfg)
-    else:
-        continue_run(logger, cfg, resume)
-        if stale is not None:
-            note_died(logger, stale, lock.path)
-    run_id = logger.run_id if logger is not None else None
-    ckpt_dir = checkpoint_dir(cfg, logger)
-    if rank_zero_only.rank == 0 and lock is None:
-        lock = RunLock(ckpt_dir)
-        lock.acquire(wait_s=lock.stale_s if requeued else 0.0)
-    checkpoints = StepCheckpoint(ckpt_dir, cfg.trainer.checkpoint_every, run_id, overrides, lock=lock)
-    # precision: the module runs its own autocast (core/precision.py); Lightning's would wrap a whole step,
-    # optimizer steps included, and serve stale weight casts to PPO's later inner epochs.
-    trainer = L.Trainer(
-        accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, strategy=trainer_strategy(cfg.trainer),
-        num_nodes=cfg.trainer.num_nodes, precision="32-true", max_steps=cfg.trainer.max_steps,
-        logger=logger or False, log_every_n_steps=1, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=cfg.trainer.enable_progress_bar,
-        callbacks=[checkpoints, *([progress_bar(cfg)] if cfg.trainer.enable_progress_bar else [])],
-    )
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's handler: a checkpoint at the step's end
-    try:
-        with generation_settings(hf_generate=cfg.trainer.hf_generate, share_prefixes=cfg.trainer.share_prefixes,
-                                 micro_batch_size=cfg.trainer.micro_batch_size,
-                                 generation_batch_size=cfg.trainer.generation_batch_size):
-            trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
-                        ckpt_path=str(resume.path) if resume else None, weights_only=True)  # runs no code
-    except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint written at the step's end; run KILLED; exit 143
-        mark_interrupted(logger, checkpoints.last_path)
-        raise SystemExit(143) from None
-    finally:
-        release_ranks(cfg)  # a multirun's next DDP job starts its own ranks
-        if lock is not None:
-            lock.release()
-    LAST_STEP.update({k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1})
-    if trainer.is_global_zero:  # the metrics, the final model, then FINISHED: each retried (run/run_end.py)
-        end_run(logger, cfg.paths.outputs, lambda: log_final_model(
-                    logger, policy, tokenizer, cfg.paths.outputs, state_dict=module.final_weights,
-                    entry={"base_model": model_path, "dtype": cfg.model.get("dtype", "float32"),
-                           "max_new_tokens": cfg.game.max_answer_tokens},
-                    upload=cfg.logger.get("log_model", True)),
-                save_locally=lambda folder: save_model(folder, policy, tokenizer, module.final_weights))
-        report(module.eval_history, logger, module.judging)
-    return module.eval_history
-
-
 def report(history: dict[int, dict[str, float]], logger, judging: dict[str, float] | None = None) -> None:
     """The end of a run: how the reward and the judge classify correctness (measured at the start),
     the held-out result before and after, the run's name and a link that opens it in the UI."""
@@ -278,11 +208,6 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
         say(f"MLflow run '{logger._run_name}' ({logger.run_id}) in experiment '{logger._experiment_name}'"
             + (f"; final model: mlflow.pyfunc.load_model('models:/{model}')" if model else ""))
         say(where_to_look(logger._tracking_uri, logger.experiment_id, logger.run_id))
-
-
-# Failures with a message that says it all: one line on stderr, exit code 2, no traceback.
-CLEAR_ERRORS = (ConfigError, ModelNotFoundError, ModelSetupError, CheckpointError, ResumeError, RunLockedError, FileNotFoundError, RewardModelError, InitFromError, UnsafeSavedStateError,
-                TrackingUnreachableError, TrackingLostError, ArtifactStoreError, NonFiniteLossError, CheckpointMismatchError)
 
 
 def main() -> None:
@@ -302,8 +227,6 @@ def _failed(line: str, code: int):
     if not _in_a_sweep():
         say(line, err=True)
         raise SystemExit(code) from None
-    from hydra.core.hydra_config import HydraConfig
-
     line = f"error: {job_label(HydraConfig.get())} failed: {line.removeprefix('error: ')}"
     say(line, err=True)
     return JobFailed(line)
@@ -316,7 +239,7 @@ def hydra_main(cfg: DictConfig) -> float | JobFailed | str:
     ACTIVE_LOGGERS.clear()
     try:
         history = train(cfg)
-    except CLEAR_ERRORS as err:
+    except LspError as err:  # a failure whose message says it all: one line, exit code 2, no traceback
         fail_active_runs(err)
         return _failed(f"error: {one_line(err, 1000)}", 2)
     except TRACKING_ERRORS as err:  # the tracking server failed outside the training loop

@@ -1,268 +1,144 @@
 """The self-play LightningModule: Algorithm 1 of LSP (docs/method.md §2), one optimizer step per batch.
 
-    challenger prompt --N--> queries --G each--> answers --> R(q, a) [+ R_Q(q, a), the judge]
-      --> V(q), advantages --> log-probs of policy and reference --> L_Sol + alpha_Ch * L_Ch
-      --> one optimizer step
+    1. play     the Challenger writes N queries, the Solver answers each G times
+    2. score    R(q, a) for every answer; the judge's R_Q in full LSP
+    3. rewards  V(q), r_sol = R + w R_Q, r_ch = objective(V) + w V_Q
+    4. ref      the frozen reference's log-probs of both roles' playouts
+    5. update   L_Sol + alpha_Ch * L_Ch over micro-batches, one optimizer step
 
-The maths lives in `lsp_exp.rl` (pure functions); this module only orchestrates and logs.
+The maths lives in `lsp_exp.rl` (pure functions); the step returns a `StepRecord` (run/playout.py)
+that callbacks log: run/step_logging.py (metrics), run/sample_tables.py, run/evaluation.py (held-out).
 """
 from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 
-from lsp_exp.run.checkpointing import gather_objects
-from lsp_exp.eval.heldout import evaluate_solver
-from lsp_exp.core.generation import chat_prompts, generate
-from lsp_exp.core.micro_batch import logprobs_in_chunks
-from lsp_exp.judge.self_quality import SelfQualityJudge
-from lsp_exp.judge.judging_the_judges import judge_the_judges
-from lsp_exp.judge.templates import get_template
-from lsp_exp.core.models import Reference
 from lsp_exp.core.checkpoint_keys import check_checkpoint_keys
-from lsp_exp.core.perf import mfu, peak_flops
+from lsp_exp.core.generation import SamplingOptions
+from lsp_exp.core.logprobs import LogprobOptions
+from lsp_exp.core.micro_batch import logprobs_in_chunks
+from lsp_exp.core.models import Reference
 from lsp_exp.core.precision import autocast, compute_dtype
+from lsp_exp.core.roles import RoleBatch, role_backward
 from lsp_exp.core.sharding import full_state_dict, gathered, is_sharded, shard
+from lsp_exp.errors import LspError
+from lsp_exp.games.base import StatefulGame
+from lsp_exp.judge.self_quality import SelfQualityJudge
+from lsp_exp.judge.templates import get_template
+from lsp_exp.nodes import build
+from lsp_exp.rewards.base import DeviceReward
 from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import algorithm_spec
 from lsp_exp.rl.kl_control import kl_controller
-from lsp_exp.rl.role_loss import challenger_advantage_fn, invalid_query_value, query_values
-from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
-from lsp_exp.run.instantiate import build
-from lsp_exp.core.roles import RoleBatch, role_backward
-from lsp_exp.core.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
-from lsp_exp.run.console import heldout_status
-from lsp_exp.run.tracking import log_eval, log_sample_table, sample_rows
+from lsp_exp.rl.role_rewards import challenger_advantage_fn, invalid_query_value, role_rewards
+from lsp_exp.run.checkpointing import gather_objects
+from lsp_exp.run.playout import Graded, Playout, StepRecord, grade, play
+from lsp_exp.tasks.base import Task
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LspError):
     """Too many non-finite losses in a row (`trainer.max_consecutive_nonfinite`)."""
 
 
 class SelfPlayModule(L.LightningModule):
-    """`heldout`: the task's HeldoutSet (None: no held-out evaluation); `verifier`: the ground truth
-    logged beside a proxy reward (None when the reward is the verifier or there is none);
-    `labelled_pairs`: (query, answer, correct?) to judge the judges at start."""
+    """`task`: what the callbacks ask of the task (its reading of answers, its kinds of query);
+    `verifier`: the ground truth logged beside a proxy reward (None when the reward is the verifier
+    or there is none); `sampling` and `logprobs`: how the policy is sampled and scored."""
 
-    def __init__(self, cfg, policy, tokenizer, game, reward, heldout=None, verifier=None,
-                 labelled_pairs=None, judge_template: str = "paper"):
+    def __init__(self, cfg, policy, tokenizer, game, reward, task: Task, *, verifier=None,
+                 judge_template: str = "paper", sampling: SamplingOptions = SamplingOptions(),
+                 logprobs: LogprobOptions = LogprobOptions()):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.policy, self.tokenizer, self.game, self.reward = cfg, policy, tokenizer, game, reward
-        self.heldout = heldout
-        self.verifier, self.labelled_pairs = verifier, labelled_pairs or []
+        self.task, self.verifier, self.sampling, self.logprobs = task, verifier, sampling, logprobs
         self.reference = Reference(policy)
         self.compute_dtype = compute_dtype(cfg.model.get("dtype", "float32"), cfg.trainer.precision)  # docs/method.md §16
         j = cfg.game.judge
         self.judge = SelfQualityJudge(
             self.reference, tokenizer, get_template(judge_template), max_new_tokens=j.max_new_tokens,
-            temperature=j.temperature, fallback_score=j.fallback_score, score_from=j.score_from) if cfg.game.self_reward else None
+            temperature=j.temperature, fallback_score=j.fallback_score, score_from=j.score_from,
+            sampling=sampling) if cfg.game.self_reward else None
         self.algorithm = algorithm_spec(cfg.algorithm, build)  # names, or a user's functions from `_target_`
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
         self.objective_fn = get(CHALLENGER_OBJECTIVES, cfg.game.challenger_objective, "game.challenger_objective")
         self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
         self.invalid_query_value = invalid_query_value(cfg.game.invalid_query_value, getattr(reward, "bounds", None))
-        self.eval_history: dict[int, dict[str, float]] = {}
-        self.judging: dict[str, float] = {}  # eval/judge/* and eval/reward/* at the start
+        self.role_weights = {"solver": 1.0, "challenger": cfg.game.alpha_ch}
         self.skipped_steps = 0           # updates skipped for a non-finite loss or gradient norm
         self.consecutive_nonfinite = 0
-        self.tokens = {"solver": 0, "challenger": 0}  # generated by the policy so far (the arms' budget)
         self.resumed_at: int | None = None  # the step of the checkpoint this run resumed from
         self.final_weights: dict | None = None  # the full weights gathered at the end of a sharded run
 
-    def configure_model(self):
-        """trainer=fsdp (Lightning's ModelParallelStrategy): shard the policy with FSDP2 (core/sharding.py)."""
-        from lightning.pytorch.strategies import ModelParallelStrategy
+    # ---- one self-play step (Algorithm 1) ----------------------------------------------------------
+    def training_step(self, batch, batch_idx) -> dict[str, StepRecord]:
+        game, seconds, start, step = self.cfg.game, {}, time.perf_counter(), self.global_step
+        # 1. play: N queries (the Challenger's, or a data game's) and G sampled answers to each
+        with _timed(seconds, "gen"), self.gathered_policy(), self.autocast_context():
+            playout = play(self.game, self.policy, self.tokenizer, group_size=game.group_size, sampling=self.sampling,
+                           max_answer_tokens=game.max_answer_tokens, temperature=game.temperature)
+        # 2. score: the task reward R (and the verifier beside a proxy); the judge's R_Q in full LSP
+        with _timed(seconds, "reward"):
+            graded = grade(playout, self.reward, self.verifier, self.device)
+        judged = self._judge(playout, seconds) if self.judge is not None else None
+        # 3. role rewards: V(q), r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (rl/role_rewards.py)
+        quality = judged.values.to(self.device).view(playout.n, -1) if judged is not None else None
+        rewards = role_rewards(graded.rewards, graded.query_valid, objective=self.objective_fn, quality=quality,
+                               invalid_value=self.invalid_query_value, weight=game.self_reward_weight)
+        # 4. the reference's token log-probs of both roles' playouts
+        with _timed(seconds, "ref"):
+            roles = self._role_batches(playout, graded, rewards)
+        # 5. update: the backward of L_Sol + alpha_Ch L_Ch and one optimizer step (per inner epoch)
+        with _timed(seconds, "update"):
+            terms, grad_norm = self._update(roles)
+        seconds["step"] = time.perf_counter() - start
+        return {"step": StepRecord(step, playout, graded, judged, rewards, roles, terms, grad_norm,
+                                   self.role_weights, seconds)}
 
-        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.policy):
-            shard(self.policy, self.trainer.strategy.root_device, param_dtype=self.compute_dtype)
-            self.reference.cast_like_sharded(self.compute_dtype)
-            self.strict_loading = False  # the gathered state dict names a tied weight once (lm_head = embeddings)
+    def _judge(self, playout: Playout, seconds: dict[str, float]):
+        """R_Q of every pair [N * G], by the frozen reference (docs/method.md §8)."""
+        with _timed(seconds, "judge"), self.gathered_reference(), self.autocast_context():
+            return self.judge.score(playout.pair_queries, playout.answers.texts)
 
-    def _autocast(self):
-        """The policy's forwards in the compute dtype (core/precision.py); never around an optimizer step."""
-        return autocast(self.device, self.compute_dtype)
-
-    def _gathered_reference(self):
-        """The full weights for passes of pi_ref when it is the (sharded) policy with its adapter off."""
-        return gathered(self.policy) if self.reference.uses_adapter else nullcontext()
-
-    # ---- Lightning plumbing -------------------------------------------------------------------
-    def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        o = self.cfg.optim
-        # fused: one kernel for all parameters (TRL's default too); no measurable step-time change on CPU (experiments/bench)
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=o.fused)
-
-    def on_fit_start(self):
-        # The frozen copy and a reward model are not submodules: Lightning does not move them.
-        self.reference.to(self.device)
-        if hasattr(self.reward, "to"):
-            self.reward.to(self.device)
-
-    def on_train_start(self):
-        if self.resumed_at is not None:  # judged and evaluated at the start of the first run
-            return
-        if self.labelled_pairs:
-            with self._gathered_reference():  # every rank gathers; rank 0 judges
-                if self.trainer.is_global_zero:
-                    judge = _Autocast(self.judge, self._autocast) if self.judge is not None else None
-                    metrics = judge_the_judges(self.labelled_pairs, self.reward, judge, self.cfg.eval.judge_threshold)
-                    log_eval(self.logger, 0, metrics)
-                    self.judging = metrics
-        self._evaluate(samples=self.cfg.eval.samples)
-        # Each rank plays its own games: rollouts (and a data game's sampler) draw from seed + rank,
-        # whatever the start-up above drew. A resumed run has its saved streams instead (the game's
-        # is loaded with the checkpoint, the global RNGs are set at its first step: checkpointing.py).
-        L.seed_everything(self.cfg.seed + self.global_rank, workers=True, verbose=False)
-        if hasattr(self.game, "reseed"):
-            self.game.reseed(self.cfg.seed + self.global_rank)
-
-    def on_save_checkpoint(self, checkpoint):
-        checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
-        checkpoint["generated_tokens"] = gather_objects(dict(self.tokens), self.trainer)  # one per rank
-        checkpoint["counters"] = {"skipped_steps": self.skipped_steps, "consecutive_nonfinite": self.consecutive_nonfinite}
-        if hasattr(self.game, "state_dict"):
-            checkpoint["game"] = gather_objects(self.game.state_dict(), self.trainer)  # one per rank
-        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
-        if len(trainable) < len(checkpoint["state_dict"]):  # LoRA: only the adapter is saved
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-
-    def on_load_checkpoint(self, checkpoint):
-        for k, state in checkpoint.get("kl_controllers", {}).items():
-            self.kl_controllers[k].load_state_dict(state)
-        tokens = checkpoint.get("generated_tokens", {})
-        self.tokens.update(tokens[self.global_rank % len(tokens)] if isinstance(tokens, list) else tokens)
-        for k, v in checkpoint.get("counters", {}).items():
-            setattr(self, k, v)
-        if checkpoint.get("game") and hasattr(self.game, "load_state_dict"):
-            self.game.load_state_dict(checkpoint["game"][self.global_rank % len(checkpoint["game"])])
-        if "state_dict" in checkpoint:  # (a sharded run's strategy has loaded them non-strictly already)
-            check_checkpoint_keys(set(checkpoint["state_dict"]), self)   # every weight of this run, none other
-            self.strict_loading = len(checkpoint["state_dict"]) == len(self.state_dict())
-        self.resumed_at = checkpoint.get("global_step", 0)
-
-    def on_train_end(self):
-        self._evaluate(samples=self.cfg.eval.samples)
-        if is_sharded(self.policy):  # every rank takes part; rank 0 saves them as the final model
-            self.final_weights = full_state_dict(self.policy)
-
-    # ---- one self-play step --------------------------------------------------------------------
-    def training_step(self, batch, batch_idx):
-        cfg, g = self.cfg.game, self.cfg.game.group_size
-        step_index = self.global_step  # (the update below advances global_step)
-        times: dict[str, float] = defaultdict(float)
-        step_start = time.perf_counter()
-
-        with _timed(times, "gen"), gathered(self.policy), self._autocast():
-            queries = self.game.queries(self.policy, self.tokenizer)
-            answers = generate(self.policy, self.tokenizer, chat_prompts(self.tokenizer, queries.texts),
-                               max_new_tokens=cfg.max_answer_tokens, temperature=cfg.temperature,
-                               num_return_sequences=g)
-        n = len(queries.texts)
-        pair_queries = [q for q in queries.texts for _ in range(g)]
-        with _timed(times, "reward"):  # rewards may answer on any device: everything below is on ours
-            scores = self.reward.score(pair_queries, answers.texts)
-            rewards = scores.values.to(self.device).view(n, g)
-            query_valid = queries.finished.to(self.device) & scores.valid.to(self.device).view(n, g).all(-1)
-            truth = self.verifier.score(pair_queries, answers.texts) if self.verifier is not None else None
-        judged = None
-        if self.judge is not None:
-            with _timed(times, "judge"), self._gathered_reference(), self._autocast():
-                judged = self.judge.score(pair_queries, answers.texts)
-        # r_sol = R + w R_Q and r_ch = objective(V) + w V_Q, V from the task reward alone (README,
-        # "The method"); an invalid query is worth `invalid_query_value` and collects no V_Q.
-        values = query_values(rewards, query_valid, self.invalid_query_value)
-        sol_rewards, ch_rewards = rewards, self.objective_fn(values)
-        if judged is not None:
-            quality = judged.values.to(self.device).view(n, g)
-            sol_rewards = solver_rewards(rewards, quality, cfg.self_reward_weight)
-            ch_rewards = challenger_rewards(ch_rewards, quality, cfg.self_reward_weight, valid=query_valid)
-        micro = self.cfg.trainer.micro_batch_size
-        with _timed(times, "ref"), torch.no_grad(), self._gathered_reference(), self._autocast(), \
-                self.reference.model() as ref:
-            roles = [RoleBatch("solver", answers, sol_rewards, query_valid[:, None].expand(n, g),
-                               logprobs_in_chunks(ref, answers, micro),
-                               self.kl_controllers["solver"].value, cfg.max_answer_tokens)]
+    def _role_batches(self, playout: Playout, graded: Graded, rewards) -> list[RoleBatch]:
+        """The Solver's N x G answers (members: answers to valid queries) and, in self-play, the
+        Challenger's N queries as one group [1, N], each with its rewards and pi_ref's log-probs."""
+        n, g, game, queries = playout.n, playout.group_size, self.cfg.game, playout.queries
+        with torch.no_grad(), self.gathered_reference(), self.autocast_context(), self.reference.model() as ref:
+            roles = [RoleBatch("solver", playout.answers, rewards.solver, graded.query_valid[:, None].expand(n, g),
+                               logprobs_in_chunks(ref, playout.answers, self.logprobs),
+                               self.kl_controllers["solver"].value, game.max_answer_tokens)]
             if queries.rollout is not None:
-                roles.append(RoleBatch("challenger", queries.rollout, ch_rewards[None, :],
-                                       torch.ones(1, n, dtype=torch.bool, device=self.device),
-                                       logprobs_in_chunks(ref, queries.rollout, micro),
-                                       self.kl_controllers["challenger"].value, cfg.max_query_tokens,
-                                       advantage_fn=challenger_advantage_fn(self.algorithm.advantage_fn,
-                                                                            bool(query_valid.any()))))
-        weights = {"solver": 1.0, "challenger": cfg.alpha_ch}
-        with _timed(times, "update"):
-            epochs, skipped = self.algorithm.epochs, False
-            for epoch in range(epochs):  # PPO-style inner epochs over the same playouts (1 for LSP)
-                terms, grad_norm = self._update(roles, weights, last=epoch == epochs - 1)
-                skipped |= not math.isfinite(grad_norm)
-            self._count_skip(skipped)  # a step with a skipped update counts once, whatever its inner epochs
+                all_members = torch.ones(1, n, dtype=torch.bool, device=self.device)
+                advantage_fn = challenger_advantage_fn(self.algorithm.advantage_fn, bool(graded.query_valid.any()))
+                roles.append(RoleBatch("challenger", queries.rollout, rewards.challenger[None, :], all_members,
+                                       logprobs_in_chunks(ref, queries.rollout, self.logprobs),
+                                       self.kl_controllers["challenger"].value, game.max_query_tokens,
+                                       advantage_fn=advantage_fn))
+        return roles
 
-        step_s = time.perf_counter() - step_start
-        self.tokens["solver"] += int(answers.completion_mask.sum())
-        if queries.rollout is not None:
-            self.tokens["challenger"] += int(queries.rollout.completion_mask.sum())
-        generated = answers.completion_mask.sum() + (queries.rollout.completion_mask.sum() if queries.rollout else 0)
-        metrics = step_metrics(rewards=rewards, query_valid=query_valid, values=values, answers=answers, queries=queries,
-                               roles=roles, terms=terms, weights=weights, grad_norm=grad_norm)
-        metrics.update(reward_metrics(scores=scores, truth=truth, judged=judged, sol_rewards=sol_rewards,
-                                      ch_rewards=ch_rewards, query_valid=query_valid, queries=queries, n=n, g=g))
-        metrics.update(degenerate_metrics(queries=queries, answers=answers, tokenizer=self.tokenizer,
-                                          max_query_tokens=cfg.max_query_tokens))
-        describe = getattr(self, "query_metrics", None)  # the task's kinds of query (set by lsp-train)
-        if describe is not None:
-            metrics.update({f"train/queries/{k}": v for k, v in describe(queries.texts).items()})
-        metrics.update({f"perf/{k}_s": v for k, v in times.items()})
-        metrics.update({"perf/step_s": step_s, "perf/tokens_per_s": float(generated) / step_s})
-        if self.device.type == "cuda":  # the update's model FLOPs utilisation (lsp_exp/core/perf.py)
-            metrics.update(self._update_mfu(roles, times["update"] / self.algorithm.epochs))
-        metrics.update({f"train/tokens/{role}": float(count) for role, count in self.tokens.items()})  # cumulative
-        # One gather per step: every rank gets the same figures (the mean over the ranks that have a
-        # key, ignoring NaN; cumulative token counts summed), whatever keys each rank produced.
-        metrics = reduce_over_ranks(gather_objects(metrics, self.trainer), sums=("train/tokens/",))
-        for b in roles:  # the adaptive controller moves beta towards the target KL (fixed: no-op), from
-            kl = metrics[f"train/kl/{b.name}"]  # the KL of all ranks, so beta stays the same on every rank
-            if math.isfinite(metrics["train/grad_norm"]) and math.isfinite(kl):  # not a skipped step
-                self.kl_controllers[b.name].update(kl)
-        metrics["train/nonfinite_skips"] = float(self.skipped_steps)
-        self.log_dict(metrics, on_step=True, on_epoch=False, logger=False)  # the progress bar and callbacks
-        if self.logger is not None:  # the store gets them now, before this step's checkpoint: never behind one
-            self.logger.log_metrics(metrics, step=step_index)
-        self.log("valid", metrics["train/query_valid_frac"], prog_bar=True, logger=False)
-        self.log("reward", metrics["train/solver/reward"], prog_bar=True, logger=False)
+    def _update(self, roles: list[RoleBatch]):
+        """`algorithm.epochs` optimizer steps over the same playouts (1 for LSP; PPO-style inner
+        epochs otherwise); returns the last epoch's loss terms and gradient norm (NaN: skipped).
+        Then beta follows the KL of all ranks (adaptive control; fixed: no-op)."""
+        epochs, skipped = self.algorithm.epochs, False
+        for epoch in range(epochs):
+            terms, grad_norm = self._optimizer_step(roles, last=epoch == epochs - 1)
+            skipped |= not math.isfinite(grad_norm)
+        self._count_skip(skipped)  # a step with a skipped update counts once, whatever its inner epochs
+        if math.isfinite(grad_norm):
+            for name, kl in self._kl_over_ranks(terms).items():
+                if math.isfinite(kl):
+                    self.kl_controllers[name].update(kl)
+        return terms, grad_norm
 
-        step = self.global_step
-        if self.cfg.eval.sample_table_every and step % self.cfg.eval.sample_table_every == 0:
-            per_pair = {"reward": rewards, "solver_reward": sol_rewards, "solver_advantage": roles[0].advantages}
-            if judged is not None:
-                per_pair["judge_score"] = judged.values.view(n, g)
-            per_query = {"value": values, "challenger_reward": ch_rewards}
-            if len(roles) > 1:
-                per_query["challenger_advantage"] = roles[1].advantages[0]
-            texts = {"judge_reply": judged.texts} if judged is not None else {}
-            read = getattr(self, "answer_columns", None)  # the task's reading of each answer (set by lsp-train)
-            log_sample_table(self.logger, step, sample_rows(queries.texts, answers.texts, per_pair, per_query, texts,
-                                                            read(pair_queries, answers.texts) if read else None))
-        every = self.cfg.eval.every_n_steps
-        if every and step % every == 0 and step < self.trainer.max_steps:
-            self._evaluate(samples=0)
-
-    def _update_mfu(self, roles, seconds: float) -> dict[str, float]:
-        peak = peak_flops(torch.cuda.get_device_name(self.device))
-        if peak is None or seconds <= 0:
-            return {}
-        tokens = sum(int(b.rollout.attention_mask.sum()) for b in roles)
-        if not hasattr(self, "_n_params"):
-            self._n_params = sum(p.numel() for p in self.policy.parameters())
-        return {"perf/mfu": mfu(self._n_params, tokens, seconds, peak, lora=self.reference.uses_adapter)}
-
-    def _update(self, roles, weights, last: bool):
+    def _optimizer_step(self, roles: list[RoleBatch], last: bool):
         """Backward of L = sum_role weight * L_role over micro-batches (`trainer.micro_batch_size`) and
         one optimizer step; returns (the roles' loss terms, the gradient norm: NaN when the update was
         skipped). A non-finite loss or gradient norm skips the update (counted per step, `_count_skip`).
@@ -275,13 +151,12 @@ class SelfPlayModule(L.LightningModule):
         every rank skips when one does (the decision is reduced), so none waits for the others."""
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
-        with self._autocast():  # ends before the step: autocast's cached weight casts would be stale after it
+        with self.autocast_context():  # ends before the step: autocast's cached weight casts would be stale after it
             terms = {b.name: role_backward(b, self.policy, estimator=self.kl_estimator, placement=self.cfg.kl.placement,
-                                           algorithm=self.algorithm, scale=weights[b.name],
-                                           micro_batch_size=self.cfg.trainer.micro_batch_size,
-                                           backward=self.manual_backward)
+                                           algorithm=self.algorithm, scale=self.role_weights[b.name],
+                                           logprob_options=self.logprobs, backward=self.manual_backward)
                      for b in roles}
-        loss = sum(weights[k] * float(t.total) for k, t in terms.items())
+        loss = sum(self.role_weights[k] * float(t.total) for k, t in terms.items())
         params = [p for p in self.policy.parameters() if p.requires_grad]
         grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))))
         if not self.trainer.strategy.reduce_boolean_decision(math.isfinite(loss) and math.isfinite(grad_norm), all=True):
@@ -299,6 +174,16 @@ class SelfPlayModule(L.LightningModule):
                 f"{grad_norm:.3g}): stopping; the last checkpoint holds the last good weights; lower optim.lr")
         return terms, grad_norm
 
+    def _kl_over_ranks(self, terms) -> dict[str, float]:
+        """Each role's mean sequence KL, averaged over the ranks that have a finite one, so beta stays
+        the same on every rank."""
+        per_rank = gather_objects({name: float(t.kl_mean) for name, t in terms.items()}, self.trainer)
+        out = {}
+        for name in terms:
+            values = [r[name] for r in per_rank if name in r and math.isfinite(r[name])]
+            out[name] = sum(values) / len(values) if values else float("nan")
+        return out
+
     def _count_skip(self, skipped: bool) -> None:
         """Count a step whose update (or one of its inner epochs' updates) was skipped; too many in a
         row stop the run (`trainer.max_consecutive_nonfinite` counts steps, not inner epochs)."""
@@ -314,20 +199,74 @@ class SelfPlayModule(L.LightningModule):
                 f"{self.global_step - 1}; {self.skipped_steps} skipped in all): stopping "
                 f"(trainer.max_consecutive_nonfinite={limit}); lower optim.lr or check the reward")
 
-    # ---- held-out evaluation -------------------------------------------------------------------
-    def _evaluate(self, samples: int) -> None:
-        if self.heldout is None or not self.heldout.prompts:
+    # ---- devices and precision --------------------------------------------------------------------
+    def configure_model(self):
+        """trainer=fsdp (Lightning's ModelParallelStrategy): shard the policy with FSDP2 (core/sharding.py)."""
+        if isinstance(self.trainer.strategy, ModelParallelStrategy) and not is_sharded(self.policy):
+            shard(self.policy, self.trainer.strategy.root_device, param_dtype=self.compute_dtype)
+            self.reference.cast_like_sharded(self.compute_dtype)
+            self.strict_loading = False  # the gathered state dict names a tied weight once (lm_head = embeddings)
+
+    def autocast_context(self):
+        """The policy's forwards in the compute dtype (core/precision.py); never around an optimizer step."""
+        return autocast(self.device, self.compute_dtype)
+
+    def gathered_policy(self):
+        """The policy's full weights (a sharded policy is gathered on every rank; else nothing to do)."""
+        return gathered(self.policy)
+
+    def gathered_reference(self):
+        """The full weights for passes of pi_ref when it is the (sharded) policy with its adapter off."""
+        return gathered(self.policy) if self.reference.uses_adapter else nullcontext()
+
+    # ---- Lightning plumbing -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        o = self.cfg.optim
+        # fused: one kernel for all parameters (TRL's default too); no measurable step-time change on CPU (experiments/bench)
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=o.fused)
+
+    def on_fit_start(self):
+        # The frozen copy and a reward model are not submodules: Lightning does not move them.
+        self.reference.to(self.device)
+        if isinstance(self.reward, DeviceReward):
+            self.reward.to(self.device)
+
+    def on_train_start(self):
+        """Each rank plays its own games: rollouts (and a data game's sampler) draw from seed + rank,
+        whatever the start-up (run/evaluation.py's callback runs before this hook) drew. A resumed run
+        has its saved streams instead (the game's is loaded with the checkpoint, the global RNGs are
+        set at its first step: checkpointing.py)."""
+        if self.resumed_at is not None:
             return
-        with gathered(self.policy), self._autocast():  # every rank gathers a sharded policy; rank 0 evaluates
-            if not self.trainer.is_global_zero:
-                return
-            with heldout_status(len(self.heldout.prompts), samples, self.global_step,  # a line, a bar, the result
-                                bar=self.trainer.progress_bar_callback) as status:
-                metrics = evaluate_solver(self.policy, self.tokenizer, self.heldout, samples=samples,
-                                          max_new_tokens=self.cfg.game.max_answer_tokens, progress=status.progress)
-                status.done(metrics)
-        self.eval_history[self.global_step] = metrics
-        log_eval(self.logger, self.global_step, metrics)
+        L.seed_everything(self.cfg.seed + self.global_rank, workers=True, verbose=False)
+        if isinstance(self.game, StatefulGame):
+            self.game.reseed(self.cfg.seed + self.global_rank)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
+        checkpoint["counters"] = {"skipped_steps": self.skipped_steps, "consecutive_nonfinite": self.consecutive_nonfinite}
+        if isinstance(self.game, StatefulGame):
+            checkpoint["game"] = gather_objects(self.game.state_dict(), self.trainer)  # one per rank
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        if len(trainable) < len(checkpoint["state_dict"]):  # LoRA: only the adapter is saved
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def on_load_checkpoint(self, checkpoint):
+        for k, state in checkpoint.get("kl_controllers", {}).items():
+            self.kl_controllers[k].load_state_dict(state)
+        for k, v in checkpoint.get("counters", {}).items():
+            setattr(self, k, v)
+        if checkpoint.get("game") and isinstance(self.game, StatefulGame):
+            self.game.load_state_dict(checkpoint["game"][self.global_rank % len(checkpoint["game"])])
+        if "state_dict" in checkpoint:  # (a sharded run's strategy has loaded them non-strictly already)
+            check_checkpoint_keys(set(checkpoint["state_dict"]), self)   # every weight of this run, none other
+            self.strict_loading = len(checkpoint["state_dict"]) == len(self.state_dict())
+        self.resumed_at = checkpoint.get("global_step", 0)
+
+    def on_train_end(self):
+        if is_sharded(self.policy):  # every rank takes part; rank 0 saves them as the final model
+            self.final_weights = full_state_dict(self.policy)
 
 
 def _all_finite(params) -> bool:
@@ -342,22 +281,8 @@ def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if hasattr(value, "full_tensor") else value
 
 
-class _Autocast:
-    """A scorer (the judge) whose `score` runs under `context()`; its other attributes are the scorer's."""
-
-    def __init__(self, scorer, context):
-        self.scorer, self.context = scorer, context
-
-    def score(self, *args, **kwargs):
-        with self.context():
-            return self.scorer.score(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.scorer, name)
-
-
 @contextmanager
-def _timed(times: dict[str, float], key: str):
+def _timed(seconds: dict[str, float], key: str):
     start = time.perf_counter()
     yield
-    times[key] += time.perf_counter() - start
+    seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start

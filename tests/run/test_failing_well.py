@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import lsp_exp.games.challenger
+import lsp_exp.run.playout
 import lsp_exp.run.self_play
 import lsp_exp.cli.train
 from lsp_exp.run import tracking_failures
@@ -177,7 +178,7 @@ def stub_degenerate(real):
 
 def test_degenerate_generations_are_counted_and_logged_without_crashing(shared_outputs, monkeypatch):
     monkeypatch.setattr(lsp_exp.games.challenger, "generate", stub_degenerate(lsp_exp.games.challenger.generate))
-    monkeypatch.setattr(lsp_exp.run.self_play, "generate", stub_degenerate(lsp_exp.run.self_play.generate))
+    monkeypatch.setattr(lsp_exp.run.playout, "generate", stub_degenerate(lsp_exp.run.playout.generate))
     train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=2", "game.n_queries=4",
                                                  "game.group_size=2", "+tags.failcase=degenerate")))
     run, history, _ = run_of(shared_outputs, "degenerate")

@@ -1,0 +1,34 @@
+"""Sample tables: every `eval.sample_table_every` steps, one row per answer of the step (the query,
+the answer, the task's reading of it, the rewards and advantages of both roles, the judge's reply)
+as the run artifact `samples/step_<step>.json` (run/tracking.py)."""
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import Callback
+
+from lsp_exp.run.playout import StepRecord
+from lsp_exp.run.tracking import log_sample_table, sample_rows
+
+
+class SampleTables(Callback):
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step  # (after the step's update)
+        if self.every and step % self.every == 0:
+            log_sample_table(module.logger, step, table(outputs["step"], module.task))
+
+
+def table(record: StepRecord, task) -> dict[str, list]:
+    """The rows of one step's sample table."""
+    playout, rewards, judged = record.playout, record.rewards, record.judged
+    per_pair = {"reward": record.graded.rewards, "solver_reward": rewards.solver,
+                "solver_advantage": record.roles[0].advantages}
+    if judged is not None:
+        per_pair["judge_score"] = judged.values.view(playout.n, playout.group_size)
+    per_query = {"value": rewards.values, "challenger_reward": rewards.challenger}
+    if len(record.roles) > 1:
+        per_query["challenger_advantage"] = record.roles[1].advantages[0]
+    texts = {"judge_reply": judged.texts} if judged is not None else {}
+    columns = task.answer_columns(playout.pair_queries, playout.answers.texts)
+    return sample_rows(playout.queries.texts, playout.answers.texts, per_pair, per_query, texts, columns)
