@@ -7,8 +7,8 @@ import torch
 
 from lsp_exp.eval.heldout import evaluate_solver
 from lsp_exp.tasks.arith.task import heldout_set
-from lsp_exp.tasks.arith.build import load_toy_world
-from lsp_exp.tasks.arith.build import SHIPPED_DIR, build_toy_world, toy_world_dir
+from lsp_exp.tasks.arith.build import build_toy_world, load_toy_world, toy_world_dir
+from lsp_exp.tasks.arith.shipped import shipped
 
 from tests.helpers.tiny_run import compose_config
 
@@ -17,14 +17,14 @@ pytestmark = pytest.mark.slow
 
 def test_bootstrap_reproduces_the_shipped_base(tmp_path):
     cfg = compose_config("bootstrap")
-    shipped = SHIPPED_DIR / toy_world_dir(cfg.task.world, cfg.task.bootstrap, tmp_path).name
-    if not shipped.is_dir():
+    if shipped("base_model", toy_world_dir(cfg.task.world, cfg.task.bootstrap, tmp_path).name) is None:
         pytest.skip("no shipped base for the current bootstrap config")
-    rebuilt = build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path, force=True)
+    installed = build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "shipped")
+    rebuilt = build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "rebuilt", force=True)
     ours, _, heldout, _ = load_toy_world(rebuilt)
-    theirs, tokenizer, heldout_shipped, _ = load_toy_world(shipped)
+    theirs, tokenizer, heldout_shipped, _ = load_toy_world(installed)
     assert heldout == heldout_shipped
-    shipped_threads = json.loads((shipped / "info.json").read_text())["torch_threads"]
+    shipped_threads = json.loads((installed / "info.json").read_text())["torch_threads"]
     if torch.get_num_threads() == shipped_threads:  # float reductions depend on the thread count
         for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), name
@@ -37,15 +37,15 @@ def test_bootstrap_reproduces_the_shipped_base(tmp_path):
 def test_bootstrap_reproduces_the_shipped_tiny_rm(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from lsp_exp.tasks.arith.reward_model import SHIPPED_DIR as RM_SHIPPED, build_tiny_rm, tiny_rm_dir
+    from lsp_exp.tasks.arith.reward_model import build_tiny_rm, tiny_rm_dir
 
     cfg = compose_config("bootstrap")
-    shipped = RM_SHIPPED / tiny_rm_dir(cfg.task.world, cfg.reward.bootstrap, tmp_path).name
-    if not shipped.is_dir():
+    if shipped("reward_model", tiny_rm_dir(cfg.task.world, cfg.reward.bootstrap, tmp_path).name) is None:
         pytest.skip("no shipped tiny reward model for the current config")
-    rebuilt = build_tiny_rm(cfg.task.world, cfg.reward.bootstrap, tmp_path, force=True)
+    installed = build_tiny_rm(cfg.task.world, cfg.reward.bootstrap, tmp_path / "shipped")
+    rebuilt = build_tiny_rm(cfg.task.world, cfg.reward.bootstrap, tmp_path / "rebuilt", force=True)
     ours = AutoModelForSequenceClassification.from_pretrained(rebuilt)
-    theirs = AutoModelForSequenceClassification.from_pretrained(shipped)
-    if torch.get_num_threads() == json.loads((shipped / "info.json").read_text())["torch_threads"]:
+    theirs = AutoModelForSequenceClassification.from_pretrained(installed)
+    if torch.get_num_threads() == json.loads((installed / "info.json").read_text())["torch_threads"]:
         for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
             assert torch.equal(a, b), name

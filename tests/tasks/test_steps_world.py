@@ -9,11 +9,12 @@ from omegaconf import OmegaConf
 from lsp_exp.run.config import PROJECT_ROOT
 from lsp_exp.tasks.arith import derivation, steps_judge
 from lsp_exp.tasks.arith.answers import answer_value, heldout_slices, is_flawed, reference_answer, teacher_text
-from lsp_exp.tasks.arith.build import SHIPPED_DIR, world_key
+from lsp_exp.tasks.arith.build import world_key
 from lsp_exp.tasks.arith.data import make_splits
 from lsp_exp.tasks.arith.steps import (
     Step, decode_result, encode_result, final_value, parse_steps, step_value, write_steps,
 )
+from lsp_exp.tasks.arith.shipped import manifest
 from lsp_exp.tasks.arith.task import ArithTask
 from lsp_exp.tasks.arith.world import WorldConfig, parse_problem, sample_problem
 
@@ -186,7 +187,7 @@ def test_judge_examples_and_labelled_pairs_agree_with_the_rubric_and_the_verifie
 def test_the_first_world_keeps_its_cache_key_and_shipped_base():
     direct = task_config("arith_direct")
     assert world_key(direct.world, direct.bootstrap) == "326b44729999"
-    assert (SHIPPED_DIR / "326b44729999" / "DONE").is_file()
+    assert manifest()["worlds"]["arith_direct"]["base_model"]["key"] == "326b44729999"   # still shipped
     steps = task_config("arith")
     assert world_key(steps.world, steps.bootstrap) != "326b44729999"
 

@@ -1,4 +1,5 @@
-"""Build and cache the toy world: tokenizer, tiny base model and data splits, keyed by config."""
+"""Build and cache the toy world: tokenizer, tiny base model and data splits, keyed by config (a
+shipped world is installed instead: shipped.py)."""
 from __future__ import annotations
 
 import fcntl
@@ -18,13 +19,13 @@ from lsp_exp.games.challenger_prompt import challenger_user_turn
 from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_key_payload, world_node
 from lsp_exp.tasks.arith.data import make_splits, read_problems, write_problems
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
+from lsp_exp.tasks.arith.shipped import check_files, copy_checked, shipped
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 from lsp_exp.tasks.arith.world import WorldConfig
 
 FORMAT_VERSION = 1  # bump when the tokenizer, the chat format or the SFT code changes
 JUDGE_FORMAT_VERSION = 2  # bump when the judge template, the toy rubric or the judge data change (first world)
 STEPS_JUDGE_VERSION = 7   # the same for the worked-steps judge (steps_judge.py; 5 and 6 were tried, not shipped)
-SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_world"
 
 
 def world_config(world: DictConfig) -> WorldConfig:
@@ -90,7 +91,7 @@ def cache_lock(target: Path):
 
 
 def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Path, force: bool = False) -> Path:
-    """Return the cached toy world, copying a shipped copy or building it when missing.
+    """Return the cached toy world, installing a shipped one or building it when missing.
 
     Two stages, each cached under its own key: the base (SFT on challenger and solver examples)
     and, when `bootstrap.judge.steps > 0`, the judge stage that continues from the base.
@@ -106,13 +107,11 @@ def build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs: str | Pat
 
 
 def _build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs, target: Path, force: bool) -> Path:
-    shipped = SHIPPED_DIR / target.name
-    if is_complete(shipped) and not force:
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(shipped, target)
-        return target
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    found = shipped("base_model", target.name)
+    if found is not None and not force:
+        return _install_shipped(world, found, tmp, target)
     if _judge_enabled(bootstrap):
         base = OmegaConf.create(_base_bootstrap(bootstrap))
         info = _build_judge_stage(world, bootstrap, build_toy_world(world, base, outputs, force), tmp)
@@ -120,6 +119,24 @@ def _build_toy_world(world: DictConfig, bootstrap: DictConfig, outputs, target: 
         info = _build_base_stage(world, bootstrap, tmp)
     return publish(tmp, target, {**info, "world": OmegaConf.to_container(world),
                                  "bootstrap": OmegaConf.to_container(bootstrap)})
+
+
+def _install_shipped(world: DictConfig, found: tuple[str, dict], tmp: Path, target: Path) -> Path:
+    """The shipped base model (checked copies), and the data splits drawn again from the world's seed,
+    checked against the ones it was trained with."""
+    name, entry = found
+    info = copy_checked(name, "base_model", tmp / "model")
+    write_splits(world, tmp / "data")
+    check_files(tmp / "data", entry["data"], f"the data splits of world {name!r} (drawn again from its seed)")
+    return publish(tmp, target, info)
+
+
+def write_splits(world: DictConfig, folder: Path) -> tuple[list, list]:
+    """The world's held-out and training splits, drawn from its seed, as JSONL files in `folder`."""
+    heldout, train = make_splits(world.seed, world_config(world), world.n_heldout, world.n_train)
+    write_problems(folder / "heldout.jsonl", heldout)
+    write_problems(folder / "train.jsonl", train)
+    return heldout, train
 
 
 def publish(tmp: Path, target: Path, info: dict) -> Path:
@@ -140,9 +157,7 @@ def _progress(label: str):
 def _build_base_stage(world: DictConfig, bootstrap: DictConfig, tmp: Path) -> dict:
     started = time.time()
     wcfg = world_config(world)
-    heldout, train = make_splits(world.seed, wcfg, world.n_heldout, world.n_train)
-    write_problems(tmp / "data" / "heldout.jsonl", heldout)
-    write_problems(tmp / "data" / "train.jsonl", train)
+    heldout, _ = write_splits(world, tmp / "data")
     tokenizer = build_tokenizer()
     arch = TinyModelConfig(**OmegaConf.to_container(bootstrap.arch))
     sft = SFTConfig(**OmegaConf.to_container(bootstrap.sft))

@@ -5,7 +5,8 @@ verifier (ground truth).
 It is trained on the verifier's labels (it knows better than the base's flawed teacher, as the
 paper's reward model knows better than its base), but it is small and briefly trained: an
 imperfect proxy that the Solver can learn to exploit. Built once, cached under
-`outputs/toy_rm/<key>` (and shipped in `lsp_exp/tasks/arith/assets/toy_rm/<key>`).
+`outputs/toy_rm/<key>` (each shipped world's is installed from `assets/worlds/<name>/reward_model`:
+shipped.py).
 """
 from __future__ import annotations
 
@@ -27,13 +28,13 @@ from lsp_exp.tasks.arith.config import checked, world_key_payload, world_node
 from lsp_exp.tasks.arith.data import make_splits
 from lsp_exp.tasks.arith.judge_data import sample_answer
 from lsp_exp.tasks.arith.sft import lr_at
+from lsp_exp.tasks.arith.shipped import copy_checked, shipped
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 from lsp_exp.tasks.arith.answers import answer_value
 from lsp_exp.tasks.arith.steps_judge import solver_like_answer
 from lsp_exp.tasks.arith.world import WorldConfig, sample_problem
 
 FORMAT_VERSION = 1
-SHIPPED_DIR = Path(__file__).resolve().parent / "assets" / "toy_rm"
 
 
 @dataclass
@@ -100,7 +101,7 @@ def tiny_rm_dir(world: DictConfig, cfg: DictConfig, outputs: str | Path) -> Path
 
 
 def build_tiny_rm(world: DictConfig, cfg: DictConfig, outputs: str | Path, force: bool = False) -> Path:
-    """The cached tiny reward model directory (copied from the shipped one, or trained: ~1 minute)."""
+    """The cached tiny reward model directory (installed from the shipped one, or trained: ~1 minute)."""
     target = tiny_rm_dir(world, cfg, outputs)
     if (target / "DONE").is_file() and not force:
         return target
@@ -111,19 +112,17 @@ def build_tiny_rm(world: DictConfig, cfg: DictConfig, outputs: str | Path, force
 
 
 def _build_tiny_rm(world: DictConfig, cfg: DictConfig, target: Path, force: bool) -> Path:
-    shipped = SHIPPED_DIR / target.name
-    if (shipped / "DONE").is_file() and not force:
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(shipped, target)
-        return target
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    found = shipped("reward_model", target.name)
+    if found is not None and not force:
+        return publish(tmp, target, copy_checked(found[0], "reward_model", tmp))
     started = time.time()
     rm_cfg = TinyRMConfig(**OmegaConf.to_container(cfg))
     wcfg = world_config(world)
     heldout, _ = make_splits(world.seed, wcfg, world.n_heldout, 0)
     tokenizer = build_tokenizer()
     model, last_loss = train_tiny_rm(rm_cfg, wcfg, {p.text for p in heldout}, tokenizer)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     return publish(tmp, target, {
