@@ -44,7 +44,7 @@ def compose(overrides: list[str]):
 def toy_paths(outputs: str) -> tuple[str, str]:
     """(toy model directory, training prompt file) of the default config's toy world."""
     from lsp_exp.core.models import resolve_model_path
-    from lsp_exp.run.instantiate import build
+    from lsp_exp.nodes import build
 
     cfg = compose([f"paths.outputs={outputs}", "game=grpo_data"])
     task = build(cfg.task, "task")

@@ -18,15 +18,17 @@ from hydra.utils import get_method  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from lsp_exp.core.models import ModelNotFoundError, Reference, resolve_model_path  # noqa: E402
+from lsp_exp.cli.overrides import check_overrides  # noqa: E402
+from lsp_exp.core.models import Reference, resolve_model_path  # noqa: E402
+from lsp_exp.errors import LspError  # noqa: E402
 from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
 from lsp_exp.judge.judging_the_judges import judge_the_judges  # noqa: E402
 from lsp_exp.judge.self_quality import SelfQualityJudge  # noqa: E402
 from lsp_exp.judge.templates import get_template  # noqa: E402
-from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
+from lsp_exp.nodes import build  # noqa: E402
+from lsp_exp.rewards import build_reward  # noqa: E402
 from lsp_exp.run import config  # noqa: E402
-from lsp_exp.run.instantiate import build  # noqa: E402
-from lsp_exp.run.validation import ConfigError, check_overrides, validate_model  # noqa: E402
+from lsp_exp.run.validation import validate_model  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +42,7 @@ def hydra_main(cfg: DictConfig) -> None:
     try:
         validate_model(cfg)
         bootstrap(cfg)
-    except (ConfigError, FileNotFoundError, ModelNotFoundError, RewardModelError) as err:
+    except LspError as err:  # a failure whose message says it all: one line, exit code 2
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 

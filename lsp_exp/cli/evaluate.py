@@ -30,21 +30,23 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from  # noqa: E402
+from lsp_exp.cli.overrides import check_overrides  # noqa: E402
+from lsp_exp.core.generation import chat_prompts, generate  # noqa: E402
+from lsp_exp.core.models import Reference, resolve_model_path  # noqa: E402
+from lsp_exp.core.prompt_bound import prompt_bound  # noqa: E402
+from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
+from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
+from lsp_exp.errors import ConfigError, LspError  # noqa: E402
+from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
 from lsp_exp.eval.metrics import (conditional_perplexity, diversity, ngram_perplexity, spaced_chars,  # noqa: E402
                                   text_overlap, win_rate)
-from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
-from lsp_exp.core.generation import chat_prompts, generate  # noqa: E402
-from lsp_exp.core.models import ModelNotFoundError, resolve_model_path  # noqa: E402
-from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
-from lsp_exp.core.prompt_bound import prompt_bound  # noqa: E402
-from lsp_exp.rewards import RewardModelError, build_reward  # noqa: E402
-from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
-from lsp_exp.run.instantiate import build  # noqa: E402
+from lsp_exp.judge.self_quality import SelfQualityJudge  # noqa: E402
+from lsp_exp.judge.templates import get_template  # noqa: E402
+from lsp_exp.nodes import build  # noqa: E402
+from lsp_exp.rewards import build_reward  # noqa: E402
+from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from  # noqa: E402
 from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
-from lsp_exp.run.tracking_failures import TrackingUnreachableError  # noqa: E402
-from lsp_exp.run.validation import ConfigError  # noqa: E402
 
 
 @dataclass
@@ -112,10 +114,6 @@ class WinRateScorer:
         if self.kind == "reward":
             self.reward = build_reward(cfg.reward, task=task)
         elif self.kind == "llm":
-            from lsp_exp.judge.self_quality import SelfQualityJudge
-            from lsp_exp.judge.templates import get_template
-            from lsp_exp.core.models import Reference
-
             path = cfg.win_rate.judge_model or base_path
             model, tokenizer = loader.frozen(path), loader.tokenizer(path)
             template = cfg.win_rate.judge_template if cfg.win_rate.judge_template != "auto" else task.judge_template
@@ -280,8 +278,6 @@ def mlflow_param(key: str, value: str):
 
 def main() -> None:
     """`lsp-eval`: an override that does not parse fails with one line naming it; then Hydra."""
-    from lsp_exp.run.validation import check_overrides
-
     check_overrides(sys.argv[1:])
     hydra_main()
 
@@ -290,8 +286,7 @@ def main() -> None:
 def hydra_main(cfg: DictConfig) -> None:
     try:
         evaluate(cfg)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, RewardModelError, InitFromError, ValueError,
-            TrackingUnreachableError) as err:
+    except (LspError, ValueError) as err:  # one line, exit code 2 (ValueError: a file lsp-eval reads, named)
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -21,10 +21,13 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from lsp_exp.core.models import resolve_model_path
+from lsp_exp.errors import ConfigError
+from lsp_exp.nodes import build
 from lsp_exp.run import config
 from lsp_exp.run.memory import GIB, largest_fitting
 from lsp_exp.run.memory_check import estimate_for
-from lsp_exp.run.validation import ConfigError, validate
+from lsp_exp.run.validation import validate
 
 SIZES = (None, 64, 32, 16, 8, 4, 2, 1)
 BUDGET_KEY = "LSP_MEMORY_BUDGET_GIB"
@@ -68,9 +71,6 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(2) from None
     model_path = cfg.model.path
     if not model_path:
-        from lsp_exp.core.models import resolve_model_path
-        from lsp_exp.run.instantiate import build
-
         model_path = resolve_model_path(cfg.model, build(cfg.task, "task"))
     out, fits = table(cfg, str(model_path), budget)
     console = Console()

@@ -27,10 +27,12 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
+from lsp_exp.cli.overrides import check_overrides  # noqa: E402
+from lsp_exp.errors import LspError  # noqa: E402
 from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
 
 
-class ReportError(ValueError):
+class ReportError(LspError, ValueError):
     """Nothing to report (no runs, unknown experiment); the message says what was looked for."""
 
 
@@ -245,8 +247,6 @@ def report(cfg: DictConfig) -> str:
 
 def main() -> None:
     """`lsp-report`: an override that does not parse fails with one line naming it; then Hydra."""
-    from lsp_exp.run.validation import check_overrides
-
     check_overrides(sys.argv[1:])
     hydra_main()
 
@@ -255,7 +255,7 @@ def main() -> None:
 def hydra_main(cfg: DictConfig) -> None:
     try:
         report(cfg)
-    except ReportError as err:
+    except LspError as err:  # a failure whose message says it all: one line, exit code 2
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

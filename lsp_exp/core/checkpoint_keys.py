@@ -7,8 +7,10 @@ from collections import defaultdict
 
 import torch
 
+from lsp_exp.errors import LspError
 
-class CheckpointMismatchError(ValueError):
+
+class CheckpointMismatchError(LspError, ValueError):
     """The checkpoint's weights are not the ones this run trains (LoRA vs full, other target modules)."""
 
 

@@ -15,8 +15,11 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
+from lsp_exp.core.dropout import disable_dropout
 from lsp_exp.core.precision import check_master_weights
 from lsp_exp.core.special_tokens import ModelSetupError
+from lsp_exp.errors import MissingFileError
+from lsp_exp.nodes import checked
 
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import logging as hf_logging
@@ -26,7 +29,7 @@ hf_logging.disable_progress_bar()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(MissingFileError):
     """The model is neither a local directory nor in the Hugging Face cache."""
 
 
@@ -77,8 +80,6 @@ class HFModel:
 
     def __init__(self, path: str | None = None, dtype: str = "float32", attn_implementation: str = "sdpa",
                  gradient_checkpointing: bool = False, lora=None):
-        from lsp_exp.run.instantiate import checked  # noqa: PLC0415
-
         self.cfg = checked(ModelSpec, {"path": path, "dtype": dtype, "attn_implementation": attn_implementation,
                                        "gradient_checkpointing": gradient_checkpointing, "lora": lora or {}}, "model")
         spec = self.cfg.lora
@@ -186,8 +187,6 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
                 f"{type(model).__name__} ({' '.join(str(err).split())[:200]}); its linear layers are named "
                 f"{', '.join(linear_names(model))}") from None
     check_master_weights(model)
-    from lsp_exp.core.dropout import disable_dropout  # noqa: PLC0415
-
     disable_dropout(model)   # of the model and the adapter: sampling and scoring see one distribution
     return model
 

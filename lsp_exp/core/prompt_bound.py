@@ -17,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from lsp_exp.errors import LspError
+
 BATCH_CHARS = 1 << 20     # characters tokenized per call (signals are handled between calls)
 UNKNOWN_CONTEXT = 1 << 20  # a model that states no context length
 
 
-class PromptTooLongError(ValueError):
+class PromptTooLongError(LspError, ValueError):
     """A row is longer than the run can take; the message names the file, the row and the bound."""
 
 

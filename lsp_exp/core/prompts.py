@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lsp_exp.core.prompt_bound import PromptBound
+from lsp_exp.errors import MissingFileError
 
 SPLIT_FIELDS = ("split", "dataset", "difficulty")
 
@@ -72,7 +73,7 @@ def read_prompt_rows(path: str | Path, bound: PromptBound | None = None) -> list
     before it is read whole; every prompt's characters, then its tokens, are checked."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
+        raise MissingFileError(f"prompt file not found: {path}")
     with open(path, "rb") as f:
         check_utf8(f, path)  # a binary file is named as one before any row is parsed
         is_list = _first_byte(f) == b"["

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import torch
 
+from lsp_exp.errors import LspError
 
-class ModelSetupError(ValueError):
+
+class ModelSetupError(LspError, ValueError):
     """The model or its tokenizer lacks what self-play needs (a chat template, an end token)."""
 
 

@@ -12,12 +12,11 @@ from lsp_exp.core.generation import SamplingOptions
 from lsp_exp.games.base import Game, Queries, StatefulGame
 from lsp_exp.games.challenger import ChallengerGame
 from lsp_exp.games.prompt_file import PromptFileGame
+from lsp_exp.nodes import build
 
 
 def build_game(cfg: DictConfig, task, prompts: list[str] | None, seed: int, *, sampling: SamplingOptions) -> Game:
     """The query source of `game.queries`, given what it asks for."""
-    from lsp_exp.run.instantiate import build  # noqa: PLC0415
-
     style = cfg.prompt if cfg.prompt != "auto" else task.challenger_style
     return build(cfg.queries, "game.queries", offer={"cfg": cfg, "task": task, "prompts": prompts, "seed": seed,
                                                       "prompt_style": style, "sampling": sampling})

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from lsp_exp.errors import ConfigError
+from lsp_exp.nodes import build
 from lsp_exp.rewards.base import FunctionReward, Reward, Scores
 from lsp_exp.rewards.composite import CompositeReward
 from lsp_exp.rewards.reward_model import RewardModelError, RewardModelReward, load_reward_model
@@ -19,14 +21,10 @@ from lsp_exp.rewards.reward_model import RewardModelError, RewardModelReward, lo
 def build_reward(node: DictConfig, key: str = "reward", task=None) -> Reward:
     """The reward of a `_target_` config node (a ConfigError naming `key` when it cannot be built); a
     target with a `task` parameter gets the run's task."""
-    from lsp_exp.run.instantiate import build  # noqa: PLC0415
-
     reward = build(node, key, offer={"task": task} if task is not None else None)
     if callable(reward) and not hasattr(reward, "score"):  # a plain function (`_partial_: true`)
         reward = FunctionReward(reward)
     if not callable(getattr(reward, "score", None)):
-        from lsp_exp.run.validation import ConfigError  # noqa: PLC0415
-
         raise ConfigError(f"{key}._target_={node._target_!r}: built a {type(reward).__name__}, which has no "
                           "score(queries, answers) method")
     if not hasattr(reward, "bounds"):

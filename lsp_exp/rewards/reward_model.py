@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import torch
 
+from lsp_exp.core.models import find_local_or_cached
+from lsp_exp.errors import LspError
 from lsp_exp.rewards.base import Scores
 
 TRANSFORMS = ("none", "sigmoid")
 
 
-class RewardModelError(ValueError):
+class RewardModelError(LspError, ValueError):
     """The reward model cannot be used (wrong head, bad settings)."""
 
 
@@ -80,9 +82,7 @@ class RewardModelReward:
 
 def load_reward_model(path: str | None, *, dtype: str = "float32", **kwargs) -> RewardModelReward:
     """Load a sequence classifier and its tokenizer from a directory or the hub cache (offline)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # (a second to import: when one is loaded)
 
     path = find_local_or_cached(path, "reward.path", "the reward model")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))

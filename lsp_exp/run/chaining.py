@@ -17,12 +17,14 @@ import logging
 import re
 from pathlib import Path
 
+from lsp_exp.errors import LspError
+
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class InitFromError(ValueError):
+class InitFromError(LspError, ValueError):
     """`init_from` names nothing that can be loaded; the message says what was looked for."""
 
 

@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from lsp_exp.errors import LspError
 from lsp_exp.run.durable import fsync_dir, fsync_file
 from lsp_exp.run.saved_state import (UnsafeSavedStateError, check_config_targets, check_saved_overrides, inside,
                                      targets_named)
@@ -49,11 +50,11 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 CKPT_NAME = re.compile(r"^step_(\d+)\.ckpt$")
 
 
-class ResumeError(ValueError):
+class ResumeError(LspError, ValueError):
     """`resume` names no checkpoint; the message says what was looked for."""
 
 
-class CheckpointError(OSError):
+class CheckpointError(LspError, OSError):
     """A checkpoint could not be written, or cannot be read safely; the message names the file."""
 
 

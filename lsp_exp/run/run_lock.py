@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lsp_exp.errors import LspError
+
 log = logging.getLogger(__name__)
 
 STALE_S = float(os.environ.get("LSP_LOCK_STALE_S", "120"))  # no heartbeat for this long: the holder is gone
@@ -40,7 +42,7 @@ MAX_SKEW_S = 300.0      # a heartbeat further in the future than this is a wrong
 GUARD_WAIT_S = 30.0     # the guard is held for milliseconds; longer means a stopped process holds it
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(LspError, RuntimeError):
     """Another live process trains this run, or the lock cannot be read; the message names it."""
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from lsp_exp.errors import LspError
 from lsp_exp.run.config import PROJECT_ROOT
 
 
-class UnsafeSavedStateError(ValueError):
+class UnsafeSavedStateError(LspError, ValueError):
     """Saved state (a checkpoint's overrides, a store's tag) would run code or reach outside the run."""
 
 

@@ -13,11 +13,13 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from lsp_exp.errors import LspError
+
 LOCK_WAIT_S = float(os.environ.get("LSP_SQLITE_LOCK_WAIT_S", "60"))
 HEADER = b"SQLite format 3\x00"
 
 
-class TrackingStoreError(ConnectionError):
+class TrackingStoreError(LspError, ConnectionError):
     """The sqlite tracking store cannot be used; the message names the key and the file."""
 
 

@@ -43,6 +43,8 @@ except ImportError:  # MLflow not installed: only logger=none can run (e.g. a ba
     class MlflowException(Exception):  # noqa: N818  (never raised: there is no MLflow client to raise it)
         pass
 
+from lsp_exp.errors import LspError  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 # What a tracking server that is down, slow or gone raises through MLflow's client.
@@ -56,16 +58,16 @@ RETRY_S = float(os.environ.get("LSP_TRACKING_RETRY_S", "60"))
 END_WAIT_S = float(os.environ.get("LSP_TRACKING_END_WAIT_S", "300"))
 
 
-class TrackingUnreachableError(ConnectionError):
+class TrackingUnreachableError(LspError, ConnectionError):
     """The tracking store named by the config cannot be reached; the message names the key."""
 
 
-class TrackingLostError(RuntimeError):
+class TrackingLostError(LspError, RuntimeError):
     """The tracking server went away and did not come back before the run ended; the message says
     where the final model and the metrics it did not get are kept."""
 
 
-class ArtifactStoreError(RuntimeError):
+class ArtifactStoreError(LspError, RuntimeError):
     """The artifact store refused a file (full, read-only); the run ends FAILED, its metrics kept in
     the tracking store; the message names the run, the file and the reason."""
 

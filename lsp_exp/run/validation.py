@@ -1,26 +1,31 @@
 """Checks that the schema cannot express: ranges and cross-field rules, each naming the key."""
 from __future__ import annotations
 
+import errno
+import json
 import math
+import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
+from hydra._internal.utils import _locate  # what hydra.utils.instantiate resolves a `_target_` with
 from omegaconf import DictConfig, OmegaConf
 
+from lsp_exp.core.models import find_local_or_cached
 from lsp_exp.core.precision import precision_problem
-from lsp_exp.run.config import RANGES
+from lsp_exp.errors import ConfigError
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,
                         TOKEN_POLICY_LOSSES)
 from lsp_exp.rl.kl import PLACEMENTS
+from lsp_exp.run.config import RANGES
+from lsp_exp.run.tracking_failures import check_reachable
 
 
 # MLflow's tracking store schemes (a database scheme may name a driver, e.g. postgresql+psycopg2).
 TRACKING_SCHEMES = ("sqlite", "file", "http", "https", "postgresql", "mysql", "mssql", "databricks")
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range or inconsistent; the message names the key."""
 
 
 def validate(cfg: DictConfig) -> None:
@@ -71,7 +76,7 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_model(cfg: DictConfig) -> None:
     """The checks `lsp-bootstrap` and `lsp-eval` share with `lsp-train`; a task and a reward check their
-    own arguments when they are built (`lsp_exp/run/instantiate.py`)."""
+    own arguments when they are built (`lsp_exp/nodes.py`)."""
     for key in ("task", "model", "reward", *(("game.queries",) if "game" in cfg else ())):
         check_targets(OmegaConf.select(cfg, key), key)
     if cfg.model.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
@@ -84,14 +89,7 @@ def preflight(cfg: DictConfig) -> None:
     server. Raises ConfigError, ModelNotFoundError (a FileNotFoundError) or TrackingUnreachableError,
     each naming the key; cheap, so a bad path or a dead server fails in seconds, not after the model
     is loaded."""
-    from pathlib import Path
-
-    from lsp_exp.core.models import find_local_or_cached  # noqa: PLC0415 (models imports torch and transformers)
-    from lsp_exp.run.tracking_failures import check_reachable  # noqa: PLC0415
-
     if cfg.trainer.accelerator in ("gpu", "cuda"):
-        import torch  # noqa: PLC0415
-
         if not torch.cuda.is_available():
             raise ConfigError(f"trainer.accelerator={cfg.trainer.accelerator!r}: no CUDA device is visible on this "
                               "machine; use trainer=cpu (or trainer=ddp_cpu)")
@@ -118,10 +116,6 @@ def check_writable(folder: Path, key: str, create: bool = True) -> None:
     """`folder` can be created and written (a 4 KiB probe file, removed at once: a full disk fails it);
     one line naming the key if not: under a file, unwritable, no space. `create=False`: the probe goes
     to its nearest existing folder and nothing is created (Hydra creates a run folder itself)."""
-    import errno  # noqa: PLC0415
-    import os  # noqa: PLC0415
-    import tempfile  # noqa: PLC0415
-
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -149,8 +143,6 @@ def check_writable(folder: Path, key: str, create: bool = True) -> None:
 
 def check_model_dir(path: str, key: str) -> None:
     """A local model folder holds a readable config.json (a hub id in the cache is left to transformers)."""
-    import json  # noqa: PLC0415
-
     folder = Path(path)
     if not folder.is_dir():
         return
@@ -166,8 +158,6 @@ def check_model_dir(path: str, key: str) -> None:
 def check_targets(node: DictConfig, key: str) -> None:
     """Every `_target_` in a component's config tree can be imported (one line naming the key if not);
     nothing is built. The top node must have one."""
-    from hydra._internal.utils import _locate  # noqa: PLC0415 (what hydra.utils.instantiate resolves with)
-
     if node is None or "_target_" not in node:
         raise ConfigError(f"{key}: needs a `_target_` (the class or function that builds it)")
     for sub_key, sub in [(key, node), *_subnodes(node, key)]:
@@ -208,28 +198,3 @@ def _reward_models(node, key: str):
         if str(sub.get("_target_", "")).endswith("load_reward_model"):
             yield sub_key, sub
 
-
-def check_overrides(argv: list[str]) -> None:
-    """Exit 2 with one line naming the first command-line override Hydra's grammar rejects (Hydra's
-    own message does not always name it). Anything else is left to Hydra."""
-    import sys
-
-    try:
-        from hydra._internal.utils import get_args_parser  # noqa: PLC0415 (what hydra.main parses argv with)
-        from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
-        from hydra.errors import OverrideParseException  # noqa: PLC0415
-
-        overrides = get_args_parser().parse_known_args(argv)[0].overrides
-    except (ImportError, SystemExit, ValueError):
-        return
-    parser = OverridesParser.create()
-    for override in overrides:
-        try:
-            parser.parse_overrides([override])
-        except OverrideParseException as err:
-            reason = next((line for line in str(err).splitlines()
-                           if line.strip() and not line.startswith(("See https", "Error parsing override"))),
-                          "syntax error")
-            print(f"error: cannot parse the override {override!r}: {reason} "
-                  "(grammar: https://hydra.cc/docs/1.3/advanced/override_grammar/basic/)", file=sys.stderr)
-            raise SystemExit(2) from None

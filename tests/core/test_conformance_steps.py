@@ -79,7 +79,7 @@ def test_the_memory_check_counts_the_logits_once_the_model_chose_the_logits_path
     import lsp_exp.run.memory_check as memory_check
     from lsp_exp.cli.train import train
     from lsp_exp.run.memory_check import estimate_for
-    from lsp_exp.run.validation import ConfigError
+    from lsp_exp.errors import ConfigError
 
     model, tok = build("gemma2")
     path = tmp_path / "gemma2"

@@ -117,7 +117,8 @@ def test_a_new_autocast_region_reads_the_weights_after_an_optimizer_step():
     ("float32", "fp8", "trainer.precision")])
 def test_precisions_that_lose_updates_are_refused_in_one_line(dtype, precision, key):
     from tests.helpers.tiny_run import compose_config
-    from lsp_exp.run.validation import ConfigError, validate
+    from lsp_exp.errors import ConfigError
+    from lsp_exp.run.validation import validate
 
     assert precision_problem(dtype, precision)[0] == key
     cfg = compose_config("train", [f"model.dtype={dtype}", f"trainer.precision={precision}"])

@@ -111,7 +111,7 @@ def test_a_50_mb_row_is_refused_in_one_line_with_memory_bounded(shared_outputs, 
     """lsp-train on the toy world, its address space limited to 3 GiB (RLIMIT_AS; it used to reach
     18.7 GB): a 50 MB prompt in a prompt file (game=grpo_data) and a 50 MB held-out row, each one
     line naming the file and the row."""
-    from lsp_exp.run.instantiate import build
+    from lsp_exp.nodes import build
 
     build(compose_config("train", tiny_overrides(shared_outputs)).task, "task").base_model()  # built before the limit
     big = "1+" * (25 << 20) + "1"

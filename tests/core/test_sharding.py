@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from lsp_exp.cli.train import train
-from lsp_exp.run.validation import ConfigError
+from lsp_exp.errors import ConfigError
 
 from tests.helpers.tiny_run import SHARDING_SETUP, compose_config, tiny_overrides
 

@@ -8,7 +8,7 @@ from lsp_exp.judge.judging_the_judges import classifier_metrics, judge_the_judge
 from lsp_exp.core.models import ModelNotFoundError
 from lsp_exp.rewards import CompositeReward, RewardModelError, RewardModelReward, Scores, build_reward
 from lsp_exp.rl.challenger_objectives import check_objective
-from lsp_exp.run.validation import ConfigError
+from lsp_exp.errors import ConfigError
 from lsp_exp.tasks.arith.tokenizer import build_tokenizer
 
 WORLD = OmegaConf.create({"max_operand": 19, "max_small_operand": 9, "share_one_op": 0.3, "share_two_op": 0.3,

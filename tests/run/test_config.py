@@ -7,8 +7,9 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from lsp_exp.run.config import PROJECT_ROOT
 from lsp_exp.rewards import build_reward
-from lsp_exp.run.instantiate import build
-from lsp_exp.run.validation import ConfigError, validate
+from lsp_exp.nodes import build
+from lsp_exp.errors import ConfigError
+from lsp_exp.run.validation import validate
 
 from tests.helpers.tiny_run import compose_config
 

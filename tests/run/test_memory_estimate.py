@@ -11,7 +11,7 @@ from lsp_exp.cli.train import train
 from lsp_exp.run.activation_bytes import CONFIGS, LORA_TARGETS, measure
 from lsp_exp.run.memory import GIB, LOGPROB_CHUNKS, Architecture, StepShape, estimate, largest_fitting
 from lsp_exp.run.memory_check import architecture
-from lsp_exp.run.validation import ConfigError
+from lsp_exp.errors import ConfigError
 
 from tests.helpers.tiny_run import compose_config, tiny_overrides
 

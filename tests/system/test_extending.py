@@ -205,7 +205,7 @@ def test_only_the_tasks_folder_imports_a_task_package():
 def test_a_task_without_what_the_run_needs_is_one_line_naming_the_key(tmp_path, overrides, message):
     """task=prompts with no prompt file has no training prompts and no verifier."""
     from tests.helpers.real_models import save_tiny_model, save_tiny_reward_model
-    from lsp_exp.run.validation import ConfigError
+    from lsp_exp.errors import ConfigError
 
     path = save_tiny_model(tmp_path / "model", "qwen")
     rm = save_tiny_reward_model(tmp_path / "rm", "qwen")

@@ -257,7 +257,7 @@ def test_a_full_disk_during_a_checkpoint_leaves_no_truncated_checkpoint(shared_o
     naming the file, and no truncated `step_*.ckpt` is left for a resume to pick up."""
     import resource
 
-    from lsp_exp.run.instantiate import build
+    from lsp_exp.nodes import build
 
     build(compose_config("train", tiny_overrides(shared_outputs)).task, "task").base_model()  # built before the limit
     folder = tmp_path / "ck"

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from lsp_exp.run.instantiate import checked
-
+from lsp_exp.nodes import checked
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig
 from lsp_exp.tasks.arith.world import LEGACY_VALUES, WorldConfig
 

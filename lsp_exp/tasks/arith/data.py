@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lsp_exp.core.prompt_bound import PromptBound
 from lsp_exp.core.prompts import check_utf8, jsonl_lines
+from lsp_exp.errors import MissingFileError
 from lsp_exp.tasks.arith.world import Problem, WorldConfig, sample_problem
 
 
@@ -42,7 +43,7 @@ def read_problems(path: str | Path, bound: PromptBound | None = None) -> list[Pr
     a time; with `bound`, a row longer than the run takes is refused naming it (core/prompt_bound.py)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"problem file not found: {path} (run `lsp-bootstrap` to build the toy world)")
+        raise MissingFileError(f"problem file not found: {path} (run `lsp-bootstrap` to build the toy world)")
     problems, wheres = [], []
     with open(path, "rb") as f:
         try:

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lsp_exp.run.validation import ConfigError
+from lsp_exp.errors import ConfigError, LspError
 
 
 def build(node: DictConfig, key: str, offer: dict | None = None, **overrides):
@@ -46,7 +46,7 @@ def build(node: DictConfig, key: str, offer: dict | None = None, **overrides):
 
 
 def _raise(cause: BaseException, key: str, node: DictConfig, target_error: bool):
-    if type(cause).__module__.startswith("lsp_exp."):  # the framework's own clear errors, as they are
+    if isinstance(cause, LspError):  # the framework's own clear errors, as they are
         raise cause from None
     if target_error and isinstance(cause, (ImportError, AttributeError)):
         raise ConfigError(f"{key}._target_={node._target_!r}: {_one_line(cause)}") from None
