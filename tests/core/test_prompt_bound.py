@@ -18,13 +18,13 @@ from lsp_exp.core.generation import chat_prompts
 from lsp_exp.core.models import load_tokenizer
 from lsp_exp.core.prompt_bound import PromptBound, PromptTooLongError, prompt_bound
 from lsp_exp.core.prompts import read_prompt_rows
-from lsp_exp.tasks.arith.build import SHIPPED_DIR
+from lsp_exp.tasks.arith.shipped import role_dir
 from lsp_exp.tasks.arith.data import read_problems
 
 from tests.helpers.tiny_run import compose_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]   # on a script's sys.path: tests.helpers
-TOY_MODEL = sorted(SHIPPED_DIR.glob("*/model"))[-1]   # the shipped toy model: context 128, longest token 14 characters
+TOY_MODEL = role_dir("arith", "base_model")   # the shipped toy model: context 128, longest token 14 characters
 
 
 def chars(texts):  # a tokenizer of one token per character, and no template

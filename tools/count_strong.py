@@ -1,6 +1,6 @@
-"""Count the test functions that compare against values (issue 20): a rough, mechanical classifier.
+"""Count the test functions that compare against values: a rough, mechanical classifier.
 
-    python experiments/test_audit/count_strong.py [tests_dir]      # default: tests/
+    .venv/bin/python tools/count_strong.py [tests_dir] [-v]      # default: tests/ (and its subfolders)
     git show <rev>:tests/x.py ...: run it on a checkout of <rev> for a "before" figure
 
 A test function is *strong* when its body (or a helper of the same file it calls, one level deep)
