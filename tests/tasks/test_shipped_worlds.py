@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 
+from lsp_exp.errors import LspError
 from lsp_exp.tasks.arith import shipped as shipped_module
 from lsp_exp.tasks.arith.build import build_toy_world, world_key
 from lsp_exp.tasks.arith.reward_model import build_tiny_rm, tiny_rm_dir
@@ -76,6 +77,7 @@ def test_a_damaged_base_model_file_is_one_line_naming_it(tmp_path, monkeypatch):
     with pytest.raises(ShippedAssetError, match="sha256") as err:
         build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "outputs")
     assert str(err.value).startswith(f"{damaged}: sha256 ") and "\n" not in str(err.value)
+    assert isinstance(err.value, LspError)   # the entry points print it as one line, exit code 2
     assert not (tmp_path / "outputs" / "toy_world" / world_key(cfg.task.world, cfg.task.bootstrap)).exists()
 
 

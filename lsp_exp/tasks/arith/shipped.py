@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from lsp_exp.core.models import ModelLoadError
+from lsp_exp.errors import LspError
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MANIFEST = "manifest.json"
@@ -25,7 +25,7 @@ ABOUT = ("The shipped worlds (lsp_exp/tasks/arith/shipped.py): per world, the ca
          "was built. Written by tools/ship_world.py.")
 
 
-class ShippedAssetError(ModelLoadError):
+class ShippedAssetError(LspError, ValueError):
     """A shipped file, or a split drawn again, is not the one the manifest records."""
 
 
