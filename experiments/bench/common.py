@@ -1,8 +1,9 @@
 """What both benchmark workers share: the models, the prompts, the step timer's summary, the result line.
 
 Models (`--model`):
-- `toy`: the shipped toy base (`lsp_exp/tasks/arith/assets/toy_world/<key>/model`, ~1M parameters), found the way
-  `lsp-train` finds it (the arithmetic task's `base_model`, which copies the shipped world under `outputs/`);
+- `toy`: the default world's shipped base (`lsp_exp/tasks/arith/assets/worlds/arith/base_model`, ~1M parameters),
+  found the way `lsp-train` finds it (the arithmetic task's `base_model`, which installs the shipped world under
+  `outputs/`);
 - `25m`: a ~25M-parameter Llama built from a `LlamaConfig` with random weights (seed 0), saved to a
   temporary directory with the toy tokenizer, loaded back with `AutoModelForCausalLM` like the toy one;
 - `wide128k`: a random-weight 2-layer Llama, hidden 64, with the Llama-3 vocabulary size (128,256; tied
