@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from lsp_exp.core.generation import chat_prompts
 from lsp_exp.errors import LspError
 
 BATCH_CHARS = 1 << 20     # characters tokenized per call (signals are handled between calls)
@@ -138,8 +139,6 @@ def context_tokens(tokenizer, model_path: str | None) -> tuple[int, str]:
 
 def prompt_bound(tokenizer, model_path: str | None, answer_tokens: int, key: str = "game.max_answer_tokens") -> PromptBound:
     """The bound of a Solver prompt: the model's context minus the answer's tokens (`key`)."""
-    from lsp_exp.core.generation import chat_prompts
-
     context, source = context_tokens(tokenizer, model_path)
     max_tokens = max(context - int(answer_tokens), 1)
 

@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from lsp_exp.errors import LspError
+from lsp_exp.errors import ConfigError, LspError
 from lsp_exp.run.durable import fsync_dir, fsync_file
 from lsp_exp.run.saved_state import (UnsafeSavedStateError, check_config_targets, check_saved_overrides, inside,
                                      targets_named)
@@ -355,8 +355,6 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
     current = job_overrides()
     if cfg.get("resume") == "auto":  # a requeued job: its own checkpoint if it has one, else a fresh start
         if not cfg.trainer.get("checkpoint_dir"):
-            from lsp_exp.run.validation import ConfigError
-
             raise ConfigError("resume=auto needs trainer.checkpoint_dir (the job's own folder, e.g. "
                               "'${hydra:runtime.output_dir}/checkpoints')")
         found = latest_checkpoint(Path(cfg.trainer.checkpoint_dir))

@@ -15,9 +15,17 @@ models from code, no pickle); loading it imports this package. `init_from=<run i
 """
 from __future__ import annotations
 
+import importlib.metadata
+import tempfile
 from pathlib import Path
 
+import mlflow
 import mlflow.pyfunc
+from mlflow.entities import LoggedModelOutput
+from mlflow.models import Model
+
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.models import HFModel
 
 MODEL_NAME = "policy"
 SHOWN_PARAMS = ("game.name", "algorithm.name", "model.name", "reward.name", "kl.beta", "optim.lr", "seed")  # on the model's page
@@ -27,10 +35,6 @@ class SolverPolicy(mlflow.pyfunc.PythonModel):
     """The trained policy as a pyfunc: `predict(prompts) -> answers` (greedy, the chat template)."""
 
     def load_context(self, context) -> None:
-        import mlflow
-
-        from lsp_exp.core.models import HFModel
-
         weights = Path(mlflow.artifacts.download_artifacts(artifact_uri=context.model_config["weights"]))
         loader = HFModel(dtype=context.model_config.get("dtype", "float32"))
         base = context.model_config.get("base_model") if (weights / "adapter_config.json").is_file() else None
@@ -39,8 +43,6 @@ class SolverPolicy(mlflow.pyfunc.PythonModel):
         self.max_new_tokens = int(context.model_config.get("max_new_tokens", 64))
 
     def predict(self, context, model_input: list[str], params=None) -> list[str]:
-        from lsp_exp.core.generation import chat_prompts, generate
-
         prompts = list(model_input["prompt"] if hasattr(model_input, "columns") else model_input)
         return generate(self.model, self.tokenizer, chat_prompts(self.tokenizer, prompts),
                         max_new_tokens=self.max_new_tokens, do_sample=False).texts
@@ -49,13 +51,6 @@ class SolverPolicy(mlflow.pyfunc.PythonModel):
 def log_model_entry(logger, base_model: str | None, dtype: str, max_new_tokens: int) -> str:
     """Log the run's final model (its `model/` artifact) as an MLflow logged model linked to the run
     (`base_model`: what a LoRA adapter goes over); returns the model's id."""
-    import importlib.metadata
-    import tempfile
-
-    import mlflow
-    from mlflow.entities import LoggedModelOutput
-    from mlflow.models import Model
-
     requirements = [f"{name}=={importlib.metadata.version(name).split('+')[0]}"
                     for name in ("torch", "transformers", "peft", "mlflow")]
     client = mlflow.MlflowClient(logger._tracking_uri)

@@ -13,6 +13,8 @@ import os
 import torch
 from omegaconf import DictConfig
 
+from lsp_exp.errors import ConfigError
+
 def is_multiprocess(trainer_cfg) -> bool:
     strategy = str(trainer_cfg.strategy)
     return strategy.startswith(("ddp", "fsdp", "deepspeed")) and str(trainer_cfg.devices) != "1"
@@ -77,8 +79,6 @@ def check_launch(cfg: DictConfig) -> None:
 
     refused = refused_strategy(str(cfg.trainer.strategy))
     if refused:
-        from lsp_exp.run.validation import ConfigError
-
         raise ConfigError(refused)
     if not is_multiprocess(cfg.trainer) or started_outside():
         return
@@ -89,8 +89,6 @@ def check_launch(cfg: DictConfig) -> None:
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return
     if "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
-        from lsp_exp.run.validation import ConfigError
-
         raise ConfigError(
             f"trainer.strategy={cfg.trainer.strategy} with {cfg.trainer.devices} devices starts its ranks by re-running "
             "the command, which a joblib worker cannot do: sweep DDP jobs with the default launcher (one job at a "

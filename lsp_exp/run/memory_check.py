@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from lsp_exp.core.precision import compute_dtype
+from lsp_exp.errors import ConfigError
 from lsp_exp.run.memory import GIB, KNOWN_ARCHITECTURES, Architecture, StepShape, device_memory, estimate, largest_fitting
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -60,8 +61,6 @@ def estimate_for(cfg: DictConfig, model_path: str, micro_batch_size: int | None 
 
 def check_memory(cfg: DictConfig, model_path: str, fused_head: bool | None = None) -> None:
     """Stop (ConfigError, one line) when the estimate exceeds the device's memory."""
-    from lsp_exp.run.validation import ConfigError
-
     predicted = estimate_for(cfg, model_path, fused_head=fused_head)
     if predicted is None:
         return

@@ -9,6 +9,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from lsp_exp.errors import ConfigError
+from lsp_exp.run.console import say
+from lsp_exp.run.validation import check_writable
+
 
 class OutputFolders(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
@@ -21,9 +25,6 @@ class OutputFolders(Callback):
 def check_folders(config: DictConfig, run_key: str) -> None:
     """`paths.outputs` created and written; the run folder's nearest existing folder written (the run
     folder itself is left to Hydra: its name holds the time, resolved again when Hydra makes it)."""
-    from lsp_exp.run.console import say  # noqa: PLC0415
-    from lsp_exp.run.validation import ConfigError, check_writable  # noqa: PLC0415
-
     try:
         for key, create in (("paths.outputs", True), (run_key, False)):
             folder = OmegaConf.select(config, key, default=None)

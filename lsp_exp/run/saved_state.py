@@ -19,9 +19,12 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from lsp_exp.errors import LspError
+from lsp_exp.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS, TOKEN_POLICY_LOSSES
 from lsp_exp.run.config import PROJECT_ROOT
 
 
@@ -32,11 +35,6 @@ class UnsafeSavedStateError(LspError, ValueError):
 @functools.cache
 def project_targets() -> frozenset[str]:
     """Every `_target_` in `conf/**/*.yaml`, and `module.qualname` of every registered function."""
-    import yaml  # noqa: PLC0415
-
-    from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_ESTIMATORS,  # noqa: PLC0415
-                            TOKEN_POLICY_LOSSES)
-
     found: set[str] = set()
     for path in sorted((PROJECT_ROOT / "conf").rglob("*.yaml")):
         found.update(_targets_in(yaml.safe_load(path.read_text())))
@@ -62,8 +60,6 @@ def _key(override: str) -> str:
 
 
 def _parsed(override: str):
-    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
-
     return OverridesParser.create().parse_overrides([override])[0]
 
 

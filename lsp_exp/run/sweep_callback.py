@@ -27,8 +27,10 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from lsp_exp.run.console import DEFAULT_STORE, say, where_to_look
 from lsp_exp.run.sweep_jobs import (JobFailed, failure_lines, job_label, record_job,
                                     tolerate_a_study_without_a_completed_trial)
+from lsp_exp.run.tracking import RUN_NAME_ENV, ensure_experiment, init_sqlite_store, run_name, tracking_uri
 
 PARENT_ENV = "LSP_MLFLOW_PARENT_RUN_ID"
 PARENTS_FILE = "mlflow_parents.json"  # {tracking uri + experiment: parent run id}
@@ -107,15 +109,11 @@ class MLflowSweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         if int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return  # one task per node of a SLURM job, or a DDP rank: only rank 0 logs
-        from lsp_exp.run.tracking import RUN_NAME_ENV
-
         os.environ.pop(PARENT_ENV, None)
         os.environ.pop(RUN_NAME_ENV, None)
         if config.hydra.mode != RunMode.MULTIRUN or config.get("logger", {}).get("name", "none") == "none":
             return
-        from lsp_exp.run.tracking import ensure_experiment, init_sqlite_store, run_name, tracking_uri
-
-        import mlflow
+        import mlflow  # noqa: PLC0415 (optional: a sweep with logger=none runs without it)
 
         uri = tracking_uri(config)
         if uri.startswith("sqlite:///"):
@@ -181,8 +179,6 @@ def end_open_sweep(err: BaseException) -> None:
 def end_sweep(config: DictConfig, stopped: str | None = None, status: str | None = None) -> bool:
     """End the sweep's parent runs (FAILED when a job failed or the sweep stopped early, else
     FINISHED) and print its summary and its failed jobs; returns whether anything failed."""
-    from lsp_exp.run.console import say
-
     _OPEN.clear()
     sweep_dir = Path(config.hydra.sweep.dir)
     failures = failure_lines(sweep_dir)
@@ -216,8 +212,6 @@ def end_sweep(config: DictConfig, stopped: str | None = None, status: str | None
 def sweep_summary(client, uri: str, parent_id: str, keys: list[str], default_store: str | None = None) -> list[str]:
     """One line per job of the sweep (name, status, held-out accuracy first -> last, run id), then
     the `lsp-report` command for the sweep and a link to it in the UI."""
-    from lsp_exp.run.console import DEFAULT_STORE, where_to_look
-
     parent = client.get_run(parent_id)
     runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
                               order_by=["attributes.start_time ASC"], max_results=5000)

@@ -16,6 +16,8 @@ import logging
 from contextlib import contextmanager
 from pathlib import Path
 
+from lsp_exp.run.console import say
+
 JOBS_FILE = "jobs.json"    # {job number: {"overrides": "...", "error": its one line or null}}
 log = logging.getLogger(__name__)
 
@@ -102,8 +104,6 @@ def tolerate_a_study_without_a_completed_trial() -> None:
         except ValueError as err:
             if "No trials are completed yet" not in str(err):
                 raise
-            from lsp_exp.run.console import say  # noqa: PLC0415
-
             say("no trial of the study completed: no best value, no optimization_results.yaml", err=True)
             return None
 

@@ -15,8 +15,9 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
 from lsp_exp.run import tracking_failures  # noqa: E402
+from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
+from lsp_exp.run.run_end import keep_unlogged  # noqa: E402
 from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ArtifactStoreError,  # noqa: E402
                                        ResilientMLFlowLogger, TrackingLostError, artifact_errors, check_reachable,
                                        is_remote, one_line, retry_until)
@@ -203,8 +204,6 @@ def log_final_model(logger, policy, tokenizer, outputs: str | None = None, state
         refused = retry_until(lambda: upload_model(logger, Path(folder)), tracking_failures.END_WAIT_S,
                               "the final model", logger._tracking_uri)
         if refused is not None:
-            from lsp_exp.run.run_end import keep_unlogged
-
             logger.went_down(refused)
             where = f"it is saved in {local}"
             if not keep:
@@ -261,7 +260,7 @@ def _log_entry(logger, entry: dict | None) -> None:
     server) costs a warning, not the finished run."""
     if entry is None:
         return
-    from lsp_exp.run.final_model import log_model_entry
+    from lsp_exp.run.final_model import log_model_entry  # noqa: PLC0415 (it needs MLflow, optional: logger=none runs without it)
 
     try:
         with artifact_errors(logger, "the final model's logged-model entry (its model/ artifact is complete)"):

@@ -44,6 +44,7 @@ except ImportError:  # MLflow not installed: only logger=none can run (e.g. a ba
         pass
 
 from lsp_exp.errors import LspError  # noqa: E402
+from lsp_exp.run import sqlite_store  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,9 @@ def check_reachable(uri: str, key: str = "logger.tracking_uri", timeout: float =
                 "(or MLFLOW_TRACKING_URI) at a running one, or use a local store (sqlite:///...) or logger=none"
             ) from None
     elif scheme == "sqlite":  # a folder, not a database, read-only, locked past a bound: one line each
-        from lsp_exp.run.sqlite_store import TrackingStoreError, preflight
-
         try:
-            preflight(uri, key)
-        except TrackingStoreError as err:
+            sqlite_store.preflight(uri, key)
+        except sqlite_store.TrackingStoreError as err:
             raise TrackingUnreachableError(str(err)) from None
 
 

@@ -15,8 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import AutoTokenizer, LlamaForCausalLM
 
+from lsp_exp.core.models import load_tokenizer
 from lsp_exp.games.challenger_prompt import challenger_user_turn
-from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_key_payload, world_node
+from lsp_exp.nodes import checked
+from lsp_exp.tasks.arith.config import ArithBootstrap, world_key_payload, world_node
 from lsp_exp.tasks.arith.data import make_splits, read_problems, write_problems
 from lsp_exp.tasks.arith.sft import JudgeSFTConfig, SFTConfig, TinyModelConfig, build_model, train_judge, train_sft
 from lsp_exp.tasks.arith.shipped import check_files, copy_checked, shipped
@@ -193,8 +195,6 @@ def _build_judge_stage(world: DictConfig, bootstrap: DictConfig, base: Path, tmp
 
 def load_toy_world(path: str | Path):
     """(model, tokenizer, held-out problems, training problems) of a built toy world directory."""
-    from lsp_exp.core.models import load_tokenizer  # noqa: PLC0415
-
     path = Path(path)
     model = LlamaForCausalLM.from_pretrained(path / "model", local_files_only=True)
     return model, load_tokenizer(str(path / "model")), read_problems(path / "data" / "heldout.jsonl"), \

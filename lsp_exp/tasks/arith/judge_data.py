@@ -10,42 +10,11 @@ import random
 
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.tasks.arith import steps_judge
+from lsp_exp.tasks.arith.judge_queries import SYMBOLS, sample_query
 from lsp_exp.tasks.arith.rubric import believed_value, expression_value, grade, judgement_text
 from lsp_exp.tasks.arith.world import (
-    Problem, WorldConfig, encode_answer, left_to_right_value, sample_problem, teacher_flawed,
+    Problem, WorldConfig, encode_answer, left_to_right_value, teacher_flawed,
 )
-
-SYMBOLS = "0123456789+-*"
-
-
-def outside_query(rng: random.Random) -> str:
-    """An arithmetic expression outside the world's bounds (big operands, 3 operators, parentheses)."""
-    kind = rng.random()
-    if kind < 0.4:
-        return f"{rng.randint(20, 99)}{rng.choice('+-*')}{rng.randint(0, 99)}"
-    if kind < 0.7:
-        ops = [rng.choice("+-") for _ in range(3)]
-        nums = [rng.randint(0, 19) for _ in range(4)]
-        return "".join(f"{n}{o}" for n, o in zip(nums, ops)) + str(nums[-1])
-    return f"({rng.randint(0, 19)}{rng.choice('+-')}{rng.randint(0, 19)})*{rng.randint(0, 9)}"
-
-
-def malformed_query(rng: random.Random, world: WorldConfig) -> str:
-    """A string that states no task: a truncated problem or random symbols."""
-    if rng.random() < 0.5:
-        text = sample_problem(rng, world).text
-        return text[: rng.randint(0, len(text) - 1)] + rng.choice(["", "+", "*", "-"])
-    return "".join(rng.choice(SYMBOLS) for _ in range(rng.randint(1, 10)))
-
-
-def sample_query(rng: random.Random, world: WorldConfig, exclude: set[str]) -> str:
-    pick = rng.random()
-    if pick < 0.6:
-        while True:
-            text = sample_problem(rng, world).text
-            if text not in exclude:
-                return text
-    return outside_query(rng) if pick < 0.8 else malformed_query(rng, world)
 
 
 def sample_answer(rng: random.Random, query: str, expected: int | None) -> str:

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
+from lsp_exp.nodes import checked
 from lsp_exp.tasks.arith.build import cache_lock, publish, world_config
-from lsp_exp.tasks.arith.config import checked, world_key_payload, world_node
+from lsp_exp.tasks.arith.config import world_key_payload, world_node
 from lsp_exp.tasks.arith.data import make_splits
 from lsp_exp.tasks.arith.judge_data import sample_answer
 from lsp_exp.tasks.arith.sft import lr_at

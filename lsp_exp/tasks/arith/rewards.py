@@ -1,10 +1,11 @@
 """The arithmetic task's rewards, as `_target_`s for the `reward` group (`conf/reward/*.yaml`)."""
 from __future__ import annotations
 
+from lsp_exp.nodes import checked
 from lsp_exp.rewards.reward_model import RewardModelReward, load_reward_model
 from lsp_exp.tasks.arith.build import world_config
 from lsp_exp.tasks.arith.reward_model import TinyRMConfig, build_tiny_rm
-from lsp_exp.tasks.arith.config import checked, world_node
+from lsp_exp.tasks.arith.config import world_node
 from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
 
 

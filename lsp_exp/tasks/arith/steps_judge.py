@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from lsp_exp.judge.templates import TEMPLATES
 from lsp_exp.tasks.arith import derivation
+from lsp_exp.tasks.arith.judge_queries import sample_query
 from lsp_exp.tasks.arith.rubric import expression_value
 from lsp_exp.tasks.arith.steps import Step, encode_result, final_value, parse_steps, step_value, write_steps
 from lsp_exp.tasks.arith.world import Problem, WorldConfig, parse_problem, sample_problem
@@ -158,8 +159,6 @@ def solver_like_answer(rng: random.Random, query: str, world: WorldConfig, mix: 
 
 def judge_example(rng: random.Random, world: WorldConfig, exclude: set[str]) -> tuple[str, str]:
     """(judge prompt, the judge's reply) for the judge stage."""
-    from lsp_exp.tasks.arith.judge_data import sample_query  # noqa: PLC0415 (judge_data dispatches here)
-
     query = sample_query(rng, world, exclude)
     answer = solver_like_answer(rng, query, world, JUDGE_MIX)
     return TEMPLATES["toy"].render(query, answer), judge_reply(query, answer, world)

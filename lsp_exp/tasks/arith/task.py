@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lsp_exp.nodes import checked
 from lsp_exp.tasks.arith.build import build_toy_world, is_complete, toy_world_dir, world_config
-from lsp_exp.tasks.arith.config import ArithBootstrap, checked, world_node
+from lsp_exp.tasks.arith.config import ArithBootstrap, world_node
 from lsp_exp.tasks.arith.data import read_problems
 from lsp_exp.tasks.arith.judge_data import labelled_pairs
 from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
