@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from lsp_exp.rl import advantages as _advantages, losses as _losses  # noqa: F401  (register the functions)
+from lsp_exp.rl import advantages as _advantages, aggregation as _aggregation, losses as _losses  # noqa: F401
 from lsp_exp.rl.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, TOKEN_POLICY_LOSSES, get
 
 
@@ -53,12 +53,16 @@ class AlgorithmSpec:
             return self.policy_loss
         return get(TOKEN_POLICY_LOSSES, self.policy_loss, "policy loss")
 
+    def token_weights(self, mask: torch.Tensor, max_tokens: int | None = None) -> torch.Tensor:
+        """W = d agg / d l [B, T] of this algorithm's aggregation at the token mask [B, T] (aggregation.py)."""
+        return _aggregation.token_weights(self.aggregation, mask, max_tokens)
+
     def loss(self, logp: torch.Tensor, old_logp: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-             max_tokens: int | None = None, aggregation: Callable | None = None) -> _losses.PolicyLossOutput:
-        """The token-level policy loss of this algorithm (see losses.py for the shapes); `aggregation`
-        replaces the configured one (a micro-batch's share of the full batch's, core/roles.py)."""
-        return self.policy_loss_fn(logp, old_logp, advantages, mask, clip_low=self.clip_low, clip_high=self.clip_high,
-                                   aggregation=aggregation or self.aggregation, max_tokens=max_tokens)
+             token_weights: torch.Tensor) -> _losses.PolicyLossOutput:
+        """The token-level policy loss of this algorithm, sum_t W_t l_t with the token weights W [B, T]
+        (`token_weights`: of the whole batch, this batch's rows; see losses.py for the other shapes)."""
+        return self.policy_loss_fn(logp, old_logp, advantages, mask, token_weights=token_weights,
+                                   clip_low=self.clip_low, clip_high=self.clip_high)
 
 
 def algorithm_spec(cfg, build: Callable | None = None) -> AlgorithmSpec:

@@ -9,6 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from lsp_exp.core import logprobs
 from lsp_exp.core.generation import Rollout, generation_parts, join_rollouts
+from lsp_exp.core.logprobs import LogprobOptions
 from lsp_exp.core.models import enable_checkpointing
 from lsp_exp.core.micro_batch import logprobs_in_chunks, row_chunks
 from lsp_exp.core.roles import RoleBatch, role_backward
@@ -63,9 +64,9 @@ def batches(reference) -> list[RoleBatch]:
     valid = torch.tensor([True, False, True])[:, None].expand(3, 4)
     with torch.no_grad():
         return [RoleBatch("solver", solver, torch.rand(3, 4, generator=g), valid,
-                          logprobs_in_chunks(reference, solver, None), 0.05, 7),
+                          logprobs_in_chunks(reference, solver), 0.05, 7),
                 RoleBatch("challenger", challenger, torch.rand(1, 5, generator=g), torch.ones(1, 5, dtype=torch.bool),
-                          logprobs_in_chunks(reference, challenger, None), 0.1, 7)]
+                          logprobs_in_chunks(reference, challenger), 0.1, 7)]
 
 
 def step_gradients(policy, reference, spec: AlgorithmSpec, placement: str, micro: int | None):
@@ -76,7 +77,7 @@ def step_gradients(policy, reference, spec: AlgorithmSpec, placement: str, micro
     for _ in range(spec.epochs):
         policy.zero_grad(set_to_none=True)
         terms.append([role_backward(b, policy, estimator=kl_k3, placement=placement, algorithm=spec, scale=scale,
-                                    micro_batch_size=micro, backward=torch.Tensor.backward)
+                                    logprob_options=LogprobOptions(micro_batch_size=micro), backward=torch.Tensor.backward)
                       for b, scale in zip(roles, (1.0, 0.5))])
         grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
         optimizer.step()
@@ -131,18 +132,6 @@ def test_checkpointed_layers_drop_the_cache_so_shared_prefixes_are_turned_off(re
     assert not torch.allclose(forced[counted], plain[counted], atol=1e-3)  # or a cache the layers never filled
 
 
-def test_a_non_linear_aggregation_cannot_be_split(reference):
-    from lsp_exp.rl.registry import AGGREGATIONS
-
-    AGGREGATIONS["squared_mean"] = lambda loss, mask, max_tokens=None: ((loss * mask).sum() / mask.sum()) ** 2
-    try:
-        spec = AlgorithmSpec("group_mean", "reinforce_token", "squared_mean")
-        with pytest.raises(ValueError, match="not linear.*trainer.micro_batch_size=null"):
-            step_gradients(tiny_policy(False), reference, spec, "advantage", 2)
-    finally:
-        del AGGREGATIONS["squared_mean"]
-
-
 def test_row_chunks_and_generation_parts():
     assert row_chunks(5, None) == [slice(0, 5)]
     assert row_chunks(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
@@ -159,8 +148,8 @@ def test_joined_rollouts_score_like_the_parts(reference):
     joined = join_rollouts([a, b], pad=0)
     assert joined.input_ids.shape == (6, 13) and joined.prompt_length == 6
     with torch.no_grad():
-        together = logprobs_in_chunks(reference, joined, 3)
-        alone = [logprobs_in_chunks(reference, r, None) for r in (a, b)]
+        together = logprobs_in_chunks(reference, joined, LogprobOptions(micro_batch_size=3))
+        alone = [logprobs_in_chunks(reference, r) for r in (a, b)]
     counted = joined.completion_mask[:, 1:].bool()
     torch.testing.assert_close(together[:2][counted[:2]], alone[0][a.completion_mask[:, 1:].bool()], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(together[2:][counted[2:]], alone[1][b.completion_mask[:, 1:].bool()], rtol=1e-5, atol=1e-6)
@@ -171,14 +160,14 @@ def test_joined_rollouts_score_like_the_parts(reference):
 def test_scoring_from_the_first_completion_token_equals_a_full_log_softmax(reference, share):
     """chunk_logprobs projects only positions from the first completion token on (logits_to_keep):
     on every counted position the log-prob and the entropy equal a plain full-vocabulary pass."""
-    from lsp_exp.core import generation
     from lsp_exp.core.micro_batch import chunk_logprobs
 
     batch = batches(reference)[0]
     r = batch.rollout
     counted = r.completion_mask[:, 1:].bool()
-    with torch.no_grad(), generation.settings(share_prefixes=share):
-        logp, entropy_sum = chunk_logprobs(reference, r, slice(0, 12), entropy_mask=batch.token_mask)
+    with torch.no_grad():
+        logp, entropy_sum = chunk_logprobs(reference, r, slice(0, 12), entropy_mask=batch.token_mask,
+                                           options=LogprobOptions(share_prefixes=share))
         position = (r.attention_mask.cumsum(-1) - 1).clamp(min=0)
         logits = reference(input_ids=r.input_ids, attention_mask=r.attention_mask, position_ids=position).logits
     z = logits[:, :-1].float() / r.temperature

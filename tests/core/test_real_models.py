@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import lsp_exp.core.generation as generation
-from lsp_exp.core.generation import chat_prompts, generate
-from lsp_exp.core.logprobs import token_logprobs
+from lsp_exp.core.generation import SamplingOptions, chat_prompts, generate
+from lsp_exp.core.logprobs import LogprobOptions, token_logprobs
 from lsp_exp.core.models import load_policy, load_tokenizer
 from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl import kl_k1, sequence_kl
@@ -145,8 +145,8 @@ def test_a_pad_token_sampled_mid_answer_is_a_real_token(tmp_path):
     assert_batched_equals_alone(model, out)
 
 
-def assert_batched_equals_alone(model, out, temperature: float = 1.0):
-    batched = token_logprobs(model, out.input_ids, out.attention_mask, temperature=temperature)
+def assert_batched_equals_alone(model, out, temperature: float = 1.0, options: LogprobOptions = LogprobOptions()):
+    batched = token_logprobs(model, out.input_ids, out.attention_mask, temperature=temperature, options=options)
     for i in range(out.input_ids.shape[0]):
         keep = out.attention_mask[i].bool()
         ids = out.input_ids[i][keep][None]
@@ -163,8 +163,7 @@ def test_log_probs_of_a_padded_batch_equal_each_sequence_scored_alone(style, sha
     out = generate(model, tokenizer, chat_prompts(tokenizer, ["Hi", "Please solve 12+3*4 and show your work."]),
                    max_new_tokens=6, temperature=0.8, num_return_sequences=3)
     assert out.temperature == 0.8
-    with generation.settings(share_prefixes=share_prefixes):
-        assert_batched_equals_alone(model, out, temperature=0.8)
+    assert_batched_equals_alone(model, out, temperature=0.8, options=LogprobOptions(share_prefixes=share_prefixes))
 
 
 def test_log_probs_are_those_of_the_sampling_temperature(tmp_path):
@@ -184,7 +183,7 @@ def test_log_probs_are_those_of_the_sampling_temperature(tmp_path):
     # The update scores the rollout at its temperature: the playout log-probs are the tempered ones.
     batch = RoleBatch("solver", out, torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool),
                       got.detach(), 0.0, 5)
-    role_backward(batch, model, estimator=kl_k1, placement="advantage", scale=1.0, micro_batch_size=None,
+    role_backward(batch, model, estimator=kl_k1, placement="advantage", scale=1.0, logprob_options=LogprobOptions(),
                   algorithm=AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum"), backward=no_backward)
     torch.testing.assert_close(batch.old_logp[counted], expected[counted], atol=1e-5, rtol=1e-5)
 
@@ -210,8 +209,9 @@ def test_the_end_token_gets_its_policy_gradient_and_kl_term(tmp_path):
     assert token_mask.sum(-1).tolist() == [2.0, 1.0]
     advantages, beta = torch.tensor([0.5, -1.0]), 0.1
     kl = sequence_kl(kl_k1, logp, logp.detach() - 0.3, token_mask)
+    lsp = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum")
     loss = role_loss(logp, None, token_mask, advantages, torch.ones(2, dtype=torch.bool), kl, beta=beta,
-                     placement="loss", algorithm=AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum"))
+                     placement="loss", algorithm=lsp, token_weights=lsp.token_weights(token_mask))
     loss.total.backward()
     expected = token_mask * (-advantages[:, None] / 2 + beta / 2)
     torch.testing.assert_close(logp.grad, expected)
@@ -307,8 +307,8 @@ def test_the_hf_generate_path_samples_what_is_scored(tmp_path, monkeypatch):
     assert model.generation_config.repetition_penalty == 1.05
     prompts = chat_prompts(tokenizer, ["Hello there", "What is 12+3*4?", "Name a fox."])
     ours = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
-    with generation.settings(hf_generate=True):
-        theirs = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False)
+    theirs = generate(model, tokenizer, prompts, max_new_tokens=24, do_sample=False,
+                      options=SamplingOptions(hf_generate=True))
     assert torch.equal(ours.completion_mask, theirs.completion_mask)
     assert torch.equal(ours.input_ids[ours.completion_mask.bool()], theirs.input_ids[theirs.completion_mask.bool()])
     assert model.generation_config.repetition_penalty == 1.05  # the model's own config is back
@@ -349,7 +349,7 @@ def test_later_ppo_epochs_score_at_the_sampling_temperature(tmp_path):
     batch = RoleBatch("solver", out, torch.tensor([[1.0, 0.0, 0.5]]), torch.ones(1, 3, dtype=torch.bool), ref, 0.1, 6)
     spec = AlgorithmSpec("group_mean", "clipped", "token_mean", clip_low=0.01, clip_high=0.01, epochs=2)
     role_backward(batch, model, estimator=kl_k1, placement="advantage", algorithm=spec, scale=1.0,
-                  micro_batch_size=None, backward=no_backward)
+                  logprob_options=LogprobOptions(), backward=no_backward)
     second = role_backward(batch, model, estimator=kl_k1, placement="advantage", algorithm=spec, scale=1.0,
-                           micro_batch_size=None, backward=no_backward)
+                           logprob_options=LogprobOptions(), backward=no_backward)
     assert float(second.approx_kl) == pytest.approx(0.0, abs=1e-7) and float(second.clip_frac) == 0.0

@@ -1,4 +1,5 @@
-"""The self-quality judge: prompt templates, reply parsing, the toy rubric, R_Q's combination."""
+"""The self-quality judge: prompt templates, reply parsing, the toy rubric, the judge object (how R_Q
+enters the rewards: tests/rl/test_role_rewards.py)."""
 import random
 
 import pytest
@@ -10,7 +11,6 @@ from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.parsing import parse_calculation, parse_judgement
 from lsp_exp.judge.templates import TEMPLATES, get_template
 from lsp_exp.core.models import Reference
-from lsp_exp.rl.self_reward import challenger_rewards, solver_rewards
 from lsp_exp.tasks.arith.judge_data import judge_example, labelled_pairs
 from lsp_exp.tasks.arith.rubric import believed_value, grade, judgement_text
 from lsp_exp.tasks.arith.sft import TinyModelConfig, build_model
@@ -113,20 +113,6 @@ def test_labelled_pairs_are_balanced_and_labelled_by_the_verifier():
     assert sum(p[2] for p in pairs) == 20
     for query, answer, correct in pairs:
         assert correct == (answer == {"2+3*4": "41", "5+6": "11"}[query])
-
-
-# ---- R_Q in the rewards (docs/method.md §8) ---------------------------------------------------------
-def test_self_reward_combination_by_hand():
-    task = torch.tensor([[1.0, 0.0], [0.0, 0.0]])     # R, N=2 queries, G=2 answers
-    quality = torch.tensor([[7.0, 5.0], [2.0, 4.0]])  # R_Q
-    assert torch.equal(solver_rewards(task, quality), torch.tensor([[8.0, 5.0], [2.0, 4.0]]))
-    # -V + V_Q: V = (0.5, 0), V_Q = (6, 3)
-    assert torch.equal(challenger_rewards(-task.mean(-1), quality), torch.tensor([5.5, 3.0]))
-    assert torch.equal(challenger_rewards(-task.mean(-1), quality, weight=0.5), torch.tensor([2.5, 1.5]))
-    # An invalid query collects no V_Q: only its objective (-V at the invalid value) is left.
-    assert torch.equal(challenger_rewards(-task.mean(-1), quality, valid=torch.tensor([True, False])),
-                       torch.tensor([5.5, -task.mean(-1)[1].item()]))
-    assert torch.equal(solver_rewards(task, quality, weight=0.0), task)
 
 
 # ---- the judge object --------------------------------------------------------------------------

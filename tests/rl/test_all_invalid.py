@@ -1,29 +1,12 @@
 """A Challenger step with no valid query (docs/method.md §3): equal values give a group baseline
-nothing to compare, so every query's advantage is -1 and each sampled query becomes less likely."""
+nothing to compare, so every query's advantage is -1 and each sampled query becomes less likely
+(`all_invalid_advantages` by hand: test_role_rewards.py)."""
 import mlflow
 import pytest
-import torch
 
 from lsp_exp.cli.train import train
-from lsp_exp.rl.advantages import group_mean_advantage
-from lsp_exp.rl.role_loss import all_invalid_advantages, challenger_advantage_fn
 
 from tests.helpers.tiny_run import compose_config, run_of_this_test, tiny_overrides
-
-
-def test_all_invalid_advantages_are_minus_one_where_counted():
-    rewards = torch.tensor([[0.3, 0.3, 0.3, 0.3]])
-    assert torch.equal(all_invalid_advantages(rewards), torch.full((1, 4), -1.0))
-    assert torch.equal(all_invalid_advantages(rewards, torch.tensor([[1.0, 1.0, 0.0, 1.0]])),
-                       torch.tensor([[-1.0, -1.0, 0.0, -1.0]]))
-
-
-def test_the_algorithms_estimator_is_kept_while_any_query_is_valid():
-    assert challenger_advantage_fn(group_mean_advantage, any_valid=True) is group_mean_advantage
-    flat = torch.full((1, 4), 1.0)   # every invalid query worth the same V: the group baseline gives 0
-    assert torch.equal(group_mean_advantage(flat, torch.ones(1, 4)), torch.zeros(1, 4))
-    assert torch.equal(challenger_advantage_fn(group_mean_advantage, any_valid=False)(flat, torch.ones(1, 4)),
-                       torch.full((1, 4), -1.0))
 
 
 def test_a_step_with_no_valid_query_pushes_every_query_down(shared_outputs):

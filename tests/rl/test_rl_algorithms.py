@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lsp_exp.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_CONTROLLERS, TOKEN_POLICY_LOSSES
+from lsp_exp.rl.aggregation import token_weights, weighted_sum
 from lsp_exp.rl.advantages import batch_norm_advantage, group_mean_advantage, group_std_advantage, rloo_advantage
 from lsp_exp.rl.algorithms import AlgorithmSpec, algorithm_spec
 from lsp_exp.rl.diagnostics import advantage_stats, token_entropy, zero_std_fraction
@@ -132,6 +133,32 @@ def test_dr_grpo_aggregation_needs_max_tokens():
         AGGREGATIONS["seq_mean_token_sum_norm"](LOSS, MASK)
 
 
+@pytest.mark.parametrize("name, weights", [
+    ("seq_mean_token_mean", [[0.125] * 4, [0.25, 0.25, 0, 0], [0] * 4]),   # 1 / (T_i B'), B' = 2
+    ("token_mean", [[1 / 6] * 4, [1 / 6, 1 / 6, 0, 0], [0] * 4]),           # 1 / sum_i T_i
+    ("seq_mean_token_sum_norm", [[1 / 16] * 4, [1 / 16, 1 / 16, 0, 0], [0] * 4]),  # 1 / (B' max_tokens)
+    ("seq_mean_token_sum", [[0.5] * 4, [0.5, 0.5, 0, 0], [0] * 4]),         # 1 / B'
+])
+def test_token_weights_are_the_aggregations_gradients(name, weights):
+    """W = d agg / d l: by hand, bit for bit the gradient autograd gives the aggregation itself, and
+    sum_t W_t l_t is the aggregation's value (padding's NaN and inf left out)."""
+    w = token_weights(name, MASK.float(), max_tokens=8)
+    close(w, weights)
+    loss = torch.zeros(3, 4, requires_grad=True)
+    AGGREGATIONS[name](loss, MASK.float(), max_tokens=8).backward()
+    assert torch.equal(w, loss.grad)
+    close(weighted_sum(LOSS, MASK, w), AGGREGATIONS[name](LOSS, MASK, max_tokens=8))
+
+
+def test_a_non_linear_aggregation_has_no_token_weights():
+    AGGREGATIONS["squared_mean"] = lambda loss, mask, max_tokens=None: ((loss * mask).sum() / mask.sum()) ** 2
+    try:
+        with pytest.raises(ValueError, match="'squared_mean' is not linear in the per-token losses"):
+            token_weights("squared_mean", MASK.float())
+    finally:
+        del AGGREGATIONS["squared_mean"]
+
+
 @FEW
 @given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_token_mean_equals_seq_mean_token_mean_for_equal_lengths(b, t, seed):
@@ -144,6 +171,7 @@ def test_token_mean_equals_seq_mean_token_mean_for_equal_lengths(b, t, seed):
 # Sequence 1 has A = +1, sequence 2 A = -1; the last token of each is padding (ratio 5 / 0.1, not counted).
 RATIOS = torch.tensor([[1.0, 1.27, 1.29, 0.5, 5.0], [1.0, 0.81, 0.79, 2.0, 0.1]])
 ADV, TOK_MASK = torch.tensor([1.0, -1.0]), torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0]])
+TOKEN_MEAN = token_weights("token_mean", TOK_MASK)   # 1/8 on each counted token
 
 
 def _logp():
@@ -155,7 +183,7 @@ def test_clipped_loss_clips_exactly_the_right_tokens_asymmetric():
     # clip_low .2, clip_high .28 (DAPO): A > 0 clips r > 1.28 (1.29, not 1.27; 0.5 is not clipped:
     # min(.5, .8) = .5); A < 0 clips r < .8 (.79, not .81; 2.0 is not: min(-2, -1.28) = -2).
     logp, old = _logp()
-    out = clipped_loss(logp, old, ADV, TOK_MASK, clip_low=0.2, clip_high=0.28, aggregation="token_mean")
+    out = clipped_loss(logp, old, ADV, TOK_MASK, clip_low=0.2, clip_high=0.28, token_weights=TOKEN_MEAN)
     # per token -min(rA, clip(r)A): [-1, -1.27, -1.28, -.5 | 1, .81, .8, 2], sum .56 over 8 tokens
     close(out.loss, 0.07)
     close(out.clip_frac, 0.25)  # 2 of 8 counted tokens
@@ -168,14 +196,14 @@ def test_clipped_loss_clips_exactly_the_right_tokens_asymmetric():
 
 def test_clipped_loss_symmetric_default_and_zero_advantage():
     logp, old = _logp()
-    out = clipped_loss(logp, old, ADV, TOK_MASK, clip_low=0.2, aggregation="token_mean")  # clip_high = .2
+    out = clipped_loss(logp, old, ADV, TOK_MASK, clip_low=0.2, token_weights=TOKEN_MEAN)  # clip_high = .2
     close(out.clip_frac, 3 / 8)  # now 1.27 is clipped too
-    close(clipped_loss(logp, old, torch.zeros(2), TOK_MASK, clip_low=0.2, aggregation="token_mean").clip_frac, 0.0)
+    close(clipped_loss(logp, old, torch.zeros(2), TOK_MASK, clip_low=0.2, token_weights=TOKEN_MEAN).clip_frac, 0.0)
 
 
 def test_reinforce_token_does_not_clip():
     logp, old = _logp()
-    out = reinforce_token_loss(logp, old, ADV, TOK_MASK, aggregation="token_mean")
+    out = reinforce_token_loss(logp, old, ADV, TOK_MASK, token_weights=TOKEN_MEAN)
     close(out.loss, (-(1 + 1.27 + 1.29 + 0.5) + (1 + 0.81 + 0.79 + 2.0)) / 8)  # -rA summed / 8 = .0675
     close(out.clip_frac, 0.0)
     out.loss.backward()
@@ -185,8 +213,9 @@ def test_reinforce_token_does_not_clip():
 @pytest.mark.parametrize("name", sorted(TOKEN_POLICY_LOSSES))
 def test_on_policy_ratio_is_one_and_padding_infinities_do_not_leak(name):
     logp = torch.tensor([[-1.0, -2.0, float("-inf")]], requires_grad=True)
-    out = TOKEN_POLICY_LOSSES[name](logp, None, torch.tensor([2.0]), torch.tensor([[1, 1, 0]]),
-                                    aggregation="seq_mean_token_sum")
+    mask = torch.tensor([[1, 1, 0]])
+    out = TOKEN_POLICY_LOSSES[name](logp, None, torch.tensor([2.0]), mask,
+                                    token_weights=token_weights("seq_mean_token_sum", mask))
     close(out.loss, -4.0)  # -(1 * 2 + 1 * 2): the ratio is 1 on both counted tokens
     close(out.approx_kl, 0.0)
     out.loss.backward()
@@ -201,7 +230,7 @@ def test_clipped_equals_reinforce_token_on_policy(seed, aggregation):
     grads = []
     for fn in (clipped_loss, reinforce_token_loss):
         x = logp.clone().requires_grad_()
-        out = fn(x, None, adv, mask, aggregation=aggregation, max_tokens=6)
+        out = fn(x, None, adv, mask, token_weights=token_weights(aggregation, mask, max_tokens=6))
         out.loss.backward()
         grads.append((out.loss.detach(), x.grad))
     close(grads[0][0], grads[1][0])
@@ -229,7 +258,8 @@ def test_every_preset_runs(name):
     spec = preset(name)
     adv = spec.advantage_fn(torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])).flatten()
     logp = torch.randn(6, 5, requires_grad=True)
-    out = spec.loss(logp, logp.detach() + 0.1, adv, torch.ones(6, 5), max_tokens=5)
+    mask = torch.ones(6, 5)
+    out = spec.loss(logp, logp.detach() + 0.1, adv, mask, spec.token_weights(mask, max_tokens=5))
     out.loss.backward()
     assert torch.isfinite(out.loss) and torch.isfinite(logp.grad).all()
 
@@ -240,7 +270,7 @@ def test_lsp_token_loss_has_the_sequence_level_reinforce_gradient():
     logp, adv = torch.randn(5, 7, generator=g), torch.randn(5, generator=g)
     mask = torch.arange(7)[None] < torch.tensor([[7], [3], [1], [5], [0]])  # last sequence left out
     token = logp.clone().requires_grad_()
-    out = preset("lsp").loss(token, None, adv, mask)
+    out = preset("lsp").loss(token, None, adv, mask, preset("lsp").token_weights(mask))
     out.loss.backward()
     seq = logp.clone().requires_grad_()
     ref = reinforce_loss((seq * mask).sum(-1), adv, mask.any(-1))
@@ -252,7 +282,7 @@ def test_lsp_token_loss_has_the_sequence_level_reinforce_gradient():
     close(out.loss, -(adv[:4] * torch.tensor([7.0, 3.0, 1.0, 5.0])).mean())
     one = torch.zeros(5, 1, dtype=torch.bool)
     one[:4] = True
-    close(preset("lsp").loss(logp[:, :1], None, adv, one).loss, ref)
+    close(preset("lsp").loss(logp[:, :1], None, adv, one, preset("lsp").token_weights(one)).loss, ref)
 
 
 # ---- KL controllers ---------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Every formula of the update against hand-computed values (docs/method.md §3-§7)."""
+"""Every formula of the update against hand-computed values (docs/method.md §5-§7; the role rewards
+of §3, §4 and §8 are in test_role_rewards.py)."""
 import math
 
 import pytest
@@ -6,10 +7,9 @@ import torch
 
 from lsp_exp.rl.advantages import group_mean_advantage
 from lsp_exp.rl.algorithms import AlgorithmSpec
-from lsp_exp.rl.challenger_objectives import check_objective, learnability, neg_value, uncertainty
 from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
 from lsp_exp.rl.losses import kl_penalised
-from lsp_exp.rl.role_loss import invalid_query_value, query_values, role_advantages, role_loss
+from lsp_exp.rl.role_loss import member_advantages, role_advantages, role_loss
 from lsp_exp.core.step_metrics import reduce_over_ranks
 
 close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
@@ -27,33 +27,6 @@ def test_masked_members_do_not_enter_the_baseline():
     close(group_mean_advantage(rewards, mask), [[0.5, -0.5, 0.0]])
 
 
-def test_challenger_advantage_is_mean_value_minus_value():
-    # LSP eq. 3: A_Ch(q_i) = mean_i V - V(q_i), i.e. the centred challenger reward -V.
-    values = torch.tensor([0.5, 0.0, 1.0])
-    close(group_mean_advantage(neg_value(values)[None]), [[0.0, 0.5, -0.5]])
-    close(group_mean_advantage(neg_value(values)[None])[0], values.mean() - values)
-
-
-def test_query_values_with_invalid_queries():
-    rewards = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    close(query_values(rewards, torch.tensor([True, False]), 1.0), [0.75, 1.0])
-    close(query_values(rewards, torch.tensor([True, False]), 0.0), [0.75, 0.0])
-
-
-def test_invalid_query_value_on_any_reward_scale():
-    """null: the reward's upper bound (the verifier's 1, a sigmoid's 1); an unbounded reward (raw
-    reward-model scores) takes the highest reward of an answer to a valid query this step, so an
-    invalid query earns the Challenger less under -V than its worst real query."""
-    assert invalid_query_value(None, (0.0, 1.0)) == 1.0 and invalid_query_value(None, (-2.0, 3.5)) == 3.5
-    assert invalid_query_value(0.25, (0.0, 1.0)) == 0.25 and invalid_query_value(-3.0, None) == -3.0
-    assert invalid_query_value(None, None) is None
-    raw = torch.tensor([[4.0, 6.0], [9.0, 11.0], [-3.0, -1.0], [20.0, 30.0]])   # V = 5, 10, -2, 25
-    valid = torch.tensor([True, True, True, False])
-    close(query_values(raw, valid, None), [5.0, 10.0, -2.0, 11.0])       # 30 belongs to the invalid query
-    assert neg_value(query_values(raw, valid, None))[3] < neg_value(query_values(raw, valid, None))[:3].min()
-    close(query_values(raw, torch.zeros(4, dtype=torch.bool), None), [0.0, 0.0, 0.0, 0.0])  # nothing valid
-
-
 def test_metrics_are_reduced_over_ranks_whatever_keys_each_rank_has():
     ranks = [{"a": 1.0, "b": 2.0, "train/tokens/solver": 10.0, "train/judge/query_points": 1.5},
              {"a": 3.0, "b": float("nan"), "train/tokens/solver": 14.0}]
@@ -63,29 +36,13 @@ def test_metrics_are_reduced_over_ranks_whatever_keys_each_rank_has():
     assert reduce_over_ranks([{"a": 0.5}]) == {"a": 0.5}   # one process: unchanged
 
 
-def test_challenger_objectives():
-    v = torch.tensor([0.0, 0.25, 0.5, 1.0])
-    close(neg_value(v), [0.0, -0.25, -0.5, -1.0])
-    close(uncertainty(v), [0.0, 0.5, 1.0, 0.0])       # 1 - 2|V - 1/2|
-    close(learnability(v), [0.0, 0.75, 0.5, 0.0])     # 1 - V if 0 < V < 1 else 0
-
-
-def test_bounded_objectives_refuse_unbounded_rewards():
-    check_objective("uncertainty", (0.0, 1.0))
-    check_objective("neg_value", None)
-    with pytest.raises(ValueError, match="challenger_objective=uncertainty needs a reward in \\[0, 1\\]"):
-        check_objective("uncertainty", None)
-    with pytest.raises(ValueError, match="learnability"):
-        check_objective("learnability", (-5.0, 5.0))
-
-
 def test_reinforce_loss_value_and_gradient():
     # LSP eq. 4: L = -mean[pi/stop_grad(pi) * A]; value -mean(A), gradient -A/n wrt log pi
     # (one-token sequences, so log pi(a) is the token's log-prob; the third sequence does not count).
     logp = torch.tensor([[-1.0], [-2.0], [-3.0]], requires_grad=True)
     adv = torch.tensor([0.5, -0.5, 1.0])
-    loss = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum").loss(
-        logp, None, adv, torch.tensor([[True], [True], [False]])).loss
+    spec, mask = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum"), torch.tensor([[1.0], [1.0], [0.0]])
+    loss = spec.loss(logp, None, adv, mask, spec.token_weights(mask)).loss
     close(loss, 0.0)
     loss.backward()
     close(logp.grad, [[-0.25], [0.25], [0.0]])
@@ -143,10 +100,15 @@ LSP = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum")  # co
 
 
 def lsp_role_loss(rewards, mask, logp, kl, beta, placement):
-    """role_advantages + role_loss with one-token sequences, so token and sequence log-probs coincide."""
-    adv = role_advantages(rewards, mask, kl, beta=beta, placement=placement, advantage_fn=group_mean_advantage)
-    return role_loss(logp[:, None], None, torch.ones(len(logp), 1), adv.flatten(), mask.flatten(), kl, beta=beta,
-                     placement=placement, algorithm=LSP), adv
+    """role_advantages, member_advantages and role_loss with one-token sequences, so token and sequence
+    log-probs coincide."""
+    base = role_advantages(rewards, mask, advantage_fn=group_mean_advantage, beta=beta,
+                           kl=kl if placement == "reward" else None)
+    adv = member_advantages(base.flatten(), kl, mask.flatten(), beta=beta, placement=placement)
+    token_mask = torch.ones(len(logp), 1)
+    weights = LSP.token_weights(token_mask * mask.flatten()[:, None])
+    return role_loss(logp[:, None], None, token_mask, adv, mask.flatten(), kl, beta=beta, placement=placement,
+                     algorithm=LSP, token_weights=weights), adv.view(rewards.shape)
 
 
 @pytest.mark.parametrize("placement, value, grad_logp, grad_kl", [
@@ -175,7 +137,7 @@ def test_role_loss_leaves_out_masked_groups():
     close(adv, [[0.5, -0.5], [0.0, 0.0]])
 
 
-def test_role_advantages_reject_unknown_placement():
-    with pytest.raises(ValueError, match="kl.placement"):
-        role_advantages(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.zeros(2), beta=0.1,
-                        placement="sideways", advantage_fn=group_mean_advantage)
+def test_member_advantages_reject_unknown_placement():
+    with pytest.raises(ValueError, match="kl.placement 'sideways'; available: advantage, loss, reward"):
+        member_advantages(torch.zeros(2), torch.zeros(2), torch.ones(2, dtype=torch.bool), beta=0.1,
+                          placement="sideways")
