@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from lsp_exp.rewards.base import Scores
+from lsp_exp.rewards.base import DeviceReward, Scores
 
 
 class CompositeReward:
@@ -28,7 +28,7 @@ class CompositeReward:
 
     def to(self, device) -> "CompositeReward":
         for _, reward in self.parts.values():
-            if hasattr(reward, "to"):
+            if isinstance(reward, DeviceReward):
                 reward.to(device)
         return self
 

@@ -51,9 +51,8 @@ class SelfPlayModule(L.LightningModule):
     `verifier`: the ground truth logged beside a proxy reward (None when the reward is the verifier
     or there is none); `sampling` and `logprobs`: how the policy is sampled and scored."""
 
-    def __init__(self, cfg, policy, tokenizer, game, reward, task: Task, *, verifier=None,
-                 judge_template: str = "paper", sampling: SamplingOptions = SamplingOptions(),
-                 logprobs: LogprobOptions = LogprobOptions()):
+    def __init__(self, cfg, policy, tokenizer, game, reward, task: Task, *, sampling: SamplingOptions,
+                 logprobs: LogprobOptions, verifier=None, judge_template: str = "paper"):
         super().__init__()
         self.automatic_optimization = False
         self.cfg, self.policy, self.tokenizer, self.game, self.reward = cfg, policy, tokenizer, game, reward
