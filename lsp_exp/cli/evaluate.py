@@ -26,7 +26,10 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import hydra  # noqa: E402
+import mlflow  # noqa: E402
 import torch  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from rich.console import Console  # noqa: E402
 
@@ -73,9 +76,6 @@ def targets(cfg: DictConfig, uri: str | None) -> list[Target]:
 
 
 def check_run_exists(run_id: str, uri: str | None) -> None:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     try:
         mlflow.MlflowClient(uri).get_run(run_id)
     except MlflowException:
@@ -157,8 +157,6 @@ def challenger_queries(client, run_id: str) -> dict[int, list[str]]:
 
 def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     """Evaluate every target of `cfg.run`; returns their metrics (also logged to MLflow)."""
-    import mlflow
-
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     uri = tracking_uri(cfg) if cfg.logger.name != "none" else None
@@ -241,8 +239,6 @@ def _rows(path: str | None, task_set, limit: int | None, bound=None) -> list[Pro
 def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float], curves: dict[int, dict[str, float]]) -> None:
     if client is None:
         return
-    from mlflow.entities import Metric
-
     now = int(time.time() * 1000)
     run_id = target.run_id
     if run_id is None:  # the base model or a directory: a new eval run
@@ -253,7 +249,7 @@ def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float], cur
         run_id = client.create_run(exp_id, tags=tags, run_name=f"eval-{target.label.split('/')[-1]}").info.run_id
         params = {f"eval.{k}": str(v)[:500] for k, v in flat_params(cfg).items()}
         for i in range(0, len(params), 100):
-            client.log_batch(run_id, params=[mlflow_param(k, v) for k, v in list(params.items())[i:i + 100]])
+            client.log_batch(run_id, params=[Param(k, v) for k, v in list(params.items())[i:i + 100]])
         step = 0
     else:
         history = client.get_metric_history(run_id, "eval/accuracy")
@@ -268,12 +264,6 @@ def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float], cur
     client.log_text(run_id, OmegaConf.to_yaml(cfg, resolve=True), "eval/config.yaml")
     if target.run_id is None:
         client.set_terminated(run_id)
-
-
-def mlflow_param(key: str, value: str):
-    from mlflow.entities import Param
-
-    return Param(key, value)
 
 
 def main() -> None:

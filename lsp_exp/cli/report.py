@@ -15,6 +15,7 @@ run. A metric's value for a run is its last logged value, or for per-step metric
 from __future__ import annotations
 
 import csv
+import difflib
 import math
 import os
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import hydra  # noqa: E402
+import mlflow  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 from rich.console import Console  # noqa: E402
 
@@ -67,8 +69,6 @@ def find_runs(client, cfg: DictConfig) -> list:
 def check_group_keys(runs, keys) -> None:
     """A `group_by` key that no run has would put every run into one group '?': an error instead,
     naming the closest keys the runs do have."""
-    import difflib
-
     for key in keys:
         if key.startswith("tags."):
             known = {f"tags.{k}" for r in runs for k in r.data.tags if not k.startswith("mlflow.")}
@@ -182,10 +182,10 @@ def write_runs(runs, cfg: DictConfig, out: Path) -> None:
 
 def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
     """One PNG per curve metric: per group, the mean over its runs at each step, +- one std."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (the Agg backend is chosen when plotting, not when this module is imported)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     groups = list(dict.fromkeys(group_key(run, cfg.group_by) for run in runs))
     order = [g for g in cfg.order if g in groups] + sorted(g for g in groups if g not in cfg.order)
@@ -230,8 +230,6 @@ def smooth(stats: list[tuple[float, float]], window: int) -> list[tuple[float, f
 
 
 def report(cfg: DictConfig) -> str:
-    import mlflow
-
     client = mlflow.MlflowClient(cfg.tracking_uri)
     runs = find_runs(client, cfg)
     out = Path(cfg.output_dir)

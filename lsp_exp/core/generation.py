@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from transformers import GenerationConfig
 
 from lsp_exp.core.kv_cache import cache_of, repeat_is_exact, with_cache
 from lsp_exp.core.special_tokens import ModelSetupError, end_ids_tensor
@@ -203,8 +204,6 @@ def _seeded_from(generator: torch.Generator | None, device: torch.device):
 @contextmanager
 def _plain_generation_config(model):
     """The model's generation config replaced, for one call, by one that sets nothing but its end and pad ids."""
-    from transformers import GenerationConfig  # noqa: PLC0415
-
     saved = model.generation_config
     model.generation_config = GenerationConfig(eos_token_id=saved.eos_token_id, pad_token_id=saved.pad_token_id,
                                                bos_token_id=saved.bos_token_id, min_new_tokens=saved.min_new_tokens)

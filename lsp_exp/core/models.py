@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from omegaconf import DictConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lsp_exp.core.dropout import disable_dropout
 from lsp_exp.core.precision import check_master_weights
@@ -42,8 +45,6 @@ def safe_weights(folder: str | Path):
     """A `.bin` weights file that is a pickle needing code to load is refused by torch's
     `weights_only` load (transformers and peft load with it): nothing runs, and here it is one line
     naming the file instead of a traceback."""
-    import pickle  # noqa: PLC0415
-
     try:
         yield
     except pickle.UnpicklingError as err:
@@ -121,8 +122,6 @@ def find_local_or_cached(path: str | None, key: str, what: str) -> str:
     if Path(path).is_dir():
         return str(path)
     if _looks_like_hub_id(path):
-        from huggingface_hub import try_to_load_from_cache
-
         if isinstance(try_to_load_from_cache(path, "config.json"), str):
             return path
         raise ModelNotFoundError(
@@ -143,8 +142,6 @@ def _looks_like_hub_id(path: str) -> bool:
 def load_tokenizer(path: str):
     """The model's tokenizer, left-padding; a model without a pad token (Llama-3) pads with its end
     token, which is safe because completions are masked by position (generation.py)."""
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -168,14 +165,14 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
     stored = DTYPES[cfg.dtype] if cfg.lora.enabled else torch.float32   # master weights (docs/method.md §16)
     model = _from_pretrained(path, stored, cfg.attn_implementation)
     if adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # noqa: PLC0415 (peft: ~0.5 s to import; only under LoRA or an adapter)
 
         with safe_weights(adapter):
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     if cfg.get("gradient_checkpointing"):
         enable_checkpointing(model)
     if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # noqa: PLC0415 (peft: ~0.5 s to import; only under LoRA)
 
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
@@ -194,8 +191,6 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
 def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str):
     """AutoModelForCausalLM from `path`; an attention implementation the architecture does not
     support is one line naming `model.attn_implementation` (e.g. Gemma 2 has no SDPA path)."""
-    from transformers import AutoModelForCausalLM
-
     try:
         with safe_weights(path):
             return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
@@ -232,7 +227,7 @@ class Reference:
 
     def __init__(self, policy, shared: bool = False):
         self.policy = policy
-        from peft import PeftModel
+        from peft import PeftModel  # noqa: PLC0415 (peft: ~0.5 s to import; not at this module's import)
 
         self.uses_adapter = isinstance(policy, PeftModel) and not shared
         self.frozen = None

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from transformers import AutoConfig
+
 from lsp_exp.core.generation import chat_prompts
 from lsp_exp.errors import LspError
 
@@ -119,8 +121,6 @@ def context_tokens(tokenizer, model_path: str | None) -> tuple[int, str]:
     found = []
     if model_path:
         try:
-            from transformers import AutoConfig
-
             config = AutoConfig.from_pretrained(model_path, local_files_only=True)
             for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
                 value = getattr(getattr(config, "text_config", None) or config, key, None)

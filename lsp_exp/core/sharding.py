@@ -22,12 +22,13 @@ from collections import defaultdict
 from contextlib import contextmanager
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
 def is_sharded(model) -> bool:
     """The module (or a module inside it) is sharded with FSDP2."""
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -44,9 +45,6 @@ def shard(policy, device: torch.device, param_dtype: torch.dtype = torch.float32
     gathered weights are bfloat16 in the forward and gradients are reduced in float32. Then one
     forward through the root module: FSDP2 initialises itself lazily at the first forward, which must
     be the root's (a first log-prob pass through the decoder alone would fail on every rank)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = set(_no_split_modules(policy))
@@ -79,8 +77,6 @@ def gathered(model):
     if not is_sharded(model) or getattr(model, "_lsp_gathered", False):
         yield model
         return
-    from torch.distributed.fsdp import FSDPModule
-
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in modules:
         m.set_reshard_after_forward(False, recurse=False)
@@ -97,8 +93,6 @@ def gathered(model):
 
 def full_state_dict(model) -> dict[str, torch.Tensor]:
     """The whole model's weights on the CPU, gathered from the shards (a collective: every rank calls it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     names = defaultdict(list)  # tied weights (lm_head = embeddings) as one tensor, as save_pretrained expects
     for name, param in model.named_parameters(remove_duplicate=False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import torch
-from torchmetrics.text import BLEUScore, ROUGEScore
+from torchmetrics.text import BLEUScore, Perplexity, ROUGEScore
 
 
 def win_rate(model_scores: torch.Tensor, base_scores: torch.Tensor, splits: list[str] | None = None, *,
@@ -82,8 +82,6 @@ def spaced_chars(text: str) -> str:
 def conditional_perplexity(model, tokenizer, prompts: list[str], targets: list[str], batch_size: int = 64) -> float:
     """exp(mean NLL) of each target's tokens (and the end token) given its rendered prompt, over the
     whole file (torchmetrics Perplexity); prompts = "" gives the plain perplexity of the texts."""
-    from torchmetrics.text import Perplexity
-
     metric = Perplexity(ignore_index=-100)
     eos = tokenizer.eos_token or ""
     for start in range(0, len(prompts), batch_size):
@@ -111,9 +109,9 @@ def ngram_perplexity(train_texts: list[str], test_texts: list[str], n: int = 3, 
     (each text starts with n - 1 `<s>` and ends with one `</s>`, as the policy's perplexity scores
     its answer and the end token): 2 ** (-mean log2 P(w | the n - 1 before)). A token never seen in
     training has probability 0 (infinite perplexity)."""
-    from nltk.lm import KneserNeyInterpolated
-    from nltk.lm.preprocessing import padded_everygram_pipeline
-    from nltk.util import ngrams
+    from nltk.lm import KneserNeyInterpolated  # noqa: PLC0415 (nltk.lm: ~1 s to import; only the n-gram baseline)
+    from nltk.lm.preprocessing import padded_everygram_pipeline  # noqa: PLC0415
+    from nltk.util import ngrams  # noqa: PLC0415
 
     grams, vocabulary = padded_everygram_pipeline(n, [tokenize(t) for t in train_texts])
     model = KneserNeyInterpolated(n)

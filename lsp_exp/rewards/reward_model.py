@@ -12,6 +12,7 @@ the bounded Challenger objectives need.
 from __future__ import annotations
 
 import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from lsp_exp.core.models import find_local_or_cached
 from lsp_exp.errors import LspError
@@ -82,8 +83,6 @@ class RewardModelReward:
 
 def load_reward_model(path: str | None, *, dtype: str = "float32", **kwargs) -> RewardModelReward:
     """Load a sequence classifier and its tokenizer from a directory or the hub cache (offline)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # (a second to import: when one is loaded)
-
     path = find_local_or_cached(path, "reward.path", "the reward model")
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaConfig, LlamaForCausalLM
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # (LoRA, compute dtype) of the precision policy's configurations (core/precision.py)
@@ -27,8 +29,6 @@ CONFIGS = {
 
 def llama_layers(hidden: int, intermediate: int, heads: int, kv_heads: int, layers: int = 1):
     """A randomly initialised Llama of `layers` real-width decoder layers (a 256-token vocabulary), float32."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(vocab_size=256, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
                          attn_implementation="sdpa")
@@ -37,8 +37,6 @@ def llama_layers(hidden: int, intermediate: int, heads: int, kv_heads: int, laye
 
 def with_lora(model, rank: int = 16, targets=LORA_TARGETS):
     """`model` under a LoRA adapter (peft, as core/models.py builds it), the adapter in float32."""
-    from peft import LoraConfig, get_peft_model
-
     return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
                                             target_modules=list(targets), task_type="CAUSAL_LM"))
 

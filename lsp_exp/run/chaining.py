@@ -13,6 +13,7 @@ A run id is downloaded once into `<outputs>/init_from/<run id>/`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
@@ -35,7 +36,7 @@ def find_runs(spec: str, tracking_uri: str | None, key: str = "init_from", max_r
         return [spec]
     if not spec.startswith("filter:"):
         raise InitFromError(f"{key}={spec!r}: not a directory, an MLflow run id or 'filter:<expression>'")
-    import mlflow
+    import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
     client = mlflow.MlflowClient(existing_store(tracking_uri, spec, key))
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -62,7 +63,7 @@ def find_run(spec: str, tracking_uri: str | None, key: str = "init_from") -> str
 def existing_store(tracking_uri: str | None, spec: str, key: str = "init_from") -> str:
     """The store to look a run up in; a sqlite file that does not exist is one line (MLflow would
     create an empty store there: with logger=none, an `mlflow.db` in the working directory)."""
-    import mlflow
+    import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
     uri = tracking_uri or mlflow.get_tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
@@ -82,8 +83,8 @@ def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: st
     run_id = find_run(spec, tracking_uri, key)
     target = Path(outputs) / "init_from" / run_id
     if not (target / "model").is_dir():
-        import mlflow
-        from mlflow.exceptions import MlflowException
+        import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
         tracking_uri = existing_store(tracking_uri, spec, key)
         try:
@@ -106,8 +107,6 @@ def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: st
 
 def _check_weights(path: Path, spec: str, key: str = "init_from") -> Path:
     """A folder with a readable config.json (a model) or adapter_config.json (a LoRA adapter)."""
-    import json
-
     configs = [path / name for name in ("adapter_config.json", "config.json") if (path / name).is_file()]
     if not configs:
         raise InitFromError(f"{key}={spec!r}: {path} holds neither a model (config.json) nor a LoRA adapter "

@@ -35,9 +35,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra import compose
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from lsp_exp.errors import ConfigError, LspError
 from lsp_exp.run.durable import fsync_dir, fsync_file
@@ -232,8 +234,6 @@ class StepCheckpoint(Callback):
 # ---- finding the checkpoint to resume ---------------------------------------------------------
 def default_dir(outputs: str, run_id: str | None) -> Path:
     if run_id is None:  # logger=none: one folder per run
-        import time
-
         run_id = f"untracked/{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}"
     return Path(outputs) / "checkpoints" / run_id
 
@@ -271,7 +271,7 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
             not Path(tracking_uri.removeprefix("sqlite:///")).is_file()
         if tracking_uri and not no_store:  # where the run said its checkpoints are (tag `checkpoint_dir`)
             try:
-                import mlflow
+                import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
                 tagged = mlflow.MlflowClient(tracking_uri).get_run(spec).data.tags.get("checkpoint_dir")
                 if tagged:
@@ -318,8 +318,6 @@ def _step(meta: dict[str, Any], path: Path) -> int:
 
 def job_overrides() -> list[str] | None:
     """This Hydra job's command-line overrides (None outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     return list(HydraConfig.get().overrides.task)
@@ -377,9 +375,6 @@ def prepare_resume(cfg: DictConfig) -> tuple[DictConfig, Resume | None, list[str
         check_saved_overrides(list(saved), current, where)
     overrides = merge_overrides(list(saved or []), current or [])
     if current is not None and saved is not None:
-        from hydra import compose
-        from hydra.core.hydra_config import HydraConfig
-
         cfg = compose(config_name=HydraConfig.get().job.config_name, overrides=[*overrides, f"resume={path}"])
         check_config_targets(cfg, targets_named(current), where)
     step = _step(meta, path)
@@ -396,7 +391,7 @@ def _finished(uri: str | None, run_id: str | None) -> bool:
     if not run_id or not uri or (uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file()):
         return False
     try:
-        import mlflow
+        import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
         return mlflow.MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
     except Exception:  # noqa: BLE001 (an unknown run or a store that is down: the resume says so later)
@@ -413,8 +408,6 @@ def continue_run(logger, cfg: DictConfig, resume: Resume) -> None:
     changed value, e.g. a larger trainer.max_steps)."""
     if logger is None or not resume.run_id:
         return
-    from omegaconf import OmegaConf
-
     logger._run_id = resume.run_id  # MLFlowLogger(run_id=...) after construction: it then logs to that run
     client = logger.experiment
     # Steps the store has already (logged after the checkpoint by a process that then died): their

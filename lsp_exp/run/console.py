@@ -13,6 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lightning.pytorch.callbacks import RichProgressBar
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
+
 from lsp_exp.run.config import PROJECT_ROOT
 
 _log = logging.getLogger("lsp_exp")
@@ -76,77 +81,68 @@ def bar_figures(cfg) -> list[tuple[str, str]]:
     return figures
 
 
-def progress_bar(cfg):
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich bar counting self-play steps out of `trainer.max_steps` (a resumed run
+    starts where it left off), with the game's figures on a line of their own instead of
+    `v_num` and Lightning's keys after the bar."""
+
+    def __init__(self, figures):
+        super().__init__(leave=True)
+        self.figures, self.figures_text = figures, ""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "self-play step"
+
+    @property
+    def total_train_batches(self):
+        return self.trainer.max_steps
+
+    def configure_columns(self, trainer) -> list:
+        return [TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(bar_width=24),
+                TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), SecondsPerStep()]
+
+    def _init_progress(self, trainer) -> None:
+        super()._init_progress(trainer)
+        progress = self.progress
+        if progress is None or getattr(progress, "figures_line", False):
+            return
+        # The figures go on a line under the bars (not a column after them: a table cell that wraps).
+        progress.columns = tuple(c for c in progress.columns if c is not self._metric_component)
+        rows = progress.get_renderables
+
+        def renderables():
+            yield from rows()
+            if self.figures_text:
+                yield Text(self.figures_text, style="italic")
+
+        progress.get_renderables, progress.figures_line = renderables, True
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        super().on_train_epoch_start(trainer, pl_module)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not self.is_disabled and self.train_progress_bar_id is None:
+            self._initialize_train_progress_bar_id()
+        metrics = trainer.callback_metrics
+        self.figures_text = "  " + "  ".join(f"{label} {float(metrics[key]):.3f}" for label, key in self.figures
+                                             if key in metrics)
+        self._update(self.train_progress_bar_id, trainer.global_step)
+        self.refresh()
+
+
+def progress_bar(cfg) -> StepProgressBar:
     """The self-play progress bar: 'self-play step k/max_steps', time, seconds per step, and under it
     a line of labelled figures of the last step (`bar_figures`)."""
-    from lightning.pytorch.callbacks import RichProgressBar
-
-    class StepProgressBar(RichProgressBar):
-        """Lightning's rich bar counting self-play steps out of `trainer.max_steps` (a resumed run
-        starts where it left off), with the game's figures on a line of their own instead of
-        `v_num` and Lightning's keys after the bar."""
-
-        def __init__(self, figures):
-            super().__init__(leave=True)
-            self.figures, self.figures_text = figures, ""
-
-        def _get_train_description(self, current_epoch: int) -> str:
-            return "self-play step"
-
-        @property
-        def total_train_batches(self):
-            return self.trainer.max_steps
-
-        def configure_columns(self, trainer) -> list:
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            return [TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(bar_width=24),
-                    TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), _SecondsPerStep()]
-
-        def _init_progress(self, trainer) -> None:
-            super()._init_progress(trainer)
-            progress = self.progress
-            if progress is None or getattr(progress, "figures_line", False):
-                return
-            from rich.text import Text
-
-            # The figures go on a line under the bars (not a column after them: a table cell that wraps).
-            progress.columns = tuple(c for c in progress.columns if c is not self._metric_component)
-            rows = progress.get_renderables
-
-            def renderables():
-                yield from rows()
-                if self.figures_text:
-                    yield Text(self.figures_text, style="italic")
-
-            progress.get_renderables, progress.figures_line = renderables, True
-
-        def on_train_epoch_start(self, trainer, pl_module):
-            super().on_train_epoch_start(trainer, pl_module)
-            self._update(self.train_progress_bar_id, trainer.global_step)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if not self.is_disabled and self.train_progress_bar_id is None:
-                self._initialize_train_progress_bar_id()
-            metrics = trainer.callback_metrics
-            self.figures_text = "  " + "  ".join(f"{label} {float(metrics[key]):.3f}" for label, key in self.figures
-                                                 if key in metrics)
-            self._update(self.train_progress_bar_id, trainer.global_step)
-            self.refresh()
-
     return StepProgressBar(bar_figures(cfg))
 
 
-def _SecondsPerStep():
-    from rich.progress import ProgressColumn
-    from rich.text import Text
+class SecondsPerStep(ProgressColumn):
+    """Seconds per self-play step (blank in the other bars)."""
 
-    class SecondsPerStep(ProgressColumn):
-        def render(self, task):
-            speed = task.speed if str(task.description).startswith("self-play") else None
-            return Text(f"{1 / speed:.1f} s/step" if speed else "", style="dim")
-
-    return SecondsPerStep()
+    def render(self, task):
+        speed = task.speed if str(task.description).startswith("self-play") else None
+        return Text(f"{1 / speed:.1f} s/step" if speed else "", style="dim")
 
 
 # ---- held-out evaluation -----------------------------------------------------------------------------
@@ -186,8 +182,6 @@ def heldout_status(total: int, samples: int, step: int, bar=None):
         finally:
             progress.remove_task(status._task)
     elif sys.stdout.isatty():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         with Progress(TextColumn("held-out answers"), MofNCompleteColumn(), BarColumn(bar_width=24),
                       TimeElapsedColumn(), transient=True) as own:
             status._progress, status._task = own, own.add_task("held-out", total=answers)

@@ -9,8 +9,13 @@ the same process start its own ranks.
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig
 
 from lsp_exp.errors import ConfigError
@@ -25,8 +30,6 @@ def trainer_strategy(trainer_cfg):
     (core/sharding.py: the policy is sharded in `SelfPlayModule.configure_model`); the rest as named."""
     if str(trainer_cfg.strategy) != "fsdp":
         return trainer_cfg.strategy
-    from lightning.pytorch.strategies import ModelParallelStrategy
-
     # The mesh of fully_shard is built over all ranks (sharding.shard); Lightning's own mesh only
     # splits the ranks for its sampler, which the self-play step does not use. One checkpoint file.
     return ModelParallelStrategy(save_distributed_checkpoint=False)
@@ -47,8 +50,6 @@ def refused_strategy(strategy: str) -> str | None:
 
 def started_outside() -> bool:
     """The ranks are started by SLURM (one task per device) or torchrun: Lightning only joins them."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
     return SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ
 
 
@@ -72,11 +73,6 @@ def check_launch(cfg: DictConfig) -> None:
     - basic launcher (jobs one after another): the re-run command becomes this job's own overrides;
     - joblib launcher: its workers are not a command to re-run: refused, with what to use instead;
     - SLURM (submitit, one task per device) or torchrun: the ranks exist already; nothing to do."""
-    import sys
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     refused = refused_strategy(str(cfg.trainer.strategy))
     if refused:
         raise ConfigError(refused)

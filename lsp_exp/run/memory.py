@@ -52,6 +52,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from lsp_exp.core.fused_head import CHUNK_ELEMENTS
 
 GIB = 1024 ** 3
@@ -220,8 +222,6 @@ def largest_fitting(budget: float, fits_with, rows: int = 4096) -> int | None:
 
 def device_memory(accelerator: str) -> tuple[float, str]:
     """(bytes, what) of the device a run trains on: the GPU's memory, or the machine's RAM on a CPU."""
-    import torch
-
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         return float(props.total_memory), f"the GPU's {props.total_memory / GIB:.0f} GiB ({props.name})"

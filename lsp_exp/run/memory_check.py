@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
+from transformers import AutoConfig
 
 from lsp_exp.core.precision import compute_dtype
 from lsp_exp.errors import ConfigError
@@ -23,8 +25,6 @@ def architecture(path: str | None) -> Architecture | None:
     if path in KNOWN_ARCHITECTURES and not Path(path).is_dir():
         return Architecture.of(KNOWN_ARCHITECTURES[path])
     try:
-        from transformers import AutoConfig
-
         arch = Architecture.of(AutoConfig.from_pretrained(path, local_files_only=True))
     except (OSError, ValueError, TypeError, AttributeError):
         return None
@@ -81,6 +81,4 @@ def _devices(trainer) -> int:
     try:
         return max(int(trainer.devices), 1) * max(int(trainer.num_nodes), 1)
     except (TypeError, ValueError):  # "auto": as many as there are
-        import torch
-
         return max(torch.cuda.device_count(), 1)

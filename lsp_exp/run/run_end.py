@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from hydra.core.hydra_config import HydraConfig
+
 from lsp_exp.run import tracking_failures
 from lsp_exp.run.tracking_failures import TrackingLostError, one_line, retry_until
 
@@ -43,11 +45,9 @@ def keep_unlogged(logger, outputs: str | None) -> Path | None:
 def _candidates(run_id: str, outputs: str | None) -> list[Path]:
     folders = []
     try:
-        from hydra.core.hydra_config import HydraConfig
-
         if HydraConfig.initialized():
             folders.append(Path(HydraConfig.get().runtime.output_dir) / "unlogged_metrics.jsonl")
-    except (ImportError, ValueError):
+    except ValueError:
         pass
     if outputs:
         folders.append(Path(outputs) / "models" / run_id / "unlogged_metrics.jsonl")

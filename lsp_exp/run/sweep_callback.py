@@ -23,6 +23,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -59,8 +61,6 @@ def swept(config: DictConfig) -> tuple[list[str], list[str]]:
     """(the command line's sweep overrides as written, the keys a sweeper varies): from the
     multirun's config, e.g. (['game=lsp_zero,grpo_data', 'seed=0,1'], ['game', 'seed']), or for the
     Optuna sweeper the keys of `hydra.sweeper.params` (and `hparams_search=...` as written)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     written, keys = [], []
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
     for text, override in zip(config.hydra.overrides.task, parsed):
@@ -113,7 +113,7 @@ class MLflowSweepCallback(Callback):
         os.environ.pop(RUN_NAME_ENV, None)
         if config.hydra.mode != RunMode.MULTIRUN or config.get("logger", {}).get("name", "none") == "none":
             return
-        import mlflow  # noqa: PLC0415 (optional: a sweep with logger=none runs without it)
+        import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
         uri = tracking_uri(config)
         if uri.startswith("sqlite:///"):
@@ -152,8 +152,6 @@ class MLflowSweepCallback(Callback):
         if config.hydra.mode != RunMode.MULTIRUN or job_return is None or \
                 int(os.environ.get("SLURM_PROCID", os.environ.get("RANK", "0"))) != 0:
             return
-        from hydra.core.utils import JobStatus
-
         value, overrides = job_return._return_value, list(config.hydra.overrides.task)
         error = str(value) if isinstance(value, JobFailed) else None
         if job_return.status == JobStatus.FAILED:  # (an exception lsp-train did not catch)
@@ -186,7 +184,7 @@ def end_sweep(config: DictConfig, stopped: str | None = None, status: str | None
     status = status or ("FAILED" if failed else "FINISHED")
     sweep = _read(sweep_dir / SWEEP_FILE)
     for key, run_id in _read(sweep_dir / PARENTS_FILE).items():
-        import mlflow
+        import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
         uri = key.rsplit("#", 1)[0]
         client = mlflow.MlflowClient(uri)

@@ -91,7 +91,7 @@ def tolerate_a_study_without_a_completed_trial() -> None:
     other (its summary names the failed trials, the exit code says so). Idempotent; nothing without
     the plugin."""
     try:
-        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl  # noqa: PLC0415
+        from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl  # noqa: PLC0415 (optional plugin)
     except ImportError:
         return
     if getattr(OptunaSweeperImpl.sweep, "lsp_tolerant", False):

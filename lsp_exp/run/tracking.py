@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -55,7 +56,7 @@ def tracking_uri(cfg: DictConfig) -> str | None:
     """The store runs are logged to (and `init_from` reads from): the logger's, else MLflow's default."""
     if cfg.logger.get("tracking_uri"):
         return cfg.logger.tracking_uri
-    import mlflow
+    import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
     return mlflow.get_tracking_uri()
 
@@ -63,8 +64,8 @@ def tracking_uri(cfg: DictConfig) -> str | None:
 def ensure_experiment(uri: str | None, name: str, artifact_location: str | None = None) -> str:
     """The id of experiment `name`, created (with `artifact_location`) if it does not exist (a
     parallel job may create it first), so Lightning's logger has nothing to announce."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)
@@ -81,9 +82,7 @@ def ensure_experiment(uri: str | None, name: str, artifact_location: str | None 
 
 def init_sqlite_store(uri: str) -> None:
     """Create (or migrate) a sqlite store under a file lock, so parallel jobs do not race on it."""
-    import fcntl
-
-    import mlflow
+    import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # "Creating initial MLflow database tables..."
     # a refused write is MLflow's traceback on stderr: the run's own warning says it in one line
@@ -244,7 +243,8 @@ def upload_model(logger, folder: Path) -> None:
 def remove_partial_model(logger) -> str:
     """Remove the run's `model/` artifact (what a failed upload left); says what happened."""
     try:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        # imported here: MLflow is optional (logger=none runs without it)
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: PLC0415
 
         uri = logger.experiment.get_run(logger.run_id).info.artifact_uri
         get_artifact_repository(uri).delete_artifacts("model")
@@ -260,7 +260,7 @@ def _log_entry(logger, entry: dict | None) -> None:
     server) costs a warning, not the finished run."""
     if entry is None:
         return
-    from lsp_exp.run.final_model import log_model_entry  # noqa: PLC0415 (it needs MLflow, optional: logger=none runs without it)
+    from lsp_exp.run.final_model import log_model_entry  # noqa: PLC0415 (it imports MLflow, optional: logger=none)
 
     try:
         with artifact_errors(logger, "the final model's logged-model entry (its model/ artifact is complete)"):
