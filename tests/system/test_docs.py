@@ -3,6 +3,7 @@ Markdown files exists (anchors included), nothing points outside the repository,
 `lsp-train` command the README shows composes (and passes the range checks)."""
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import sys
@@ -131,3 +132,49 @@ def test_the_readme_extension_examples_compose(readme_examples):
                                    "task=reverse", "algorithm=scaled"])
     validate(cfg)   # every `_target_` imports
     assert cfg.algorithm.advantage.scale == 2.5 and cfg.reward.max_chars == 1
+
+
+CODE_REF = re.compile(r"`((?:lsp_exp|experiments|tests|tools)/[\w/]+\.py):([\w.]+)`")
+
+
+def defined_names(path: Path) -> set[str]:
+    """The names a module defines: its functions, classes (and `Class.method`) and module-level
+    assignments (registries, constants)."""
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            if isinstance(node, ast.ClassDef):
+                names |= {f"{node.name}.{n.name}" for n in node.body
+                          if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.AnnAssign, ast.Assign))
+                          and hasattr(n, "name")}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def method_table_refs() -> list[tuple[str, str]]:
+    """(file, name) of every `file.py:name` in the docs, and in docs/method.md's formula -> code table
+    also the bare `name`s that follow one in its code column (they name the same file)."""
+    refs = [(f, n) for doc in DOCS for f, n in CODE_REF.findall(doc.read_text())]
+    for row in re.findall(r"(?m)^\|.*\|\s*$", (PROJECT_ROOT / "docs" / "method.md").read_text()):
+        code = row.strip().strip("|").split("|")[-1]
+        current = None
+        for token in re.findall(r"`([^`]+)`", code):
+            match = re.fullmatch(r"((?:lsp_exp)/[\w/]+\.py)(?::([\w.]+))?", token)
+            if match:
+                current = match.group(1)
+            elif current and re.fullmatch(r"[A-Za-z_][\w.]*", token):
+                refs.append((current, token))
+    return sorted(set(refs))
+
+
+@pytest.mark.parametrize("file,name", method_table_refs(), ids=lambda v: v)
+def test_every_named_function_exists(file, name):
+    """docs name code as `path.py:function` (docs/method.md's formula -> code table above all):
+    the function, class or method is defined in that file."""
+    path = PROJECT_ROOT / file
+    assert path.is_file(), file
+    assert name in defined_names(path), f"{file} defines no {name}"
