@@ -24,12 +24,12 @@ atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 for _key, _sub in (("HF_HOME", ""), ("HF_HUB_CACHE", "hub"), ("HF_XET_CACHE", "xet"), ("TRANSFORMERS_CACHE", "hub")):
     os.environ[_key] = os.path.join(_HF_HOME, _sub)
 
-import hashlib  # noqa: E402
+import hashlib
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import settings  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from hypothesis import settings
 
 settings.register_profile("lsp", derandomize=True, deadline=None, database=None, print_blob=True)
 settings.load_profile("lsp")

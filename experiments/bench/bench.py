@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULT_TAG, ROOT, build_25m, build_wide, long_prompts, toy_paths  # noqa: E402
+from common import RESULT_TAG, ROOT, build_25m, build_wide, long_prompts, toy_paths
 
 HERE = Path(__file__).resolve().parent
 

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from lsp_exp.run.memory import GIB, Architecture, StepShape, estimate  # noqa: E402
+from lsp_exp.run.memory import GIB, Architecture, StepShape, estimate
 
 WIDE = Architecture(hidden=64, intermediate=256, layers=2, heads=4, kv_heads=2, vocab=128256, tied=True)
 TEMPLATE_TOKENS = 4   # the toy chat template around a user turn: <bos><|user|> ... <|end|><|assistant|>

@@ -18,15 +18,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))   # the repository: tests.helpers
 
-import torch  # noqa: E402
+import torch
 
-from tests.helpers.architectures import ARCHITECTURES, build  # noqa: E402
-from lsp_exp.core.conformance import check_architecture  # noqa: E402
-from lsp_exp.core.dropout import disable_dropout  # noqa: E402
-from lsp_exp.core.fused_head import _decoder_and_head, fused_difference  # noqa: E402
-from lsp_exp.core.logprobs import LogprobOptions, token_logprobs  # noqa: E402
-from lsp_exp.core.special_tokens import ModelSetupError  # noqa: E402
-from tests.helpers.conformance import T, alone, batch, padded  # noqa: E402
+from tests.helpers.architectures import ARCHITECTURES, build
+from lsp_exp.core.conformance import check_architecture
+from lsp_exp.core.dropout import disable_dropout
+from lsp_exp.core.fused_head import _decoder_and_head, fused_difference
+from lsp_exp.core.logprobs import LogprobOptions, token_logprobs
+from lsp_exp.core.special_tokens import ModelSetupError
+from tests.helpers.conformance import T, alone, batch, padded
 
 
 def part_a(name: str) -> tuple[float, float, float]:

@@ -13,22 +13,22 @@ import sys
 for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
     os.environ.setdefault(_key, _value)
 
-import hydra  # noqa: E402
-from hydra.utils import get_method  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
-from rich.console import Console  # noqa: E402
+import hydra
+from hydra.utils import get_method
+from omegaconf import DictConfig, open_dict
+from rich.console import Console
 
-from lsp_exp.cli.overrides import check_overrides  # noqa: E402
-from lsp_exp.core.models import Reference, resolve_model_path  # noqa: E402
-from lsp_exp.errors import LspError  # noqa: E402
-from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
-from lsp_exp.judge.judging_the_judges import judge_the_judges  # noqa: E402
-from lsp_exp.judge.self_quality import SelfQualityJudge  # noqa: E402
-from lsp_exp.judge.templates import get_template  # noqa: E402
-from lsp_exp.nodes import build  # noqa: E402
-from lsp_exp.rewards import build_reward  # noqa: E402
-from lsp_exp.run import config  # noqa: E402
-from lsp_exp.run.validation import validate_model  # noqa: E402
+from lsp_exp.cli.overrides import check_overrides
+from lsp_exp.core.models import Reference, resolve_model_path
+from lsp_exp.errors import LspError
+from lsp_exp.eval.heldout import evaluate_solver
+from lsp_exp.judge.judging_the_judges import judge_the_judges
+from lsp_exp.judge.self_quality import SelfQualityJudge
+from lsp_exp.judge.templates import get_template
+from lsp_exp.nodes import build
+from lsp_exp.rewards import build_reward
+from lsp_exp.run import config
+from lsp_exp.run.validation import validate_model
 
 
 def main() -> None:

@@ -25,31 +25,31 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import hydra  # noqa: E402
-import mlflow  # noqa: E402
-import torch  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from rich.console import Console  # noqa: E402
+import hydra
+import mlflow
+import torch
+from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
 
-from lsp_exp.cli.overrides import check_overrides  # noqa: E402
-from lsp_exp.core.generation import chat_prompts, generate  # noqa: E402
-from lsp_exp.core.models import Reference, resolve_model_path  # noqa: E402
-from lsp_exp.core.prompt_bound import prompt_bound  # noqa: E402
-from lsp_exp.core.prompts import PromptRow, read_prompt_rows  # noqa: E402
-from lsp_exp.core.special_tokens import check_chat_model  # noqa: E402
-from lsp_exp.errors import ConfigError, LspError  # noqa: E402
-from lsp_exp.eval.heldout import evaluate_solver  # noqa: E402
-from lsp_exp.eval.metrics import (conditional_perplexity, diversity, ngram_perplexity, spaced_chars,  # noqa: E402
+from lsp_exp.cli.overrides import check_overrides
+from lsp_exp.core.generation import chat_prompts, generate
+from lsp_exp.core.models import Reference, resolve_model_path
+from lsp_exp.core.prompt_bound import prompt_bound
+from lsp_exp.core.prompts import PromptRow, read_prompt_rows
+from lsp_exp.core.special_tokens import check_chat_model
+from lsp_exp.errors import ConfigError, LspError
+from lsp_exp.eval.heldout import evaluate_solver
+from lsp_exp.eval.metrics import (conditional_perplexity, diversity, ngram_perplexity, spaced_chars,
                                   text_overlap, win_rate)
-from lsp_exp.judge.self_quality import SelfQualityJudge  # noqa: E402
-from lsp_exp.judge.templates import get_template  # noqa: E402
-from lsp_exp.nodes import build  # noqa: E402
-from lsp_exp.rewards import build_reward  # noqa: E402
-from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from  # noqa: E402
-from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri  # noqa: E402
+from lsp_exp.judge.self_quality import SelfQualityJudge
+from lsp_exp.judge.templates import get_template
+from lsp_exp.nodes import build
+from lsp_exp.rewards import build_reward
+from lsp_exp.run import config  # noqa: F401  (registers the schemas)
+from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from
+from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri
 
 
 @dataclass

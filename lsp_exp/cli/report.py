@@ -24,14 +24,14 @@ from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-import hydra  # noqa: E402
-import mlflow  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from rich.console import Console  # noqa: E402
+import hydra
+import mlflow
+from omegaconf import DictConfig
+from rich.console import Console
 
-from lsp_exp.cli.overrides import check_overrides  # noqa: E402
-from lsp_exp.errors import LspError  # noqa: E402
-from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
+from lsp_exp.cli.overrides import check_overrides
+from lsp_exp.errors import LspError
+from lsp_exp.run import config  # noqa: F401  (registers the schemas)
 
 
 class ReportError(LspError, ValueError):

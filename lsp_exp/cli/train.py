@@ -20,40 +20,40 @@ from contextlib import contextmanager
 for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
     os.environ.setdefault(_key, _value)
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-import torch  # noqa: E402
-from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from torch.utils.data import DataLoader, IterableDataset  # noqa: E402
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, IterableDataset
 
-from lsp_exp.cli.overrides import check_overrides  # noqa: E402
-from lsp_exp.core.checkpoint_keys import check_checkpoint_keys, saved_weight_names  # noqa: E402
-from lsp_exp.core.generation import SamplingOptions  # noqa: E402
-from lsp_exp.core.logprobs import LogprobOptions  # noqa: E402
-from lsp_exp.errors import ConfigError, LspError  # noqa: E402
-from lsp_exp.games import build_game  # noqa: E402
-from lsp_exp.nodes import build  # noqa: E402
-from lsp_exp.rewards import build_reward  # noqa: E402
-from lsp_exp.rl.role_rewards import check_objective  # noqa: E402
-from lsp_exp.run import config  # noqa: E402,F401  (registers the schemas)
-from lsp_exp.run.chaining import resolve_init_from  # noqa: E402
-from lsp_exp.run.checkpointing import mark_interrupted, prepare_resume  # noqa: E402
-from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look  # noqa: E402
-from lsp_exp.run.evaluation import HeldoutEvaluation  # noqa: E402
-from lsp_exp.run.launch import check_launch  # noqa: E402
-from lsp_exp.run.policy_and_data import PolicyAndData, load_policy_and_data  # noqa: E402
-from lsp_exp.run.run_end import end_run  # noqa: E402
-from lsp_exp.run.sample_tables import SampleTables  # noqa: E402
-from lsp_exp.run.self_play import SelfPlayModule  # noqa: E402
-from lsp_exp.run.session import build_trainer, tracked_run  # noqa: E402
-from lsp_exp.run.step_logging import StepMetricsLogger  # noqa: E402
-from lsp_exp.run.sweep_callback import end_open_sweep  # noqa: E402
-from lsp_exp.run.sweep_jobs import JobFailed, job_label  # noqa: E402
-from lsp_exp.run.tracking import log_final_model, save_model, tracking_uri  # noqa: E402
-from lsp_exp.run.tracking_failures import ACTIVE_LOGGERS, TRACKING_ERRORS, fail_active_runs, one_line  # noqa: E402
-from lsp_exp.run.validation import preflight, validate  # noqa: E402
+from lsp_exp.cli.overrides import check_overrides
+from lsp_exp.core.checkpoint_keys import check_checkpoint_keys, saved_weight_names
+from lsp_exp.core.generation import SamplingOptions
+from lsp_exp.core.logprobs import LogprobOptions
+from lsp_exp.errors import ConfigError, LspError
+from lsp_exp.games import build_game
+from lsp_exp.nodes import build
+from lsp_exp.rewards import build_reward
+from lsp_exp.rl.role_rewards import check_objective
+from lsp_exp.run import config  # noqa: F401  (registers the schemas)
+from lsp_exp.run.chaining import resolve_init_from
+from lsp_exp.run.checkpointing import mark_interrupted, prepare_resume
+from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look
+from lsp_exp.run.evaluation import HeldoutEvaluation
+from lsp_exp.run.launch import check_launch
+from lsp_exp.run.policy_and_data import PolicyAndData, load_policy_and_data
+from lsp_exp.run.run_end import end_run
+from lsp_exp.run.sample_tables import SampleTables
+from lsp_exp.run.self_play import SelfPlayModule
+from lsp_exp.run.session import build_trainer, tracked_run
+from lsp_exp.run.step_logging import StepMetricsLogger
+from lsp_exp.run.sweep_callback import end_open_sweep
+from lsp_exp.run.sweep_jobs import JobFailed, job_label
+from lsp_exp.run.tracking import log_final_model, save_model, tracking_uri
+from lsp_exp.run.tracking_failures import ACTIVE_LOGGERS, TRACKING_ERRORS, fail_active_runs, one_line
+from lsp_exp.run.validation import preflight, validate
 
 warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
 warnings.filterwarnings("ignore", message=".*litlogger.*")

@@ -13,13 +13,13 @@ from pathlib import Path
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
 
-from lsp_exp.run import tracking_failures  # noqa: E402
-from lsp_exp.run.config import PROJECT_ROOT  # noqa: E402
-from lsp_exp.run.run_end import keep_unlogged  # noqa: E402
-from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ArtifactStoreError,  # noqa: E402
+from lsp_exp.run import tracking_failures
+from lsp_exp.run.config import PROJECT_ROOT
+from lsp_exp.run.run_end import keep_unlogged
+from lsp_exp.run.tracking_failures import (ACTIVE_LOGGERS, TRACKING_ERRORS, ArtifactStoreError,
                                        ResilientMLFlowLogger, TrackingLostError, artifact_errors, check_reachable,
                                        is_remote, one_line, retry_until)
 

@@ -33,18 +33,18 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-import requests  # noqa: E402
-from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
-from lightning.pytorch.utilities.exceptions import SIGTERMException  # noqa: E402
-from lightning.pytorch.utilities.rank_zero import rank_zero_only  # noqa: E402
+import requests
+from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 try:
-    from mlflow.exceptions import MlflowException  # noqa: E402
+    from mlflow.exceptions import MlflowException
 except ImportError:  # MLflow not installed: only logger=none can run (e.g. a bare GPU image, experiments/gpu_check)
-    class MlflowException(Exception):  # noqa: N818  (never raised: there is no MLflow client to raise it)
+    class MlflowException(Exception):  # never raised: there is no MLflow client to raise it
         pass
 
-from lsp_exp.errors import LspError  # noqa: E402
-from lsp_exp.run import sqlite_store  # noqa: E402
+from lsp_exp.errors import LspError
+from lsp_exp.run import sqlite_store
 
 log = logging.getLogger(__name__)
 
