@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lsp_exp.core.perf import mfu, peak_flops
-from lsp_exp.core.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
+from lsp_exp.run.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.run.playout import StepRecord
 

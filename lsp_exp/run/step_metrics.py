@@ -1,0 +1,109 @@
+"""The per-step metrics of a self-play step (metric keys: docs/method.md §13)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lsp_exp.rl.diagnostics import advantage_stats, zero_std_fraction
+
+
+def _valid_mean(per_query: torch.Tensor, valid: torch.Tensor) -> float:
+    valid = valid.float()
+    return float((per_query * valid).sum() / valid.sum().clamp(min=1))
+
+
+def role_metrics(batch, terms, alpha: float) -> dict[str, float]:
+    """Diagnostics of one role: KL, losses, entropy, clipping, advantages, zero-variance groups."""
+    name, mask = batch.name, batch.member_mask
+    adv_mean, adv_std = advantage_stats(batch.advantages, mask)
+    return {
+        f"train/kl/{name}": float(terms.kl_mean),
+        f"train/kl/beta_{name}": batch.beta,
+        f"train/loss/{name}": float(terms.policy.detach()),
+        f"train/entropy/{name}": batch.entropy,
+        f"train/clip_frac/{name}": float(terms.clip_frac),
+        f"train/approx_kl_old/{name}": float(terms.approx_kl),
+        f"train/adv_mean/{name}": float(adv_mean),
+        f"train/adv_std/{name}": float(adv_std),
+        f"train/zero_std_frac/{name}": float(zero_std_fraction(batch.rewards, mask)),
+        f"_kl_loss/{name}": alpha * batch.beta * float(terms.kl_mean),
+    }
+
+
+def step_metrics(*, rewards, query_valid, values, answers, queries, roles, terms, weights,
+                 grad_norm) -> dict[str, float]:
+    metrics = {
+        "train/solver/reward": _valid_mean(rewards.mean(-1), query_valid),
+        "train/value_mean": _valid_mean(values, query_valid),
+        "train/query_valid_frac": float(query_valid.float().mean()),
+        "train/answer_len": float(answers.completion_lengths.float().mean()),
+        "train/answer_unfinished_frac": float((~answers.finished).float().mean()),
+        "train/grad_norm": grad_norm,
+    }
+    for batch in roles:
+        metrics.update(role_metrics(batch, terms[batch.name], weights[batch.name]))
+    metrics["train/zero_std_frac"] = metrics["train/zero_std_frac/solver"]
+    metrics["train/loss/kl"] = sum(metrics.pop(f"_kl_loss/{b.name}") for b in roles)
+    if queries.rollout is not None:
+        metrics["train/query_len"] = float(queries.rollout.completion_lengths.float().mean())
+        metrics["train/query_unfinished_frac"] = float((~queries.finished).float().mean())
+    return metrics
+
+
+def reward_metrics(*, scores, truth, judged, sol_rewards, ch_rewards, query_valid, queries, n, g) -> dict[str, float]:
+    """The proxy beside the ground truth, the judge, and the rewards each role trains on."""
+    metrics = {f"train/reward/{name}": float(v.mean()) for name, v in scores.parts.items()}
+    if queries.rollout is not None:
+        metrics["train/challenger/reward"] = float(ch_rewards.mean())
+    if judged is not None:
+        metrics.update(judged.metrics())
+        metrics["train/solver/total_reward"] = _valid_mean(sol_rewards.mean(-1), query_valid)
+    if truth is not None:  # the verifier beside a proxy reward: reward hacking shows as a gap
+        graded = truth.valid.view(n, g)
+        metrics["train/solver/true_accuracy"] = float(truth.values.view(n, g)[graded].mean()) if graded.any() else 0.0
+        metrics["train/query_valid_frac"] = float((graded.all(-1) & queries.finished.cpu()).float().mean())
+    return metrics
+
+
+def degenerate_metrics(*, queries, answers, tokenizer, max_query_tokens: int) -> dict[str, float]:
+    """The fractions of degenerate generations in a step, `train/degenerate/<who>_<kind>_frac`.
+
+    Kinds: `empty` (nothing but whitespace after decoding), `truncated` (no end token within the
+    length limit), `all_pad` (not one token counts: all padding), for queries also `over_length`
+    (longer than `game.max_query_tokens`: only a query from a prompt file can be). None of them
+    stops a step: an empty or unfinished query is invalid (its answers leave the Solver loss), an
+    all-padding row adds nothing to a loss (masked means are clamped)."""
+    def kinds(texts, rollout) -> dict[str, float]:
+        out = {"empty": sum(not t.strip() for t in texts) / max(1, len(texts))}
+        if rollout is not None:
+            out["truncated"] = float((~rollout.finished).float().mean())
+            out["all_pad"] = float((rollout.completion_lengths == 0).float().mean())
+        return out
+
+    metrics = {f"train/degenerate/answer_{k}_frac": v for k, v in kinds(answers.texts, answers).items()}
+    metrics.update({f"train/degenerate/query_{k}_frac": v for k, v in kinds(queries.texts, queries.rollout).items()})
+    lengths = [len(ids) for ids in tokenizer(list(queries.texts), add_special_tokens=False)["input_ids"]]
+    over_length = sum(n > max_query_tokens for n in lengths)
+    metrics["train/degenerate/query_over_length_frac"] = over_length / max(1, len(lengths))
+    return metrics
+
+
+def reduce_over_ranks(per_rank: list[dict[str, float]], sums: tuple[str, ...] = ()) -> dict[str, float]:
+    """One dict of figures from each rank's: for each key any rank has, the mean of the ranks' finite
+    values (NaN when none has one), or their sum for keys starting with one of `sums`.
+
+    A key one rank lacks (e.g. `train/judge/query_points` where no judgement parsed) or a NaN
+    (a skipped step's gradient norm) is left out of that key's figure instead of pairing the
+    wrong values, so every rank logs, and adapts its KL coefficient to, the same numbers."""
+    keys = list(dict.fromkeys(k for metrics in per_rank for k in metrics))
+    out = {}
+    for key in keys:
+        values = [float(m[key]) for m in per_rank if key in m and not math.isnan(float(m[key]))]
+        if not values:
+            out[key] = float("nan")
+        elif key.startswith(sums):
+            out[key] = sum(values)
+        else:
+            out[key] = sum(values) / len(values)
+    return out
