@@ -1,1 +1,1 @@
-"""The self-play core: the LightningModule, the roles, generation and log-probs, models, step metrics."""
+"""The model mechanics below the orchestration: one role's loss over micro-batches, generation and log-probs, models, precision, sharding."""

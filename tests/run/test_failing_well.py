@@ -349,7 +349,7 @@ from tests.helpers.tiny_run import compose_config, tiny_overrides
 class SlowTrainer(lightning.Trainer):
     def __init__(self, *a, **k):
         print("RUN_EXISTS", flush=True); time.sleep(20); super().__init__(*a, **k)
-entry.L.Trainer = SlowTrainer
+lightning.Trainer = SlowTrainer  # run/session.py builds it as L.Trainer
 entry.hydra_main.__wrapped__(compose_config("train", tiny_overrides({str(tmp_path)!r}, *{FAST!r},
                              "trainer.max_steps=2", "+tags.failcase=startup")))
 """)
