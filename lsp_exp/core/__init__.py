@@ -1,1 +1,2 @@
-"""The model mechanics below the orchestration: one role's loss over micro-batches, generation and log-probs, models, precision, sharding."""
+"""The model mechanics below the orchestration: one role's loss over micro-batches, generation and
+log-probs, models, precision, sharding."""
