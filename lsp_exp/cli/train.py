@@ -15,6 +15,7 @@ import threading
 import traceback
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 # No telemetry, and nothing fetched from the Hugging Face hub at run time (HF_HUB_OFFLINE=0 allows it).
 for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("DO_NOT_TRACK", "true"), ("HF_HUB_OFFLINE", "1")):
@@ -70,17 +71,24 @@ class StepStream(IterableDataset):
             step += 1
 
 
-LAST_STEP: dict[str, float] = {}  # the figures of the last job's last step (what `objective` reads)
+@dataclass(frozen=True)
+class JobResult:
+    history: dict[int, dict[str, float]]   # the held-out metrics by step
+    last_step: dict[str, float]            # the figures (train/*, perf/*) of the last step
 
 
-def train(cfg: DictConfig) -> dict[str, dict[str, float]]:
+def train(cfg: DictConfig) -> dict[int, dict[str, float]]:
     """Run one training job; returns the held-out metrics by step."""
-    LAST_STEP.clear()
+    return run_job(cfg).history
+
+
+def run_job(cfg: DictConfig) -> JobResult:
+    """Run one training job (SIGTERM during its start-up ends its run KILLED)."""
     with interrupts_during_startup():
         return _train(cfg)
 
 
-def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
+def _train(cfg: DictConfig) -> JobResult:
     """Prepare, build each component, fit inside the tracked run, finish."""
     requeued = cfg.get("resume") == "auto"
     cfg, resume, overrides = prepare(cfg)
@@ -116,10 +124,9 @@ def _train(cfg: DictConfig) -> dict[str, dict[str, float]]:
         except SIGTERMException:  # SIGTERM or Ctrl-C: checkpoint at the step's end; the run KILLED; exit 143
             mark_interrupted(run.logger, run.checkpoints.last_path)
             raise SystemExit(143) from None
-    LAST_STEP.update(steps.last)
     if trainer.is_global_zero:
         finish(cfg, run.logger, module, model, evaluation)
-    return evaluation.history
+    return JobResult(evaluation.history, steps.last)
 
 
 def prepare(cfg: DictConfig):
@@ -157,15 +164,16 @@ def _in_a_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def objective(cfg: DictConfig, history: dict[int, dict[str, float]]) -> float:
+def objective(cfg: DictConfig, result: JobResult) -> float:
     """The value a sweeper optimises (`optimized_metric`): an `eval/<key>` of the last held-out
     evaluation, or a per-step figure (`train/...`, `perf/...`) of the last step; NaN, with a line
     saying so, when the run has no such figure."""
     key = cfg.get("optimized_metric") or "eval/accuracy"
     if key.startswith("eval/"):
+        history = result.history
         value = history[max(history)].get(key.removeprefix("eval/")) if history else None
     else:
-        value = LAST_STEP.get(key)
+        value = result.last_step.get(key)
     if value is None:
         if _in_a_sweep():
             say(f"optimized_metric={key}: this run has no such figure; the sweeper gets no value (a failed "
@@ -238,7 +246,7 @@ def hydra_main(cfg: DictConfig) -> float | JobFailed | str:
     `error`, `error.txt`); in a multirun a failed job returns `JobFailed` (run/sweep_jobs.py)."""
     ACTIVE_LOGGERS.clear()
     try:
-        history = train(cfg)
+        result = run_job(cfg)
     except LspError as err:  # a failure whose message says it all: one line, exit code 2, no traceback
         fail_active_runs(err)
         return _failed(f"error: {one_line(err, 1000)}", 2)
@@ -266,7 +274,7 @@ def hydra_main(cfg: DictConfig) -> float | JobFailed | str:
         fail_active_runs(err)
         raise
     ACTIVE_LOGGERS.clear()
-    value = objective(cfg, history)  # what a sweeper (hparams_search=..., Optuna) optimises
+    value = objective(cfg, result)  # what a sweeper (hparams_search=..., Optuna) optimises
     if math.isnan(value) and _in_a_sweep():  # Optuna stops a study at NaN; a text fails only the trial
         return f"no {cfg.get('optimized_metric') or 'eval/accuracy'} in this run"
     return value

@@ -139,16 +139,12 @@ def test_lsp_train_returns_the_configured_metric():
 
     from lsp_exp.cli import train as train_mod
 
-    history = {0: {"accuracy": 0.4}, 3: {"accuracy": 0.5, "pass_at_8": 0.75}}
-    assert train_mod.objective(compose_config("train", []), history) == 0.5
-    assert train_mod.objective(compose_config("train", ["optimized_metric=eval/pass_at_8"]), history) == 0.75
-    train_mod.LAST_STEP.clear()
-    train_mod.LAST_STEP["train/solver/reward"] = 0.25
-    try:
-        assert train_mod.objective(compose_config("train", ["optimized_metric=train/solver/reward"]), history) == 0.25
-        assert math.isnan(train_mod.objective(compose_config("train", ["optimized_metric=train/nothing"]), history))
-    finally:
-        train_mod.LAST_STEP.clear()
+    result = train_mod.JobResult(history={0: {"accuracy": 0.4}, 3: {"accuracy": 0.5, "pass_at_8": 0.75}},
+                                 last_step={"train/solver/reward": 0.25})
+    assert train_mod.objective(compose_config("train", []), result) == 0.5
+    assert train_mod.objective(compose_config("train", ["optimized_metric=eval/pass_at_8"]), result) == 0.75
+    assert train_mod.objective(compose_config("train", ["optimized_metric=train/solver/reward"]), result) == 0.25
+    assert math.isnan(train_mod.objective(compose_config("train", ["optimized_metric=train/nothing"]), result))
 
 
 def _job_log_errors(tmp_path, job: int) -> list[str]:
