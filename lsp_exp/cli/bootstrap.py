@@ -57,7 +57,8 @@ def bootstrap(cfg: DictConfig) -> None:
     model, tokenizer = loader.policy(path).eval(), loader.tokenizer(path)
     heldout = task.heldout()
     if heldout is not None:
-        metrics = evaluate_solver(model, tokenizer, heldout, samples=8, max_new_tokens=getattr(task, "max_answer_tokens", 8))
+        metrics = evaluate_solver(model, tokenizer, heldout, samples=8,
+                                  max_new_tokens=getattr(task, "max_answer_tokens", 8))
         console.print("base held-out: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     if cfg.force and "force" in inspect.signature(get_method(cfg.reward._target_)).parameters:
         with open_dict(cfg.reward):

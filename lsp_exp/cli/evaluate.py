@@ -9,9 +9,10 @@ r"""`lsp-eval`: evaluate a run's final model against the base model and log into
 Metrics (logged at the run's last step, keys `eval/...`): the held-out greedy `accuracy` overall and
 by slice (toy world); `win_rate`, `tie_rate`, `loss_rate` and `win_rate/<split>` against the base
 model on a prompt file; `perplexity` of reference answers and beside it `perplexity_ngram`, that of
-a Kneser-Ney n-gram model fitted on the task's training answers (`perplexity.ngram`, 3); `bleu` and `rouge_l` of the model's
-answers against references; and per sample table of the run, `diversity/{distinct_1,distinct_2,
-self_bleu}` of the Challenger's queries (a collapse detector), at the step of that table.
+a Kneser-Ney n-gram model fitted on the task's training answers (`perplexity.ngram`, 3); `bleu` and
+`rouge_l` of the model's answers against references; and per sample table of the run,
+`diversity/{distinct_1,distinct_2,self_bleu}` of the Challenger's queries (a collapse detector), at
+the step of that table.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.templates import get_template
 from lsp_exp.nodes import build
 from lsp_exp.rewards import build_reward
-from lsp_exp.run import config  # noqa: F401  (registers the schemas)
+from lsp_exp.run import config  # registers the schemas
 from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from
 from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri
 
@@ -175,7 +176,8 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
                                              "max(heldout.max_new_tokens, win_rate.max_new_tokens)")
     task_set = task.heldout()
     heldout = task_set.head(cfg.heldout.max_problems) if (cfg.heldout.enabled and task_set is not None) else None
-    wr_rows = _rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts, bound) if cfg.win_rate.enabled else []
+    wr_rows = (_rows(cfg.win_rate.prompts_path, task_set, cfg.win_rate.max_prompts, bound)
+               if cfg.win_rate.enabled else [])
     ppl_rows = [r for r in _rows(cfg.perplexity.path, task_set, cfg.perplexity.max_rows, bound)
                 if r.reference is not None] if cfg.perplexity.enabled else []
     ngram = None  # the classical reference: a Kneser-Ney n-gram model of the training split's answers
@@ -203,7 +205,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
             scores = judge.scores([r.prompt for r in wr_rows], answers)
             metrics.update(win_rate(scores, base_scores, [r.split for r in wr_rows],
                                     tie_value=cfg.win_rate.tie_value, margin=cfg.win_rate.margin))
-            refs = [(a, r.reference) for a, r in zip(answers, wr_rows) if r.reference is not None]
+            refs = [(a, r.reference) for a, r in zip(answers, wr_rows, strict=True) if r.reference is not None]
             if refs:
                 shape = spaced_chars if char_level else (lambda t: t)
                 metrics.update(text_overlap([shape(a) for a, _ in refs], [shape(r) for _, r in refs],
@@ -231,12 +233,13 @@ def _rows(path: str | None, task_set, limit: int | None, bound=None) -> list[Pro
         return read_prompt_rows(path, bound)[:limit]
     if task_set is None:
         return []
-    rows = [PromptRow(p, s[0] if s else "all", r) for p, s, r in zip(task_set.prompts, task_set.slices,
-                                                                   task_set.references)]
+    rows = [PromptRow(p, s[0] if s else "all", r)
+            for p, s, r in zip(task_set.prompts, task_set.slices, task_set.references, strict=True)]
     return rows[:limit]
 
 
-def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float], curves: dict[int, dict[str, float]]) -> None:
+def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float],
+         curves: dict[int, dict[str, float]]) -> None:
     if client is None:
         return
     now = int(time.time() * 1000)

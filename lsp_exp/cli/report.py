@@ -31,7 +31,7 @@ from rich.console import Console
 
 from lsp_exp.cli.overrides import check_overrides
 from lsp_exp.errors import LspError
-from lsp_exp.run import config  # noqa: F401  (registers the schemas)
+from lsp_exp.run import config  # registers the schemas
 
 
 class ReportError(LspError, ValueError):
@@ -57,7 +57,7 @@ def find_runs(client, cfg: DictConfig) -> list:
     try:
         runs = client.search_runs(experiments, filter_string=" and ".join(clauses), max_results=5000,
                                   order_by=["attributes.start_time ASC"])
-    except Exception as err:  # MLflow's own exception types: a malformed filter, an unreachable store
+    except Exception as err:  # noqa: BLE001 (MLflow's own exception types: a malformed filter, an unreachable store)
         raise ReportError(f"MLflow could not search runs ({' and '.join(clauses)}): {err}") from None
     runs = [r for r in runs if r.data.tags.get("kind") != "sweep"]  # a sweep's parent holds no result
     if not runs:
@@ -185,7 +185,7 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
     import matplotlib  # noqa: PLC0415 (the Agg backend is chosen when plotting, not when this module is imported)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (after the backend is chosen)
 
     groups = list(dict.fromkeys(group_key(run, cfg.group_by) for run in runs))
     order = [g for g in cfg.order if g in groups] + sorted(g for g in groups if g not in cfg.order)
@@ -207,7 +207,8 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
             ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], color=colours[g], alpha=0.2)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric} (mean ± std over runs" + (f", {cfg.smooth}-point moving average)" if cfg.smooth > 1 else ")"))
+        window = f", {cfg.smooth}-point moving average" if cfg.smooth > 1 else ""
+        ax.set_title(f"{metric} (mean ± std over runs{window})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         path = out / (metric.replace("/", "_") + ".png")

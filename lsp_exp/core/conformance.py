@@ -71,7 +71,8 @@ def check_architecture(model, tokenizer, name: str) -> dict[str, float | bool]:
             value, tol = found[key], found["gradient_tolerance" if key == "padding_gradient" else "tolerance"]
             if not value <= tol:   # NaN (it could not run) fails too
                 unit = "" if key == "padding_gradient" else " nats"
-                shown = f"differ by {value:.3g}{unit} (tolerance {tol:.2g})" if value == value else f"could not run ({failure})"
+                shown = (f"differ by {value:.3g}{unit} (tolerance {tol:.2g})" if value == value
+                         else f"could not run ({failure})")
                 end = "" if key == "padding+prefixes" else ": this architecture cannot be trained here"
                 raise ModelSetupError(f"model {name!r} ({type(_base(model)).__name__}): {what} {shown}; {why}{end}")
         found["fused"] = output_layer(model) is not None
@@ -98,7 +99,8 @@ def _padding_gradient(model, rows, pad: int) -> float:
     position = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.enable_grad():
         embeds = model.get_input_embeddings()(ids).detach().requires_grad_()
-        logp = wide(model(inputs_embeds=embeds, attention_mask=mask, position_ids=position).logits[:, :-1]).log_softmax(-1)
+        logp = wide(model(inputs_embeds=embeds, attention_mask=mask,
+                          position_ids=position).logits[:, :-1]).log_softmax(-1)
         counted = (mask[:, :-1] * mask[:, 1:]).bool()
         (grad,) = torch.autograd.grad(logp.gather(-1, ids[:, 1:, None])[..., 0][counted].sum(), embeds)
     return float(grad[mask == 0].abs().max()) / max(float(grad[mask == 1].abs().max()), 1e-30)

@@ -66,9 +66,12 @@ def fused_is_exact(model, decoder, head) -> bool:
     exact = diff <= tol   # NaN: not exact
     if not exact:
         reason = reason or (f"the fused output layer's log-probs differ from the logits' by {diff:.3g} nats on "
-                            f"{PROBE_TOKENS} probe tokens (tolerance {tol:.2g}): its logits are not lm_head(last hidden state)")
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0:
-            log.warning("%s: log-probs from the model's logits (the plain path): %s", type(_base(model)).__name__, reason)
+                            f"{PROBE_TOKENS} probe tokens (tolerance {tol:.2g}): its logits are not "
+                            "lm_head(last hidden state)")
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_rank() == 0:
+            log.warning("%s: log-probs from the model's logits (the plain path): %s",
+                        type(_base(model)).__name__, reason)
     return exact
 
 
@@ -90,7 +93,8 @@ def fused_difference(model, decoder, head) -> tuple[float, float, str | None]:
             hidden = decoder(**kwargs).last_hidden_state[0]
             diff = float((fused_logprobs(hidden.expand(3, *hidden.shape), head, targets)[0] - plain).abs().max())
         except Exception as err:  # noqa: BLE001  (a decoder that cannot run alone: the logits path)
-            reason = f"its decoder does not run alone ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})"
+            first_line = str(err).splitlines()[0][:200] if str(err) else ""
+            reason = f"its decoder does not run alone ({type(err).__name__}: {first_line})"
     return diff, tolerance(model, z, ULPS), reason
 
 
@@ -133,7 +137,8 @@ class _FusedHeadLogprob(torch.autograd.Function):
         t, dtype = ctx.temperature, lse.dtype
         w = weight.to(hidden.dtype)
         b = bias.to(hidden.dtype) if ctx.has_bias else None
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_b = ctx.has_bias and ctx.needs_input_grad[2]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=dtype, device=weight.device) if need_b else None

@@ -148,7 +148,8 @@ def _generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, do_s
         captured = torch.full((len(prompts) * num_return_sequences, len(capture[1])), float("nan"), device=model.device)
     with torch.inference_mode():
         if hf_generate or getattr(model.config, "is_encoder_decoder", False):
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample else dict(do_sample=False)
+            sampling = (dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if do_sample
+                        else dict(do_sample=False))
             # `generate` draws from the global RNG only, and fills every field the call leaves unset from
             # the model's generation config (Qwen2.5: repetition_penalty 1.05, top_k 20, ...): a plain
             # config for the call, so the samples come from softmax(z / T), the distribution scored.
@@ -195,7 +196,8 @@ def _seeded_from(generator: torch.Generator | None, device: torch.device):
         return
     seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device).item())
     device = torch.device(device)
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    devices = ([device.index if device.index is not None else torch.cuda.current_device()]
+               if device.type == "cuda" else [])
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield

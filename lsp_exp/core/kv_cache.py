@@ -70,7 +70,7 @@ def repeat_difference(model) -> tuple[float, float]:
         except Exception:  # noqa: BLE001  (no cache, or one that cannot be repeated: not exact)
             return float("nan"), 0.0
         diff, tol = 0.0, 0.0
-        for (rows, step), decoded in zip(steps, logits):
+        for (rows, step), decoded in zip(steps, logits, strict=True):
             full = wide(model(input_ids=torch.cat([prompts[rows], step[:, None]], 1)).logits[:, -1])
             diff = max(diff, float((decoded.log_softmax(-1) - full.log_softmax(-1)).abs().max()))
             tol = max(tol, network_tolerance(model, full))

@@ -89,7 +89,8 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         chosen, entropy_sum = fused_logprobs(scored, fused[1], targets, t, counted)
     else:
         chosen = chosen_logprobs(scored, targets, t)
-        entropy_sum = None if counted is None else token_entropy(scored.detach(), counted, temperature=t) * counted.sum()
+        entropy_sum = (None if counted is None
+                       else token_entropy(scored.detach(), counted, temperature=t) * counted.sum())
     chosen = F.pad(chosen, (first, 0))
     if entropy_mask is None:
         return chosen
@@ -113,14 +114,15 @@ def _cache_dropped(model) -> bool:
     backward (gradient checkpointing on, training mode, gradients enabled)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model   # a PEFT model's transformers model
     # transformers 5.2x names it is_activation_checkpointing (the old name warns); 5.17 only has the old one
-    name = "is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    name = ("is_activation_checkpointing" if hasattr(type(base), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
     checkpointed = getattr(base, name, False)
     return bool(torch.is_grad_enabled() and model.training and checkpointed)
 
 
 def chosen_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log_softmax(logits / T)[target] per position in float32 (float64 for float64 logits): logits [B, T, V], targets [B, T] -> [B, T],
-    without a full-size float32 copy of the logits (docs/method.md §15)."""
+    """log_softmax(logits / T)[target] per position in float32 (float64 for float64 logits): logits
+    [B, T, V], targets [B, T] -> [B, T], without a full-size float32 copy of the logits (docs/method.md §15)."""
     return _ChosenLogprob.apply(logits, targets, float(temperature))
 
 

@@ -44,6 +44,7 @@ def chunk_logprobs(model, rollout: Rollout, rows: slice, entropy_mask: torch.Ten
 
 @torch.no_grad()
 def logprobs_in_chunks(model, rollout: Rollout, options: LogprobOptions = LogprobOptions()) -> torch.Tensor:
-    """log pi_T of every row [B, L - 1], at most `options.micro_batch_size` rows per forward pass (the reference pass)."""
+    """log pi_T of every row [B, L - 1], at most `options.micro_batch_size` rows per forward pass (the
+    reference pass)."""
     chunks = row_chunks(rollout.input_ids.shape[0], options.micro_batch_size)
     return torch.cat([chunk_logprobs(model, rollout, rows, options=options) for rows in chunks])

@@ -50,7 +50,10 @@ def safe_weights(folder: str | Path):
     except pickle.UnpicklingError as err:
         folder = Path(folder)
         files = sorted(folder.glob("*.bin")) if folder.is_dir() else []
-        named = str(files[0]) if len(files) == 1 else f"{folder} ({', '.join(f.name for f in files)})" if files else str(folder)
+        if len(files) == 1:
+            named = str(files[0])
+        else:
+            named = f"{folder} ({', '.join(f.name for f in files)})" if files else str(folder)
         why = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "not plain tensors")
         raise ModelLoadError(f"model weights {named} cannot be loaded safely: a pickle that needs code to load "
                              f"({why}); nothing was run") from None
@@ -70,7 +73,8 @@ class ModelSpec:
     path: Optional[str] = None          # a directory or a hub id already in the cache; None: the task's base model
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
-    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward (less memory, ~1/3 more compute)
+    # recompute each layer's activations in the backward (less memory, ~1/3 more compute)
+    gradient_checkpointing: bool = False
     lora: LoraSpec = field(default_factory=LoraSpec)
 
 
@@ -109,8 +113,8 @@ def resolve_model_path(cfg: DictConfig, task) -> str:
         return find_local_or_cached(cfg.path, "model.path", f"model {cfg.get('name')!r}")
     built = task.base_model()
     if built is None:
-        raise ModelNotFoundError(f"model.path is not set for model {cfg.get('name')!r}, and task {task.name!r} builds no "
-                                 "base model: set model.path to a directory or a hub id in the cache")
+        raise ModelNotFoundError(f"model.path is not set for model {cfg.get('name')!r}, and task {task.name!r} "
+                                 "builds no base model: set model.path to a directory or a hub id in the cache")
     return built
 
 

@@ -49,8 +49,8 @@ class PromptBound:
         return 12 * self.max_chars + (1 << 20)
 
     def refuse(self, where: str, what: str) -> PromptTooLongError:
-        return PromptTooLongError(f"{where}: {what}, more than this run takes ({self.max_tokens:,} tokens: {self.why}); "
-                                  "shorten or remove the row")
+        return PromptTooLongError(f"{where}: {what}, more than this run takes ({self.max_tokens:,} tokens: "
+                                  f"{self.why}); shorten or remove the row")
 
     def check_chars(self, text: str, where: str) -> None:
         if len(text) > self.max_chars:
@@ -65,7 +65,7 @@ class PromptBound:
             return
         short = [i for i, t in enumerate(texts) if len(t) <= BATCH_CHARS]
         for batch in _batches(short, [len(texts[i]) for i in short]):
-            for i, n in zip(batch, self.count([texts[i] for i in batch])):
+            for i, n in zip(batch, self.count([texts[i] for i in batch]), strict=True):
                 if n > self.max_tokens:
                     raise self.refuse(wheres[i], f"the prompt is {n:,} tokens")
         template = None
@@ -80,7 +80,7 @@ class PromptBound:
 def _batches(index: list[int], sizes: list[int]):
     """`index` in runs whose sizes add up to about BATCH_CHARS."""
     batch, total = [], 0
-    for i, size in zip(index, sizes):
+    for i, size in zip(index, sizes, strict=True):
         if batch and total + size > BATCH_CHARS:
             yield batch
             batch, total = [], 0
@@ -106,7 +106,7 @@ def _pieces(text: str) -> list[str]:
 def check_texts(bound: PromptBound, texts: Sequence[str], name: str) -> None:
     """`bound` over texts already read, each named `<name> row <i>` (from 1)."""
     wheres = [f"{name} row {i + 1}" for i in range(len(texts))]
-    for text, where in zip(texts, wheres):
+    for text, where in zip(texts, wheres, strict=True):
         bound.check_chars(text, where)
     bound.check_tokens(texts, wheres)
 
@@ -137,7 +137,8 @@ def context_tokens(tokenizer, model_path: str | None) -> tuple[int, str]:
     return min(found)
 
 
-def prompt_bound(tokenizer, model_path: str | None, answer_tokens: int, key: str = "game.max_answer_tokens") -> PromptBound:
+def prompt_bound(tokenizer, model_path: str | None, answer_tokens: int,
+                 key: str = "game.max_answer_tokens") -> PromptBound:
     """The bound of a Solver prompt: the model's context minus the answer's tokens (`key`)."""
     context, source = context_tokens(tokenizer, model_path)
     max_tokens = max(context - int(answer_tokens), 1)

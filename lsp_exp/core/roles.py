@@ -55,7 +55,8 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
     first = batch.advantages is None
     if first:  # the group and batch part of the advantages (rl/role_loss.py)
         kl_all = _sequence_kl(batch, policy, estimator, chunks, logprob_options) if placement == "reward" else None
-        base = role_advantages(batch.rewards, batch.member_mask, advantage_fn=batch.advantage_fn or algorithm.advantage_fn,
+        base = role_advantages(batch.rewards, batch.member_mask,
+                               advantage_fn=batch.advantage_fn or algorithm.advantage_fn,
                                beta=batch.beta, kl=kl_all).flatten()
     else:
         base = batch.advantages.flatten()

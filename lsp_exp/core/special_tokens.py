@@ -51,7 +51,8 @@ def check_chat_model(model, tokenizer, name: str | None = None) -> list[int]:
         raise ModelSetupError(f"model {name!r}: no end token (neither the tokenizer's eos_token nor "
                               "generation_config.json's eos_token_id is set)")
     if tokenizer.pad_token_id is None:
-        raise ModelSetupError(f"model {name!r}: the tokenizer has no pad token (load it with lsp_exp.core.models.load_tokenizer)")
+        raise ModelSetupError(f"model {name!r}: the tokenizer has no pad token "
+                              "(load it with lsp_exp.core.models.load_tokenizer)")
     return ids
 
 

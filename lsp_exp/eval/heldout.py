@@ -19,9 +19,10 @@ def evaluate_solver(model, tokenizer, heldout: HeldoutSet, *, max_new_tokens: in
 
     pass_at_1 is the mean correctness of the k samples; pass_at_k is the share of problems with at least
     one correct sample. `progress(answers)`, if given, is called with the number of answers generated
-    so far (greedy and sampled) after each pass. Sampling draws from its own generator (seed 0) on the model's device, so
-    evaluating leaves every global RNG as it was: it does not change the training trajectory. Every
-    metric is also reported per slice (`accuracy/<slice>`), the slices the task gave each prompt.
+    so far (greedy and sampled) after each pass. Sampling draws from its own generator (seed 0) on the
+    model's device, so evaluating leaves every global RNG as it was: it does not change the training
+    trajectory. Every metric is also reported per slice (`accuracy/<slice>`), the slices the task gave
+    each prompt.
     `sampling`: how `generate` decodes (the run's `trainer.hf_generate` and `trainer.generation_batch_size`).
     """
     was_training = model.training
@@ -65,7 +66,7 @@ def _correct(heldout: HeldoutSet, index: range, texts: list[str], copies: int) -
 
 def _by_slice(name: str, slices: list[list[str]], scores: torch.Tensor) -> dict[str, float]:
     by_slice = defaultdict(list)
-    for keys, score in zip(slices, scores.tolist()):
+    for keys, score in zip(slices, scores.tolist(), strict=True):
         for key in keys:
             by_slice[key].append(score)
     return {f"{name}/{k}": sum(v) / len(v) for k, v in sorted(by_slice.items())}

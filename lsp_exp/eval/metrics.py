@@ -26,7 +26,7 @@ def win_rate(model_scores: torch.Tensor, base_scores: torch.Tensor, splits: list
         return float(w + tie_value * t), float(t), float(lo)
 
     every = torch.ones_like(diff)
-    out = dict(zip(("win_rate", "tie_rate", "loss_rate"), rates(every)))
+    out = dict(zip(("win_rate", "tie_rate", "loss_rate"), rates(every), strict=True))
     if splits is not None and len(set(splits)) > 1:
         by_split: dict[str, list[int]] = defaultdict(list)
         for i, s in enumerate(splits):
@@ -86,7 +86,7 @@ def conditional_perplexity(model, tokenizer, prompts: list[str], targets: list[s
     eos = tokenizer.eos_token or ""
     for start in range(0, len(prompts), batch_size):
         rows_ids, rows_labels = [], []
-        for prompt, target in zip(prompts[start:start + batch_size], targets[start:start + batch_size]):
+        for prompt, target in zip(prompts[start:start + batch_size], targets[start:start + batch_size], strict=True):
             p = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
             t = tokenizer(target + eos, add_special_tokens=False)["input_ids"]
             rows_ids.append(p + t)
@@ -110,8 +110,8 @@ def ngram_perplexity(train_texts: list[str], test_texts: list[str], n: int = 3, 
     its answer and the end token): 2 ** (-mean log2 P(w | the n - 1 before)). A token never seen in
     training has probability 0 (infinite perplexity)."""
     from nltk.lm import KneserNeyInterpolated  # noqa: PLC0415 (nltk.lm: ~1 s to import; only the n-gram baseline)
-    from nltk.lm.preprocessing import padded_everygram_pipeline  # noqa: PLC0415
-    from nltk.util import ngrams  # noqa: PLC0415
+    from nltk.lm.preprocessing import padded_everygram_pipeline  # noqa: PLC0415 (nltk.lm, as above)
+    from nltk.util import ngrams  # noqa: PLC0415 (nltk, as above)
 
     grams, vocabulary = padded_everygram_pipeline(n, [tokenize(t) for t in train_texts])
     model = KneserNeyInterpolated(n)

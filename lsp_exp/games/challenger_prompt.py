@@ -2,9 +2,9 @@
 
 `game.prompt`: `toy` (`task: <task>`, what the toy model was trained on), `paper` (docs/method.md §1; the paper's
 Box 1: Background, Request, Details, Final Remarks, in this project's own words), or `auto` (the
-task's `challenger_style`: toy for the arithmetic task, paper otherwise). `{task}` and `{template}` come from `game.task` and
-`game.template`; both empty selects the prompt's "use your best judgment" branch, which is what
-the paper's instruction-following runs appear to use.
+task's `challenger_style`: toy for the arithmetic task, paper otherwise). `{task}` and `{template}` come from
+`game.task` and `game.template`; both empty selects the prompt's "use your best judgment" branch, which is
+what the paper's instruction-following runs appear to use.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ Details: the input must follow the template between [Start Generation] and [End 
 Final remarks: give no output, answer, hint or other leaked information with the input. Do not ask for anything a language agent cannot do. Stop as soon as the template is filled, and do not write the [Start Generation] or [End Generation] tags. Follow the template strictly. If the task and the template are both None or empty, write an input using your best judgment.
 
 Now write a single input for the task '{task}' that follows the template.
-</ChallengerPrompt>"""
+</ChallengerPrompt>"""  # noqa: E501 (one paragraph a line: the model reads the prompt as written here)
 
 
 def challenger_prompt(style: str, task: str, template: str) -> str:

@@ -11,7 +11,8 @@ class PromptFileGame(StatefulGame):
 
     def __init__(self, cfg, prompts: list[str] | None, seed: int):
         if not prompts:
-            raise ValueError(f"game {cfg.name!r} needs prompts: set game.prompts_path (the task has no training prompts)")
+            raise ValueError(f"game {cfg.name!r} needs prompts: set game.prompts_path "
+                             "(the task has no training prompts)")
         self.cfg = cfg
         self.prompts = prompts
         self.generator = torch.Generator().manual_seed(seed)  # its own stream, so sampling does not move it

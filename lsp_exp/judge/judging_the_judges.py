@@ -44,7 +44,8 @@ def judge_the_judges(pairs: list[tuple[str, str, bool]], reward=None, judge=None
     if judge is not None:
         judged = judge.score(queries, answers)
         top = judge.bounds[1]
-        out.update({f"judge/{k}": v for k, v in classifier_metrics(judged.values / top, labels, judge_threshold / top).items()})
+        metrics = classifier_metrics(judged.values / top, labels, judge_threshold / top)
+        out.update({f"judge/{k}": v for k, v in metrics.items()})
         out["judge/parse_fail_frac"] = float(judged.parse_fail.float().mean())
         out["judge/score_correct"] = float(judged.values[labels].mean())
         out["judge/score_wrong"] = float(judged.values[~labels].mean())

@@ -38,9 +38,10 @@ class JudgeScores:
 
     def metrics(self) -> dict[str, float]:
         known = ~self.query_points.isnan()
+        judged = self.judged if self.judged is not None else len(self.texts)
         out = {
             "train/judge/score": float(self.values.mean()),
-            "train/judge/distinct_frac": (self.judged if self.judged is not None else len(self.texts)) / max(len(self.texts), 1),
+            "train/judge/distinct_frac": judged / max(len(self.texts), 1),
             "train/judge/parse_fail_frac": float(self.parse_fail.float().mean()),
             "train/judge/unscored_frac": float(self.unscored.float().mean()),
         }
@@ -70,7 +71,7 @@ class SelfQualityJudge:
         self.tag_id = tag[0] if len(tag) == 1 else None  # one token (the toy's): read during generation
 
     def prompts(self, queries: list[str], answers: list[str]) -> list[str]:
-        return chat_prompts(self.tokenizer, [self.template.render(q, a) for q, a in zip(queries, answers)])
+        return chat_prompts(self.tokenizer, [self.template.render(q, a) for q, a in zip(queries, answers, strict=True)])
 
     def score(self, queries: list[str], answers: list[str]) -> JudgeScores:
         """Judge every (query, answer) pair in one batched generation (greedy when temperature is 0).
@@ -81,7 +82,7 @@ class SelfQualityJudge:
         if self.temperature > 0:
             return self._score(queries, answers)
         distinct: dict[tuple[str, str], int] = {}
-        rows = [distinct.setdefault(pair, len(distinct)) for pair in zip(queries, answers)]
+        rows = [distinct.setdefault(pair, len(distinct)) for pair in zip(queries, answers, strict=True)]
         if len(distinct) == len(rows):
             return self._score(queries, answers)
         scores = self._score([q for q, _ in distinct], [a for _, a in distinct])
@@ -128,7 +129,7 @@ class SelfQualityJudge:
         position = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             logits = model(**enc, position_ids=position, logits_to_keep=1).logits[:, -1].float()
-        out.update(zip(rows, _expectation(logits.log_softmax(-1)[:, self.digit_ids])))
+        out.update(zip(rows, _expectation(logits.log_softmax(-1)[:, self.digit_ids]), strict=True))
         return out
 
 

@@ -37,9 +37,10 @@ def task_ground_truth(task) -> Reward:
     runner, ... as the task defines it (`Task.ground_truth`)."""
     truth = task.ground_truth()
     if truth is None:
-        raise ValueError(f"reward=ground_truth: task {task.name!r} has no ground truth (Task.ground_truth returns None)")
+        raise ValueError(f"reward=ground_truth: task {task.name!r} has no ground truth "
+                         "(Task.ground_truth returns None)")
     return truth
 
 
-__all__ = ["task_ground_truth", "FunctionReward", "CompositeReward", "Reward", "RewardModelError", "RewardModelReward", "Scores", "build_reward",
-           "load_reward_model"]
+__all__ = ["task_ground_truth", "FunctionReward", "CompositeReward", "Reward", "RewardModelError", "RewardModelReward",
+           "Scores", "build_reward", "load_reward_model"]

@@ -22,8 +22,8 @@ class CompositeReward:
         if any(b is None for b in bounds):
             self.bounds = None
         else:  # the range of a weighted sum: each weight picks the end of its part's range
-            low = sum(min(w * b[0], w * b[1]) for (w, _), b in zip(parts.values(), bounds))
-            high = sum(max(w * b[0], w * b[1]) for (w, _), b in zip(parts.values(), bounds))
+            low = sum(min(w * b[0], w * b[1]) for (w, _), b in zip(parts.values(), bounds, strict=True))
+            high = sum(max(w * b[0], w * b[1]) for (w, _), b in zip(parts.values(), bounds, strict=True))
             self.bounds = (low, high)
 
     def to(self, device) -> "CompositeReward":

@@ -53,7 +53,7 @@ class RewardModelReward:
     @torch.inference_mode()
     def raw_scores(self, queries: list[str], answers: list[str]) -> torch.Tensor:
         """The classifier's scalar for each pair, [B] float32 on the CPU."""
-        texts = [self.render(q, a) for q, a in zip(queries, answers)]
+        texts = [self.render(q, a) for q, a in zip(queries, answers, strict=True)]
         device = next(self.model.parameters()).device
         out = []
         for start in range(0, len(texts), self.batch_size):

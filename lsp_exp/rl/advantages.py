@@ -43,7 +43,8 @@ def group_mean_advantage(rewards: torch.Tensor, mask: torch.Tensor | None = None
     # A group whose valid rewards are all equal carries no signal: exactly 0, not float rounding
     # noise (r - mean can be ~1e-8), which a std normalisation would blow up to O(0.01-1).
     inf = torch.full_like(rewards, float("inf"))
-    constant = torch.where(mask, rewards, -inf).amax(-1, keepdim=True) == torch.where(mask, rewards, inf).amin(-1, keepdim=True)
+    highest = torch.where(mask, rewards, -inf).amax(-1, keepdim=True)
+    constant = highest == torch.where(mask, rewards, inf).amin(-1, keepdim=True)
     return torch.where(constant, torch.zeros_like(centred), centred)
 
 

@@ -7,7 +7,8 @@ from lsp_exp.rl.advantages import masked_group_std
 
 
 @torch.no_grad()
-def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024, temperature: float = 1.0) -> torch.Tensor:
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, chunk: int = 1024,
+                  temperature: float = 1.0) -> torch.Tensor:
     """Mean over counted tokens of H(p_t) = -sum_v p_tv log p_tv = logsumexp(z_t) - sum_v p_tv z_tv,
     with z_t = logits_t / temperature (the distribution that was sampled).
 

@@ -44,7 +44,7 @@ def find_runs(spec: str, tracking_uri: str | None, key: str = "init_from", max_r
     try:
         runs = client.search_runs(experiments, filter_string=f"{expression} and attributes.status = 'FINISHED'",
                                   order_by=["attributes.start_time DESC"], max_results=max_results)
-    except Exception as err:  # MLflow raises its own exception types for a bad filter
+    except Exception as err:  # noqa: BLE001 (MLflow raises its own exception types for a bad filter)
         raise InitFromError(f"{key}={spec!r}: MLflow rejected the filter ({err})") from None
     if not runs:
         raise InitFromError(f"{key}={spec!r}: no finished MLflow run matches in {tracking_uri}")
@@ -84,7 +84,7 @@ def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: st
     target = Path(outputs) / "init_from" / run_id
     if not (target / "model").is_dir():
         import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
-        from mlflow.exceptions import MlflowException  # noqa: PLC0415
+        from mlflow.exceptions import MlflowException  # noqa: PLC0415 (optional, as above)
 
         tracking_uri = existing_store(tracking_uri, spec, key)
         try:
@@ -99,7 +99,7 @@ def resolve_init_from(spec: str, tracking_uri: str | None, outputs: str, key: st
         try:
             mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", dst_path=str(target),
                                                 tracking_uri=tracking_uri)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 (any store's own error: reported in one line)
             raise InitFromError(f"{key}={spec!r}: could not fetch the `model/` artifact of run {run_id} "
                                 f"from {tracking_uri} ({err})") from None
     return _check_weights(target / "model", spec, key)

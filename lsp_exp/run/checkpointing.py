@@ -204,7 +204,7 @@ class StepCheckpoint(Callback):
         if trainer.is_global_zero and self.run_id and trainer.logger is not None:  # for resume=<run id>
             try:
                 trainer.logger.experiment.set_tag(self.run_id, "checkpoint_dir", str(self.dirpath.resolve()))
-            except Exception as err:  # a tracking server that is down must not stop training
+            except Exception as err:  # noqa: BLE001 (a tracking server that is down must not stop training)
                 log.warning("could not tag run %s with its checkpoint_dir (%s)", self.run_id, err)
 
         def first_interrupt(signum, frame):
@@ -276,7 +276,7 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
                 tagged = mlflow.MlflowClient(tracking_uri).get_run(spec).data.tags.get("checkpoint_dir")
                 if tagged:
                     tried.append(Path(tagged))
-            except Exception as err:  # MLflow raises its own types for an unknown run
+            except Exception as err:  # noqa: BLE001 (MLflow raises its own types for an unknown run)
                 log.debug("resume: no run %s in %s (%s)", spec, tracking_uri, err)
         own = [Path(outputs)]  # this run's outputs, and a local store's folder (by default the outputs it logs)
         if tracking_uri and tracking_uri.startswith("sqlite:///"):
@@ -299,7 +299,8 @@ def resolve_resume(spec: str, outputs: str, checkpoint_dir: str | None = None, t
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     """The `"lsp"` entry of a checkpoint (run id, overrides, world size) and its step."""
     ckpt = load_checkpoint(path)
-    missing = [k for k in ("pytorch-lightning_version", "state_dict", "lsp") if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in ("pytorch-lightning_version", "state_dict", "lsp")
+               if not isinstance(ckpt, dict) or k not in ckpt]
     if missing or not isinstance(ckpt["lsp"], dict):
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of lsp-train (a {type(ckpt).__name__} without "
                               f"{', '.join(missing) or 'a dict under lsp'})")
@@ -443,7 +444,7 @@ def mark_interrupted(logger, path: Path | None) -> None:
             client.set_tag(logger.run_id, "checkpoint", str(path))
         client.set_terminated(logger.run_id, "KILLED")
         logger.error_recorded = True  # lsp_exp.run.tracking_failures: the run's end is recorded already
-    except Exception as err:  # the checkpoint is on disk; the exit must not become a tracking error
+    except Exception as err:  # noqa: BLE001 (the checkpoint is on disk; the exit must not become a tracking error)
         log.warning("could not mark run %s KILLED (%s); its checkpoint is %s", logger.run_id, err, path)
 
 

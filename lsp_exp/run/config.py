@@ -57,10 +57,12 @@ class GameSchema:
     self_reward_weight: float = 1.0     # w in r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (1 in the paper)
     judge: JudgeSchema = field(default_factory=JudgeSchema)
     invalid_query_value: Optional[float] = None  # V of an invalid query; None: the reward's upper bound (1 for the
-    #                                     verifier), or the step's highest reward for an unbounded reward (0.0 reproduces the collapse)
+    #                                     verifier), or the step's highest reward for an unbounded reward (0.0
+    #                                     reproduces the collapse)
     challenger_objective: str = "neg_value"  # the paper's -V; also uncertainty, learnability
     max_query_tokens: int = 12
-    max_answer_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24 worked, 8 direct)
+    max_answer_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24
+    #                                     worked, 8 direct)
     temperature: float = 1.0
     prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's training
     #                                     split (disjoint from the held-out set)
@@ -84,9 +86,11 @@ class AlgorithmSchema:
     """A named combination of pure functions from lsp_exp/rl (see rl/algorithms.py)."""
 
     name: str = MISSING
-    advantage: Any = "group_mean"       # group_mean | group_std | rloo | batch_norm, or a `_target_` node (`_partial_: true`)
+    advantage: Any = "group_mean"       # group_mean | group_std | rloo | batch_norm, or a `_target_` node
+    #                                     (`_partial_: true`)
     policy_loss: Any = "reinforce_token"  # reinforce_token | clipped, or a `_target_` node (`_partial_: true`)
-    aggregation: str = "seq_mean_token_sum"  # seq_mean_token_sum | seq_mean_token_mean | token_mean | seq_mean_token_sum_norm
+    aggregation: str = "seq_mean_token_sum"  # seq_mean_token_sum | seq_mean_token_mean | token_mean
+    #                                     | seq_mean_token_sum_norm
     clip_low: float = 0.2               # ratio clipped to [1 - clip_low, 1 + clip_high] (policy_loss=clipped)
     clip_high: Optional[float] = None   # None: = clip_low (symmetric); e.g. 0.28 for DAPO's asymmetric epsilon_high
     epochs: int = 1                     # optimizer steps over one batch of playouts (PPO's inner epochs)
@@ -102,14 +106,17 @@ class TrainerSchema:
     max_steps: int = 2000
     num_threads: Optional[int] = None   # torch intra-op threads; None: torch's default
     enable_progress_bar: bool = True
-    max_consecutive_nonfinite: int = 20  # a NaN/inf loss skips its update (train/nonfinite_skips); this many in a row stop the run
+    max_consecutive_nonfinite: int = 20  # a NaN/inf loss skips its update (train/nonfinite_skips); this many
+    #                                     in a row stop the run
     num_nodes: int = 1
     checkpoint_every: int = 500         # a checkpoint every k steps and at the last one (0: only on SIGTERM / Ctrl-C)
     checkpoint_dir: Optional[str] = None  # None -> <outputs>/checkpoints/<MLflow run id>
     hf_generate: bool = False           # sample with transformers' generate (the benchmark's baseline; slower)
     share_prefixes: bool = True         # log-prob passes run a prefix shared by rows once (exact; faster)
-    micro_batch_size: Optional[int] = None  # rows per log-prob forward/backward pass (None: all N x G at once); the gradient is the same
-    generation_batch_size: Optional[int] = None  # rows decoded at once (generation, the judge; None: all); set only if the KV cache does not fit
+    micro_batch_size: Optional[int] = None  # rows per log-prob forward/backward pass (None: all N x G at once);
+    #                                     the gradient is the same
+    generation_batch_size: Optional[int] = None  # rows decoded at once (generation, the judge; None: all); set
+    #                                     only if the KV cache does not fit
 
 
 @dataclass
@@ -118,15 +125,17 @@ class LoggerSchema:
     tracking_uri: Optional[str] = None
     experiment_name: str = "lsp-exp"
     artifact_location: Optional[str] = None
-    run_name: Optional[str] = None      # None: <game>-<algorithm>-s<seed>, e.g. lsp_zero-lsp-s1 (a sweep adds its other swept
-    #                                     values; tracking.run_name); interpolations work
-    log_model: bool = True              # the final model (LoRA: the adapter) as the run's model/ artifact and a logged model;
-    #                                     false: kept under outputs/models/<run id>/model only (a full 3B model is ~6 GB)
+    run_name: Optional[str] = None      # None: <game>-<algorithm>-s<seed>, e.g. lsp_zero-lsp-s1 (a sweep adds
+    #                                     its other swept values; tracking.run_name); interpolations work
+    log_model: bool = True              # the final model (LoRA: the adapter) as the run's model/ artifact and a
+    #                                     logged model; false: kept under outputs/models/<run id>/model only (a
+    #                                     full 3B model is ~6 GB)
 
 
 @dataclass
 class OptimSchema:
-    lr: float = 3e-5                    # RL lr well below the SFT lr (1e-3): Adam at >= 1e-4 damages the base (docs/method.md §12)
+    lr: float = 3e-5                    # RL lr well below the SFT lr (1e-3): Adam at >= 1e-4 damages the base
+    #                                     (docs/method.md §12)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -136,7 +145,8 @@ class OptimSchema:
 @dataclass
 class EvalSchema:
     every_n_steps: int = 250
-    samples: int = 8                    # k: sampled pass@1 / pass@k on the held-out set before and after training (0: greedy only)
+    samples: int = 8                    # k: sampled pass@1 / pass@k on the held-out set before and after
+    #                                     training (0: greedy only)
     max_problems: Optional[int] = None
     sample_table_every: int = 250
     judge_pairs: int = 512              # labelled (query, answer, correct?) pairs to judge the judges at start (0: off)
@@ -182,14 +192,17 @@ class HeldoutEvalSchema:
     path: Optional[str] = None          # a prompt file with references; None -> the task's held-out set
     max_problems: Optional[int] = None
     samples: int = 0                    # k > 0: also sampled pass@1 / pass@k
-    max_new_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24 worked, 8 direct)
+    max_new_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24
+    #                                     worked, 8 direct)
 
 
 @dataclass
 class WinRateSchema:
     enabled: bool = True
-    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/core/prompts.py: plain or Alpaca/AlpacaEval); None -> the task's held-out set
-    judge: str = "reward"               # reward: the `reward` group scores each answer; llm: the judge template on judge_model
+    prompts_path: Optional[str] = None  # a prompt file (lsp_exp/core/prompts.py: plain or Alpaca/AlpacaEval);
+    #                                     None -> the task's held-out set
+    judge: str = "reward"               # reward: the `reward` group scores each answer; llm: the judge template
+    #                                     on judge_model
     judge_template: str = "auto"        # llm judge: auto | paper | toy
     judge_model: Optional[str] = None   # llm judge: a model directory or cached hub id; None -> the base model
     tie_value: float = 0.5              # a tie counts this much of a win (0.5 AlpacaEval; 0 ties are not wins)
@@ -202,7 +215,8 @@ class WinRateSchema:
 @dataclass
 class PerplexitySchema:
     enabled: bool = True
-    path: Optional[str] = None          # rows with a reference (or a `text`); None -> held-out problems and their answers
+    path: Optional[str] = None          # rows with a reference (or a `text`); None -> held-out problems and
+    #                                     their answers
     max_rows: Optional[int] = 500
     ngram: int = 3                      # n of the Kneser-Ney n-gram baseline (eval/perplexity_ngram; 0: off)
 
@@ -211,7 +225,8 @@ class PerplexitySchema:
 class EvalRunSchema:
     """`lsp-eval`: what to evaluate (`run`), against which base (`model`), judged by what (`reward`)."""
 
-    run: Optional[str] = None           # None: the base model itself; a directory; an MLflow run id; filter:<expr> (each match)
+    run: Optional[str] = None           # None: the base model itself; a directory; an MLflow run id;
+    #                                     filter:<expr> (each match)
     seed: int = 0
     task: Any = MISSING
     model: Any = MISSING                # a `_target_` node (conf/model): how the model is loaded
@@ -243,7 +258,8 @@ class ReportSchema:
     order: list[str] = field(default_factory=list)  # groups listed first, in this order
     tail: int = 10                      # per-step metrics: the mean of a run's last `tail` values (1: the last)
     tail_prefixes: list[str] = field(default_factory=lambda: ["train/", "perf/"])  # which metrics are per step
-    cumulative: list[str] = field(default_factory=lambda: ["train/tokens/", "train/nonfinite_skips"])  # running totals: the last value
+    # running totals: the last value
+    cumulative: list[str] = field(default_factory=lambda: ["train/tokens/", "train/nonfinite_skips"])
     smooth: int = 1                     # curves: a moving average over this many points (per-step train/* metrics)
     output_dir: str = "${paths.outputs}/reports/latest"
     paths: PathsConfig = field(default_factory=PathsConfig)

@@ -28,7 +28,8 @@ from lsp_exp.core.generation import chat_prompts, generate
 from lsp_exp.core.models import HFModel
 
 MODEL_NAME = "policy"
-SHOWN_PARAMS = ("game.name", "algorithm.name", "model.name", "reward.name", "kl.beta", "optim.lr", "seed")  # on the model's page
+# on the model's page
+SHOWN_PARAMS = ("game.name", "algorithm.name", "model.name", "reward.name", "kl.beta", "optim.lr", "seed")
 
 
 class SolverPolicy(mlflow.pyfunc.PythonModel):

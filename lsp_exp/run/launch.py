@@ -86,7 +86,7 @@ def check_launch(cfg: DictConfig) -> None:
         return
     if "joblib" in str(hydra_cfg.launcher.get("_target_", "")):
         raise ConfigError(
-            f"trainer.strategy={cfg.trainer.strategy} with {cfg.trainer.devices} devices starts its ranks by re-running "
-            "the command, which a joblib worker cannot do: sweep DDP jobs with the default launcher (one job at a "
-            "time) or hydra/launcher=slurm (tasks_per_node = devices)")
+            f"trainer.strategy={cfg.trainer.strategy} with {cfg.trainer.devices} devices starts its ranks by "
+            "re-running the command, which a joblib worker cannot do: sweep DDP jobs with the default launcher "
+            "(one job at a time) or hydra/launcher=slurm (tasks_per_node = devices)")
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]

@@ -105,7 +105,7 @@ class Architecture:
 
     def lora_params(self, r: int, targets: list[str]) -> int:
         h, kv, i = self.hidden, self.kv_dim, self.intermediate
-        shapes = dict(zip(LORA_SHAPES, ((h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h))))
+        shapes = dict(zip(LORA_SHAPES, ((h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)), strict=True))
         return self.layers * sum(r * sum(shapes[t]) for t in targets if t in shapes)
 
     def activations_per_token(self, compute: int, residual: int | None = None,

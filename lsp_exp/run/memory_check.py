@@ -11,7 +11,8 @@ from transformers import AutoConfig
 
 from lsp_exp.core.precision import compute_dtype
 from lsp_exp.errors import ConfigError
-from lsp_exp.run.memory import GIB, KNOWN_ARCHITECTURES, Architecture, StepShape, device_memory, estimate, largest_fitting
+from lsp_exp.run.memory import (GIB, KNOWN_ARCHITECTURES, Architecture, StepShape, device_memory, estimate,
+                                largest_fitting)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 JUDGE_TOKENS = {"paper": 320, "toy": 64}

@@ -49,7 +49,8 @@ def preflight(uri: str, key: str = "logger.tracking_uri", wait_s: float | None =
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".write_probe_"):
             pass
     except OSError as err:
-        raise fail(f"cannot write in {folder} ({_reason(err)}); sqlite writes its journal beside the database") from None
+        raise fail(f"cannot write in {folder} ({_reason(err)}); "
+                   "sqlite writes its journal beside the database") from None
     if not path.exists():
         return  # MLflow creates it
     if not path.is_file():

@@ -63,7 +63,7 @@ def swept(config: DictConfig) -> tuple[list[str], list[str]]:
     Optuna sweeper the keys of `hydra.sweeper.params` (and `hparams_search=...` as written)."""
     written, keys = [], []
     parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    for text, override in zip(config.hydra.overrides.task, parsed):
+    for text, override in zip(config.hydra.overrides.task, parsed, strict=True):
         key = override.get_key_element()
         if override.is_sweep_override():
             written.append(text)
@@ -155,7 +155,8 @@ class MLflowSweepCallback(Callback):
         value, overrides = job_return._return_value, list(config.hydra.overrides.task)
         error = str(value) if isinstance(value, JobFailed) else None
         if job_return.status == JobStatus.FAILED:  # (an exception lsp-train did not catch)
-            error = f"error: {job_label(config.hydra)} failed: {type(value).__name__}: {' '.join(str(value).split())[:1000]}"
+            message = " ".join(str(value).split())[:1000]
+            error = f"error: {job_label(config.hydra)} failed: {type(value).__name__}: {message}"
         record_job(Path(config.hydra.sweep.dir), int(config.hydra.job.num), overrides, error)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
@@ -195,7 +196,7 @@ def end_sweep(config: DictConfig, stopped: str | None = None, status: str | None
         try:
             for line in sweep_summary(client, uri, run_id, sweep.get("keys", []), sweep.get("default_store")):
                 say(line)
-        except Exception as err:  # a summary is a courtesy: never fail a finished sweep over it
+        except Exception as err:  # noqa: BLE001 (a summary is a courtesy: never fail a finished sweep over it)
             say(f"(no sweep summary: {type(err).__name__}: {err})")
     for line in failures:
         say(line)

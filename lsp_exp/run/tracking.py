@@ -65,7 +65,7 @@ def ensure_experiment(uri: str | None, name: str, artifact_location: str | None 
     """The id of experiment `name`, created (with `artifact_location`) if it does not exist (a
     parallel job may create it first), so Lightning's logger has nothing to announce."""
     import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
+    from mlflow.exceptions import MlflowException  # noqa: PLC0415 (optional, as above)
 
     client = mlflow.MlflowClient(uri)
     experiment = client.get_experiment_by_name(name)

@@ -59,7 +59,8 @@ def validate(cfg: DictConfig) -> None:
     problem = precision_problem(cfg.model.get("dtype", "float32"), cfg.trainer.precision)
     if problem is not None:
         require(False, *problem)
-    require(kl.controller in KL_CONTROLLERS, "kl.controller", f"unknown; available: {', '.join(sorted(KL_CONTROLLERS))}")
+    require(kl.controller in KL_CONTROLLERS, "kl.controller",
+            f"unknown; available: {', '.join(sorted(KL_CONTROLLERS))}")
     require(len(cfg.optim.betas) == 2 and all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas",
             "must be two numbers in [0, 1)")
     devices = cfg.trainer.devices

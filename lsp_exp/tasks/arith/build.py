@@ -152,8 +152,9 @@ def publish(tmp: Path, target: Path, info: dict) -> Path:
 
 
 def _progress(label: str):
-    return Progress(TextColumn(f"[bold]lsp-bootstrap {label}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(TextColumn(f"[bold]lsp-bootstrap {label}"), BarColumn(),
+                    TextColumn("{task.completed}/{task.total}"), TextColumn("loss {task.fields[loss]:.3f}"),
+                    TimeElapsedColumn(), TimeRemainingColumn())
 
 
 def _build_base_stage(world: DictConfig, bootstrap: DictConfig, tmp: Path) -> dict:

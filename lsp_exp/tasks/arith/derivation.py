@@ -30,7 +30,7 @@ def terms(text: str) -> tuple[list[int], list[str]]:
 def carry_out(plan: list[tuple[str, str, str]], nums: list[int], write=lambda i, value: value) -> list[Step]:
     """Steps from a plan of (x, op, y), where x / y name a literal ('a', 'b', 'c') or 'X', the last
     written result; `write(i, value)` is what gets written for step i's value (a slip, or the value)."""
-    names = dict(zip("abc", nums))
+    names = dict(zip("abc", nums, strict=False))  # two or three literals
     steps, carried = [], None
     for i, (x, op, y) in enumerate(plan):
         left = carried if x == "X" else names[x]
@@ -92,7 +92,8 @@ def teacher_steps(problem: Problem, rng: random.Random, world: WorldConfig) -> l
     """The flawed teacher's derivation (the decisions drawn from `rng`, in a fixed order)."""
     nums, _ = terms(problem.text)
     plan = teacher_plan(problem, rng, world)
-    return carry_out(plan, nums, dropped_signs(lambda: world.sign_slip_rate > 0 and rng.random() < world.sign_slip_rate))
+    slips = dropped_signs(lambda: world.sign_slip_rate > 0 and rng.random() < world.sign_slip_rate)
+    return carry_out(plan, nums, slips)
 
 
 def teacher_text(problem: Problem, rng: random.Random, world: WorldConfig) -> str:

@@ -17,7 +17,7 @@ def outside_query(rng: random.Random) -> str:
     if kind < 0.7:
         ops = [rng.choice("+-") for _ in range(3)]
         nums = [rng.randint(0, 19) for _ in range(4)]
-        return "".join(f"{n}{o}" for n, o in zip(nums, ops)) + str(nums[-1])
+        return "".join(f"{n}{o}" for n, o in zip(nums, ops, strict=False)) + str(nums[-1])  # one number more
     return f"({rng.randint(0, 19)}{rng.choice('+-')}{rng.randint(0, 19)})*{rng.randint(0, 9)}"
 
 

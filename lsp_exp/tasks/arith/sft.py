@@ -62,7 +62,8 @@ def build_model(tokenizer, cfg: TinyModelConfig, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def sft_example(rng: random.Random, world: WorldConfig, challenger_prompt: str, challenger_share: float) -> tuple[str, str]:
+def sft_example(rng: random.Random, world: WorldConfig, challenger_prompt: str,
+                challenger_share: float) -> tuple[str, str]:
     """(user turn, assistant turn): a challenger example (prompt -> problem) or a solver example."""
     problem = sample_problem(rng, world)
     if rng.random() < challenger_share:
@@ -74,7 +75,8 @@ def encode_batch(tokenizer, pairs: list[tuple[str, str]]) -> dict[str, torch.Ten
     """Token ids (right-padded) with labels only on the assistant turn and its end token."""
     rows, label_rows = [], []
     for user, assistant in pairs:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                               add_generation_prompt=True)
         p_ids = tokenizer(prompt, add_special_tokens=False).input_ids
         a_ids = tokenizer(assistant, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
         rows.append(p_ids + a_ids)

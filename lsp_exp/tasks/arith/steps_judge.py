@@ -47,8 +47,8 @@ def _follows(steps: list[Step], plan: list[tuple[str, str, str]], nums: list[int
     """Whether `steps` carry out `plan` on the literals `nums` (a carried operand is the previous written result)."""
     if len(steps) != len(plan):
         return False
-    names = dict(zip("abc", nums))
-    for i, (step, (x, op, y)) in enumerate(zip(steps, plan)):
+    names = dict(zip("abc", nums, strict=False))  # two or three literals
+    for i, (step, (x, op, y)) in enumerate(zip(steps, plan, strict=True)):
         carried = steps[i - 1].result if i else None
         left = carried if x == "X" else names[x]
         right = carried if y == "X" else names[y]
@@ -76,7 +76,8 @@ def grade(query: str, answer: str, world: WorldConfig) -> tuple[int, ...]:
 def step_check(step: Step) -> str:
     """The judge's check of one step: its own result, the written one, and whether they agree
     (`y` / `n`): `4*5=12` -> `02:21n`. Writing both side by side makes the comparison local."""
-    return f"{encode_result(step_value(step.x, step.op, step.y))}:{encode_result(step.result)}{'y' if step.right else 'n'}"
+    own, written = encode_result(step_value(step.x, step.op, step.y)), encode_result(step.result)
+    return f"{own}:{written}{'y' if step.right else 'n'}"
 
 
 def judge_reply(query: str, answer: str, world: WorldConfig) -> str:
@@ -187,7 +188,8 @@ def labelled_pairs(problems: list[Problem], world: WorldConfig, n: int, seed: in
         if kind == "order":
             answer = write_steps(derivation.carry_out(derivation.flawed_plan(p), nums))
         elif kind == "sign":
-            answer = write_steps(derivation.carry_out(derivation.right_plan(p), nums, derivation.dropped_signs(lambda: True)))
+            answer = write_steps(derivation.carry_out(derivation.right_plan(p), nums,
+                                                      derivation.dropped_signs(lambda: True)))
         else:
             answer = _slipped(p, derivation.right_plan(p), rng)
         pairs.append((p.text, answer, final_value(answer) == p.answer, kind))

@@ -16,7 +16,7 @@ from lsp_exp.tasks.arith.data import read_problems
 from lsp_exp.tasks.arith.judge_data import labelled_pairs
 from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
 from lsp_exp.tasks.arith.answers import FORMATS, answer_value, heldout_slices, reference_answer
-from lsp_exp.tasks.arith.world import DIFFICULTIES, FLAWS, Problem, WorldConfig, parse_problem
+from lsp_exp.tasks.arith.world import DEFAULT_WORLD, DIFFICULTIES, FLAWS, Problem, WorldConfig, parse_problem
 from lsp_exp.tasks.base import HeldoutSet, Task
 
 
@@ -41,8 +41,9 @@ class ArithTask(Task):
         for key in ("chain_flaw_rate", "sign_slip_rate"):
             _require(0 <= w[key] <= 1, f"task.world.{key}", w[key], "must be in [0, 1]")
         if w.answer_format == "direct":
-            _require(w.share_chain == 0 and w.chain_flaw_rate == 0 and w.sign_slip_rate == 0, "task.world.answer_format",
-                     w.answer_format, "the chain class and sign slips need answer_format=steps")
+            _require(w.share_chain == 0 and w.chain_flaw_rate == 0 and w.sign_slip_rate == 0,
+                     "task.world.answer_format", w.answer_format,
+                     "the chain class and sign slips need answer_format=steps")
         _require(0 <= w.flaw_rate <= 1, "task.world.flaw_rate", w.flaw_rate, "must be in [0, 1]")
         for key in ("max_operand", "max_small_operand"):
             _require(w[key] >= 1, f"task.world.{key}", w[key], "must be at least 1")
@@ -96,13 +97,14 @@ class ArithTask(Task):
 
     def answer_columns(self, queries: list[str], answers: list[str]) -> dict[str, list]:
         """`decoded`: the value the answer states, read back from its reversed-digit notation ('41' -> 14;
-        the last step's result of a worked answer; None when it is not a well-formed answer); `expected`: the query's true value (None outside the world: an invalid query);
-        `correct`: whether they agree (None without an expected value)."""
+        the last step's result of a worked answer; None when it is not a well-formed answer); `expected`:
+        the query's true value (None outside the world: an invalid query); `correct`: whether they agree
+        (None without an expected value)."""
         decoded = [answer_value(a, self.config) for a in answers]
         problems = [parse_problem(q.strip(), self.config) for q in queries]
         expected = [p.answer if p is not None else None for p in problems]
         return {"decoded": decoded, "expected": expected,
-                "correct": [None if e is None else d == e for d, e in zip(decoded, expected)]}
+                "correct": [None if e is None else d == e for d, e in zip(decoded, expected, strict=True)]}
 
     def query_metrics(self, queries: list[str]) -> dict[str, float]:
         """`<class>_frac`: the share of the step's queries in each class of the world (one_op, two_op,
@@ -116,7 +118,7 @@ class ArithTask(Task):
         return labelled_pairs(self.problems("heldout"), self.config, n, self.world.seed)
 
 
-def heldout_set(problems: list[Problem], config: WorldConfig = WorldConfig()) -> HeldoutSet:
+def heldout_set(problems: list[Problem], config: WorldConfig = DEFAULT_WORLD) -> HeldoutSet:
     """Problems as a HeldoutSet: exact match of the stated value; slices: difficulty, flawed or not (answers.py)."""
     slices = heldout_slices(config)
     return HeldoutSet([p.text for p in problems], lambda i, text: answer_value(text, config) == problems[i].answer,

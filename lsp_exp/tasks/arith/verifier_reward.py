@@ -21,7 +21,7 @@ class ArithmeticReward:
         """Exact match against the verifier's value. A query outside the world has no ground truth:
         its pairs are marked invalid (docs/method.md §3, invalid queries)."""
         values, valid = [], []
-        for query, answer in zip(queries, answers):
+        for query, answer in zip(queries, answers, strict=True):
             problem = self._parse(query.strip())
             valid.append(problem is not None)
             values.append(float(problem is not None and answer_value(answer, self.world) == problem.answer))

@@ -54,7 +54,12 @@ class WorldConfig:
     share_chain: float = 0.0
     chain_flaw_rate: float = 0.0
     sign_slip_rate: float = 0.0
-    train_shares: list[float] | None = None  # one_op, two_op, precedence, chain of the training split (None: the world's)
+    # one_op, two_op, precedence, chain of the training split (None: the world's)
+    train_shares: list[float] | None = None
+
+
+# The default world of the functions that take one (shared, never changed).
+DEFAULT_WORLD = WorldConfig()
 
 
 # Fields the first world did not have, at the values that reproduce it: left out of cache keys there.
@@ -122,7 +127,7 @@ def classify(tree: ast.expr, chains: bool = False) -> tuple[int, str] | None:
 _LEADING_ZERO = re.compile(r"(?<!\d)0\d")
 
 
-def parse_problem(text: str, world: WorldConfig = WorldConfig()) -> Problem | None:
+def parse_problem(text: str, world: WorldConfig = DEFAULT_WORLD) -> Problem | None:
     """The problem that `text` states, or None when it is not a valid problem of this world.
 
     Valid means: only digits and ``+ - *`` (no spaces, parentheses or unary minus), literals within
@@ -157,16 +162,23 @@ def left_to_right_value(text: str) -> int:
             continue
         tokens.append(int(number))
         number = ""
-        value = tokens[-1] if op is None else {"+": value + tokens[-1], "-": value - tokens[-1], "*": value * tokens[-1]}[op]
+        if op is None:
+            value = tokens[-1]
+        else:
+            value = {"+": value + tokens[-1], "-": value - tokens[-1], "*": value * tokens[-1]}[op]
         op = ch
     return value
 
 
-def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig(), shares=None) -> Problem:
+def sample_problem(rng: random.Random, world: WorldConfig = DEFAULT_WORLD, shares=None) -> Problem:
     """Draw one problem from the world's distribution (the shares of its difficulty levels), or from
     `shares` (one_op, two_op, precedence, chain) instead: the training split's `train_shares`."""
-    big = lambda: rng.randint(0, world.max_operand)  # noqa: E731
-    small = lambda: rng.randint(0, world.max_small_operand)  # noqa: E731
+    def big() -> int:
+        return rng.randint(0, world.max_operand)
+
+    def small() -> int:
+        return rng.randint(0, world.max_small_operand)
+
     one_op, two_op, _, chain = shares if shares is not None else (
         world.share_one_op, world.share_two_op, world.share_precedence, world.share_chain)
     pick = rng.random()
@@ -178,7 +190,8 @@ def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig(), share
         if world.share_chain > 0:  # a-b+c and a-b-c are the chain class of this world
             forms = ["a+b+c", "a+b-c", "a*d+c", "a*d-c"]
         form = rng.choice(forms)
-        text = form.replace("a", str(big())).replace("b", str(big())).replace("c", str(big())).replace("d", str(small()))
+        text = (form.replace("a", str(big())).replace("b", str(big())).replace("c", str(big()))
+                .replace("d", str(small())))
     elif pick < 1 - chain:
         text = f"{big()}{rng.choice('+-')}{big()}*{small()}"
     else:
@@ -191,7 +204,7 @@ def sample_problem(rng: random.Random, world: WorldConfig = WorldConfig(), share
 FLAWS = ("sign", "precedence", "none")
 
 
-def teacher_flawed(problem: Problem, world: WorldConfig = WorldConfig()) -> bool:
+def teacher_flawed(problem: Problem, world: WorldConfig = DEFAULT_WORLD) -> bool:
     """Whether the teacher's flaw can change the answer to this problem (the 'flawed' class)."""
     if world.flaw == "sign":
         return problem.answer < 0
@@ -202,7 +215,7 @@ def teacher_flawed(problem: Problem, world: WorldConfig = WorldConfig()) -> bool
     raise ValueError(f"unknown world.flaw {world.flaw!r}; available: {', '.join(FLAWS)}")
 
 
-def teacher_answer(problem: Problem, rng: random.Random, world: WorldConfig = WorldConfig()) -> int:
+def teacher_answer(problem: Problem, rng: random.Random, world: WorldConfig = DEFAULT_WORLD) -> int:
     """The imperfect teacher: on the flawed class, wrong with probability `flaw_rate`."""
     if teacher_flawed(problem, world) and rng.random() < world.flaw_rate:
         return abs(problem.answer) if world.flaw == "sign" else left_to_right_value(problem.text)
