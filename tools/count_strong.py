@@ -35,8 +35,9 @@ def _value_comparison(node: ast.AST) -> bool:
             name = n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
             if name in VALUE_CALLS:
                 return True
-        if isinstance(n, ast.Compare) and not any(isinstance(op, (ast.In, ast.NotIn, ast.Is, ast.IsNot)) for op in n.ops) \
-                and not _vacuous(n):
+        if (isinstance(n, ast.Compare)
+                and not any(isinstance(op, (ast.In, ast.NotIn, ast.Is, ast.IsNot)) for op in n.ops)
+                and not _vacuous(n)):
             for side in [n.left, *n.comparators]:
                 if isinstance(side, ast.BinOp) or (isinstance(side, (ast.Constant, ast.UnaryOp)) and _has_number(side)):
                     return True
@@ -73,9 +74,11 @@ def classify(path: Path) -> list[tuple[str, str]]:
     module_marks = set()
     for stmt in tree.body:  # pytestmark = pytest.mark.gpu
         if isinstance(stmt, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in stmt.targets):
-            module_marks |= {n.attr for n in ast.walk(stmt.value) if isinstance(n, ast.Attribute) and n.attr in ("slow", "gpu")}
+            module_marks |= {n.attr for n in ast.walk(stmt.value)
+                             if isinstance(n, ast.Attribute) and n.attr in ("slow", "gpu")}
     helpers = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef) and not n.name.startswith("test_")}
-    helpers.update({n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and not n.name.startswith("test_")})
+    helpers.update({n.name: n for n in ast.walk(tree)
+                    if isinstance(n, ast.FunctionDef) and not n.name.startswith("test_")})
     for n in ast.walk(tree):  # close = lambda a, b: torch.testing.assert_close(...)
         if isinstance(n, ast.Assign) and isinstance(n.value, ast.Lambda):
             helpers.update({t.id: n.value for t in n.targets if isinstance(t, ast.Name)})

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -73,18 +72,19 @@ COLUMNS = ["step s (wall)", "CPU s/step", "tok/s (wall)", "tok/CPU-s", "peak RSS
 
 
 def row(r: dict) -> list[float]:
-    return [r["step_s"], r["cpu_s"], r["tokens_per_s"], r["tokens_per_cpu_s"], r["peak_rss_mb"], r["rss_before_train_mb"]]
+    return [r["step_s"], r["cpu_s"], r["tokens_per_s"], r["tokens_per_cpu_s"], r["peak_rss_mb"],
+            r["rss_before_train_mb"]]
 
 
 def ratio(a: dict, b: dict) -> list[float]:
-    return [x / y for x, y in zip(row(a), row(b))]
+    return [x / y for x, y in zip(row(a), row(b), strict=True)]
 
 
 def table(rows: list[list], header: list[str]) -> str:
     cells = [header] + [[f"{c:.3f}" if isinstance(c, float) and abs(c) < 10 else
                          (f"{c:.0f}" if isinstance(c, float) else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -92,7 +92,8 @@ def table(rows: list[list], header: list[str]) -> str:
 def environment(python: str) -> str:
     code = ("import importlib.metadata as m, torch; "
             "names = sorted(d.metadata['Name'] for d in m.distributions()); "
-            "bad = [n for n in names if n and n.lower().startswith(('nvidia', 'torchvision', 'torchaudio', 'triton'))]; "
+            "bad = [n for n in names if n and n.lower().startswith("
+            "('nvidia', 'torchvision', 'torchaudio', 'triton'))]; "
             "v = lambda n: m.version(n) if n in names else '-'; "
             "print(f'torch {torch.__version__}, transformers {v(\"transformers\")}, trl {v(\"trl\")}, '"
             "f'lightning {v(\"lightning\")}; CUDA/vision/audio packages: {bad or \"none\"}')")
@@ -119,7 +120,8 @@ def today_worktree(path: Path, commit: str) -> Path:
     head = subprocess.run(["git", "-C", str(path), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                           check=True).stdout.strip()
     if not commit.startswith(head) and not head.startswith(commit):
-        raise SystemExit(f"{path} is at {head}, not {commit}: remove it (git worktree remove {path}) or pass --today-worktree")
+        raise SystemExit(f"{path} is at {head}, not {commit}: remove it (git worktree remove {path}) "
+                         "or pass --today-worktree")
     return path
 
 
@@ -193,7 +195,7 @@ def memory_table(rows: dict, today: str = "today lsp_zero", trl: str = "trl GRPO
         cells = [r["peak_gib"], r["before_gib"], r["wall_s"], r["cpu_s"], r["last_wall_s"], r["last_cpu_s"],
                  *[perf.get(f"perf/{k}_s", "") for k in ("gen", "ref", "update")], *vs_today, *vs_trl]
         digits = [2, 2, 1, 1, 1, 1, 1, 1, 1, 3, 3, 3, 3, 3, 3]
-        body.append([name, *[f"{c:.{d}f}" if isinstance(c, float) else c for c, d in zip(cells, digits)],
+        body.append([name, *[f"{c:.{d}f}" if isinstance(c, float) else c for c, d in zip(cells, digits, strict=True)],
                      r.get("load") or "", r.get("code", "")])
     return table(body, header)
 
@@ -245,7 +247,8 @@ def main() -> None:
     g.add_argument("--query-tokens", type=int, default=32, help="lsp_zero: game.max_query_tokens; grpo_data and "
                    "TRL: prompts of this many tokens")
     g.add_argument("--micro", default="null,32,16,8", help="trainer.micro_batch_size values of the new code")
-    g.add_argument("--checkpointing", default="", help="micro-batch sizes also run with model.gradient_checkpointing=true")
+    g.add_argument("--checkpointing", default="",
+                   help="micro-batch sizes also run with model.gradient_checkpointing=true")
     g.add_argument("--recommend", default="8", help="the micro-batch size of the grpo_data and TRL micro-batched rows "
                    "(8: the recommendation, see the README)")
     g.add_argument("--today-worktree", default=str(Path(tempfile.gettempdir()) / f"lsp-{TODAY}"),
@@ -260,7 +263,8 @@ def main() -> None:
                    "under the temp folder, created when missing; it must hold this suite's workers)")
     p.add_argument("--outputs", default=str(ROOT / "outputs"), help="where the toy world is found / copied")
     p.add_argument("--before", action="store_true",
-                   help="suite trl: also run this project's step as it was before the speed-ups (generation.py switches)")
+                   help="suite trl: also run this project's step as it was before the speed-ups "
+                   "(generation.py switches)")
     p.add_argument("--unfused-adamw", action="store_true",
                    help="suite trl: also run this project's step with the earlier unfused AdamW (optim.fused=false)")
     p.add_argument("--json", help="also write the rows to this file")
@@ -287,12 +291,12 @@ def main() -> None:
     common = ["--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     rows, out = [], {}
     for model in args.model.split(","):
-        def lsp(game: str, n: int, g: int, *extra: str):
-            return ("run_lsp.py", ["--model-dir", dirs[model], "--outputs", args.outputs, "--game", game, "--n", str(n),
+        def lsp(game: str, n: int, g: int, *extra: str, model_dir: str = dirs[model]):
+            return ("run_lsp.py", ["--model-dir", model_dir, "--outputs", args.outputs, "--game", game, "--n", str(n),
                                    "--g", str(g), "--max-tokens", str(args.max_tokens), *common, *extra])
 
-        def trl(n: int, g: int):
-            return ("run_trl.py", ["--model-dir", dirs[model], "--prompts", prompts, "--n", str(n), "--g", str(g),
+        def trl(n: int, g: int, model_dir: str = dirs[model]):
+            return ("run_trl.py", ["--model-dir", model_dir, "--prompts", prompts, "--n", str(n), "--g", str(g),
                                    "--max-tokens", str(args.max_tokens), *common])
 
         if args.suite == "trl":

@@ -21,6 +21,7 @@ import resource
 import statistics
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +181,7 @@ class Clock:
 
 
 def _deltas(start: float, ends: list[float]) -> list[float]:
-    return [ends[0] - start] + [b - a for a, b in zip(ends, ends[1:])]
+    return [ends[0] - start] + [b - a for a, b in pairwise(ends)]
 
 
 def summarise(clock: Clock, warmup: int, tokens_per_step: int, extra: dict) -> dict:
@@ -190,7 +191,8 @@ def summarise(clock: Clock, warmup: int, tokens_per_step: int, extra: dict) -> d
     kept = times[warmup:] or times
     mean = statistics.fmean(kept)
     return {"step_s_mean": mean, "step_s_median": statistics.median(kept),
-            "step_s_all": times, "cpu_s_all": cpu, "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / mean,
+            "step_s_all": times, "cpu_s_all": cpu, "tokens_per_step": tokens_per_step,
+            "tokens_per_s": tokens_per_step / mean,
             "rss_before_train_mb": extra.pop("rss_before_train_mb", float("nan")),
             "peak_rss_mb": peak_rss_mb(), **extra}
 

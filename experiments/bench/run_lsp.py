@@ -108,8 +108,9 @@ def main() -> None:
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(StepStream(), batch_size=None))
     kept = slice(args.warmup, None)
     perf = {k: statistics.fmean(v[kept] or v) for k, v in timer.perf.items()}
+    framework = "lsp-exp" + (" (before)" if args.before else "") + (" unfused AdamW" if args.unfused_adamw else "")
     emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,
-                   {"framework": "lsp-exp" + (" (before)" if args.before else "") + (" unfused AdamW" if args.unfused_adamw else ""), "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
+                   {"framework": framework, "game": args.game, "perf": perf, "rss_before_train_mb": rss_before,
                     "threads": torch.get_num_threads()}))
 
 

@@ -87,7 +87,8 @@ def main() -> None:
     trainer.train()
     lengths = trainer._metrics["train"].get("completions/mean_length", [])
     emit(summarise(timer.clock, args.warmup, args.n * args.g * args.max_tokens,
-                   {"framework": f"trl {trl.__version__}", "game": "GRPOTrainer", "batching": batching, "rss_before_train_mb": rss_before,
+                   {"framework": f"trl {trl.__version__}", "game": "GRPOTrainer", "batching": batching,
+                    "rss_before_train_mb": rss_before,
                     "perf": {"train/answer_len": sum(lengths) / len(lengths) if lengths else float("nan")},
                     "threads": torch.get_num_threads()}))
 

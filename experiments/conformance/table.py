@@ -47,10 +47,11 @@ def part_a(name: str) -> tuple[float, float, float]:
                                        options=LogprobOptions(share_prefixes=share))
         got = torch.autograd.grad((logp * weights)[counted].sum(), params, allow_unused=True)
         grads = [float((a - b).abs().max()) / max(float(b.abs().max()), 1.0)
-                 for a, b in zip(got, want) if a is not None and b is not None]
+                 for a, b in zip(got, want, strict=True) if a is not None and b is not None]
         logp = logp.detach()
         worst = [max(worst[0], float((logp - want_logp.detach())[counted].abs().max())),
-                 max(worst[1], abs(float(entropy) - float(want_entropy.detach()[counted].mean()))), max(worst[2], *grads)]
+                 max(worst[1], abs(float(entropy) - float(want_entropy.detach()[counted].mean()))),
+                 max(worst[2], *grads)]
     return tuple(worst)
 
 

@@ -132,7 +132,8 @@ def save_random_models(shape: str, where: Path, device: str) -> tuple[Path, Path
 # ---- the items -----------------------------------------------------------------------------------
 def run_gpu_tests(dry: bool, timeout: float) -> Result:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/system/test_gpu.py", "-q", "-p", "no:cacheprovider", "-x"]
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/system/test_gpu.py",
+           "-q", "-p", "no:cacheprovider", "-x"]
     if dry:  # the CPU stand-in: the same tests on the CPU, the quickest one
         env["LSP_TEST_DEVICE"] = "cpu"
         cmd += ["-k", "evaluation"]
@@ -162,13 +163,22 @@ def run_conformance(dry: bool, timeout: float, out: Path) -> Result:
     rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
     paths = {r["name"]: "fused" if r["fused"] else "plain" for r in rows if r["check"] == "float32"}
     bf16 = [r for r in rows if r["check"].startswith("bf16")]
-    worst = lambda rs, *keys: max((r[k] for r in rs for k in keys if k in r), default=float("nan"))  # noqa: E731
+
+    def worst(rs, *keys):
+        return max((r[k] for r in rs for k in keys if k in r), default=float("nan"))
+
+    startup = worst(bf16, "padding", "padding+prefixes", "cache", "training_mode")
     line = (f"{summary.strip('= ')}; paths {', '.join(f'{k} {v}' for k, v in paths.items()) or '?'}; bf16: log-prob "
-            f"error {worst(bf16, 'logp'):.2g} nats, start-up check {worst(bf16, 'padding', 'padding+prefixes', 'cache', 'training_mode'):.2g}, "
+            f"error {worst(bf16, 'logp'):.2g} nats, start-up check {startup:.2g}, "
             f"reference after a step {worst([r for r in rows if r['check'].startswith('step')], 'reference'):.2g}")
     failed = [line for line in tail if line.startswith(("FAILED", "ERROR"))]
     return Result("conformance", "ok" if done.returncode == 0 else "failed", line=line,
                   figures={"returncode": done.returncode, "failed": failed[:10], "rows": rows})
+
+
+def _json_value(v):
+    """A value json cannot write: a non-finite float as null, anything else as its text."""
+    return None if isinstance(v, float) and not math.isfinite(v) else str(v)
 
 
 def selfplay_overrides(item: Item, policy: Path, rm: Path, outputs: Path, dry: bool, micro: int | None) -> list[str]:
@@ -180,9 +190,10 @@ def selfplay_overrides(item: Item, policy: Path, rm: Path, outputs: Path, dry: b
     # checkpointed layers bring it to 77.7 GiB at micro-batch 8 (docs/operations.md, "Memory").
     lean = ["trainer.generation_batch_size=16", "model.gradient_checkpointing=true"] \
         if item.shape == "3B" and not item.lora else []
-    return ["experiment=paper_llama3b/lsp", *device, *strategy, *lean, f"model.path={policy}", "model.name=random_llama",
-            f"model.lora.enabled={item.lora}", f"reward.path={rm}", *(DRY_GAME if dry else PAPER_GAME),
-            f"trainer.max_steps={item.steps}", f"trainer.micro_batch_size={'null' if micro is None else micro}", "trainer.checkpoint_every=0",
+    return ["experiment=paper_llama3b/lsp", *device, *strategy, *lean, f"model.path={policy}",
+            "model.name=random_llama", f"model.lora.enabled={item.lora}", f"reward.path={rm}",
+            *(DRY_GAME if dry else PAPER_GAME), f"trainer.max_steps={item.steps}",
+            f"trainer.micro_batch_size={'null' if micro is None else micro}", "trainer.checkpoint_every=0",
             "trainer.enable_progress_bar=false", "logger=none", f"paths.outputs={outputs}",
             "eval.judge_pairs=0", "eval.samples=0"]
 
@@ -327,7 +338,7 @@ def main() -> int:
     print("summary: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f"; {total:.0f} s", flush=True)
     (out / "gpu_check.json").write_text(json.dumps({"dry_run": args.dry_run, "seconds": total,
                                                     "results": [asdict(r) for r in results]}, indent=1,
-                                                   default=lambda v: None if isinstance(v, float) and not math.isfinite(v) else str(v)))
+                                                   default=_json_value))
     return 0 if counts["failed"] == 0 else 1
 
 

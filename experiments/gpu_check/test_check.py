@@ -15,8 +15,8 @@ def test_the_dry_run_runs_every_item_without_mlflow(tmp_path):
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text('import sys\nsys.modules["mlflow"] = None  # as in the GPU image\n')
     env = dict(os.environ, PYTHONPATH=str(blocker), PYTHONWARNINGS="ignore")
-    out = subprocess.run([sys.executable, "experiments/gpu_check/check.py", "--dry-run", "--out", str(tmp_path / "out")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "experiments/gpu_check/check.py", "--dry-run", "--out", str(tmp_path / "out")]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("[")]
     names = ["gpu_tests", "conformance", "selfplay tiny lora", "selfplay tiny full", "selfplay tiny2 lora",

@@ -23,7 +23,8 @@ STEPS, TARGETS = 20, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_p
 
 def cfg(dtype: str, lora: bool):
     return OmegaConf.create({"dtype": dtype, "attn_implementation": "sdpa",
-                             "lora": {"enabled": lora, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": TARGETS}})
+                             "lora": {"enabled": lora, "r": 16, "alpha": 32, "dropout": 0.0,
+                                      "target_modules": TARGETS}})
 
 
 def change(path: str, dtype: str, lora: bool, lr: float, before: bool) -> dict[str, torch.Tensor]:
@@ -49,7 +50,8 @@ def share(a, ref) -> float:
 
 def main() -> None:
     config = LlamaConfig(vocab_size=256, hidden_size=512, intermediate_size=1024, num_hidden_layers=1,
-                         num_attention_heads=8, num_key_value_heads=4, initializer_range=0.02, tie_word_embeddings=False)
+                         num_attention_heads=8, num_key_value_heads=4, initializer_range=0.02,
+                         tie_word_embeddings=False)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as path:
         LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)

@@ -46,7 +46,7 @@ def main() -> None:
 
     print("\nbase held-out (before training): " + "  ".join(f"{k} {v:.3f}" for k, v in rows[0][2].items()))
     keys = [k for k in TABLE_KEYS if k in rows[0][3]]
-    print(f"\n| arm | seed | steps | wall s | greedy before | greedy after | gain (points) | "
+    print("\n| arm | seed | steps | wall s | greedy before | greedy after | gain (points) | "
           + " | ".join(f"{k} after" for k in keys) + " |")
     print("|---" * (7 + len(keys)) + "|")
     for game, seed, before, after, wall, steps in rows:

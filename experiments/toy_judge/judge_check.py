@@ -44,7 +44,7 @@ def main() -> None:
     cfg = OmegaConf.load(PROJECT_ROOT / "conf" / "task" / "arith.yaml")
     task = ArithTask(world=cfg.world, bootstrap=cfg.bootstrap, outputs="outputs")
     world = args.world or str(task.base_model()).removesuffix("/model")
-    from transformers import LlamaForCausalLM  # noqa: PLC0415
+    from transformers import LlamaForCausalLM
 
     model = LlamaForCausalLM.from_pretrained(f"{world}/model").eval()
     tokenizer = load_tokenizer(f"{world}/model")
@@ -55,7 +55,8 @@ def main() -> None:
     judged_pairs = judge.score([p[0] for p in pairs], [p[1] for p in pairs])
     scores = judged_pairs.values
     wanted = [steps_judge.judge_reply(q, a, task.config).split(" <Score>")[0] for q, a, _, _ in pairs]
-    out["labelled/check_exact_frac"] = sum(t.split(" <Score>")[0] == w for t, w in zip(judged_pairs.texts, wanted)) / len(pairs)
+    exact = sum(t.split(" <Score>")[0] == w for t, w in zip(judged_pairs.texts, wanted, strict=True))
+    out["labelled/check_exact_frac"] = exact / len(pairs)
     labels = torch.tensor([p[2] for p in pairs])
     kinds = [p[3] for p in pairs]
     out["labelled/auc"] = auc(scores, labels)
@@ -72,7 +73,7 @@ def main() -> None:
                        generator=generator)
     queries = [p.text for p in problems for _ in range(4)]
     right = torch.tensor([answer_value(a, task.config) == p.answer for p, a in
-                          zip([p for p in problems for _ in range(4)], rollout.texts)])
+                          zip([p for p in problems for _ in range(4)], rollout.texts, strict=True)])
     order = torch.tensor([derivation.order_flawed(p, task.config) for p in problems for _ in range(4)])
     judged = judge.score(queries, rollout.texts).values
     out["base_answers/right_frac"] = float(right.float().mean())

@@ -37,7 +37,8 @@ class DevTools:
         self.sock = socket.create_connection((host, int(port)), timeout=60)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET /{path} HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
         response = b""
         while b"\r\n\r\n" not in response:
             response += self.sock.recv(4096)
@@ -108,7 +109,8 @@ class DevTools:
                 time.sleep(1.5)  # let charts and tables finish drawing
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"{text!r} did not appear; the page says: {self.evaluate('document.body.innerText')[:500]!r}")
+        page = self.evaluate("document.body.innerText")[:500]
+        raise TimeoutError(f"{text!r} did not appear; the page says: {page!r}")
 
     def click_text(self, text: str, selector: str = "button, a, [role=button], span, div") -> bool:
         """Click the innermost visible element of `selector` whose text is exactly `text`."""
@@ -162,8 +164,9 @@ def shoot(store: str, out: Path) -> list[Path]:
                  and r.data.tags.get("game") != "grpo_data")
     ui_port, cdp_port = free_port(), free_port()
     base = f"http://127.0.0.1:{ui_port}"
-    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", store, "--host", "127.0.0.1",
-                           "--port", str(ui_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ui = subprocess.Popen([str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", store,
+                           "--host", "127.0.0.1", "--port", str(ui_port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     profile = tempfile.mkdtemp(prefix="lsp-chromium-")  # a fresh browser profile: nothing chosen before
     browser = subprocess.Popen([shutil.which("chromium") or "chromium", "--headless=new", "--no-sandbox",
                                 "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
