@@ -38,7 +38,7 @@ from lsp_exp.games import build_game
 from lsp_exp.nodes import build
 from lsp_exp.rewards import build_reward
 from lsp_exp.rl.role_rewards import check_objective
-from lsp_exp.run import config  # noqa: F401  (registers the schemas)
+from lsp_exp.run import config  # registers the schemas
 from lsp_exp.run.chaining import resolve_init_from
 from lsp_exp.run.checkpointing import mark_interrupted, prepare_resume
 from lsp_exp.run.console import accuracy_line, progress_bar, say, where_to_look
@@ -115,8 +115,9 @@ def _train(cfg: DictConfig) -> JobResult:
         labelled_pairs=task.labelled_pairs(cfg.eval.judge_pairs) if cfg.eval.judge_pairs else None)
     with tracked_run(cfg, resume, overrides, requeued) as run:
         bar = [progress_bar(cfg)] if cfg.trainer.enable_progress_bar else []
+        # the step's metrics reach the store before its checkpoint
         trainer = build_trainer(cfg, run.logger, [steps, SampleTables(cfg.eval.sample_table_every), *bar, evaluation,
-                                                  run.checkpoints])  # the step's metrics reach the store before its checkpoint
+                                                  run.checkpoints])
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's: a checkpoint at the step's end
         try:
             trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
@@ -207,7 +208,8 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
     for who in ("reward", "judge"):
         if f"{who}/f1" in (judging or {}):
             say(f"{who} as a classifier of correctness (at start): " + "  ".join(
-                f"{k} {judging[f'{who}/{k}']:.3f}" for k in ("precision", "recall", "f1", "auc") if f"{who}/{k}" in judging))
+                f"{k} {judging[f'{who}/{k}']:.3f}" for k in ("precision", "recall", "f1", "auc")
+                if f"{who}/{k}" in judging))
     line = accuracy_line(history)
     if line:
         say(line)

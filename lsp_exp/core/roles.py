@@ -95,7 +95,10 @@ def role_backward(batch: RoleBatch, policy, *, estimator, placement: str, algori
     if first:
         batch.entropy = float(totals["entropy"]) / max(float(batch.token_mask.sum()), 1.0)
         batch.advantages = torch.cat(advantages).view(batch.rewards.shape)
-    value = lambda key: torch.as_tensor(totals[key]).detach()  # noqa: E731  (one sync per figure, when logged)
+
+    def value(key: str) -> torch.Tensor:  # one sync per figure, when logged
+        return torch.as_tensor(totals[key]).detach()
+
     return RoleLoss(value("policy"), value("kl"), value("kl_mean"), value("clip"), value("approx_kl"))
 
 

@@ -58,7 +58,8 @@ class SelfPlayModule(L.LightningModule):
         self.cfg, self.policy, self.tokenizer, self.game, self.reward = cfg, policy, tokenizer, game, reward
         self.task, self.verifier, self.sampling, self.logprobs = task, verifier, sampling, logprobs
         self.reference = Reference(policy)
-        self.compute_dtype = compute_dtype(cfg.model.get("dtype", "float32"), cfg.trainer.precision)  # docs/method.md §16
+        # docs/method.md §16
+        self.compute_dtype = compute_dtype(cfg.model.get("dtype", "float32"), cfg.trainer.precision)
         j = cfg.game.judge
         self.judge = SelfQualityJudge(
             self.reference, tokenizer, get_template(judge_template), max_new_tokens=j.max_new_tokens,
@@ -158,7 +159,8 @@ class SelfPlayModule(L.LightningModule):
         loss = sum(self.role_weights[k] * float(t.total) for k, t in terms.items())
         params = [p for p in self.policy.parameters() if p.requires_grad]
         grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or float("inf"))))
-        if not self.trainer.strategy.reduce_boolean_decision(math.isfinite(loss) and math.isfinite(grad_norm), all=True):
+        finite_on_this_rank = math.isfinite(loss) and math.isfinite(grad_norm)
+        if not self.trainer.strategy.reduce_boolean_decision(finite_on_this_rank, all=True):
             grad_norm = float("nan")
         finite = math.isfinite(grad_norm)
         if not finite:
@@ -222,7 +224,8 @@ class SelfPlayModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         o = self.cfg.optim
-        # fused: one kernel for all parameters (TRL's default too); no measurable step-time change on CPU (experiments/bench)
+        # fused: one kernel for all parameters (TRL's default too); no measurable step-time change on CPU
+        # (experiments/bench)
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, fused=o.fused)
 
     def on_fit_start(self):
@@ -244,7 +247,8 @@ class SelfPlayModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
-        checkpoint["counters"] = {"skipped_steps": self.skipped_steps, "consecutive_nonfinite": self.consecutive_nonfinite}
+        checkpoint["counters"] = {"skipped_steps": self.skipped_steps,
+                                  "consecutive_nonfinite": self.consecutive_nonfinite}
         if isinstance(self.game, StatefulGame):
             checkpoint["game"] = gather_objects(self.game.state_dict(), self.trainer)  # one per rank
         trainable = {n for n, p in self.named_parameters() if p.requires_grad}
