@@ -52,7 +52,8 @@ BAD = [
     ("eval.samples=-1", "eval.samples=-1: must be >= 0"),
     ("task.heldout_path=/nonexistent/heldout.jsonl", "task.heldout_path='/nonexistent/heldout.jsonl': no such file"),
     ("game=grpo_data game.prompts_path=/nonexistent/p.jsonl", "game.prompts_path='/nonexistent/p.jsonl': no such file"),
-    ("logger.tracking_uri=ftp://example.org/mlflow", "logger.tracking_uri='ftp://example.org/mlflow': unsupported scheme"),
+    ("logger.tracking_uri=ftp://example.org/mlflow",
+     "logger.tracking_uri='ftp://example.org/mlflow': unsupported scheme"),
     (f"logger.tracking_uri=http://127.0.0.1:{CLOSED_PORT}", "tracking server unreachable"),
     ("optim.lr=inf", "optim.lr=inf: must be a finite number"),             # would destroy the weights
     ("kl.beta=nan", "kl.beta=nan: must be a finite number"),
@@ -80,7 +81,8 @@ def results(tmp_path_factory):
     port = str(closed_port())
     (outputs / "empty.jsonl").write_text("")
     (outputs / "emptydir").mkdir(exist_ok=True)
-    cases = [{"argv": tiny_overrides(outputs, *args.replace(CLOSED_PORT, port).replace(EMPTY, str(outputs / "empty.jsonl"))
+    cases = [{"argv": tiny_overrides(outputs, *args.replace(CLOSED_PORT, port)
+                                      .replace(EMPTY, str(outputs / "empty.jsonl"))
                                       .replace("<emptydir>", str(outputs / "emptydir"))
                                       .split()),
               "env": {"HF_HUB_OFFLINE": "1"}} for args, _ in BAD]
@@ -92,7 +94,7 @@ def results(tmp_path_factory):
                             str(outputs / "results.json")], capture_output=True, text=True, timeout=300,
                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert batch.returncode == 0, batch.stderr[-3000:]
-    out = dict(zip((args for args, _ in BAD), json.loads((outputs / "results.json").read_text())))
+    out = dict(zip((args for args, _ in BAD), json.loads((outputs / "results.json").read_text()), strict=True))
     if real is not None:
         stdout, stderr = real.communicate(timeout=300)
         out["<installed script>"] = {"rc": real.returncode, "stdout": stdout, "stderr": stderr}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -26,17 +25,24 @@ BINARY = bytes(range(256)) * 16
 CASES = [
     ("corrupt_config_json", "init_from=<root>/corrupt_model", "corrupt_model/config.json is not valid JSON"),
     ("resume_text_file", "resume=<root>/notes.txt", "notes.txt cannot be loaded safely"),
-    ("outputs_under_a_file", "paths.outputs=<root>/a_file/outputs", "paths.outputs='<root>/a_file/outputs': is under a file"),
+    ("outputs_under_a_file", "paths.outputs=<root>/a_file/outputs",
+     "paths.outputs='<root>/a_file/outputs': is under a file"),
     ("run_dir_under_a_file", "hydra.run.dir=<root>/a_file/run", "hydra.run.dir='<root>/a_file/run': is under a file"),
-    ("outputs_on_a_full_disk", "paths.outputs=<root>/full", "paths.outputs='<root>/full': cannot write there ([Errno 27] File too large)"),
+    ("outputs_on_a_full_disk", "paths.outputs=<root>/full",
+     "paths.outputs='<root>/full': cannot write there ([Errno 27] File too large)"),
     ("heldout_invalid_utf8", "task.heldout_path=<root>/bad_utf8.jsonl", "bad_utf8.jsonl: not a text file"),
     ("heldout_binary", "task.heldout_path=<root>/binary.jsonl", "binary.jsonl: not a text file"),
     ("heldout_infinity", "task.heldout_path=<root>/infinity.jsonl", "infinity.jsonl line 1: not a problem row"),
-    ("heldout_deep_json", "task.heldout_path=<root>/deep.json", "deep.json line 1: not a problem row (JSON with prompt and an integer answer): JSON nested too deeply"),
-    ("prompts_heldout_invalid_utf8", "task=prompts task.heldout_path=<root>/bad_utf8.jsonl", "bad_utf8.jsonl: not a UTF-8 text file (byte 46"),
-    ("prompts_heldout_deep_json", "task=prompts task.heldout_path=<root>/deep.json", "deep.json: not a prompt file (JSON nested too deeply to read)"),
-    ("init_from_missing_run_untracked", "logger=none init_from=0123456789abcdef0123456789abcdef", "there is no tracking store at sqlite:///<root>/cwd/mlflow.db"),
-    ("resume_finished_run", "resume=<root>/finished/step_0000005.ckpt trainer.max_steps=5", "is FINISHED at step 5 and trainer.max_steps=5: nothing to train"),
+    ("heldout_deep_json", "task.heldout_path=<root>/deep.json",
+     "deep.json line 1: not a problem row (JSON with prompt and an integer answer): JSON nested too deeply"),
+    ("prompts_heldout_invalid_utf8", "task=prompts task.heldout_path=<root>/bad_utf8.jsonl",
+     "bad_utf8.jsonl: not a UTF-8 text file (byte 46"),
+    ("prompts_heldout_deep_json", "task=prompts task.heldout_path=<root>/deep.json",
+     "deep.json: not a prompt file (JSON nested too deeply to read)"),
+    ("init_from_missing_run_untracked", "logger=none init_from=0123456789abcdef0123456789abcdef",
+     "there is no tracking store at sqlite:///<root>/cwd/mlflow.db"),
+    ("resume_finished_run", "resume=<root>/finished/step_0000005.ckpt trainer.max_steps=5",
+     "is FINISHED at step 5 and trainer.max_steps=5: nothing to train"),
     ("max_operand", "task.world.max_operand=-1", "task.world.max_operand=-1: must be at least 1"),
     ("lora_r", "model.lora.r=0", "model.lora.r=0: must be at least 1"),
 ]
@@ -80,7 +86,7 @@ def batch(tmp_path_factory):
     done = subprocess.run([sys.executable, str(CLI_BATCH), str(root / "cases.json"), str(root / "results.json")],
                           capture_output=True, text=True, timeout=300, cwd=cwd, env={**env, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    results = dict(zip((name for name, _, _ in CASES), json.loads((root / "results.json").read_text())))
+    results = dict(zip((name for name, _, _ in CASES), json.loads((root / "results.json").read_text()), strict=True))
     return {"results": results, "root": root, "cwd": cwd, "client": client, "run_id": run_id}
 
 
@@ -122,8 +128,8 @@ def test_weights_that_are_a_pickle_payload_are_one_line_and_never_run(tmp_path):
     from lsp_exp.core.models import HFModel, ModelLoadError
 
     marker = tmp_path / "pwned"
-    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         num_key_value_heads=2, vocab_size=64))
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, vocab_size=64))
     model.save_pretrained(tmp_path / "base")
     model.save_pretrained(tmp_path / "evil")
     (tmp_path / "evil" / "model.safetensors").unlink()

@@ -55,7 +55,8 @@ def test_report_groups_runs_and_writes_table_csv_and_curves(tmp_path):
     assert "| lsp | 3 | 60.0 ± 10.0 |" in table and "grpo_data" not in table
     # tail=2 with eval/ as a per-step prefix: each run's value is the mean of its last two points.
     table = report(compose_config("report", [f"tracking_uri={uri}", f"parent_run={parent}", "group_by=[tags.arm]",
-                                             "tail=2", "tail_prefixes=[eval/]", "smooth=2", f"output_dir={tmp_path / 'tail'}"]))
+                                             "tail=2", "tail_prefixes=[eval/]", "smooth=2",
+                                             f"output_dir={tmp_path / 'tail'}"]))
     assert "| lsp | 3 | 50.0 ± 5.0 |" in table
 
 
@@ -76,7 +77,7 @@ def test_report_without_runs_says_what_it_looked_for(tmp_path):
 def test_report_for_a_user(tmp_path, capsys):
     """One colour per group in every plot; one unit per table; per-step metrics averaged over a window
     by default; a sweep's parent is never a group; a group_by key no run has is a one-line error."""
-    import matplotlib  # noqa: F401
+    import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt

@@ -67,7 +67,7 @@ def test_shared_prefix_log_probs_entropy_and_gradients_equal_a_plain_pass(tiny, 
     (a, ea, ga), (b, eb, gb) = results[False], results[True]
     torch.testing.assert_close(a * mask, b * mask, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ea, eb, atol=1e-5, rtol=1e-5)
-    for x, y in zip(ga, gb):
+    for x, y in zip(ga, gb, strict=True):
         torch.testing.assert_close(x, y, atol=1e-4, rtol=1e-4)
 
 

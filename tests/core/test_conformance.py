@@ -47,7 +47,7 @@ def test_a_logprobs_entropy_and_gradients_equal_log_softmax_of_the_logits(name, 
     counted = (mask[:, :-1] * mask[:, 1:]).bool()                # context and target both real
     entropy_mask = counted & (torch.arange(11) % 3 != 0)         # a part of them
     weights = torch.randn(counted.shape, generator=torch.Generator().manual_seed(1))
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
 
     logp, entropy = token_logprobs(model, ids, mask, entropy_mask=entropy_mask.float(), temperature=T,
                                    options=LogprobOptions(share_prefixes=share))
@@ -65,11 +65,11 @@ def test_a_logprobs_entropy_and_gradients_equal_log_softmax_of_the_logits(name, 
     # whatever the model's dtype, so even a float64 model shows it).
     close = [torch.allclose(torch.zeros_like(p) if a is None else a, torch.zeros_like(p) if b is None else b,
                             rtol=0, atol=1e-5 * max(float(b.abs().max()) if b is not None else 0.0, 1.0))
-             for p, a, b in zip(params, got, want)]
+             for p, a, b in zip(params, got, want, strict=True)]
     if name in REFUSED:   # RecurrentGemma: its pad positions take part in the backward (why it is refused)
         assert not all(close)
     else:
-        assert all(close), [n for n, ok in zip(names, close) if not ok]
+        assert all(close), [n for n, ok in zip(names, close, strict=True) if not ok]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -188,7 +188,8 @@ def test_d_min_new_tokens_is_refused_at_start_in_one_line():
     expected = ("model 'my-model': generation_config.json sets min_new_tokens=3, which masks the end tokens while "
                 "sampling but not in the log-probs the update scores; remove it (or set it to 0) in the model's "
                 "generation_config.json")
-    for check in (lambda: check_min_new_tokens(model, "my-model"), lambda: check_architecture(model, padded(tok), "my-model")):
+    for check in (lambda: check_min_new_tokens(model, "my-model"),
+                  lambda: check_architecture(model, padded(tok), "my-model")):
         with pytest.raises(ModelSetupError) as refused:
             check()
         assert str(refused.value) == expected

@@ -71,7 +71,7 @@ def test_float32_log_probs_and_gradients_on_the_device(name):
     expected = torch.autograd.grad((want * weights)[counted].sum(), params, allow_unused=True)
     diff = float((logp - want)[counted].abs().max())
     grad = max(float((a - b).abs().max()) / max(float(b.abs().max()), 1.0)
-               for a, b in zip(got, expected) if a is not None and b is not None)
+               for a, b in zip(got, expected, strict=True) if a is not None and b is not None)
     report(name=name, check="float32", logp=diff, gradient=grad, fused=output_layer(model) is not None)
     assert diff <= 1e-5 and grad <= 1e-5
 

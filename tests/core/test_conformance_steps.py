@@ -66,7 +66,8 @@ def test_lsp_train_refuses_an_architecture_that_cannot_pass_in_one_line(tmp_path
     out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *STEP, f"model.path={path}",
                           "model.lora.target_modules=[q_proj,v_proj]", f"paths.outputs={tmp_path / 'out'}"],
                          capture_output=True, text=True, timeout=600,
-                         env={"HF_HUB_OFFLINE": "1", "PATH": "", "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+                         env={"HF_HUB_OFFLINE": "1", "PATH": "",
+                              "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     lines = [line for line in out.stderr.splitlines() if line.strip() and not line.startswith("[transformers]")]
     assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
     assert lines[0].startswith(f"error: model '{path}' (RecurrentGemmaForCausalLM): {REFUSED['recurrent_gemma']}")

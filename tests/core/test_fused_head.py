@@ -40,7 +40,7 @@ def test_values_entropy_and_gradients_equal_lm_head_then_log_softmax(chunked, te
 
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(entropy, want_entropy[mask].sum(), rtol=1e-5, atol=1e-6)
-    for a, b in zip(grads, want_grads):
+    for a, b in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

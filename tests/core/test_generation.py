@@ -32,7 +32,7 @@ def test_rollout_masks_stop_at_the_end_token():
                    num_return_sequences=3)
     assert out.input_ids.shape[0] == 6 and len(out.texts) == 6
     eos = tokenizer.eos_token_id
-    for row, mask, finished in zip(out.input_ids, out.completion_mask, out.finished):
+    for row, mask, finished in zip(out.input_ids, out.completion_mask, out.finished, strict=True):
         kept = row[mask.bool()].tolist()
         assert (eos in kept) == bool(finished)
         if finished:
@@ -51,7 +51,8 @@ def test_left_padded_log_probs_equal_unpadded_ones():
         ids = out.input_ids[i][keep][None]
         single = token_logprobs(model, ids, torch.ones_like(ids))
         n = keep.sum() - 1
-        torch.testing.assert_close(batched[i, -n:][out.attention_mask[i, 1:][-n:].bool()], single[0], atol=1e-5, rtol=1e-5)
+        counted = out.attention_mask[i, 1:][-n:].bool()
+        torch.testing.assert_close(batched[i, -n:][counted], single[0], atol=1e-5, rtol=1e-5)
 
 
 def test_evaluation_leaves_every_global_rng_as_it_was():

@@ -77,8 +77,9 @@ def step_gradients(policy, reference, spec: AlgorithmSpec, placement: str, micro
     for _ in range(spec.epochs):
         policy.zero_grad(set_to_none=True)
         terms.append([role_backward(b, policy, estimator=kl_k3, placement=placement, algorithm=spec, scale=scale,
-                                    logprob_options=LogprobOptions(micro_batch_size=micro), backward=torch.Tensor.backward)
-                      for b, scale in zip(roles, (1.0, 0.5))])
+                                    logprob_options=LogprobOptions(micro_batch_size=micro),
+                                    backward=torch.Tensor.backward)
+                      for b, scale in zip(roles, (1.0, 0.5), strict=True)])
         grads.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
         optimizer.step()
     return grads, terms, roles
@@ -100,15 +101,15 @@ def test_micro_batches_give_the_full_batch_gradient(reference, algorithm, placem
     full_grads, full_terms, full_roles = step_gradients(tiny_policy(False), reference, spec, placement, None)
     for micro in (5, 1):  # 5: the Solver's groups of 4 are cut across micro-batches; 1: one row at a time
         grads, terms, roles = step_gradients(tiny_policy(checkpointing), reference, spec, placement, micro)
-        for epoch, (got, want) in enumerate(zip(grads, full_grads)):
+        for epoch, (got, want) in enumerate(zip(grads, full_grads, strict=True)):
             assert float(want.norm()) > 1e-3
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7, msg=f"epoch {epoch}, micro={micro}")
-        for got, want in zip(terms, full_terms):
-            for g_role, w_role in zip(got, want):
+        for got, want in zip(terms, full_terms, strict=True):
+            for g_role, w_role in zip(got, want, strict=True):
                 for field in ("policy", "kl", "kl_mean", "clip_frac", "approx_kl"):
                     assert float(getattr(g_role, field)) == pytest.approx(float(getattr(w_role, field)), rel=1e-5,
                                                                           abs=1e-6), field
-        for got, want in zip(roles, full_roles):
+        for got, want in zip(roles, full_roles, strict=True):
             torch.testing.assert_close(got.advantages, want.advantages, rtol=1e-5, atol=1e-7)
             assert got.entropy == pytest.approx(want.entropy, rel=1e-5)
     if epochs > 1:
@@ -151,8 +152,10 @@ def test_joined_rollouts_score_like_the_parts(reference):
         together = logprobs_in_chunks(reference, joined, LogprobOptions(micro_batch_size=3))
         alone = [logprobs_in_chunks(reference, r) for r in (a, b)]
     counted = joined.completion_mask[:, 1:].bool()
-    torch.testing.assert_close(together[:2][counted[:2]], alone[0][a.completion_mask[:, 1:].bool()], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(together[2:][counted[2:]], alone[1][b.completion_mask[:, 1:].bool()], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together[:2][counted[:2]], alone[0][a.completion_mask[:, 1:].bool()],
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(together[2:][counted[2:]], alone[1][b.completion_mask[:, 1:].bool()],
+                               rtol=1e-5, atol=1e-6)
     copy.deepcopy(joined)  # an ordinary dataclass of tensors
 
 

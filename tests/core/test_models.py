@@ -90,9 +90,11 @@ def test_an_attention_implementation_the_model_lacks_is_one_line_naming_the_key(
     Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, head_dim=8)).save_pretrained(tmp_path)
     cfg = OmegaConf.create({"dtype": "float32", "attn_implementation": "sdpa",
-                            "lora": {"enabled": False, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}})
+                            "lora": {"enabled": False, "r": 4, "alpha": 8, "dropout": 0.0,
+                                     "target_modules": ["q_proj"]}})
     with pytest.raises(ModelSetupError) as err:
         load_policy(cfg, str(tmp_path))
     message = str(err.value)
     assert message.startswith("model.attn_implementation='sdpa': Gemma2ForCausalLM does not support")
-    assert message.endswith("set model.attn_implementation=eager (or another the model supports)") and "\n" not in message
+    assert message.endswith("set model.attn_implementation=eager (or another the model supports)")
+    assert "\n" not in message

@@ -45,7 +45,8 @@ def test_characters_then_tokens_are_checked():
     bound = PromptBound(max_tokens=10, chars_per_token=3, why="a test", count=chars, count_raw=chars)
     bound.check_chars("x" * 30, "f line 1")                    # 10 tokens of 3 characters: may fit
     with pytest.raises(PromptTooLongError, match=r"^f line 2: the prompt is 31 characters \(over 30: 10 tokens of "
-                                                 r"at most 3 characters\), more than this run takes \(10 tokens: a test\)"):
+                                                 r"at most 3 characters\), more than this run takes "
+                                                 r"\(10 tokens: a test\)"):
         bound.check_chars("x" * 31, "f line 2")
     bound.check_tokens(["x" * 10, "y"], ["f line 1", "f line 2"])
     with pytest.raises(PromptTooLongError, match=r"^f line 2: the prompt is 11 tokens"):

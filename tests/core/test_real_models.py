@@ -80,7 +80,8 @@ def test_end_ids_are_the_tokenizers_eos_and_every_generation_config_end_id(style
 @pytest.mark.parametrize("style", STYLES)
 def test_masks_keep_exactly_the_tokens_up_to_the_first_end_token(style, tmp_path):
     model, tokenizer = loaded(style, tmp_path)
-    eos, other_end = tokenizer.eos_token_id, [e for e in end_token_ids(model, tokenizer) if e != tokenizer.eos_token_id][0]
+    eos = tokenizer.eos_token_id
+    other_end = [e for e in end_token_ids(model, tokenizer) if e != eos][0]
     a, b, c = words(tokenizer, "The", " fox", " dog")
     rows = [[a, b, eos, c], [eos, a], [a, other_end, b], [a, b, c, a]]   # end, end only, other end id, unfinished
     handle = scripted(model, rows)
@@ -245,7 +246,8 @@ def test_lsp_train_refuses_a_model_without_chat_template_in_one_line(tmp_path):
                                              "every turn with it: use an instruct/chat model"], out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("style, game, lora, prompt", [("llama3", "lsp", False, "paper"), ("qwen", "lsp_zero", True, "toy"),
+@pytest.mark.parametrize("style, game, lora, prompt", [("llama3", "lsp", False, "paper"),
+                                                        ("qwen", "lsp_zero", True, "toy"),
                                                         ("llama3", "grpo_data", True, "auto")])
 def test_real_style_models_play_every_game(style, game, lora, prompt, tmp_path):
     """Two steps of each game on Llama-3- and Qwen-style checkpoints (the paper's Challenger prompt
@@ -266,7 +268,8 @@ def test_real_style_models_play_every_game(style, game, lora, prompt, tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = compose_config("train", [*REAL_RUN, f"model.path={path}", f"model.name={style}", f"game={game}",
                                    f"model.lora.enabled={lora}", "model.lora.target_modules=[q_proj,v_proj]",
-                                   "game.temperature=0.7", "optim.lr=1e-2", f"game.prompt={prompt}", f"paths.outputs={tmp_path / 'outputs'}",
+                                   "game.temperature=0.7", "optim.lr=1e-2", f"game.prompt={prompt}",
+                                   f"paths.outputs={tmp_path / 'outputs'}",
                                    f"logger.tracking_uri={store}", "reward=reward_model", f"reward.path={reward}",
                                    *([f"game.prompts_path={prompts}"] if game == "grpo_data" else [])])
     assert train(cfg) == {}   # no held-out set for a real model here: nothing is evaluated
@@ -290,7 +293,7 @@ def test_a_reward_model_without_pad_token_reads_its_score_at_the_final_end_token
     queries, answers = ["Say hi.", "What is 12+3*4?", "Name a fox."], ["Hi!", "24", "The quick brown fox"]
     scores = reward.score(queries, answers).values
     model, tokenizer = reward.model, reward.tokenizer
-    for i, (q, a) in enumerate(zip(queries, answers)):
+    for i, (q, a) in enumerate(zip(queries, answers, strict=True)):
         ids = tokenizer(reward.render(q, a), return_tensors="pt", add_special_tokens=False).input_ids
         assert ids[0, -1] == tokenizer.convert_tokens_to_ids("<|eot_id|>") == tokenizer.pad_token_id
         with torch.no_grad():

@@ -33,11 +33,13 @@ def run_cli(shared_outputs, store, *extra):
 
 def test_fsdp_on_two_processes_updates_as_ddp_does(shared_outputs, tmp_path):
     """Same seeds, same games on each rank (seed + rank), a reward model's graded scores (non-zero
-    advantages), micro-batches of 5 rows cutting the Solver's groups of 4: every logged figure of both steps and the final weights agree with DDP's."""
+    advantages), micro-batches of 5 rows cutting the Solver's groups of 4: every logged figure of both
+    steps and the final weights agree with DDP's."""
     ddp_run, ddp, ddp_weights = run_cli(shared_outputs, tmp_path / "ddp", "trainer=ddp_cpu")
     fsdp_run, fsdp, fsdp_weights = run_cli(shared_outputs, tmp_path / "fsdp", "trainer=fsdp_cpu")
     assert fsdp_run.data.params["trainer.strategy"] == "fsdp"
-    assert ddp["train/grad_norm"][0] > 0 and abs(ddp["train/kl/solver"][1]) > 0   # a real update, then a KL (k1: any sign)
+    # a real update, then a KL (k1: any sign)
+    assert ddp["train/grad_norm"][0] > 0 and abs(ddp["train/kl/solver"][1]) > 0
     assert sorted(fsdp) == sorted(ddp)
     for key, values in ddp.items():
         assert fsdp[key] == pytest.approx(values, rel=1e-4, abs=1e-6), key

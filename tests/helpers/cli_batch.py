@@ -2,8 +2,9 @@
 
     python tests/helpers/cli_batch.py cases.json results.json
 
-`cases.json` is a list of {"argv": [...], "env": {...}, "fsize": <bytes, optional: RLIMIT_FSIZE, a full disk>}. The heavy imports (torch, Lightning,
-transformers, MLflow) take most of a CLI call's time, so this process imports `lsp_exp.cli.train` once
+`cases.json` is a list of {"argv": [...], "env": {...}, "fsize": <bytes, optional: RLIMIT_FSIZE, a full disk>}.
+The heavy imports (torch, Lightning, transformers, MLflow) take most of a CLI call's time, so this process
+imports `lsp_exp.cli.train` once
 and forks one child per case; each child does what the `lsp-train` console script does
 (`sys.exit(main())` with `sys.argv` set) and, like the interpreter, prints the traceback of an
 uncaught exception and exits 1. Its stdout and stderr go to files; `results.json` gets

@@ -68,7 +68,8 @@ def one_step(name: str, lora: bool, tmp_path, *extra: str):
     model.generation_config.save_pretrained(path)
     cfg = compose_config("train", [*STEP, f"model.path={path}", f"model.name={name}", f"model.lora.enabled={lora}",
                                    f"model.lora.target_modules=[{','.join(arch.lora_targets)}]",
-                                   f"model.attn_implementation={arch.attn}", f"paths.outputs={tmp_path / 'out'}", *extra])
+                                   f"model.attn_implementation={arch.attn}", f"paths.outputs={tmp_path / 'out'}",
+                                   *extra])
     modules, real = [], SelfPlayModule.training_step
 
     def step(self, *args, **kwargs):

@@ -17,5 +17,6 @@ class ParityReward:
         self.world = world
 
     def score(self, queries: list[str], answers: list[str]) -> Scores:
-        values = [0.75 if zlib.crc32(f"{q}\n{a}".encode()) % 2 == 0 else 0.25 for q, a in zip(queries, answers)]
+        values = [0.75 if zlib.crc32(f"{q}\n{a}".encode()) % 2 == 0 else 0.25
+                  for q, a in zip(queries, answers, strict=True)]
         return Scores(torch.tensor(values), torch.ones(len(values), dtype=torch.bool))

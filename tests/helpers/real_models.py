@@ -52,7 +52,8 @@ _CORPUS = [
 
 
 # The real pre-tokenizer splits: Llama-3 groups digits by up to 3, Qwen2 splits every digit.
-_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}%s"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def _bpe(specials: tuple[str, ...], digits: str, vocab_size: int = 512) -> Tokenizer:
@@ -120,7 +121,7 @@ def build_tiny_model(style: str, seed: int = 0) -> tuple[PreTrainedModel, PreTra
 def instruct(model, tok, steps: int = 80) -> PreTrainedModel:
     """A few steps of supervised chat training, so that the model writes short turns that end with its
     end token (a random model almost never samples it): enough for games whose turns must finish."""
-    pairs = [(q, a) for q, a in zip(_CORPUS[0::2], _CORPUS[1::2])]
+    pairs = [(q, a) for q, a in zip(_CORPUS[0::2], _CORPUS[1::2], strict=True)]
     texts = [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                      tokenize=False) for q, a in pairs]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)

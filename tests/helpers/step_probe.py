@@ -61,7 +61,8 @@ class ProbeReward:
         self.calls += 1
         first = queries[0] if queries else None
         valid = torch.tensor([q != first for q in queries])
-        values = torch.tensor([probe_reward(q, a) if ok else 0.0 for q, a, ok in zip(queries, answers, valid)])
+        values = torch.tensor([probe_reward(q, a) if ok else 0.0
+                               for q, a, ok in zip(queries, answers, valid, strict=True)])
         return Scores(values, valid)
 
 
@@ -75,7 +76,7 @@ def install_fake_judge(monkeypatch) -> dict[str, tuple[str, str]]:
 
     def prompts(self, queries, answers):
         out = real_prompts(self, queries, answers)
-        pairs.update(zip(out, zip(queries, answers)))
+        pairs.update(zip(out, zip(queries, answers, strict=True), strict=True))
         return out
 
     def generate(model, tokenizer, prompts, **kwargs):
@@ -108,7 +109,8 @@ def sample_tables(client, run_id: str) -> dict[int, list[dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         for art in client.list_artifacts(run_id, "samples"):
             table = json.loads(Path(client.download_artifacts(run_id, art.path, tmp)).read_text())
-            out[int(Path(art.path).stem.removeprefix("step_"))] = [dict(zip(table["columns"], row)) for row in table["data"]]
+            rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+            out[int(Path(art.path).stem.removeprefix("step_"))] = rows
     return out
 
 
@@ -131,7 +133,7 @@ def poison_losses(monkeypatch, steps, when=lambda module: True):
     from lsp_exp.rl.losses import PolicyLossOutput
 
     state = {"poison": False}
-    real_start, real_loss = getattr(SelfPlayModule, "on_train_batch_start"), AlgorithmSpec.loss
+    real_start, real_loss = SelfPlayModule.on_train_batch_start, AlgorithmSpec.loss
 
     def on_train_batch_start(self, batch, batch_idx):
         state["poison"] = batch_idx in steps and when(self)

@@ -57,7 +57,8 @@ def test_parse_judgement(text, score, source):
 
 
 def test_parse_returns_the_criteria_of_a_seven_term_calculation():
-    assert parse_judgement("<Calculation>1+1+0+1+0+1+0=4</Calculation><Score>4</Score>").criteria == (1, 1, 0, 1, 0, 1, 0)
+    judgement = parse_judgement("<Calculation>1+1+0+1+0+1+0=4</Calculation><Score>4</Score>")
+    assert judgement.criteria == (1, 1, 0, 1, 0, 1, 0)
     assert parse_judgement("<Calculation>2+1=3</Calculation>").criteria is None
     assert parse_calculation(" 1 + 0 +1 = 2") == (2, (1, 0, 1))
 
@@ -181,7 +182,7 @@ def test_judging_distinct_pairs_matches_judging_every_row_on_a_real_model():
     judge = SelfQualityJudge(Reference(policy), tokenizer, TEMPLATES["toy_steps"], max_new_tokens=6)
     queries, answers = ["1+2", "3+4", "1+2", "5*6"], ["1+2=3", "3+4=7", "1+2=3", "5*6=03"]
     once = judge.score(queries, answers)
-    rows = [judge._score([q], [a]) for q, a in zip(queries, answers)]
+    rows = [judge._score([q], [a]) for q, a in zip(queries, answers, strict=True)]
     assert once.texts == [r.texts[0] for r in rows]
     assert torch.allclose(once.values, torch.cat([r.values for r in rows]), atol=1e-5)
 

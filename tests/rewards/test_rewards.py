@@ -48,7 +48,7 @@ def test_reward_model_scores_the_chat_rendered_pair_in_batches(saved_rm):
     scores = reward.score(queries, answers)
     # The same numbers one pair at a time, unpadded: batching and right padding change nothing.
     model, tokenizer = reward.model, reward.tokenizer
-    for i, (q, a) in enumerate(zip(queries, answers)):
+    for i, (q, a) in enumerate(zip(queries, answers, strict=True)):
         text = tokenizer.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
                                              tokenize=False)
         assert text == f"<bos><|user|>{q}<|end|><|assistant|>{a}<|end|>"
@@ -111,7 +111,8 @@ def test_composite_pairs_are_invalid_if_any_part_says_so():
 def test_composite_from_config_builds_named_parts(saved_rm):
     cfg = reward_cfg("lsp_exp.rewards.composite.CompositeReward", weights={"verifier": 2.0, "rm": 0.5}, parts={
         "verifier": {"_target_": VERIFIER, "world": WORLD},
-        "rm": {"_target_": "lsp_exp.rewards.reward_model.load_reward_model", "path": str(saved_rm), "transform": "sigmoid"}})
+        "rm": {"_target_": "lsp_exp.rewards.reward_model.load_reward_model", "path": str(saved_rm),
+               "transform": "sigmoid"}})
     reward = build_reward(cfg)
     scores = reward.score(["1+2", "1+2"], ["3", "4"])
     # the reward model's part from an independent path: the same model loaded on its own, not the part's output
@@ -149,7 +150,8 @@ def test_auc_is_left_out_with_one_class():
 
 
 def test_reward_probabilities():
-    assert torch.allclose(reward_probabilities(torch.tensor([0.0, 1.5, 3.0]), (0.0, 3.0)), torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.allclose(reward_probabilities(torch.tensor([0.0, 1.5, 3.0]), (0.0, 3.0)),
+                          torch.tensor([0.0, 0.5, 1.0]))
     assert torch.allclose(reward_probabilities(torch.tensor([0.0]), None), torch.tensor([0.5]))
 
 

@@ -31,7 +31,12 @@ def reinforce_loss(logp, advantages, mask):
     ratio = torch.exp(logp - logp.detach())
     return -(ratio * advantages * mask).sum() / mask.sum()
 
-close = lambda a, b, atol=1e-5: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=atol, rtol=1e-5)  # noqa: E731
+
+def close(a, b, atol=1e-5):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32),
+                               atol=atol, rtol=1e-5)
+
+
 FEW = settings(max_examples=40, deadline=None)
 CHALLENGER = torch.tensor([[-0.5, 0.0, -1.0]])  # [1, N]: r_i = -V(q_i) with V = [0.5, 0, 1]
 
@@ -163,7 +168,8 @@ def test_a_non_linear_aggregation_has_no_token_weights():
 @given(st.integers(1, 4), st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_token_mean_equals_seq_mean_token_mean_for_equal_lengths(b, t, seed):
     loss = torch.randn(b, t, generator=torch.Generator().manual_seed(seed))
-    close(AGGREGATIONS["token_mean"](loss, torch.ones(b, t)), AGGREGATIONS["seq_mean_token_mean"](loss, torch.ones(b, t)))
+    ones = torch.ones(b, t)
+    close(AGGREGATIONS["token_mean"](loss, ones), AGGREGATIONS["seq_mean_token_mean"](loss, ones))
 
 
 # ---- token-level policy losses ----------------------------------------------------------------
@@ -187,7 +193,8 @@ def test_clipped_loss_clips_exactly_the_right_tokens_asymmetric():
     # per token -min(rA, clip(r)A): [-1, -1.27, -1.28, -.5 | 1, .81, .8, 2], sum .56 over 8 tokens
     close(out.loss, 0.07)
     close(out.clip_frac, 0.25)  # 2 of 8 counted tokens
-    close(out.approx_kl, 0.076598)  # mean of r - 1 - ln r: (.030983 + .035358 + .193147 + .020721 + .025722 + .306853) / 8
+    # mean of r - 1 - ln r: (.030983 + .035358 + .193147 + .020721 + .025722 + .306853) / 8
+    close(out.approx_kl, 0.076598)
     out.loss.backward()
     # d/dlogp of -rA is -rA; exactly 0 on the two clipped tokens and on padding; / 8 tokens
     close(logp.grad, [[-0.125, -0.15875, 0.0, -0.0625, 0.0], [0.125, 0.10125, 0.0, 0.25, 0.0]])

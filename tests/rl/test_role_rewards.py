@@ -9,7 +9,10 @@ from lsp_exp.rl.role_rewards import (ALL_INVALID_ADVANTAGE, CHALLENGER_OBJECTIVE
                                      check_objective, invalid_query_value, learnability, neg_value, query_values,
                                      role_rewards, solver_rewards, uncertainty)
 
-close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
+
+def close(a, b):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32),
+                               atol=1e-5, rtol=1e-5)
 
 
 # ---- V(q) and the invalid query's value (§3) -------------------------------------------------------

@@ -70,9 +70,11 @@ def test_wrong_types_and_keys_fail_at_compose_time(override, named):
     ("game.challenger_objective=chaos", "game.challenger_objective"), ("trainer.max_steps=0", "trainer.max_steps"),
     ("game.temperature=0", "game.temperature"), ("model.dtype=float8", "model.dtype"),
     ("game.self_reward_weight=-1", "game.self_reward_weight"), ("game.judge.template=fancy", "game.judge.template"),
-    ("game.judge.temperature=-1", "game.judge.temperature"), ("game.judge.fallback_score=8", "game.judge.fallback_score"),
+    ("game.judge.temperature=-1", "game.judge.temperature"),
+    ("game.judge.fallback_score=8", "game.judge.fallback_score"),
     ("game.judge.max_new_tokens=0", "game.judge.max_new_tokens"), ("eval.judge_pairs=-1", "eval.judge_pairs"),
-    ("reward._target_=lsp_exp.rewards.NoSuchReward", "reward._target_"), ("task._target_=nowhere.Task", "task._target_"),
+    ("reward._target_=lsp_exp.rewards.NoSuchReward", "reward._target_"),
+    ("task._target_=nowhere.Task", "task._target_"),
 ])
 def test_out_of_range_values_name_the_key(override, key):
     cfg = compose_config("train", [override])

@@ -61,7 +61,8 @@ def test_lines_go_to_the_terminal_and_the_jobs_log_file(tmp_path, capsys):
 
 def test_run_names_tell_runs_apart_and_are_configurable():
     assert run_name(compose_config("train", ["game=lsp_zero", "seed=2"])) == "lsp_zero-lsp-s2"
-    assert run_name(compose_config("train", ["algorithm=grpo", "game=grpo_data"]), "lr=1e-05") == "grpo_data-grpo-s0 lr=1e-05"
+    cfg = compose_config("train", ["algorithm=grpo", "game=grpo_data"])
+    assert run_name(cfg, "lr=1e-05") == "grpo_data-grpo-s0 lr=1e-05"
     cfg = compose_config("train", ["logger.run_name=${game.name}-lr${optim.lr}"])
     assert run_name(cfg) == "lsp-lr3e-05"
 

@@ -37,7 +37,8 @@ def test_mlflow_http_client_is_bounded_and_a_dead_server_fails_in_seconds():
     assert int(os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]) <= 30
     uri = f"http://127.0.0.1:{closed_port()}"
     # (how long it takes is bounded by the two settings above; timings belong in benchmarks, not here)
-    with pytest.raises(TrackingUnreachableError, match="logger.tracking_uri='http://127.0.0.1:.*tracking server unreachable"):
+    with pytest.raises(TrackingUnreachableError,
+                       match="logger.tracking_uri='http://127.0.0.1:.*tracking server unreachable"):
         check_reachable(uri)
 
 
@@ -75,14 +76,15 @@ def test_a_finite_loss_with_a_non_finite_gradient_skips_that_update_only(shared_
         if seen["hook"] is not None:
             seen["hook"].remove()
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        seen[batch_idx] = all(torch.equal(a, p.detach()) for a, p in zip(seen["before"], params))
+        seen[batch_idx] = all(torch.equal(a, p.detach()) for a, p in zip(seen["before"], params, strict=True))
 
     monkeypatch.setattr(SelfPlayModule, "on_train_batch_start", start, raising=False)
     monkeypatch.setattr(SelfPlayModule, "on_train_batch_end", end, raising=False)
     # the probe reward: non-zero advantages, so every step that is not skipped moves the weights
     train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "trainer.max_steps=3", "optim.lr=1e-2",
-                                                 "reward._target_=tests.helpers.step_probe.ProbeReward", "game.n_queries=4",
-                                                 "game.max_query_tokens=24", "+tags.failcase=inf_grad")))
+                                                 "reward._target_=tests.helpers.step_probe.ProbeReward",
+                                                 "game.n_queries=4", "game.max_query_tokens=24",
+                                                 "+tags.failcase=inf_grad")))
     assert [seen[s] for s in (0, 1, 2)] == [False, True, False]   # unchanged only at the skipped step
     run, history, _ = run_of(shared_outputs, "inf_grad")
     assert history["train/nonfinite_skips"] == [(0, 0.0), (1, 1.0), (2, 1.0)]
@@ -196,8 +198,9 @@ def test_degenerate_generations_are_counted_and_logged_without_crashing(shared_o
 def test_degenerate_prompts_from_a_file_are_counted(shared_outputs, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["1+" * 40 + "1", "2+3"]) + "\n")
-    train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "game=grpo_data", f"game.prompts_path={prompts}",
-                                                 "trainer.max_steps=1", "game.n_queries=6", "+tags.failcase=prompts")))
+    train(compose_config("train", tiny_overrides(shared_outputs, *FAST, "game=grpo_data",
+                                                 f"game.prompts_path={prompts}", "trainer.max_steps=1",
+                                                 "game.n_queries=6", "+tags.failcase=prompts")))
     _, history, _ = run_of(shared_outputs, "prompts")
     assert history["train/degenerate/query_empty_frac"][0][1] == 0  # (a prompt file refuses empty prompts)
     assert 0 < history["train/degenerate/query_over_length_frac"][0][1] < 1
@@ -216,11 +219,13 @@ def test_a_real_tracking_server_that_goes_away_mid_run_and_comes_back(shared_out
 
     port = closed_port()
     uri = f"http://127.0.0.1:{port}"
-    server_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                  "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")]
+    server_cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                  "--artifacts-destination", str(tmp_path / "art")]
 
     def start_server():
-        proc = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(server_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
         for _ in range(240):
             try:
                 urllib.request.urlopen(f"{uri}/health", timeout=2).close()

@@ -9,7 +9,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lsp_exp.cli.memory import read_budget
 from lsp_exp.cli.train import train
 from lsp_exp.run.activation_bytes import CONFIGS, LORA_TARGETS, measure
-from lsp_exp.run.memory import GIB, LOGPROB_CHUNKS, Architecture, StepShape, estimate, largest_fitting
+from lsp_exp.run.memory import LOGPROB_CHUNKS, Architecture, StepShape, estimate, largest_fitting
 from lsp_exp.run.memory_check import architecture
 from lsp_exp.errors import ConfigError
 

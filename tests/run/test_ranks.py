@@ -1,6 +1,7 @@
 """Figures shared by every rank, shown in one process: the step's gathers (the metrics' in
-run/step_logging.py, the KL's in run/self_play.py) are replaced by ones that add a second, made-up rank. Every logged figure is then the reduction over both, and the adaptive KL
-coefficient moves with the KL of all ranks, so it cannot drift apart between ranks."""
+run/step_logging.py, the KL's in run/self_play.py) are replaced by ones that add a second, made-up
+rank. Every logged figure is then the reduction over both, and the adaptive KL coefficient moves with
+the KL of all ranks, so it cannot drift apart between ranks."""
 from __future__ import annotations
 
 import pytest

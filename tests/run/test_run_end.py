@@ -119,7 +119,8 @@ def test_a_store_refusing_writes_until_after_training_still_ends_the_run_finishe
     handler = ReleaseOn("refused the metrics kept", lambda: immutable(store, False))
     logging.getLogger(tracking_failures.__name__).addHandler(handler)
     try:
-        lsp_exp.cli.train.train(compose_config("train", tiny_overrides(shared_outputs, *FAST, f"logger.tracking_uri={uri}")))
+        lsp_exp.cli.train.train(compose_config("train", tiny_overrides(shared_outputs, *FAST,
+                                                                       f"logger.tracking_uri={uri}")))
     finally:
         logging.getLogger(tracking_failures.__name__).removeHandler(handler)
     assert handler.done                                                       # the end was refused, then retried
@@ -148,7 +149,8 @@ def test_a_store_locked_until_after_training_still_ends_the_run_finished(shared_
     handler = ReleaseOn("refused the metrics kept", lambda: holder["conn"].execute("ROLLBACK"))
     logging.getLogger(tracking_failures.__name__).addHandler(handler)
     try:
-        lsp_exp.cli.train.train(compose_config("train", tiny_overrides(shared_outputs, *FAST, f"logger.tracking_uri={uri}")))
+        lsp_exp.cli.train.train(compose_config("train", tiny_overrides(shared_outputs, *FAST,
+                                                                       f"logger.tracking_uri={uri}")))
     finally:
         logging.getLogger(tracking_failures.__name__).removeHandler(handler)
         holder["conn"].close()

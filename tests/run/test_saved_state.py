@@ -78,7 +78,7 @@ def world(tmp_path_factory):
     batch = subprocess.run([sys.executable, str(CLI_BATCH), str(root / "cases.json"),
                             str(root / "results.json")], capture_output=True, text=True, timeout=300)
     assert batch.returncode == 0, batch.stderr[-3000:]
-    results = dict(zip(cases, json.loads((root / "results.json").read_text())))
+    results = dict(zip(cases, json.loads((root / "results.json").read_text()), strict=True))
     return {"results": results, "root": root, "outputs": outputs, "elsewhere": elsewhere, "victim": victim,
             "marker": marker, "client": client, "run_id": run_id}
 
@@ -110,9 +110,11 @@ def test_nothing_was_touched(world):
 def test_a_saved_target_is_used_only_when_this_command_line_names_it():
     where = "resume='x'"
     saved = ["game=grpo_data", "reward._target_=tests.helpers.step_probe.ProbeReward", "algorithm.advantage=rloo"]
-    with pytest.raises(UnsafeSavedStateError, match=r"saved override 'reward._target_=tests.helpers.step_probe.ProbeReward'"):
+    with pytest.raises(UnsafeSavedStateError,
+                       match=r"saved override 'reward._target_=tests.helpers.step_probe.ProbeReward'"):
         check_saved_overrides(saved, ["trainer.max_steps=4"], where)
-    check_saved_overrides(saved, ["reward._target_=tests.helpers.step_probe.ProbeReward"], where)   # named again: replaced
+    # named again: replaced
+    check_saved_overrides(saved, ["reward._target_=tests.helpers.step_probe.ProbeReward"], where)
     check_saved_overrides(["reward=tiny_rm", "+tags.arm=lsp", "reward._target_=lsp_exp.tasks.arith.rewards.verifier"],
                           [], where)                                               # the project's own: kept
     with pytest.raises(UnsafeSavedStateError, match="hydra/launcher=x.*sets a Hydra key"):
@@ -155,6 +157,7 @@ def test_a_model_folder_from_a_store_runs_none_of_its_code(tmp_path):
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "evil.py").write_text(f"import os\nos.system('touch {marker}')\n"
-                                    "from transformers import LlamaConfig as EvilConfig, LlamaForCausalLM as EvilModel\n")
+                                    "from transformers import LlamaConfig as EvilConfig, "
+                                    "LlamaForCausalLM as EvilModel\n")
     policy = HFModel().policy(str(folder))
     assert type(policy).__name__ == "LlamaForCausalLM" and not marker.exists()

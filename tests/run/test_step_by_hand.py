@@ -25,10 +25,10 @@ from tests.helpers import step_probe as sp
 from tests.helpers.tiny_run import compose_config, tiny_overrides
 
 N, G, MAX_ANSWER, MAX_QUERY, BETA = 5, 3, 8, 24, 0.05
-PROBE = ["reward._target_=tests.helpers.step_probe.ProbeReward", "game=lsp", f"game.n_queries={N}", f"game.group_size={G}",
-         f"game.max_query_tokens={MAX_QUERY}", f"game.max_answer_tokens={MAX_ANSWER}", "trainer.max_steps=2",
-         "eval.samples=0", "eval.every_n_steps=0", "eval.judge_pairs=0", "eval.sample_table_every=1",
-         "eval.max_problems=2", "optim.lr=1e-2", "trainer.checkpoint_every=0",
+PROBE = ["reward._target_=tests.helpers.step_probe.ProbeReward", "game=lsp", f"game.n_queries={N}",
+         f"game.group_size={G}", f"game.max_query_tokens={MAX_QUERY}", f"game.max_answer_tokens={MAX_ANSWER}",
+         "trainer.max_steps=2", "eval.samples=0", "eval.every_n_steps=0", "eval.judge_pairs=0",
+         "eval.sample_table_every=1", "eval.max_problems=2", "optim.lr=1e-2", "trainer.checkpoint_every=0",
          "game.judge.score_from=text",  # the fake judge writes its replies: read their <Score>
          "game.self_reward_weight=1.0"]  # R_Q added raw (the toy task's default is 1/7)
 TOL = dict(rel=1e-5, abs=1e-5)
@@ -88,7 +88,7 @@ def expected_step(rows, *, w=1.0, fallback=0.0, objective=lambda v: -v, invalid_
         valid = is_valid(group)
         assert i != 0 or not valid
         value = mean(rewards) if valid else invalid_value
-        sol = [r + w * q for r, q in zip(rewards, judge)]
+        sol = [r + w * q for r, q in zip(rewards, judge, strict=True)]
         ch = objective(value) + (w * mean(judge) if valid else 0.0)
         base = mean(sol)
         adv = [s - base if valid else 0.0 for s in sol]
@@ -135,7 +135,7 @@ def solver_deviation(rows):
 
 def challenger_deviation(rows):
     ch = per_query(rows, "challenger_reward")
-    return [c - mean(ch) - a for c, a in zip(ch, per_query(rows, "challenger_advantage"))]
+    return [c - mean(ch) - a for c, a in zip(ch, per_query(rows, "challenger_advantage"), strict=True)]
 
 
 def assert_spread(rows):
@@ -271,10 +271,11 @@ def _table_advantages(run, transform):
 def check_grpo(base, run):
     def by_std(centred, valid):
         return [[a / (statistics.stdev(c) + 1e-6) if v and statistics.stdev(c) > 0 else 0.0 for a in c]
-                for c, v in zip(centred, valid)]
+                for c, v in zip(centred, valid, strict=True)]
     rows, exp = _table_advantages(run, by_std)
     # seq_mean_token_mean at ratio 1: each counted answer contributes -A, averaged over the answers
-    counted = [r["solver_advantage"] for r, q in zip(rows, [q for q in exp for _ in range(G)]) if q["valid"]]
+    per_answer = [q for q in exp for _ in range(G)]
+    counted = [r["solver_advantage"] for r, q in zip(rows, per_answer, strict=True) if q["valid"]]
     assert run[1]["train/loss/solver"][0] == pytest.approx(-mean(counted), **TOL)
 
 
@@ -291,7 +292,7 @@ def check_rloo(base, run):
 
 def check_reinforce_pp(base, run):
     def whitened(centred, valid):
-        counted = [a for c, v in zip(centred, valid) if v for a in c]
+        counted = [a for c, v in zip(centred, valid, strict=True) if v for a in c]
         return [[a / (statistics.stdev(counted) + 1e-6) for a in c] for c in centred]
     _table_advantages(run, whitened)
 

@@ -23,8 +23,8 @@ def test_step_metrics_by_hand():
     challenger = SimpleNamespace(name="challenger", member_mask=torch.ones(1, 2, dtype=torch.bool), beta=0.1,
                                  entropy=2.5, advantages=torch.tensor([[1 / 6, -1 / 6]]),
                                  rewards=torch.tensor([[-2 / 3, -1.0]]))
-    terms = {"solver": SimpleNamespace(kl_mean=torch.tensor(0.2), policy=torch.tensor(-0.3), clip_frac=torch.tensor(0.0),
-                                       approx_kl=torch.tensor(0.0)),
+    terms = {"solver": SimpleNamespace(kl_mean=torch.tensor(0.2), policy=torch.tensor(-0.3),
+                                       clip_frac=torch.tensor(0.0), approx_kl=torch.tensor(0.0)),
              "challenger": SimpleNamespace(kl_mean=torch.tensor(0.4), policy=torch.tensor(0.7),
                                            clip_frac=torch.tensor(0.25), approx_kl=torch.tensor(0.01))}
     m = step_metrics(rewards=rewards, query_valid=valid, values=values, answers=answers, queries=queries,
@@ -52,9 +52,11 @@ def test_reward_metrics_and_degenerate_metrics_by_hand():
     from lsp_exp.judge.self_quality import JudgeScores
 
     n, g = 2, 2
-    scores = SimpleNamespace(parts={"verifier": torch.tensor([1.0, 0.0, 1.0, 1.0]), "rm": torch.tensor([0.5, 0.1, 0.2, 0.2])})
+    scores = SimpleNamespace(parts={"verifier": torch.tensor([1.0, 0.0, 1.0, 1.0]),
+                                    "rm": torch.tensor([0.5, 0.1, 0.2, 0.2])})
     truth = SimpleNamespace(values=torch.tensor([1.0, 0.0, 0.0, 0.0]), valid=torch.tensor([True, True, False, False]))
-    judged = JudgeScores(values=torch.tensor([7.0, 1.0, 0.0, 4.0]), parse_fail=torch.tensor([False, False, True, False]),
+    judged = JudgeScores(values=torch.tensor([7.0, 1.0, 0.0, 4.0]),
+                         parse_fail=torch.tensor([False, False, True, False]),
                          unscored=torch.tensor([False, False, True, False]),
                          query_points=torch.tensor([2.0, 1.0, float("nan"), 0.0]), texts=["a", "b", "c", "d"])
     queries = SimpleNamespace(rollout=object(), finished=torch.tensor([True, True]), texts=["1+2", "  "])

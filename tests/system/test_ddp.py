@@ -41,7 +41,8 @@ def test_two_process_cpu_ddp_reduces_metrics_across_ranks(shared_outputs, tmp_pa
     args = [*tiny_overrides(shared_outputs, *SETUP, "trainer=ddp_cpu", "trainer.max_steps=2", "eval.every_n_steps=0",
                             "trainer.checkpoint_every=0", "trainer.enable_progress_bar=false"),
             f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", f"logger.artifact_location={outputs}/artifacts"]
-    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *args], capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *args], capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout
     client, found = runs(outputs)
@@ -116,7 +117,8 @@ def test_ddp_ppo_lora_weights_equal_on_every_rank_and_one_nan_skips_every_rank(s
     step 1 only rank 1's loss is NaN, yet both ranks skip that step's updates (weights unchanged,
     counted on each), and the next step updates again."""
     records, run = ddp_probe(shared_outputs, tmp_path, "algorithm=ppo", "model.lora.enabled=true",
-                             "trainer.max_steps=3", "reward._target_=tests.helpers.step_probe.ProbeReward",  # advantages != 0
+                             "trainer.max_steps=3",
+                             "reward._target_=tests.helpers.step_probe.ProbeReward",  # advantages != 0
                              "game.max_query_tokens=24", env={"DDP_PROBE_NAN_RANK": "1", "DDP_PROBE_NAN_STEP": "1"})
     rank0, rank1 = records
     assert [r["step"] for r in rank0] == [-1, 0, 1, 2]

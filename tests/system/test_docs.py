@@ -104,7 +104,7 @@ def readme_examples(tmp_path, monkeypatch):
     """The README's example files (code blocks that start with `# <file>.py` or `# my_conf/<file>.yaml`),
     written out: the package on sys.path, the config directory returned."""
     text = (PROJECT_ROOT / "README.md").read_text()
-    for kind, body in re.findall(r"```(python|yaml)\n(.*?)```", text, flags=re.S):
+    for _kind, body in re.findall(r"```(python|yaml)\n(.*?)```", text, flags=re.S):
         first = body.splitlines()[0]
         match = re.fullmatch(r"# (my_conf/[\w/]+\.yaml|\w+\.py)(:.*)?", first.strip())
         if match:

@@ -51,7 +51,8 @@ def stand_ins(tmp_path_factory):
     arch = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id)
-    for name, cls, extra in (("policy", LlamaForCausalLM, {}), ("rm", LlamaForSequenceClassification, {"num_labels": 1})):
+    for name, cls, extra in (("policy", LlamaForCausalLM, {}),
+                             ("rm", LlamaForSequenceClassification, {"num_labels": 1})):
         cls(LlamaConfig(**arch, **extra)).save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     (root / "alpaca.json").write_text(json.dumps([{"instruction": "Name a colour.", "input": ""},

@@ -48,7 +48,8 @@ def user(tmp_path, monkeypatch):
 
 def last_run(outputs):
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
-    run = runs_of_this_test(f"sqlite:///{outputs}/mlflow.db")[-1]  # this test's newest (its tag, tests/helpers/tiny_run.py)
+    # this test's newest (its tag, tests/helpers/tiny_run.py)
+    run = runs_of_this_test(f"sqlite:///{outputs}/mlflow.db")[-1]
     return run, {k: [m.value for m in client.get_metric_history(run.info.run_id, k)] for k in run.data.metrics}
 
 
@@ -69,7 +70,8 @@ def test_a_reward_is_a_plain_function_and_a_yaml(user, shared_outputs):
         name: brevity
         max_chars: 1
         """)
-    train(compose_config("train", tiny_overrides(shared_outputs, searchpath, "reward=brevity", "game=grpo_data", *FAST)))
+    train(compose_config("train", tiny_overrides(shared_outputs, searchpath, "reward=brevity", "game=grpo_data",
+                                                 *FAST)))
     import my_rewards
 
     run, metrics = last_run(shared_outputs)
@@ -170,7 +172,8 @@ def test_an_advantage_with_a_new_hyper_parameter_is_one_file_and_one_yaml(user, 
 
     assert my_algos.CALLS and set(my_algos.CALLS) == {2.5}   # the hyper-parameter reached the user's function
     run, metrics = last_run(shared_outputs)
-    assert run.info.status == "FINISHED" and run.data.params["algorithm.advantage._target_"] == "my_algos.scaled_advantage"
+    assert run.info.status == "FINISHED"
+    assert run.data.params["algorithm.advantage._target_"] == "my_algos.scaled_advantage"
 
 
 REWARD_MODEL = ["reward.bootstrap.steps=2", "reward.bootstrap.hidden_size=16", "reward.bootstrap.intermediate_size=32",

@@ -33,7 +33,8 @@ def no_network(monkeypatch):
     server) and Unix sockets pass; anything else is refused and recorded (a library that swallows
     the error is still caught by the record)."""
     attempts: list = []
-    real_connect, real_connect_ex, real_getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+    real_getaddrinfo = socket.getaddrinfo
 
     def check(sock_family, address):
         if sock_family == getattr(socket, "AF_UNIX", None) or is_loopback(address[0]):

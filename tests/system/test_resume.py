@@ -73,7 +73,8 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig)
     written, the process exits 143 and the run is KILLED; `resume=<run id>` then finishes the same run."""
     outputs = tmp_path / "store"
     args = [*tiny_overrides(shared_outputs, "game=lsp_zero", "trainer.max_steps=500", "trainer.checkpoint_every=0",
-                            "eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0", "eval.sample_table_every=0"),
+                            "eval.samples=0", "eval.judge_pairs=0", "eval.every_n_steps=0",
+                            "eval.sample_table_every=0"),
             f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", f"logger.artifact_location={outputs}/artifacts"]
     init_sqlite_store(f"sqlite:///{outputs}/mlflow.db")  # before this test's client reads it, as the run would
     proc = subprocess.Popen([sys.executable, "-m", "lsp_exp.cli.train", *args], stdout=subprocess.PIPE,
@@ -103,8 +104,9 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig)
     # from the overrides saved in the checkpoint (else this would build the full-size toy world). Its
     # checkpoints are outside this command's paths.outputs, found through the run's checkpoint_dir tag:
     # that is followed only when the command says so (a tag anyone who can write the store can set).
-    done = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", f"resume={run_id}", f"trainer.max_steps={step + 1}",
-                           f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db", "trust_checkpoint_dir_tag=true"],
+    done = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", f"resume={run_id}",
+                           f"trainer.max_steps={step + 1}", f"logger.tracking_uri=sqlite:///{outputs}/mlflow.db",
+                           "trust_checkpoint_dir_tag=true"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     client = mlflow.MlflowClient(f"sqlite:///{outputs}/mlflow.db")
@@ -116,8 +118,9 @@ def test_sigterm_writes_a_checkpoint_that_resumes(shared_outputs, tmp_path, sig)
 
 
 def test_lora_checkpoint_holds_only_the_adapter_and_resumes(shared_outputs, tmp_path):
-    common = ["game=grpo_data", "reward=tiny_rm", *TINY_RM, "model.lora.enabled=true", "model.lora.r=2", "eval.samples=0", "eval.judge_pairs=0",
-              "trainer.checkpoint_every=1", f"trainer.checkpoint_dir={tmp_path}", "logger=none"]
+    common = ["game=grpo_data", "reward=tiny_rm", *TINY_RM, "model.lora.enabled=true", "model.lora.r=2",
+              "eval.samples=0", "eval.judge_pairs=0", "trainer.checkpoint_every=1",
+              f"trainer.checkpoint_dir={tmp_path}", "logger=none"]
     train(compose_config("train", tiny_overrides(shared_outputs, *common, "trainer.max_steps=1")))
     ckpt = latest_checkpoint(tmp_path)
     keys = list(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
@@ -230,7 +233,8 @@ def test_after_kill_9_a_resume_takes_over_and_logs_every_step_once(tmp_path):
         try:
             exp = client.get_experiment_by_name("lsp-exp")
             runs = runs_of_this_test(store, "lsp-exp") if exp else []
-            steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "train/solver/reward")] if runs else []
+            history = client.get_metric_history(runs[0].info.run_id, "train/solver/reward") if runs else []
+            steps = [m.step for m in history]
         except Exception:  # noqa: BLE001 (the store is being created)
             continue
         if steps and max(steps) >= 4 and max(steps) % 3 != 2:   # past a checkpoint, with steps after it

@@ -26,7 +26,7 @@ def test_bootstrap_reproduces_the_shipped_base(tmp_path):
     assert heldout == heldout_shipped
     shipped_threads = json.loads((installed / "info.json").read_text())["torch_threads"]
     if torch.get_num_threads() == shipped_threads:  # float reductions depend on the thread count
-        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
             assert torch.equal(a, b), name
     acc_ours = evaluate_solver(ours, tokenizer, heldout_set(heldout))["accuracy"]
     acc_theirs = evaluate_solver(theirs, tokenizer, heldout_set(heldout))["accuracy"]
@@ -47,5 +47,5 @@ def test_bootstrap_reproduces_the_shipped_tiny_rm(tmp_path):
     ours = AutoModelForSequenceClassification.from_pretrained(rebuilt)
     theirs = AutoModelForSequenceClassification.from_pretrained(installed)
     if torch.get_num_threads() == json.loads((installed / "info.json").read_text())["torch_threads"]:
-        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values(), strict=True):
             assert torch.equal(a, b), name

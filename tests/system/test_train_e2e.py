@@ -50,7 +50,7 @@ def test_train_logs_params_metrics_and_artifacts(shared_outputs, game):
     # The sample table reads each answer: its decoded value, the query's true value, correct or not.
     table = json.loads(Path(client.download_artifacts(run.info.run_id, "samples/step_000002.json")).read_text())
     assert table["columns"][:5] == ["query", "answer", "decoded", "expected", "correct"]
-    for query, answer, decoded, expected, correct, *_ in table["data"]:
+    for _query, answer, decoded, expected, correct, *_ in table["data"]:
         assert decoded == decode_answer(answer)
         assert (correct is None) == (expected is None) and correct in (None, decoded == expected)
     # The final model is an MLflow logged model of the run (its weights: the run's model/ artifact).
@@ -78,7 +78,8 @@ def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "held-out Solver accuracy" in ok.stdout
-    bad = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "game.group_size=1")],
+    bad = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train",
+                          *tiny_overrides(shared_outputs, "game.group_size=1")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert "game.group_size" in bad.stderr and "Traceback" not in bad.stderr
@@ -87,7 +88,8 @@ def test_cli_runs_and_bad_config_fails_cleanly(shared_outputs):
 def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
     missing = tmp_path / "no-such-model"
     out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(shared_outputs, "task=prompts",
-                          f"model.path={missing}", "logger=none", arith=False)], capture_output=True, text=True, timeout=300)
+                          f"model.path={missing}", "logger=none", arith=False)],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert str(missing) in out.stderr and "download" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
@@ -100,7 +102,8 @@ def test_missing_model_gives_one_clear_line(shared_outputs, tmp_path):
 
 def test_unknown_reward_target_fails_with_a_clear_message(shared_outputs):
     out = subprocess.run([sys.executable, "-m", "lsp_exp.cli.train", *tiny_overrides(
-        shared_outputs, "reward._target_=my_rewards.Oracle", "logger=none")], capture_output=True, text=True, timeout=300)
+        shared_outputs, "reward._target_=my_rewards.Oracle", "logger=none")],
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: reward._target_='my_rewards.Oracle': cannot be imported")
 

@@ -16,7 +16,8 @@ def tiny_bootstrap_cfg(*extra):
 def test_key_changes_with_the_config():
     base = tiny_bootstrap_cfg()
     again = tiny_bootstrap_cfg("task.world.flaw_rate=0.5", "task.world.flaw_rate=" + str(base.task.world.flaw_rate))
-    assert again is not base and world_key(again.task.world, again.task.bootstrap) == world_key(base.task.world, base.task.bootstrap)
+    assert again is not base
+    assert world_key(again.task.world, again.task.bootstrap) == world_key(base.task.world, base.task.bootstrap)
     key = world_key(base.task.world, base.task.bootstrap)
     assert len(key) == 12 and int(key, 16) >= 0   # a 12-hex-digit folder name
     changed = tiny_bootstrap_cfg("task.world.flaw_rate=0.5")
@@ -34,7 +35,7 @@ def test_build_is_cached_and_deterministic(tmp_path):
     second = build_toy_world(cfg.task.world, cfg.task.bootstrap, tmp_path / "b")
     model_a, tok, heldout, train = load_toy_world(first)
     model_b, _, heldout_b, _ = load_toy_world(second)
-    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+    for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert heldout == heldout_b and len(heldout) == 40 and len(train) == 200
     assert not {p.text for p in heldout} & {p.text for p in train}

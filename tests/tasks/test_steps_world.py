@@ -107,7 +107,8 @@ def test_the_training_split_follows_its_own_shares_and_the_heldout_the_worlds():
 
 def test_the_verifier_reads_the_last_step():
     from lsp_exp.tasks.arith.verifier_reward import ArithmeticReward
-    scores = ArithmeticReward(STEPS).score(["3+4*5"] * 4 + ["99+1"], ["4*5=02,3+20=32", "3+4=7,7*5=53", "32", "", "001"])
+    scores = ArithmeticReward(STEPS).score(["3+4*5"] * 4 + ["99+1"],
+                                           ["4*5=02,3+20=32", "3+4=7,7*5=53", "32", "", "001"])
     assert scores.values.tolist() == [1.0, 0.0, 0.0, 0.0, 0.0] and scores.valid.tolist() == [True] * 4 + [False]
     assert answer_value("4*5=02,3+20=32", STEPS) == 23
 
@@ -194,7 +195,8 @@ def test_the_first_world_keeps_its_cache_key_and_shipped_base():
 
 def test_the_first_world_samples_the_same_problems_as_before():
     rng = random.Random(0)
-    assert [sample_problem(rng).text for _ in range(5)] == ["13+8*8", "15-11+18", "4-3+19", "17+9*1", "10-17*1"]  # as the first world drew them
+    # as the first world drew them
+    assert [sample_problem(rng).text for _ in range(5)] == ["13+8*8", "15-11+18", "4-3+19", "17+9*1", "10-17*1"]
 
 
 def test_a_steps_only_setting_in_the_direct_world_is_refused():

@@ -29,7 +29,8 @@ def test_valid_problems(text, answer, difficulty):
 
 
 @pytest.mark.parametrize("text", [
-    "12*34", "7*89", "1*2*3", "(1+2)*3", "-1+2", "1+-2", "07+1", "100+1", "20+1", "1+2+3+4", "12", "1 + 2", "2**3", "1+2\n",
+    "12*34", "7*89", "1*2*3", "(1+2)*3", "-1+2", "1+-2", "07+1", "100+1", "20+1", "1+2+3+4", "12", "1 + 2", "2**3",
+    "1+2\n",
 ])
 def test_outside_the_world(text):
     assert parse_problem(text) is None
