@@ -10,7 +10,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-slow ui bootstrap calibrate clean
+.PHONY: install run lint test test-slow ui bootstrap calibrate clean
 
 install: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/lsp-train $(ARGS)
 
-test: install
+# The linters first (seconds), then the tests: ruff's rules and the layer contract are in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -q $(ARGS)
 
 test-slow: install
