@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from lsp_exp.rl import advantages as _advantages, aggregation as _aggregation, losses as _losses  # noqa: F401
+from lsp_exp.rl import advantages as _advantages, aggregation as _aggregation, losses as _losses  # noqa: F401 (registers)
 from lsp_exp.rl.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, TOKEN_POLICY_LOSSES, get
 
 

@@ -276,7 +276,10 @@ def test_real_style_models_play_every_game(style, game, lora, prompt, tmp_path):
     client = mlflow.MlflowClient(store)
     run = client.search_runs([client.get_experiment_by_name("lsp-exp").experiment_id])[0]
     assert run.info.status == "FINISHED"
-    metric = lambda key: [m.value for m in client.get_metric_history(run.info.run_id, key)]  # noqa: E731
+
+    def metric(key):
+        return [m.value for m in client.get_metric_history(run.info.run_id, key)]
+
     grad_norm, role = metric("train/grad_norm"), "solver" if game == "grpo_data" else "challenger"
     assert grad_norm[0] > 0 and all(g == g for g in grad_norm), grad_norm  # a learning signal, nothing non-finite
     kl = metric(f"train/kl/{role}")

@@ -166,7 +166,10 @@ def test_lsp_memory_refuses_bad_input_in_one_line(budget, override, line, tmp_pa
 
 def test_largest_fitting_micro_batch():
     shape = StepShape(n_queries=8, group_size=8, query_tokens=2, answer_tokens=3, prompt_tokens=1)
-    fits = lambda size: estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=size)  # noqa: E731
+
+    def fits(size):
+        return estimate(TINY, shape, dtype_bytes=4, lora=None, micro_batch_size=size)
+
     budget = fits(16).total
     assert largest_fitting(budget, fits) == 16
     assert largest_fitting(fits(1).total - 1, fits) is None

@@ -72,7 +72,9 @@ def test_reward_metrics_and_degenerate_metrics_by_hand():
         "train/solver/true_accuracy": 0.5,        # over the pairs the verifier grades
         "train/query_valid_frac": 0.5})           # graded by the verifier and finished
 
-    tokenizer = lambda texts, add_special_tokens: {"input_ids": [list(t) for t in texts]}  # noqa: E731 (one id per char)
+    def tokenizer(texts, add_special_tokens):  # one id per char
+        return {"input_ids": [list(t) for t in texts]}
+
     answers = SimpleNamespace(texts=["3", " ", "", "12"], completion_lengths=torch.tensor([2, 1, 0, 3]),
                               finished=torch.tensor([True, True, False, False]))
     queries = SimpleNamespace(texts=["1+2", "99999*9"], rollout=SimpleNamespace(
