@@ -12,7 +12,10 @@ from lsp_exp.rl.losses import kl_penalised
 from lsp_exp.rl.role_loss import member_advantages, role_advantages, role_loss
 from lsp_exp.core.step_metrics import reduce_over_ranks
 
-close = lambda a, b: torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32), atol=1e-5, rtol=1e-5)  # noqa: E731
+
+def close(a, b):
+    torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_solver_advantage_is_reward_minus_group_mean():
@@ -41,7 +44,8 @@ def test_reinforce_loss_value_and_gradient():
     # (one-token sequences, so log pi(a) is the token's log-prob; the third sequence does not count).
     logp = torch.tensor([[-1.0], [-2.0], [-3.0]], requires_grad=True)
     adv = torch.tensor([0.5, -0.5, 1.0])
-    spec, mask = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum"), torch.tensor([[1.0], [1.0], [0.0]])
+    spec = AlgorithmSpec("group_mean", "reinforce_token", "seq_mean_token_sum")
+    mask = torch.tensor([[1.0], [1.0], [0.0]])
     loss = spec.loss(logp, None, adv, mask, spec.token_weights(mask)).loss
     close(loss, 0.0)
     loss.backward()
@@ -66,7 +70,10 @@ def test_kl_estimators_against_exact_categorical_kl():
     q = torch.tensor([0.2, 0.3, 0.5])
     exact = (p * (p / q).log()).sum()                               # 0.27489
     x = (p / q).log()
-    expect = lambda est: (p * est(x)).sum()  # noqa: E731  (exact expectation over y ~ p)
+
+    def expect(est):  # the exact expectation over y ~ p
+        return (p * est(x)).sum()
+
     close(exact, 0.3 * math.log(2.5))
     close(expect(kl_k1), exact)                                     # k1 unbiased
     close(expect(kl_k3), exact)                                     # k3 unbiased
