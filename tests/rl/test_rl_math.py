@@ -10,7 +10,7 @@ from lsp_exp.rl.algorithms import AlgorithmSpec
 from lsp_exp.rl.kl import kl_k1, kl_k2, kl_k3, sequence_kl
 from lsp_exp.rl.losses import kl_penalised
 from lsp_exp.rl.role_loss import member_advantages, role_advantages, role_loss
-from lsp_exp.core.step_metrics import reduce_over_ranks
+from lsp_exp.run.step_metrics import reduce_over_ranks
 
 
 def close(a, b):
