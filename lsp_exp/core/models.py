@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,7 +172,7 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
     if adapter is not None:
         from peft import PeftModel  # noqa: PLC0415 (peft: ~0.5 s to import; only under LoRA or an adapter)
 
-        with safe_weights(adapter):
+        with safe_weights(adapter), peft_wrapping():
             model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     if cfg.get("gradient_checkpointing"):
         enable_checkpointing(model)
@@ -181,7 +182,8 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
         lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                           target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
         try:
-            model = get_peft_model(model, lora)   # peft keeps the adapter in float32 over a half-precision base
+            with peft_wrapping():
+                model = get_peft_model(model, lora)   # peft keeps the adapter in float32 over a half-precision base
         except ValueError as err:   # e.g. no module matches target_modules (GPT-2 names them c_attn, c_proj...)
             raise ModelSetupError(
                 f"model.lora.target_modules={list(cfg.lora.target_modules)}: peft cannot adapt "
@@ -190,6 +192,16 @@ def load_policy(cfg: DictConfig, path: str, adapter: str | Path | None = None):
     check_master_weights(model)
     disable_dropout(model)   # of the model and the adapter: sampling and scoring see one distribution
     return model
+
+
+@contextmanager
+def peft_wrapping():
+    """Around peft's wrapping of a model: `PeftModel.__init__` reads the model's `is_gradient_checkpointing`,
+    which transformers 5.2x deprecates (a FutureWarning on every LoRA run, from peft's code, not ours, and
+    nothing a caller can change); only that warning is silenced, only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str):
