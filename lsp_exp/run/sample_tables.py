@@ -1,6 +1,7 @@
-"""Sample tables: every `eval.sample_table_every` steps, one row per answer of the step (the query,
-the answer, the task's reading of it, the rewards and advantages of both roles, the judge's reply)
-as the run artifact `samples/step_<step>.json` (run/tracking.py)."""
+"""Sample tables: every `eval.sample_table_every` steps and at the last step (`trainer.max_steps`), so
+a short run has one too, one row per answer of the step (the query, the answer, the task's reading of
+it, the rewards and advantages of both roles, the judge's reply) as the run artifact
+`samples/step_<step>.json` (run/tracking.py). `eval.sample_table_every=0` logs none."""
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import Callback
@@ -15,7 +16,7 @@ class SampleTables(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step  # (after the step's update)
-        if self.every and step % self.every == 0:
+        if self.every and (step % self.every == 0 or step == trainer.max_steps):
             log_sample_table(module.logger, step, table(outputs["step"], module.task))
 
 

@@ -41,4 +41,4 @@ def test_each_step_is_in_the_store_before_its_checkpoint(shared_outputs, monkeyp
     run, history, client = run_of(shared_outputs, "callbacks")
     assert [s for s, _ in history["eval/accuracy"]] == [0, 2, 3]      # start, every 2 steps, end
     tables = [a.path for a in client.list_artifacts(run.info.run_id, "samples")]
-    assert tables == ["samples/step_000002.json"]                       # eval.sample_table_every=2
+    assert tables == ["samples/step_000002.json", "samples/step_000003.json"]   # every 2 steps, and the last
