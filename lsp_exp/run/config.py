@@ -60,9 +60,10 @@ class GameSchema:
     #                                     verifier), or the step's highest reward for an unbounded reward (0.0
     #                                     reproduces the collapse)
     challenger_objective: str = "neg_value"  # the paper's -V; also uncertainty, learnability
-    max_query_tokens: int = 12
+    max_query_tokens: int = SI("${oc.select:task.max_query_tokens,12}")  # the task's query length (toy: 12,
+    #                                     task=prompts: 256)
     max_answer_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24
-    #                                     worked, 8 direct)
+    #                                     worked, 8 direct; task=prompts: 512)
     temperature: float = 1.0
     prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's training
     #                                     split (disjoint from the held-out set)

@@ -1,7 +1,8 @@
 """The data and the policy of a run, in the order that stops a bad run soonest: the data is read
 before any model is built or loaded, each row bounded by a model at hand (its tokenizer and context,
-core/prompt_bound.py); the device's memory is checked against the estimated peak before any weight
-is loaded; the loaded policy is checked on a few tokens (core/conformance.py)."""
+core/prompt_bound.py); the run's longest sequences are checked against the models' contexts
+(run/context_check.py) and the device's memory against the estimated peak before any weight is
+loaded; the loaded policy is checked on a few tokens (core/conformance.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from lsp_exp.core.special_tokens import check_chat_model
 from lsp_exp.errors import ConfigError
 from lsp_exp.nodes import build
 from lsp_exp.run.chaining import is_adapter
+from lsp_exp.run.context_check import check_context
 from lsp_exp.run.memory_check import check_memory
 from lsp_exp.tasks.base import HeldoutSet, Task
 
@@ -43,10 +45,13 @@ def load_policy_and_data(cfg: DictConfig, task: Task, init: Path | None) -> Poli
     tokenizer = loader.tokenizer(at_hand) if at_hand else None
     heldout, prompts = read_data(cfg, task, prompt_bound(tokenizer, at_hand, cfg.game.max_answer_tokens)
                                  if at_hand else None)
+    if at_hand:
+        check_context(cfg, task, tokenizer, at_hand, prompts)
     model_path = str(init) if full_init else resolve_model_path(cfg.model, task)  # a first-time bootstrap draws RNG
     if tokenizer is None:  # a model the task built just now: it bounds the rows read (named by number)
         tokenizer = loader.tokenizer(model_path)
         check_data(prompt_bound(tokenizer, model_path, cfg.game.max_answer_tokens), cfg, heldout, prompts)
+        check_context(cfg, task, tokenizer, model_path, prompts)
         check_memory(cfg, model_path)  # before any weight is loaded
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     policy = loader.policy(model_path, adapter=init if init is not None and is_adapter(init) else None).train()
