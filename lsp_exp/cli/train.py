@@ -46,6 +46,7 @@ from lsp_exp.run.evaluation import HeldoutEvaluation
 from lsp_exp.run.launch import check_launch
 from lsp_exp.run.policy_and_data import PolicyAndData, load_policy_and_data
 from lsp_exp.run.run_end import end_run
+from lsp_exp.run.run_health import RunHealth
 from lsp_exp.run.sample_tables import SampleTables
 from lsp_exp.run.self_play import SelfPlayModule
 from lsp_exp.run.session import build_trainer, tracked_run
@@ -113,11 +114,12 @@ def _train(cfg: DictConfig) -> JobResult:
         model.heldout, every=cfg.eval.every_n_steps, samples=cfg.eval.samples, judge_threshold=cfg.eval.judge_threshold,
         max_new_tokens=cfg.game.max_answer_tokens,
         labelled_pairs=task.labelled_pairs(cfg.eval.judge_pairs) if cfg.eval.judge_pairs else None)
+    health = RunHealth(cfg.trainer.health, steps)  # a run that cannot learn says so; after `steps`: reads its figures
     with tracked_run(cfg, resume, overrides, requeued) as run:
         bar = [progress_bar(cfg)] if cfg.trainer.enable_progress_bar else []
         # the step's metrics reach the store before its checkpoint
-        trainer = build_trainer(cfg, run.logger, [steps, SampleTables(cfg.eval.sample_table_every), *bar, evaluation,
-                                                  run.checkpoints])
+        trainer = build_trainer(cfg, run.logger, [steps, health, SampleTables(cfg.eval.sample_table_every), *bar,
+                                                  evaluation, run.checkpoints])
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # from here on Lightning's: a checkpoint at the step's end
         try:
             trainer.fit(module, train_dataloaders=DataLoader(StepStream(), batch_size=None),
@@ -126,7 +128,7 @@ def _train(cfg: DictConfig) -> JobResult:
             mark_interrupted(run.logger, run.checkpoints.last_path)
             raise SystemExit(143) from None
     if trainer.is_global_zero:
-        finish(cfg, run.logger, module, model, evaluation)
+        finish(cfg, run.logger, module, model, evaluation, health.summary())
     return JobResult(evaluation.history, steps.last)
 
 
@@ -149,7 +151,8 @@ def _built(what: str, component):
     return component
 
 
-def finish(cfg: DictConfig, logger, module: SelfPlayModule, model: PolicyAndData, evaluation: HeldoutEvaluation):
+def finish(cfg: DictConfig, logger, module: SelfPlayModule, model: PolicyAndData, evaluation: HeldoutEvaluation,
+           health: list[str] | None = None):
     """The metrics, the final model, then FINISHED, each retried (run/run_end.py); then the report."""
     weights = module.final_weights  # the full weights gathered at the end of a sharded run (else None)
     entry = {"base_model": model.model_path, "dtype": cfg.model.get("dtype", "float32"),
@@ -158,7 +161,7 @@ def finish(cfg: DictConfig, logger, module: SelfPlayModule, model: PolicyAndData
             lambda: log_final_model(logger, model.policy, model.tokenizer, cfg.paths.outputs, state_dict=weights,
                                     entry=entry, upload=cfg.logger.get("log_model", True)),
             save_locally=lambda folder: save_model(folder, model.policy, model.tokenizer, weights))
-    report(evaluation.history, logger, evaluation.judging)
+    report(evaluation.history, logger, evaluation.judging, health)
 
 
 def _in_a_sweep() -> bool:
@@ -202,9 +205,11 @@ def interrupts_during_startup():
         signal.signal(signal.SIGTERM, previous)
 
 
-def report(history: dict[int, dict[str, float]], logger, judging: dict[str, float] | None = None) -> None:
+def report(history: dict[int, dict[str, float]], logger, judging: dict[str, float] | None = None,
+           health: list[str] | None = None) -> None:
     """The end of a run: how the reward and the judge classify correctness (measured at the start),
-    the held-out result before and after, the run's name and a link that opens it in the UI."""
+    the held-out result before and after, the run health conditions that held (run/run_health.py),
+    the run's name and a link that opens it in the UI."""
     for who in ("reward", "judge"):
         if f"{who}/f1" in (judging or {}):
             say(f"{who} as a classifier of correctness (at start): " + "  ".join(
@@ -212,6 +217,8 @@ def report(history: dict[int, dict[str, float]], logger, judging: dict[str, floa
                 if f"{who}/{k}" in judging))
     line = accuracy_line(history)
     if line:
+        say(line)
+    for line in health or ():
         say(line)
     if logger is not None:
         model = getattr(logger, "model_id", None)

@@ -98,6 +98,18 @@ class AlgorithmSchema:
 
 
 @dataclass
+class HealthSchema:
+    """Run health (lsp_exp/run/run_health.py): a condition under which no step can learn, held this
+    many steps in a row, prints one line, tags the MLflow run (`health=...`) and is repeated at the end."""
+
+    enabled: bool = True
+    steps: int = 5                      # k: steps in a row (one bad step is noise; 5 is 1% of the default run)
+    min_query_valid_frac: float = 0.1   # train/query_valid_frac below it: almost no valid query
+    max_unfinished_frac: float = 0.9    # train/query_unfinished_frac or train/answer_unfinished_frac above it
+    zero_std_frac: float = 1.0          # train/zero_std_frac at or above it (1: every group has zero reward spread)
+
+
+@dataclass
 class TrainerSchema:
     name: str = MISSING
     accelerator: str = "cpu"
@@ -118,6 +130,7 @@ class TrainerSchema:
     #                                     the gradient is the same
     generation_batch_size: Optional[int] = None  # rows decoded at once (generation, the judge; None: all); set
     #                                     only if the KV cache does not fit
+    health: HealthSchema = field(default_factory=HealthSchema)  # run health: trainer.health.* (run/run_health.py)
 
 
 @dataclass
@@ -319,6 +332,10 @@ RANGES: dict[str, Range] = {
     "trainer.micro_batch_size": Range(1, why="must be at least 1 row (or null: the whole batch in one pass)"),
     "trainer.generation_batch_size": Range(1, why="must be at least 1 row (or null: all rows at once)"),
     "trainer.checkpoint_every": Range(0, why="must be >= 0 (0: only on a signal)"),
+    "trainer.health.steps": Range(1),
+    "trainer.health.min_query_valid_frac": Range(0, 1),
+    "trainer.health.max_unfinished_frac": Range(0, 1),
+    "trainer.health.zero_std_frac": Range(0, 1),
     "optim.lr": Range(0, open_low=True),
     "optim.weight_decay": Range(0),
     "optim.grad_clip": Range(0, why="must be >= 0 (0 disables clipping)"),
