@@ -1,11 +1,13 @@
 """Task rewards R(q, a): objects with `score(queries, answers) -> Scores` and `bounds`.
 
-A reward is built from its `_target_` in the `reward` config group (`conf/reward/*.yaml`): a
-Hugging Face sequence classifier (`reward_model.load_reward_model`), a weighted sum of named parts
-(`composite.CompositeReward`), the task's own ground truth (`reward=ground_truth`), a task package's
-rewards (the arithmetic verifier and tiny reward model: `lsp_exp/tasks/arith/rewards.py`), or any
-class of yours with `score(queries, answers) -> Scores` (and `bounds`), or a plain function
-`(queries, answers) -> one float per pair` named with `_partial_: true` (its other keys are bound).
+A reward is built from its `_target_` in the `reward` config group (`conf/reward/*.yaml`) by
+`build_reward`, in one of three forms: a class (or a function that returns one) with
+`score(queries, answers) -> Scores` (and `bounds`), e.g. a Hugging Face sequence classifier
+(`reward_model.load_reward_model`) or a task package's rewards (`lsp_exp/tasks/arith/rewards.py`);
+a plain function `(queries, answers) -> one float per pair` named with `_partial_: true` (its other
+keys are bound); a target with a `task` parameter, which gets the run's task (`task_ground_truth`,
+`reward=ground_truth`). A node with `parts` (a weighted sum, `composite.CompositeReward`) has each
+part built the same way, so a part takes any of the three forms.
 """
 from __future__ import annotations
 
@@ -20,8 +22,16 @@ from lsp_exp.rewards.reward_model import RewardModelError, RewardModelReward, lo
 
 def build_reward(node: DictConfig, key: str = "reward", task=None) -> Reward:
     """The reward of a `_target_` config node (a ConfigError naming `key` when it cannot be built); a
-    target with a `task` parameter gets the run's task."""
-    reward = build(node, key, offer={"task": task} if task is not None else None)
+    target with a `task` parameter gets the run's task; a plain function becomes a `FunctionReward`.
+    A node's `parts` (a mapping of names to reward nodes) are built first, each as a reward of its
+    own (`<key>.parts.<name>`), and passed to the target as built rewards."""
+    offer = {"task": task} if task is not None else None
+    parts = node.get("parts") if isinstance(node, DictConfig) else None
+    if isinstance(parts, DictConfig):
+        built = {str(name): build_reward(part, f"{key}.parts.{name}", task) for name, part in parts.items()}
+        reward = build(node, key, offer, built={"parts": built})
+    else:
+        reward = build(node, key, offer)
     if callable(reward) and not hasattr(reward, "score"):  # a plain function (`_partial_: true`)
         reward = FunctionReward(reward)
     if not callable(getattr(reward, "score", None)):

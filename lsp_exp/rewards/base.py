@@ -7,6 +7,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from lsp_exp.nodes import unwrapped
+
 
 @dataclass
 class Scores:
@@ -50,11 +52,11 @@ class FunctionReward:
 
     def __init__(self, fn):
         self.fn = fn
-        self.bounds = getattr(getattr(fn, "func", fn), "bounds", None)
+        self.bounds = getattr(unwrapped(fn), "bounds", None)
 
     def score(self, queries: list[str], answers: list[str]) -> Scores:
         values = torch.as_tensor(self.fn(queries, answers), dtype=torch.float32).flatten().cpu()
         if values.numel() != len(answers):
-            raise ValueError(f"reward function {getattr(self.fn, 'func', self.fn)!r} returned {values.numel()} values "
+            raise ValueError(f"reward function {unwrapped(self.fn)!r} returned {values.numel()} values "
                              f"for {len(answers)} pairs")
         return Scores(values, torch.ones(len(answers), dtype=torch.bool))

@@ -7,11 +7,17 @@ from lsp_exp.rewards.base import DeviceReward, Scores
 
 
 class CompositeReward:
-    """`parts`: name -> reward (built from their own `_target_`s); `weights`: name -> w_k (1 if absent)."""
+    """`parts`: name -> reward; `weights`: name -> w_k (1 if absent). From a config, `build_reward` builds
+    each part as it builds a top-level reward, so a part takes any reward form: a class, a plain
+    function (`_partial_: true`), a target that takes the run's task."""
 
     def __init__(self, parts: dict, weights: dict | None = None):
         if not parts:
             raise ValueError("reward.parts: a composite reward needs at least one part")
+        for name, reward in parts.items():
+            if not callable(getattr(reward, "score", None)):
+                raise ValueError(f"reward.parts.{name}: a {type(reward).__name__} has no score(queries, answers) "
+                                 "(lsp_exp.rewards.build_reward builds a part from its config node)")
         weights = dict(weights or {})
         unknown = set(weights) - set(parts)
         if unknown:
