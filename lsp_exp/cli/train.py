@@ -37,7 +37,7 @@ from lsp_exp.errors import ConfigError, LspError
 from lsp_exp.games import build_game
 from lsp_exp.nodes import build
 from lsp_exp.rewards import build_reward
-from lsp_exp.rl.role_rewards import check_objective
+from lsp_exp.rl.role_rewards import challenger_objective, check_objective
 from lsp_exp.run import config  # registers the schemas
 from lsp_exp.run.chaining import resolve_init_from
 from lsp_exp.run.checkpointing import mark_interrupted, prepare_resume
@@ -99,7 +99,7 @@ def _train(cfg: DictConfig) -> JobResult:
     reward = _built("reward", build_reward(cfg.reward, task=task))
     sampling, logprobs = SamplingOptions.of(cfg.trainer), LogprobOptions.of(cfg.trainer)
     try:
-        check_objective(cfg.game.challenger_objective, reward.bounds)
+        check_objective(challenger_objective(cfg.game.challenger_objective, build), reward.bounds)
         game = _built("game", build_game(cfg.game, task, model.prompts, cfg.seed, sampling=sampling))
     except ValueError as err:
         raise ConfigError(str(err)) from None

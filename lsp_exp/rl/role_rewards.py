@@ -4,17 +4,20 @@
     r_sol     = R + w R_Q                          (§8)
     r_ch(q_i) = f(V(q_i)) + w V_Q(q_i),  V_Q(q_i) = (1/G) sum_j R_Q(q_i, a_i^j), 0 for an invalid query
 
-f is the Challenger's objective (§4, `CHALLENGER_OBJECTIVES`; the paper's -V by default) and w the
-weight of the self-quality reward R_Q (w = 1 in the paper, added raw; LSP-Zero has no R_Q at all).
+f is the Challenger's objective (§4: a name of `CHALLENGER_OBJECTIVES`, the paper's -V by default, or a
+function of yours: `challenger_objective`) and w the weight of the self-quality reward R_Q (w = 1 in the
+paper, added raw; LSP-Zero has no R_Q at all).
 `role_rewards` does the whole combination of one step.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import torch
 
-from lsp_exp.rl.registry import register
+from lsp_exp.nodes import unwrapped
+from lsp_exp.rl.registry import get, register
 
 # ---- V(q): the value of a query (docs/method.md §3) ----------------------------------------------
 
@@ -66,6 +69,13 @@ CHALLENGER_OBJECTIVES: dict[str, Callable] = {}
 NEEDS_UNIT_INTERVAL = {"uncertainty", "learnability"}   # objectives defined for V in [0, 1]
 
 
+def unit_interval_only(fn: Callable) -> Callable:
+    """Mark an objective defined for V in [0, 1] (`check_objective` refuses other rewards); a function
+    of yours says the same with `fn.needs_unit_interval = True`."""
+    fn.needs_unit_interval = True
+    return fn
+
+
 @register(CHALLENGER_OBJECTIVES, "neg_value")
 def neg_value(values: torch.Tensor) -> torch.Tensor:
     """f(V) = -V: the paper's zero-sum reward (LSP eq. 1, 3)."""
@@ -73,23 +83,60 @@ def neg_value(values: torch.Tensor) -> torch.Tensor:
 
 
 @register(CHALLENGER_OBJECTIVES, "uncertainty")
+@unit_interval_only
 def uncertainty(values: torch.Tensor) -> torch.Tensor:
     """f(V) = 1 - 2|V - 1/2|: highest where the Solver succeeds half the time (R-Zero)."""
     return 1 - 2 * (values - 0.5).abs()
 
 
 @register(CHALLENGER_OBJECTIVES, "learnability")
+@unit_interval_only
 def learnability(values: torch.Tensor) -> torch.Tensor:
     """f(V) = 1 - V when 0 < V < 1, else 0 (Absolute Zero)."""
     return torch.where((values > 0) & (values < 1), 1 - values, torch.zeros_like(values))
 
 
-def check_objective(name: str, reward_bounds: tuple[float, float] | None) -> None:
-    """Refuse an objective that needs V in [0, 1] with a reward that does not declare that range."""
-    if name in NEEDS_UNIT_INTERVAL and (reward_bounds is None or reward_bounds[0] < 0 or reward_bounds[1] > 1):
-        raise ValueError(
-            f"game.challenger_objective={name} needs a reward in [0, 1], but the reward's range is {reward_bounds}"
-        )
+def challenger_objective(value, build: Callable | None = None) -> Callable:
+    """f of `game.challenger_objective`: a `CHALLENGER_OBJECTIVES` name, or a `_target_` node naming a
+    function V [N] -> [N] with `_partial_: true` (its other keys bound), which `build(node, key)` turns
+    into a callable (as `algorithm.advantage`, rl/algorithms.py)."""
+    if isinstance(value, str):
+        return get(CHALLENGER_OBJECTIVES, value, "game.challenger_objective")
+    objective = value if callable(value) else build(value, "game.challenger_objective")
+    if not callable(objective):
+        raise ValueError(f"game.challenger_objective: {value.get('_target_')} built a {type(objective).__name__}, "
+                         "not a function of V (give a function with `_partial_: true`)")
+    return objective
+
+
+def objective_label(objective: str | Callable) -> str:
+    """The objective's name, or `module.function` of a function of yours (its partial unwrapped)."""
+    if isinstance(objective, str):
+        return objective
+    fn = unwrapped(objective)
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}".lstrip(".")
+
+
+def needs_unit_interval(objective: str | Callable) -> bool:
+    """Whether f is defined for V in [0, 1] only: a built-in in `NEEDS_UNIT_INTERVAL`, or a function
+    (or a partial of one) whose `needs_unit_interval` attribute is true."""
+    if isinstance(objective, str):
+        return objective in NEEDS_UNIT_INTERVAL
+    fn = objective
+    while True:
+        if getattr(fn, "needs_unit_interval", False):
+            return True
+        if not isinstance(fn, functools.partial):
+            return False
+        fn = fn.func
+
+
+def check_objective(objective: str | Callable, reward_bounds: tuple[float, float] | None) -> None:
+    """Refuse an objective that needs V in [0, 1] (a name or a function: `needs_unit_interval`) with a
+    reward that does not declare that range."""
+    if needs_unit_interval(objective) and (reward_bounds is None or reward_bounds[0] < 0 or reward_bounds[1] > 1):
+        raise ValueError(f"game.challenger_objective={objective_label(objective)} needs a reward in [0, 1], but the "
+                         f"reward's range is {reward_bounds}")
 
 
 # ---- + w R_Q: the self-quality reward of full LSP (docs/method.md §8) -----------------------------

@@ -59,7 +59,8 @@ class GameSchema:
     invalid_query_value: Optional[float] = None  # V of an invalid query; None: the reward's upper bound (1 for the
     #                                     verifier), or the step's highest reward for an unbounded reward (0.0
     #                                     reproduces the collapse)
-    challenger_objective: str = "neg_value"  # the paper's -V; also uncertainty, learnability
+    challenger_objective: Any = "neg_value"  # the paper's -V; also uncertainty, learnability; or a `_target_` node
+    #                                     with `_partial_: true`: a function V [N] -> [N] (rl/role_rewards.py)
     max_query_tokens: int = SI("${oc.select:task.max_query_tokens,12}")  # the task's query length (toy: 12,
     #                                     task=prompts: 256)
     max_answer_tokens: int = SI("${oc.select:task.max_answer_tokens,8}")  # the task's answer length (toy: 24

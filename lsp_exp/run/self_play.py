@@ -33,10 +33,10 @@ from lsp_exp.judge.self_quality import SelfQualityJudge
 from lsp_exp.judge.templates import get_template
 from lsp_exp.nodes import build
 from lsp_exp.rewards.base import DeviceReward
-from lsp_exp.rl import CHALLENGER_OBJECTIVES, KL_ESTIMATORS, get
+from lsp_exp.rl import KL_ESTIMATORS, get
 from lsp_exp.rl.algorithms import algorithm_spec
 from lsp_exp.rl.kl_control import kl_controller
-from lsp_exp.rl.role_rewards import challenger_advantage_fn, invalid_query_value, role_rewards
+from lsp_exp.rl.role_rewards import challenger_advantage_fn, challenger_objective, invalid_query_value, role_rewards
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.run.playout import Graded, Playout, StepRecord, grade, play
 from lsp_exp.tasks.base import Task
@@ -67,7 +67,7 @@ class SelfPlayModule(L.LightningModule):
             sampling=sampling) if cfg.game.self_reward else None
         self.algorithm = algorithm_spec(cfg.algorithm, build)  # names, or a user's functions from `_target_`
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
-        self.objective_fn = get(CHALLENGER_OBJECTIVES, cfg.game.challenger_objective, "game.challenger_objective")
+        self.objective_fn = challenger_objective(cfg.game.challenger_objective, build)  # a name, or a user's function
         self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
         self.invalid_query_value = invalid_query_value(cfg.game.invalid_query_value, getattr(reward, "bounds", None))
         self.role_weights = {"solver": 1.0, "challenger": cfg.game.alpha_ch}

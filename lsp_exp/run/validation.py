@@ -17,6 +17,7 @@ from lsp_exp.core.models import find_local_or_cached
 from lsp_exp.core.precision import precision_problem
 from lsp_exp.errors import ConfigError
 from lsp_exp.judge.templates import TEMPLATES
+from lsp_exp.nodes import check_arguments
 from lsp_exp.rl import (ADVANTAGE_ESTIMATORS, AGGREGATIONS, CHALLENGER_OBJECTIVES, KL_CONTROLLERS, KL_ESTIMATORS,
                         TOKEN_POLICY_LOSSES)
 from lsp_exp.rl.kl import PLACEMENTS
@@ -40,8 +41,12 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and not isinstance(value, bool) and not rule.holds(float(value)):
             require(False, key, rule.message())
     game, kl = cfg.game, cfg.kl
-    require(game.challenger_objective in CHALLENGER_OBJECTIVES, "game.challenger_objective",
-            f"unknown; available: {', '.join(sorted(CHALLENGER_OBJECTIVES))}")
+    if isinstance(game.challenger_objective, DictConfig):  # a user's function: `_target_` with `_partial_`
+        check_targets(game.challenger_objective, "game.challenger_objective")
+    else:
+        require(isinstance(game.challenger_objective, str) and game.challenger_objective in CHALLENGER_OBJECTIVES,
+                "game.challenger_objective", f"unknown; available: {', '.join(sorted(CHALLENGER_OBJECTIVES))} "
+                "(or a `_target_` node with `_partial_: true`)")
     require(game.judge.template in ("auto", *TEMPLATES), "game.judge.template",
             f"unknown; available: auto, {', '.join(TEMPLATES)}")
     require(kl.estimator in KL_ESTIMATORS, "kl.estimator", f"unknown; available: {', '.join(sorted(KL_ESTIMATORS))}")
@@ -157,9 +162,10 @@ def check_model_dir(path: str, key: str) -> None:
 
 
 def check_targets(node: DictConfig, key: str) -> None:
-    """Every `_target_` in a component's config tree can be imported (one line naming the key if not);
-    nothing is built. The top node must have one."""
-    if node is None or "_target_" not in node:
+    """Every `_target_` in a component's config tree can be imported, and every key of a `_partial_`
+    node is a parameter of its function (`nodes.check_arguments`: a function is called only later, in
+    a training step); one line naming the key if not; nothing is built. The top node must have one."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
         raise ConfigError(f"{key}: needs a `_target_` (the class or function that builds it)")
     for sub_key, sub in [(key, node), *_subnodes(node, key)]:
         if "_target_" in sub:
@@ -168,6 +174,8 @@ def check_targets(node: DictConfig, key: str) -> None:
             except ImportError as err:
                 raise ConfigError(f"{sub_key}._target_={sub._target_!r}: cannot be imported "
                                   f"({' '.join(str(err).split())[:300]})") from None
+            if sub.get("_partial_"):
+                check_arguments(sub, sub_key)
 
 
 def _subnodes(node: DictConfig, key: str):

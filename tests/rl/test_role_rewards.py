@@ -1,13 +1,19 @@
 """From the task reward R to each role's reward (lsp_exp/rl/role_rewards.py; docs/method.md §3, §4, §8),
 against hand-computed values."""
+import functools
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from lsp_exp.errors import ConfigError
+from lsp_exp.nodes import build
 from lsp_exp.rl.advantages import group_mean_advantage
 from lsp_exp.rl.role_rewards import (ALL_INVALID_ADVANTAGE, CHALLENGER_OBJECTIVES, NEEDS_UNIT_INTERVAL, RoleRewards,
-                                     all_invalid_advantages, challenger_advantage_fn, challenger_rewards,
-                                     check_objective, invalid_query_value, learnability, neg_value, query_values,
-                                     role_rewards, solver_rewards, uncertainty)
+                                     all_invalid_advantages, challenger_advantage_fn, challenger_objective,
+                                     challenger_rewards, check_objective, invalid_query_value, learnability,
+                                     needs_unit_interval, neg_value, query_values, role_rewards, solver_rewards,
+                                     uncertainty)
 
 
 def close(a, b):
@@ -77,6 +83,61 @@ def test_bounded_objectives_refuse_unbounded_rewards():
         check_objective("uncertainty", None)
     with pytest.raises(ValueError, match="learnability"):
         check_objective("learnability", (-5.0, 5.0))
+
+
+# ---- a Challenger objective of the user's (`game.challenger_objective: {_target_, _partial_: true}`) ----------
+CALLS = []
+
+
+def hardest_half(values, margin=0.0):
+    """A user's objective: -V, plus `margin` for a query solved less than half the time."""
+    CALLS.append(margin)
+    return -values + margin * (values < 0.5).float()
+
+
+def near(values, target=0.5):
+    return -(values - target).abs()
+
+
+near.needs_unit_interval = True
+
+
+def a_number():
+    return 1.5
+
+
+def test_an_objective_is_a_name_or_a_users_function_with_its_keys_bound():
+    assert challenger_objective("uncertainty") is uncertainty
+    with pytest.raises(ValueError, match="unknown game.challenger_objective 'chaos'; available: learnability"):
+        challenger_objective("chaos")
+    node = OmegaConf.create({"_target_": f"{__name__}.hardest_half", "_partial_": True, "margin": 0.25})
+    objective = challenger_objective(node, build)
+    CALLS.clear()
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 1.0]])   # V = 0.5, 0, 1
+    out = role_rewards(rewards, torch.tensor([True, True, True]), objective=objective, invalid_value=1.0)
+    close(out.challenger, [-0.5, 0.25, -1.0])   # -V, + 0.25 where V < 1/2: the user's function, its margin bound
+    assert CALLS == [0.25]
+    with pytest.raises(ConfigError, match=r"^game\.challenger_objective\.margn: not a parameter of "
+                                          rf"{__name__}\.hardest_half \(parameters: margin\)$"):
+        challenger_objective(OmegaConf.create({**node, "margn": 1.0}), build)
+    with pytest.raises(ValueError, match="built a float, not a function of V"):
+        challenger_objective(OmegaConf.create({"_target_": f"{__name__}.a_number"}), build)   # no `_partial_`
+
+
+def test_a_users_objective_may_need_the_unit_interval():
+    node = OmegaConf.create({"_target_": f"{__name__}.near", "_partial_": True, "target": 0.3})
+    objective = challenger_objective(node, build)
+    assert isinstance(objective, functools.partial) and needs_unit_interval(objective)
+    assert needs_unit_interval(uncertainty) and needs_unit_interval("learnability")
+    assert not needs_unit_interval(neg_value) and not needs_unit_interval("neg_value")
+    assert not needs_unit_interval(challenger_objective(OmegaConf.create(
+        {"_target_": f"{__name__}.hardest_half", "_partial_": True}), build))
+    check_objective(objective, (0.0, 1.0))
+    with pytest.raises(ValueError, match=rf"^game.challenger_objective={__name__}.near needs a reward in \[0, 1\], "
+                                         r"but the reward's range is \(-1.0, 1.0\)$"):
+        check_objective(objective, (-1.0, 1.0))
+    check_objective(hardest_half, None)   # declares nothing: any reward
+    close(objective(torch.tensor([0.3, 1.0])), [0.0, -0.7])
 
 
 # ---- + w R_Q (§8) ----------------------------------------------------------------------------------

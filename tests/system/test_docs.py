@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from lsp_exp.nodes import build
+from lsp_exp.rewards import build_reward
 from lsp_exp.run.config import PROJECT_ROOT
 from lsp_exp.run.validation import validate
+from lsp_exp.tasks.base import Task
 
 from tests.helpers.tiny_run import compose_config
 
@@ -127,11 +130,28 @@ def test_every_readme_command_composes(command, readme_examples):
 
 def test_the_readme_extension_examples_compose(readme_examples):
     names = {p.relative_to(readme_examples).as_posix() for p in readme_examples.rglob("*.yaml")}
-    assert names == {"reward/brevity.yaml", "task/reverse.yaml", "algorithm/scaled.yaml"}
+    assert names >= {"reward/brevity.yaml", "task/reverse.yaml", "algorithm/scaled.yaml"}   # (and other sections')
     cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "reward=brevity",
                                    "task=reverse", "algorithm=scaled"])
     validate(cfg)   # every `_target_` imports
     assert cfg.algorithm.advantage.scale == 2.5 and cfg.reward.max_chars == 1
+
+
+def test_the_readme_task_example_is_a_task_as_written(readme_examples):
+    """The README's task, built from its YAML as a run builds it, answers the questions a run asks:
+    its held-out set, its training prompts and its verifier, which grades a (query, answer) pair."""
+    cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "task=reverse",
+                                   "reward=ground_truth"])
+    task = build(cfg.task, "task")
+    assert type(task).__name__ == "ReverseTask" and isinstance(task, Task) and task.outputs == cfg.paths.outputs
+    heldout = task.heldout()
+    assert heldout.prompts == ["Reverse: fox", "Reverse: tree"] and heldout.slices == [["len3"], ["len4"]]
+    assert heldout.is_correct(0, " xof") and not heldout.is_correct(1, "tree")
+    assert task.train_prompts() == ["Reverse: cat", "Reverse: sun", "Reverse: fish"]
+    truth = build_reward(cfg.reward, task=task)   # reward=ground_truth: the task's verifier, the README's class
+    scores = truth.score(["Reverse: cat", "Reverse: cat", "Reverse: 42"], ["tac", "cat", "24"])
+    assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
+    assert type(truth).__name__ == "Reversed" and truth.bounds == (0.0, 1.0)
 
 
 CODE_REF = re.compile(r"`((?:lsp_exp|experiments|tests|tools)/[\w/]+\.py):([\w.]+)`")
