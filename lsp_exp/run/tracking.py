@@ -32,9 +32,10 @@ def build_logger(cfg: DictConfig) -> MLFlowLogger | None:
     if log.tracking_uri and log.tracking_uri.startswith("sqlite:///"):
         init_sqlite_store(log.tracking_uri)
     artifact_location = Path(log.artifact_location).as_uri() if log.artifact_location else None
-    ensure_experiment(log.tracking_uri, log.experiment_name, artifact_location)
+    experiment_id = ensure_experiment(log.tracking_uri, log.experiment_name, artifact_location)
+    name = os.environ.get(RUN_NAME_ENV) or free_run_name(log.tracking_uri, experiment_id, run_name(cfg))
     logger = ResilientMLFlowLogger(
-        experiment_name=log.experiment_name, run_name=os.environ.get(RUN_NAME_ENV) or run_name(cfg),
+        experiment_name=log.experiment_name, run_name=name,
         tracking_uri=log.tracking_uri,
         artifact_location=artifact_location, tags=run_tags(cfg),
     )
@@ -50,6 +51,36 @@ def run_name(cfg: DictConfig, suffix: str = "") -> str:
     `<game>-<algorithm>-s<seed>` (e.g. `lsp_zero-lsp-s1`), with `suffix` (a sweep's other swept values)."""
     name = cfg.logger.get("run_name") or f"{cfg.game.name}-{cfg.algorithm.name}-s{cfg.seed}"
     return f"{name} {suffix}".strip()
+
+
+def free_run_name(uri: str | None, experiment_id: str, name: str) -> str:
+    """`name`, or, when a run of the experiment has it already (deleted runs included), `name-2`,
+    `name-3`, ...: the first that none has, so separate runs of one config are told apart in the runs
+    table. (A sweep's jobs are named unique within the sweep instead: `sweep_callback.py`.) A store
+    that does not answer leaves `name` as it is."""
+    import mlflow  # noqa: PLC0415 (optional: logger=none runs without MLflow)
+    from mlflow.entities import ViewType  # noqa: PLC0415 (optional, as above)
+
+    prefix = name.split("'")[0].split("\\")[0]  # a quote or a backslash would end the filter's string
+    client, taken, token = mlflow.MlflowClient(uri), set(), None
+    try:
+        while True:
+            page = client.search_runs([experiment_id], filter_string=f"attributes.run_name LIKE '{prefix}%'",
+                                      run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            taken.update(run.info.run_name for run in page)
+            token = page.token
+            if not token:
+                break
+    except TRACKING_ERRORS as err:
+        logging.getLogger(__name__).warning("could not list the runs named %r (%s); the run keeps the name",
+                                            name, one_line(err, 200))
+        return name
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}-{number}" in taken:
+        number += 1
+    return f"{name}-{number}"
 
 
 def tracking_uri(cfg: DictConfig) -> str | None:
