@@ -130,7 +130,8 @@ def test_every_readme_command_composes(command, readme_examples):
 
 def test_the_readme_extension_examples_compose(readme_examples):
     names = {p.relative_to(readme_examples).as_posix() for p in readme_examples.rglob("*.yaml")}
-    assert names >= {"reward/brevity.yaml", "task/reverse.yaml", "algorithm/scaled.yaml"}   # (and other sections')
+    assert names >= {"reward/brevity.yaml", "reward/checked.yaml", "task/reverse.yaml",
+                     "algorithm/scaled.yaml"}   # (and the other sections' examples)
     cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "reward=brevity",
                                    "task=reverse", "algorithm=scaled"])
     validate(cfg)   # every `_target_` imports
@@ -152,6 +153,20 @@ def test_the_readme_task_example_is_a_task_as_written(readme_examples):
     scores = truth.score(["Reverse: cat", "Reverse: cat", "Reverse: 42"], ["tac", "cat", "24"])
     assert scores.values.tolist() == [1.0, 0.0, 0.0] and scores.valid.tolist() == [True, True, False]
     assert type(truth).__name__ == "Reversed" and truth.bounds == (0.0, 1.0)
+
+
+def test_the_readme_composite_reward_weighs_its_three_kinds_of_part(readme_examples, tmp_path):
+    """The README's composite on the toy task: the task's verifier (a target that takes the task),
+    the shipped tiny reward model (a reward object) and the README's brevity (a plain function)."""
+    cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "reward=checked",
+                                   f"paths.outputs={tmp_path}"])
+    reward = build_reward(cfg.reward, task=build(cfg.task, "task"))
+    assert reward.bounds == pytest.approx((0.0, 1.6))
+    scores = reward.score(["3+4", "3+4"], ["x", "a long wrong answer"])   # both wrong; the first is short
+    parts = {name: values.tolist() for name, values in scores.parts.items()}
+    assert parts["truth"] == [0.0, 0.0] and parts["brevity"] == [1.0, 0.0] and scores.valid.tolist() == [True, True]
+    expected = [0.5 * rm + 0.1 * short for rm, short in zip(parts["tiny_rm"], parts["brevity"], strict=True)]
+    assert scores.values.tolist() == pytest.approx(expected) and all(0 < rm < 1 for rm in parts["tiny_rm"])
 
 
 CODE_REF = re.compile(r"`((?:lsp_exp|experiments|tests|tools)/[\w/]+\.py):([\w.]+)`")
