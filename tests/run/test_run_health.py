@@ -3,11 +3,14 @@ tags the MLflow run and is repeated at the end of the run; a healthy run says no
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
 from lsp_exp.cli.train import train
-from lsp_exp.run.run_health import HealthWatch
+from lsp_exp.run.config import HealthSchema
+from lsp_exp.run.run_health import HealthWatch, RunHealth
 
 from tests.helpers.tiny_run import compose_config, run_of, tiny_overrides
 
@@ -74,6 +77,43 @@ def test_the_end_gives_each_condition_with_its_whole_streak_and_a_resumed_watch_
                                             "game.temperature -- still at the end")
     assert end["answers_unfinished"].endswith("game.max_answer_tokens, game.temperature or the model -- it stopped at "
                                               "step 2")
+
+
+class TagsSeen:
+    """An MLflow client's `set_tag`, recorded."""
+
+    def __init__(self):
+        self.tags = {}
+
+    def set_tag(self, run_id, key, value):
+        self.tags[key] = value
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_every_rank_counts_only_rank_zero_prints_and_tags(rank, capsys):
+    client = TagsSeen()
+    trainer = SimpleNamespace(is_global_zero=rank == 0, logger=SimpleNamespace(run_id="r", experiment=client))
+    health = RunHealth(OmegaConf.structured(HealthSchema(steps=2)), SimpleNamespace(last={**HEALTHY, ZERO_STD: 1.0}))
+    for step in range(3):
+        health.on_train_batch_end(trainer, None, {"step": SimpleNamespace(step=step)}, None, step)
+    health.on_train_end(trainer, None)
+    out = capsys.readouterr().out.splitlines()
+    assert health.summary() == [f"warning: {health.watch.at_end()['no_reward_spread']}"]   # (rank 0 prints it)
+    assert "for 3 steps in a row from step 0" in health.summary()[0]
+    if rank:
+        assert out == [] and client.tags == {}
+    else:
+        assert len(out) == 1 and "for 2 steps in a row from step 0" in out[0]
+        assert client.tags == {"health": "no_reward_spread",
+                               "health.no_reward_spread": health.summary()[0].removeprefix("warning: ")}
+
+
+def test_a_run_with_the_checks_off_says_nothing(capsys):
+    health = RunHealth(OmegaConf.structured(HealthSchema(steps=1, enabled=False)),
+                       SimpleNamespace(last={**HEALTHY, VALID: 0.0}))
+    health.on_train_batch_end(SimpleNamespace(is_global_zero=True, logger=None), None,
+                              {"step": SimpleNamespace(step=0)}, None, 0)
+    assert capsys.readouterr().out == "" and health.summary() == []
 
 
 # ---- tiny runs that cannot learn --------------------------------------------------------------
