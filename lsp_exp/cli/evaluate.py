@@ -13,6 +13,10 @@ a Kneser-Ney n-gram model fitted on the task's training answers (`perplexity.ngr
 `rouge_l` of the model's answers against references; and per sample table of the run,
 `diversity/{distinct_1,distinct_2,self_bleu}` of the Challenger's queries (a collapse detector), at
 the step of that table.
+
+A run is evaluated as it was trained (run/trained_config.py): its task, model (`model.path`, LoRA),
+reward and answer length come from the config it logged; the command line overrides only the keys it
+names, and one that would load other weights than the run's (`model.path=...`) stops in one line.
 """
 from __future__ import annotations
 
@@ -21,10 +25,10 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # its download bars: noise here
 
 import hydra
 import mlflow
@@ -39,7 +43,6 @@ from lsp_exp.core.generation import chat_prompts, generate
 from lsp_exp.core.models import Reference, resolve_model_path
 from lsp_exp.core.prompt_bound import prompt_bound
 from lsp_exp.core.prompts import PromptRow, read_prompt_rows
-from lsp_exp.core.special_tokens import check_chat_model
 from lsp_exp.errors import ConfigError, LspError
 from lsp_exp.eval.heldout import evaluate_solver
 from lsp_exp.eval.metrics import (conditional_perplexity, diversity, ngram_perplexity, spaced_chars,
@@ -50,21 +53,16 @@ from lsp_exp.nodes import build
 from lsp_exp.rewards import build_reward
 from lsp_exp.run import config  # registers the schemas
 from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from
+from lsp_exp.run.checkpointing import job_overrides
 from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri
-
-
-@dataclass
-class Target:
-    """One model to evaluate: where its weights are, and the run to log into (None: a new run)."""
-
-    label: str
-    path: str | None          # None: the base model itself
-    run_id: str | None
+from lsp_exp.run.trained_config import MissingRunConfigError, as_trained, stored_config
+from lsp_exp.run.trained_weights import Target, load_model
 
 
 def targets(cfg: DictConfig, uri: str | None) -> list[Target]:
     """What `run` names, each checked before any model is loaded: a directory of weights, a run id
-    that exists in the store, or a filter that parses and matches (errors name `run=`)."""
+    that exists in the store, or a filter that parses and matches (errors name `run=`). A run's weights
+    are fetched by `plan`, once its stored config is checked."""
     if cfg.run is None:
         return [Target("base", None, None)]
     if Path(cfg.run).expanduser().is_dir():
@@ -72,8 +70,7 @@ def targets(cfg: DictConfig, uri: str | None) -> list[Target]:
     run_ids = find_runs(cfg.run, uri, key="run")
     if RUN_ID.match(str(cfg.run)):
         check_run_exists(cfg.run, uri)
-    return [Target(run_id, str(resolve_init_from(run_id, uri, cfg.paths.outputs, key="run")), run_id)
-            for run_id in run_ids]
+    return [Target(run_id, None, run_id) for run_id in run_ids]
 
 
 def check_run_exists(run_id: str, uri: str | None) -> None:
@@ -82,18 +79,6 @@ def check_run_exists(run_id: str, uri: str | None) -> None:
     except MlflowException:
         raise InitFromError(f"run={run_id!r}: no such MLflow run in {uri} (give logger.tracking_uri=... for "
                             "another store)") from None
-
-
-def load_model(loader, base_path: str, path: str | None):
-    """(model, tokenizer) of a target: the base, a full model directory, or a LoRA adapter over the base."""
-    if path is None:
-        model, tokenizer = loader.policy(base_path).eval(), loader.tokenizer(base_path)
-    elif is_adapter(Path(path)):
-        model, tokenizer = loader.policy(base_path, adapter=path).eval(), loader.tokenizer(base_path)
-    else:
-        model, tokenizer = loader.policy(path).eval(), loader.tokenizer(path)
-    check_chat_model(model, tokenizer, path or base_path)
-    return model, tokenizer
 
 
 def answer_texts(model, tokenizer, rows: list[PromptRow], wr: DictConfig, batch_size: int) -> list[str]:
@@ -156,8 +141,9 @@ def challenger_queries(client, run_id: str) -> dict[int, list[str]]:
     return out
 
 
-def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
-    """Evaluate every target of `cfg.run`; returns their metrics (also logged to MLflow)."""
+def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> list[dict[str, float]]:
+    """Evaluate every target of `cfg.run`, each run as it was trained (`overrides`: the command line's, which
+    win over the run's config; None: this Hydra job's); returns their metrics (also logged to MLflow)."""
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     uri = tracking_uri(cfg) if cfg.logger.name != "none" else None
@@ -167,6 +153,43 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     evaluated = targets(cfg, uri)  # a wrong run id or filter fails here, before any model is loaded
     queries = {t.run_id: challenger_queries(client, t.run_id) for t in evaluated  # (corrupt params: here too)
                if cfg.diversity and client is not None and t.run_id is not None}
+    results: dict[int, dict[str, float]] = {}
+    for group_cfg, group in plan(cfg, uri, evaluated, job_overrides() if overrides is None else overrides):
+        results.update(evaluate_group(group_cfg, group, client, queries))
+    return [results[i] for i in range(len(evaluated))]
+
+
+def plan(cfg: DictConfig, uri: str | None, evaluated: list[Target],
+         overrides: list[str] | None) -> list[tuple[DictConfig, list[tuple[int, Target]]]]:
+    """Each target's config (a run's: as trained, run/trained_config.py), targets of one config together
+    (one task and one base model for them). Every run's stored config is read and checked before any
+    weights are fetched."""
+    configs, trained = [], {}
+    for target in evaluated:
+        if target.run_id is None:
+            configs.append(cfg)
+            continue
+        try:
+            trained[target.run_id] = stored_config(mlflow.MlflowClient(uri), target.run_id)
+        except MissingRunConfigError as err:
+            weights = resolve_init_from(target.run_id, uri, cfg.paths.outputs, key="run")
+            raise MissingRunConfigError(f"{err}; run={weights} evaluates its weights with this command's task, "
+                                        "model and reward") from None
+        configs.append(as_trained(cfg, trained[target.run_id], target.run_id, overrides or []))
+    groups: dict[str, tuple[DictConfig, list[tuple[int, Target]]]] = {}
+    for i, (target, own) in enumerate(zip(evaluated, configs, strict=True)):
+        if target.run_id is not None:
+            target.path = str(resolve_init_from(target.run_id, uri, cfg.paths.outputs, key="run"))
+            start = trained[target.run_id].get("init_from")
+            if start and is_adapter(Path(target.path)):  # its adapter goes over the weights it started from
+                target.below = str(resolve_init_from(str(start), uri, cfg.paths.outputs))
+        groups.setdefault(OmegaConf.to_yaml(own), (own, []))[1].append((i, target))
+    return list(groups.values())
+
+
+def evaluate_group(cfg: DictConfig, group: list[tuple[int, Target]], client,
+                   queries: dict[str, dict[int, list[str]]]) -> dict[int, dict[str, float]]:
+    """Evaluate targets that share `cfg` (one task, base model and judge); their metrics by index."""
     task, loader = build(cfg.task, "task"), build(cfg.model, "model")
     base_path = resolve_model_path(cfg.model, task)
     char_level = task.char_level if cfg.char_level is None else cfg.char_level
@@ -188,14 +211,14 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
     judge = WinRateScorer(cfg, base_path, task, loader) if wr_rows else None
     base_scores = None
     if wr_rows:
-        base_model, base_tok = load_model(loader, base_path, None)
+        base_model, base_tok = load_model(loader, base_path, Target("base", None, None))
         base_answers = answer_texts(base_model, base_tok, wr_rows, cfg.win_rate, cfg.batch_size)
         base_scores = judge.scores([r.prompt for r in wr_rows], base_answers)
         del base_model
-    console, results = Console(), []
-    for target in evaluated:
+    console, results = Console(), {}
+    for index, target in group:
         start = time.perf_counter()
-        model, tokenizer = load_model(loader, base_path, target.path)
+        model, tokenizer = load_model(loader, base_path, target)
         metrics: dict[str, float] = {}
         if heldout is not None:
             metrics.update(evaluate_solver(model, tokenizer, heldout, samples=cfg.heldout.samples,
@@ -223,7 +246,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, float]]:
         metrics["eval_s"] = time.perf_counter() - start
         _log(cfg, client, target, metrics, curves)
         console.print(f"{target.label}: " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items() if "/" not in k))
-        results.append(metrics)
+        results[index] = metrics
     return results
 
 

@@ -72,7 +72,7 @@ def test_lsp_eval_logs_into_the_run_and_a_base_run(shared_outputs):
     logged = client.get_run(run_id).data
     assert logged.metrics["eval/win_rate"] == pytest.approx(metrics["win_rate"]) and "lsp_eval" in logged.tags
     diversity = client.get_metric_history(run_id, "eval/diversity/distinct_1")
-    assert [m.step for m in diversity] == [2]    # one point per sample table (every 2 steps of 3)
+    assert [m.step for m in diversity] == [2, 3]    # one point per sample table (every 2 steps of 3, and the last)
     assert all(0 < m.value <= 1 for m in diversity)
     (base,) = evaluate(compose_config("eval", common + ["+tags.arm=base", "logger.experiment_name=evals"]))
     assert base["win_rate"] == pytest.approx(0.5) and base["tie_rate"] == 1.0  # the base against itself
