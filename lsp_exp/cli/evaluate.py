@@ -55,7 +55,7 @@ from lsp_exp.run import config  # registers the schemas
 from lsp_exp.run.chaining import RUN_ID, InitFromError, find_runs, is_adapter, resolve_init_from
 from lsp_exp.run.checkpointing import job_overrides
 from lsp_exp.run.tracking import ensure_experiment, flat_params, git_commit, init_sqlite_store, tracking_uri
-from lsp_exp.run.trained_config import MissingRunConfigError, as_trained, stored_config
+from lsp_exp.run.trained_config import MissingRunConfigError, as_trained, onto_run_nodes, stored_config
 from lsp_exp.run.trained_weights import Target, load_model
 
 
@@ -293,8 +293,10 @@ def _log(cfg: DictConfig, client, target: Target, metrics: dict[str, float],
 
 
 def main() -> None:
-    """`lsp-eval`: an override that does not parse fails with one line naming it; then Hydra."""
+    """`lsp-eval`: an override that does not parse fails with one line naming it; then Hydra (a run's
+    task, model and reward keys set onto its own nodes: trained_config.onto_run_nodes)."""
     check_overrides(sys.argv[1:])
+    sys.argv[1:] = onto_run_nodes(sys.argv[1:])
     hydra_main()
 
 

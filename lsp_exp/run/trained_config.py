@@ -96,6 +96,30 @@ def as_trained(cfg: DictConfig, trained: DictConfig, run_id: str, overrides: lis
     return out
 
 
+def onto_run_nodes(argv: list[str]) -> list[str]:
+    """`argv` with `run=<run id or filter>`: each override of a task, model or reward key forced (`++`),
+    since it goes onto the run's node, which lsp-eval's default option may lack (`reward.path=...` on a
+    reward_model run: Hydra would refuse a key the default `reward=arithmetic` has not)."""
+    from hydra._internal.utils import get_args_parser  # noqa: PLC0415 (what hydra.main parses argv with)
+
+    try:
+        overrides = set(get_args_parser().parse_known_args(argv)[0].overrides)
+        parsed = {text: OverridesParser.create().parse_overrides([text])[0] for text in overrides}
+    except Exception:  # noqa: BLE001 (an override that does not parse: Hydra reports it)
+        return argv
+    runs = [o.value() for o in parsed.values() if o.key_or_group == "run" and isinstance(o.value(), str)]
+    if not runs or Path(runs[-1]).expanduser().is_dir():
+        return argv
+    return [f"++{text}" if text in parsed and _sets_a_run_key(parsed[text]) else text for text in argv]
+
+
+def _sets_a_run_key(override) -> bool:
+    """`task.x=...`, `model.x=...` or `reward.x=...`, plain (not `+`, `++`, `~`, nor a group choice)."""
+    key = override.key_or_group
+    plain = not (override.is_add() or override.is_force_add() or override.is_delete())
+    return plain and override.package is None and "." in key and key.split(".")[0] in SHARED
+
+
 def _apply(cfg: DictConfig, key: str, value, delete: bool) -> None:
     """Set (or delete) `key` of `cfg` to the command line's value."""
     if delete:

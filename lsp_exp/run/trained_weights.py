@@ -3,11 +3,10 @@ full model folder, or a LoRA adapter over the base, or over what the run started
 a full model folder, or an earlier run's adapter merged into the base first)."""
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from lsp_exp.core.models import safe_weights
+from lsp_exp.core.models import peft_wrapping, safe_weights
 from lsp_exp.core.special_tokens import check_chat_model
 from lsp_exp.run.chaining import is_adapter
 
@@ -43,7 +42,5 @@ def merge_adapter(model, adapter: str):
     """`model` with the LoRA adapter at `adapter` merged into its weights (loaded without running code)."""
     from peft import PeftModel  # noqa: PLC0415 (peft: ~0.5 s to import; only for a chained LoRA run)
 
-    with safe_weights(adapter), warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing` while wrapping (its code, not ours)
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    with safe_weights(adapter), peft_wrapping():
         return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()

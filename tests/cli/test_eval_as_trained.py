@@ -51,8 +51,9 @@ def train_run(outputs: Path, arm: str, overrides: list[str]) -> str:
 def evaluated(tmp_path_factory, shared_outputs):
     """A Llama-3-style tiny model (no pad token) and its reward model; one step of a LoRA run and of a
     full fine-tune on them (task=prompts with a held-out file, reward=reward_model), each in its own
-    store, and a one-step run of the tiny toy world; then `lsp-eval run=<id>` of each, and of the LoRA
-    run with another `model.path`. Returns {case: (run id, store, rc, stdout, stderr, wall s)} and the files."""
+    store, and a one-step run of the tiny toy world; then `lsp-eval run=<id>` of each (the full run's with
+    `reward.batch_size=2`), and of the LoRA run with another `model.path`. Returns
+    {case: (run id, store, rc, stdout, stderr, wall s)} and the files."""
     root = tmp_path_factory.mktemp("as_trained")
     model = save_tiny_model(root / "llama3", "llama3", chat_trained=True)
     other = save_tiny_model(root / "other", "llama3", seed=1)
@@ -69,7 +70,8 @@ def evaluated(tmp_path_factory, shared_outputs):
         shared_outputs, "trainer.max_steps=1", "eval.samples=0", "eval.judge_pairs=0", "game=lsp_zero")),
         shared_outputs)
     runs["contradiction"] = runs["lora"]
-    extra = {"toy": ["win_rate.max_prompts=8", "perplexity.max_rows=8"], "contradiction": [f"model.path={other}"]}
+    extra = {"toy": ["win_rate.max_prompts=8", "perplexity.max_rows=8"], "contradiction": [f"model.path={other}"],
+             "full": ["reward.batch_size=2"]}   # a key lsp-eval's default reward (arithmetic) has not: onto the run's
     started = {case: start_lsp_eval(outputs, f"run={run_id}", *extra.get(case, []))
                for case, (run_id, outputs) in runs.items()}
     results = {}
@@ -108,6 +110,7 @@ def test_a_real_convention_run_is_evaluated_with_its_id_alone(evaluated, kind, t
     assert cfg["model"]["path"] == str(evaluated["model"]) and cfg["model"]["lora"]["enabled"] is (kind == "lora")
     assert cfg["task"]["heldout_path"] == str(evaluated["heldout"]) and cfg["reward"]["path"] == str(evaluated["rm"])
     assert cfg["heldout"]["max_new_tokens"] == cfg["win_rate"]["max_new_tokens"] == 5  # the run's answer length
+    assert cfg["reward"]["batch_size"] == (2 if kind == "full" else 32)   # the override, on the run's reward node
 
 
 def test_an_override_that_contradicts_the_run_is_one_line(evaluated):

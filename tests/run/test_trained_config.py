@@ -7,7 +7,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from lsp_exp.run.saved_state import UnsafeSavedStateError
-from lsp_exp.run.trained_config import MissingRunConfigError, RunConfigError, as_trained, stored_config
+from lsp_exp.run.trained_config import (MissingRunConfigError, RunConfigError, as_trained, onto_run_nodes,
+                                         stored_config)
 from tests.helpers.tiny_run import TINY_WORLD, compose_config
 
 RUN = "0" * 32
@@ -38,6 +39,18 @@ def test_an_override_changes_only_the_key_it_names():
     assert cfg.reward.name == "tiny_rm" and cfg.task.heldout_path == "/data/heldout.jsonl"
     assert cfg.task.world.n_heldout == 40 and cfg.model.dtype == "bfloat16" and cfg.model.name == "tiny_arith"
     assert (cfg.heldout.max_new_tokens, cfg.win_rate.max_new_tokens) == (3, 7)
+
+
+def test_a_key_the_default_option_lacks_goes_onto_the_runs_node(tmp_path):
+    """`reward.path=...` on a reward_model run: lsp-eval's default reward (arithmetic) has no `path`, so the
+    command line's key is forced (`++`) and lands on the run's reward node; with a directory it is left alone."""
+    trained = stored("task=prompts", "reward=reward_model", "reward.path=/models/rm", "model.path=/models/llama")
+    argv = onto_run_nodes([f"run={RUN}", "reward.path=/models/rm2", "+tags.arm=x", "heldout.max_problems=3"])
+    assert argv == [f"run={RUN}", "++reward.path=/models/rm2", "+tags.arm=x", "heldout.max_problems=3"]
+    cfg = as_trained(compose_config("eval", argv), trained, RUN, argv)
+    assert (cfg.reward.name, cfg.reward.path, cfg.model.path) == ("reward_model", "/models/rm2", "/models/llama")
+    assert cfg.heldout.max_problems == 3 and cfg.task.name == "prompts"
+    assert onto_run_nodes([f"run={tmp_path}", "reward.path=/x"]) == [f"run={tmp_path}", "reward.path=/x"]
 
 
 @pytest.mark.parametrize("trained_with, override, named", [

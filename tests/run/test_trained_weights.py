@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from peft import LoraConfig, get_peft_model
 
-from lsp_exp.core.models import HFModel
+from lsp_exp.core.models import HFModel, peft_wrapping
 from lsp_exp.run.trained_weights import Target, load_model
 from tests.helpers.real_models import build_tiny_model
 
@@ -13,7 +13,8 @@ from tests.helpers.real_models import build_tiny_model
 def adapter_over(model, folder, seed: int):
     """A LoRA adapter with non-zero weights over `model`, saved to `folder`; the wrapped model."""
     torch.manual_seed(seed)
-    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with peft_wrapping():
+        wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     wrapped.save_pretrained(folder)
     return wrapped.eval()
 
