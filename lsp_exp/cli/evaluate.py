@@ -172,7 +172,10 @@ def plan(cfg: DictConfig, uri: str | None, evaluated: list[Target],
         try:
             trained[target.run_id] = stored_config(mlflow.MlflowClient(uri), target.run_id)
         except MissingRunConfigError as err:
-            weights = resolve_init_from(target.run_id, uri, cfg.paths.outputs, key="run")
+            try:
+                weights = resolve_init_from(target.run_id, uri, cfg.paths.outputs, key="run")
+            except InitFromError:  # not a run of lsp-train at all (e.g. an eval run): no weights either
+                raise err from None
             raise MissingRunConfigError(f"{err}; run={weights} evaluates its weights with this command's task, "
                                         "model and reward") from None
         configs.append(as_trained(cfg, trained[target.run_id], target.run_id, overrides or []))
