@@ -110,10 +110,14 @@ def challenger_objective(value, build: Callable | None = None) -> Callable:
 
 
 def objective_label(objective: str | Callable) -> str:
-    """The objective's name, or `module.function` of a function of yours (its partial unwrapped)."""
+    """The objective's name (a built-in's registered name), or `module.function` of a function of yours
+    (its partial unwrapped)."""
     if isinstance(objective, str):
         return objective
     fn = unwrapped(objective)
+    names = [name for name, registered in CHALLENGER_OBJECTIVES.items() if registered is fn]
+    if names:
+        return names[0]
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__name__)}".lstrip(".")
 
 

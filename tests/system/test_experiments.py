@@ -48,6 +48,7 @@ def stand_ins(tmp_path_factory):
     """A tiny Llama policy and a tiny Llama reward model (one scalar head), saved like downloaded models."""
     root = tmp_path_factory.mktemp("stand_ins")
     tokenizer = build_tokenizer()
+    tokenizer.model_max_length = 2048  # a real model's context: the paper's prompts are ~1,400 of these tokens
     arch = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id)
