@@ -6,8 +6,9 @@ A reward is built from its `_target_` in the `reward` config group (`conf/reward
 (`reward_model.load_reward_model`) or a task package's rewards (`lsp_exp/tasks/arith/rewards.py`);
 a plain function `(queries, answers) -> one float per pair` named with `_partial_: true` (its other
 keys are bound); a target with a `task` parameter, which gets the run's task (`task_ground_truth`,
-`reward=ground_truth`). A node with `parts` (a weighted sum, `composite.CompositeReward`) has each
-part built the same way, so a part takes any of the three forms.
+`reward=ground_truth`; `majority_vote.MajorityVoteReward`, `reward=majority_vote`). A node with
+`parts` (a weighted sum, `composite.CompositeReward`) has each part built the same way, so a part
+takes any of the three forms.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from lsp_exp.errors import ConfigError
 from lsp_exp.nodes import build
 from lsp_exp.rewards.base import FunctionReward, Reward, Scores
 from lsp_exp.rewards.composite import CompositeReward
+from lsp_exp.rewards.majority_vote import MajorityVoteReward
 from lsp_exp.rewards.reward_model import RewardModelError, RewardModelReward, load_reward_model
 
 
@@ -52,5 +54,5 @@ def task_ground_truth(task) -> Reward:
     return truth
 
 
-__all__ = ["task_ground_truth", "FunctionReward", "CompositeReward", "Reward", "RewardModelError", "RewardModelReward",
-           "Scores", "build_reward", "load_reward_model"]
+__all__ = ["task_ground_truth", "FunctionReward", "CompositeReward", "MajorityVoteReward", "Reward", "RewardModelError",
+           "RewardModelReward", "Scores", "build_reward", "load_reward_model"]

@@ -50,7 +50,11 @@ class Task:
     - `answer_columns(queries, answers)`: per (query, answer) pair, the columns the sample tables
       show beside the raw answer (called at each sample table; default {}: none);
     - `query_metrics(queries)`: figures of one step's queries, logged as `train/queries/<name>`
-      (called every step; default {}: none).
+      (called every step; default {}: none);
+    - `final_answer(answer)`: the final value an answer states, hashable, None when unreadable (no
+      default: `reward=majority_vote` votes on it and refuses a task without it; called every step);
+    - `query_slices(queries)`: the slices of each training query, for the per-slice pseudo-label
+      accuracy of `reward=majority_vote` (called every step; default: none).
     """
 
     name = "task"
@@ -58,6 +62,10 @@ class Task:
     judge_template = "paper"     # the self-quality judge's rubric for `game.judge.template=auto` (judge/templates.py)
     char_level = False           # `lsp-eval`: BLEU, ROUGE and diversity over characters (answers of a few characters)
     prompt_bound = None          # set by the run before reading files (core/prompt_bound.py): longer rows are refused
+    # `final_answer(self, answer: str)`: the final value an answer states (e.g. the number after `####`),
+    # hashable, or None when it cannot be read; `reward=majority_vote` votes on it (docs/method.md §17.1).
+    # No default: a task that reads no final value leaves it None, and that reward refuses the task at start.
+    final_answer = None
 
     def base_model(self, force: bool = False) -> str | None:
         """A model directory this task builds (or finds in its cache) when `model.path` is null."""
@@ -93,6 +101,11 @@ class Task:
         """Figures of one step's queries, logged as `train/queries/<name>` (e.g. the share of each kind
         of problem, to see where a Challenger goes); {}: none."""
         return {}
+
+    def query_slices(self, queries: list[str]) -> list[list[str]]:
+        """The slices of each training query (e.g. its difficulty), for the per-slice pseudo-label
+        accuracy `train/pseudo_label/accuracy/<slice>`; default: none for any query."""
+        return [[] for _ in queries]
 
     def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
         """n (query, answer, correct?) pairs to score the reward and the judge as classifiers at start."""

@@ -114,6 +114,17 @@ class ArithTask(Task):
         n = max(1, len(queries))
         return {f"{c}_frac": sum(p is not None and p.difficulty == c for p in problems) / n for c in classes}
 
+    def final_answer(self, answer: str) -> int | None:
+        """The value the answer states (the last step's result of a worked answer); None when it is
+        not a well-formed answer (`reward=majority_vote` votes on it)."""
+        return answer_value(answer, self.config)
+
+    def query_slices(self, queries: list[str]) -> list[list[str]]:
+        """Each query's held-out slices (difficulty, flawed or unflawed, which flaw); [] outside the world."""
+        slices = heldout_slices(self.config)
+        problems = [parse_problem(q.strip(), self.config) for q in queries]
+        return [slices(p) if p is not None else [] for p in problems]
+
     def labelled_pairs(self, n: int) -> list[tuple[str, str, bool]]:
         return labelled_pairs(self.problems("heldout"), self.config, n, self.world.seed)
 
