@@ -1,12 +1,14 @@
-"""`lsp-report`: MLflow runs -> a table (mean +- std over seeds, grouped by config keys) and curves.
+"""`lsp-report`: MLflow runs -> a table (mean and 95% t-interval over seeds, grouped by config keys) and curves.
 
-    lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm]
+    lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm] baseline=base
     lsp-report parent_run=<sweep parent run id> group_by=[algorithm.name] metrics=[eval/accuracy]
     lsp-report "filter=\\"tags.game = 'lsp'\\"" group_by=[game.challenger_objective,kl.placement]
 
 Writes `<output_dir>/table.md` (one table per unit: the `percent` metrics in %, the others as
-logged), `table.csv` (one row per group), `runs.csv` (one row per run) and `<metric>.png` (one line
-per group, the mean over its runs with a band of +- one std) for each curve; a group has the same
+logged; a cell is the mean ± the half-width of its `ci_level` t-interval over the group's runs; with
+`baseline`, each metric's difference from that group with Welch's interval, in bold where it excludes
+0), `table.csv` (one row per group), `runs.csv` (one row per run) and `<metric>.png` (one line
+per group, the mean over its runs with its t-interval as a band) for each curve; a group has the same
 colour in every plot. A group key is a tag (`tags.arm`) or a config key (`game.name`, i.e. the
 run's params); a key no run has is an error. Only FINISHED runs are read, never a sweep's parent
 run. A metric's value for a run is its last logged value, or for per-step metrics (`train/`,
@@ -31,6 +33,7 @@ from rich.console import Console
 
 from lsp_exp.cli.overrides import check_overrides
 from lsp_exp.errors import LspError
+from lsp_exp.eval.statistics import DifferenceCI, MeanCI, check_level, difference_ci, mean_ci
 from lsp_exp.run import config  # registers the schemas
 
 
@@ -94,13 +97,6 @@ def group_key(run, keys) -> str:
     return " / ".join(values) if values else "all"
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (n - 1; 0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    return mean, (math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0)
-
-
 def run_value(client, run, metric: str, tail: int, prefixes=("train/", "perf/"), cumulative=()) -> float | None:
     """A run's value of `metric`: its last logged value, or for per-step metrics (`prefixes`, but not
     running totals, `cumulative`) the mean of its last `tail` values."""
@@ -127,48 +123,92 @@ def summarise(client, runs, cfg: DictConfig) -> dict[str, dict[str, list[float]]
     return {g: groups[g] for g in order if g in groups}
 
 
-def fmt(values: list[float], percent: bool) -> str:
-    if not values:
+def fmt(ci: MeanCI, runs: int, percent: bool) -> str:
+    """`mean ± half-width` of the t-interval; `(n=k)` when only k of the group's runs logged the
+    metric; `(n=1)`: one run, no interval; `-`: none."""
+    if ci.n == 0:
         return "-"
-    mean, std = mean_std(values)
-    scale = 100.0 if percent else 1.0
-    digits = 1 if percent else 3
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}" if len(values) > 1 else f"{mean * scale:.{digits}f}"
+    scale, digits = (100.0, 1) if percent else (1.0, 3)
+    text = f"{ci.mean * scale:.{digits}f}"
+    if ci.n == 1:
+        return f"{text} (n=1)"
+    text += f" ± {ci.half_width * scale:.{digits}f}"
+    return text if ci.n == runs else f"{text} (n={ci.n})"
+
+
+def fmt_difference(d: DifferenceCI, percent: bool) -> str:
+    """`+diff ± half-width` of Welch's interval, in bold where it excludes 0; `(n=1)`: no interval."""
+    if math.isnan(d.difference):
+        return "-"
+    scale, digits = (100.0, 1) if percent else (1.0, 3)
+    text = f"{d.difference * scale:+.{digits}f}"
+    if math.isnan(d.half_width):
+        return f"{text} (n=1)"
+    text += f" ± {d.half_width * scale:.{digits}f}"
+    return f"**{text}**" if d.excludes_zero else text
+
+
+def caption(cfg: DictConfig) -> str:
+    """The line under the tables: what a cell and a difference are."""
+    level = f"{cfg.ci_level * 100:g}%"
+    value = ("the last logged value of each metric" if cfg.tail <= 1 else
+             f"the mean of the last {cfg.tail} logged values of {', '.join(cfg.tail_prefixes)}* metrics, else the last")
+    text = (f"Mean ± half-width of the {level} t-interval over runs (t_{{{(1 + cfg.ci_level) / 2:g}, n-1}} · sd / √n; "
+            f"(n=k): k runs logged the metric; (n=1): one run, no interval); a run's value: {value}.")
+    if cfg.baseline is not None:
+        text += (f" Δ vs {cfg.baseline}: the difference of means with Welch's {level} t-interval (a group of one "
+                 f"run taken as a constant); **bold**: the interval excludes 0.")
+    return text
 
 
 def write_table(summary, cfg: DictConfig, out: Path) -> str:
     """`table.md`: one Markdown table per unit (the `percent` metrics in %, then the others as
-    logged), each group a row; `table.csv`: every metric's mean, std and count per group."""
+    logged), each group a row, with a `Δ vs <baseline>` column after each metric when `baseline` is
+    set; `table.csv`: every metric's mean, sd, interval and count per group (and the difference)."""
     percent = [m for m in cfg.metrics if m in set(cfg.percent)]
     plain = [m for m in cfg.metrics if m not in set(cfg.percent)]
+    base = summary[cfg.baseline] if cfg.baseline is not None else None
     tables = []
     for metrics, unit in ((percent, "in %"), (plain, "as logged")):
         if not metrics:
             continue
-        lines = [f"| group | runs | {' | '.join(metrics)} |", "|" + "---|" * (len(metrics) + 2)]
+        heads = [h for m in metrics for h in ([m, f"Δ vs {cfg.baseline}"] if base is not None else [m])]
+        lines = [f"| group | runs | {' | '.join(heads)} |", "|" + "---|" * (len(heads) + 2)]
         for g, values in summary.items():
-            cells = [fmt(values.get(m, []), unit == "in %") for m in metrics]
+            cells = []
+            for m in metrics:
+                cells.append(fmt(mean_ci(values.get(m, []), cfg.ci_level), len(values["runs"]), unit == "in %"))
+                if base is not None:
+                    cells.append("baseline" if g == cfg.baseline else fmt_difference(
+                        difference_ci(values.get(m, []), base.get(m, []), cfg.ci_level), unit == "in %"))
             lines.append(f"| {g} | {len(values['runs'])} | " + " | ".join(cells) + " |")
         tables.append((unit, "\n".join(lines)))
-    with open(out / "table.csv", "w", newline="") as f:
+    write_csv(summary, cfg, out / "table.csv")
+    if len(tables) == 1:
+        unit, body = tables[0]
+        table = f"{body}\n\nValues {unit}. {caption(cfg)}\n"
+    else:
+        table = "\n\n".join(f"Values {unit}:\n\n{body}" for unit, body in tables) + f"\n\n{caption(cfg)}\n"
+    (out / "table.md").write_text(table)
+    return table
+
+
+def write_csv(summary, cfg: DictConfig, path: Path) -> None:
+    """One row per group: per metric its mean, sd, t-interval (lo, hi) and n, and with `baseline` the
+    difference from it with Welch's interval (diff, diff_lo, diff_hi); empty where undefined."""
+    suffixes = ("_mean", "_std", "_lo", "_hi", "_n") + (("_diff", "_diff_lo", "_diff_hi") if cfg.baseline else ())
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["group", "runs"] + [f"{m}{s}" for m in cfg.metrics for s in ("_mean", "_std", "_n")])
+        writer.writerow(["group", "runs"] + [f"{m}{s}" for m in cfg.metrics for s in suffixes])
         for g, values in summary.items():
             row = [g, len(values["runs"])]
             for m in cfg.metrics:
-                vals = values.get(m, [])
-                row += list(mean_std(vals)) + [len(vals)] if vals else ["", "", 0]
-            writer.writerow(row)
-    value = ("the last logged value of each metric" if cfg.tail <= 1 else
-             f"the mean of the last {cfg.tail} logged values of {', '.join(cfg.tail_prefixes)}* metrics, else the last")
-    if len(tables) == 1:
-        unit, body = tables[0]
-        table = f"{body}\n\nMean ± sample std over runs ({value}); values {unit}.\n"
-    else:
-        table = ("\n\n".join(f"Values {unit}:\n\n{body}" for unit, body in tables)
-                 + f"\n\nMean ± sample std over runs ({value}).\n")
-    (out / "table.md").write_text(table)
-    return table
+                ci = mean_ci(values.get(m, []), cfg.ci_level)
+                row += [ci.mean, ci.sd, ci.lo, ci.hi, ci.n]
+                if cfg.baseline is not None:
+                    d = difference_ci(values.get(m, []), summary[cfg.baseline].get(m, []), cfg.ci_level)
+                    row += [d.difference, d.lo, d.hi]
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
 
 
 def write_runs(runs, cfg: DictConfig, out: Path) -> None:
@@ -181,7 +221,8 @@ def write_runs(runs, cfg: DictConfig, out: Path) -> None:
 
 
 def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
-    """One PNG per curve metric: per group, the mean over its runs at each step, +- one std."""
+    """One PNG per curve metric: per group, the mean over its runs at each step with its t-interval as a
+    band (where more than one run logged the step)."""
     import matplotlib  # noqa: PLC0415 (the Agg backend is chosen when plotting, not when this module is imported)
 
     matplotlib.use("Agg")
@@ -201,14 +242,18 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for g in (g for g in order if g in by_group):
             steps = sorted(by_group[g])
-            stats = smooth([mean_std(by_group[g][s]) for s in steps], cfg.smooth)
+            cis = [mean_ci(by_group[g][s], cfg.ci_level) for s in steps]
+            stats = smooth([(ci.mean, ci.half_width) for ci in cis], cfg.smooth)
             mean = [m for m, _ in stats]
             ax.plot(steps, mean, label=g, color=colours[g], marker="o" if len(steps) < 20 else None, markersize=3)
-            ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], color=colours[g], alpha=0.2)
+            band = [not math.isnan(h) for _, h in stats]  # one run at a step: no interval, no band
+            if any(band):
+                ax.fill_between(steps, [m - h for m, h in stats], [m + h for m, h in stats], where=band,
+                                color=colours[g], alpha=0.2)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         window = f", {cfg.smooth}-point moving average" if cfg.smooth > 1 else ""
-        ax.set_title(f"{metric} (mean ± std over runs{window})")
+        ax.set_title(f"{metric} (mean and {cfg.ci_level * 100:g}% t-interval over runs{window})")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         path = out / (metric.replace("/", "_") + ".png")
@@ -220,7 +265,7 @@ def plot_curves(client, runs, cfg: DictConfig, out: Path) -> list[Path]:
 
 
 def smooth(stats: list[tuple[float, float]], window: int) -> list[tuple[float, float]]:
-    """A trailing moving average of (mean, std) pairs over `window` points (1: unchanged)."""
+    """A trailing moving average of (mean, half-width) pairs over `window` points (1: unchanged)."""
     if window <= 1:
         return stats
     out = []
@@ -230,12 +275,26 @@ def smooth(stats: list[tuple[float, float]], window: int) -> list[tuple[float, f
     return out
 
 
+def check_statistics(summary, cfg: DictConfig) -> None:
+    """`ci_level` in (0, 1); `baseline` one of the groups (the closest named when it is not)."""
+    try:
+        check_level(cfg.ci_level)
+    except ValueError as err:
+        raise ReportError(str(err)) from None
+    if cfg.baseline is not None and cfg.baseline not in summary:
+        close = difflib.get_close_matches(str(cfg.baseline), list(summary), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ReportError(f"baseline: no group named {cfg.baseline!r}; {hint}the groups: {', '.join(summary)}")
+
+
 def report(cfg: DictConfig) -> str:
     client = mlflow.MlflowClient(cfg.tracking_uri)
     runs = find_runs(client, cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = write_table(summarise(client, runs, cfg), cfg, out)
+    summary = summarise(client, runs, cfg)
+    check_statistics(summary, cfg)
+    table = write_table(summary, cfg, out)
     write_runs(runs, cfg, out)
     plots = plot_curves(client, runs, cfg, out)
     console = Console()

@@ -108,6 +108,8 @@ class HealthSchema:
     min_query_valid_frac: float = 0.1   # train/query_valid_frac below it: almost no valid query
     max_unfinished_frac: float = 0.9    # train/query_unfinished_frac or train/answer_unfinished_frac above it
     zero_std_frac: float = 1.0          # train/zero_std_frac at or above it (1: every group has zero reward spread)
+    query_memory: int = 4096            # the last k queries train/collapse/seen_before_frac looks them up in
+    #                                     (run/collapse.py:QueryMemory; 0: off)
 
 
 @dataclass
@@ -276,6 +278,8 @@ class ReportSchema:
     # running totals: the last value
     cumulative: list[str] = field(default_factory=lambda: ["train/tokens/", "train/nonfinite_skips"])
     smooth: int = 1                     # curves: a moving average over this many points (per-step train/* metrics)
+    ci_level: float = 0.95              # the t-intervals' level: over a group's runs, and of each difference
+    baseline: Optional[str] = None      # a group (e.g. base): adds each metric's difference from it, Welch's interval
     output_dir: str = "${paths.outputs}/reports/latest"
     paths: PathsConfig = field(default_factory=PathsConfig)
 
@@ -337,6 +341,7 @@ RANGES: dict[str, Range] = {
     "trainer.health.min_query_valid_frac": Range(0, 1),
     "trainer.health.max_unfinished_frac": Range(0, 1),
     "trainer.health.zero_std_frac": Range(0, 1),
+    "trainer.health.query_memory": Range(0, why="must be >= 0 (0: no memory of queries)"),
     "optim.lr": Range(0, open_low=True),
     "optim.weight_decay": Range(0),
     "optim.grad_clip": Range(0, why="must be >= 0 (0 disables clipping)"),
