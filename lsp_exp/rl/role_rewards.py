@@ -3,10 +3,12 @@
     V(q_i)    = (1/G) sum_j R(q_i, a_i^j)          (LSP eq. 2; v_inv for an invalid query, §3)
     r_sol     = R + w R_Q                          (§8)
     r_ch(q_i) = f(V(q_i)) + w V_Q(q_i),  V_Q(q_i) = (1/G) sum_j R_Q(q_i, a_i^j), 0 for an invalid query
+    r_ch(q_i) <- max(floor, r_ch(q_i) - lambda r_rep(q_i))   (R-Zero, §17.2; only when configured)
 
 f is the Challenger's objective (§4: a name of `CHALLENGER_OBJECTIVES`, the paper's -V by default, or a
 function of yours: `challenger_objective`) and w the weight of the self-quality reward R_Q (w = 1 in the
-paper, added raw; LSP-Zero has no R_Q at all).
+paper, added raw; LSP-Zero has no R_Q at all). r_rep is R-Zero's repetition penalty (rl/repetition.py),
+lambda its weight and floor the lowest reward (R-Zero: max(0, uncertainty - r_rep)).
 `role_rewards` does the whole combination of one step.
 """
 from __future__ import annotations
@@ -162,6 +164,20 @@ def challenger_rewards(objective: torch.Tensor, quality: torch.Tensor, weight: f
     return objective + weight * v_q
 
 
+# ---- - lambda r_rep, max(floor, .): R-Zero's repetition penalty (docs/method.md §17.2) --------------
+
+
+def penalised(challenger: torch.Tensor, penalty: torch.Tensor | None = None, weight: float = 0.0,
+              floor: float | None = None) -> torch.Tensor:
+    """max(floor, r_ch - lambda r_rep): `penalty` r_rep [N] (None: none), `weight` lambda, `floor`
+    (None: no floor). Unchanged (the same tensor) when neither applies."""
+    if penalty is not None and weight:
+        challenger = challenger - weight * penalty.to(challenger)   # docs/method.md §17.2
+    if floor is not None:
+        challenger = challenger.clamp(min=floor)                     # docs/method.md §17.2
+    return challenger
+
+
 # ---- the whole combination of one step ------------------------------------------------------------
 
 
@@ -175,12 +191,15 @@ class RoleRewards(NamedTuple):
 
 def role_rewards(rewards: torch.Tensor, query_valid: torch.Tensor, objective: Callable,
                  invalid_value: float | None, quality: torch.Tensor | None = None,
-                 weight: float = 1.0) -> RoleRewards:
+                 weight: float = 1.0, *, penalty: torch.Tensor | None = None, penalty_weight: float = 0.0,
+                 floor: float | None = None) -> RoleRewards:
     """Task rewards R [N, G] and query validity [N] -> V, r_sol, r_ch (module docstring). `objective`:
     f, V [N] -> [N]; `invalid_value`: V of an invalid query (`invalid_query_value`); `quality`: the
-    judge's R_Q [N, G], None without a judge (LSP-Zero: r_sol = R, r_ch = f(V)); `weight`: w."""
+    judge's R_Q [N, G], None without a judge (LSP-Zero: r_sol = R, r_ch = f(V)); `weight`: w;
+    `penalty`, `penalty_weight`, `floor`: r_rep [N], lambda and the floor of R-Zero (`penalised`)."""
     values = query_values(rewards, query_valid, invalid_value)
     if quality is None:
-        return RoleRewards(values, rewards, objective(values))
+        return RoleRewards(values, rewards, penalised(objective(values), penalty, penalty_weight, floor))
+    challenger = challenger_rewards(objective(values), quality, weight, valid=query_valid)
     return RoleRewards(values, solver_rewards(rewards, quality, weight),
-                       challenger_rewards(objective(values), quality, weight, valid=query_valid))
+                       penalised(challenger, penalty, penalty_weight, floor))
