@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from lsp_exp.core.perf import mfu, peak_flops
+from lsp_exp.run.collapse import QueryMemory, collapse_metrics
 from lsp_exp.run.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.run.playout import StepRecord
@@ -21,6 +22,7 @@ class StepMetricsLogger(Callback):
         self.tokens = {"solver": 0, "challenger": 0}
         self.last: dict[str, float] = {}   # the last step's figures (what a sweeper's `optimized_metric` reads)
         self._n_params: int | None = None
+        self.memory: QueryMemory | None = None   # the Challenger's recent queries (trainer.health.query_memory)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         record: StepRecord = outputs["step"]
@@ -49,6 +51,8 @@ class StepMetricsLogger(Callback):
         metrics.update(degenerate_metrics(queries=queries, answers=answers, tokenizer=module.tokenizer,
                                           max_query_tokens=cfg.max_query_tokens))
         metrics.update({f"train/queries/{k}": v for k, v in module.task.query_metrics(queries.texts).items()})
+        metrics.update(collapse_metrics(queries=queries, rewards=graded.rewards, valid=graded.query_valid,
+                                        bounds=getattr(module.reward, "bounds", None), memory=self._memory(module)))
         seconds = record.seconds
         metrics.update({f"perf/{k}_s": v for k, v in seconds.items()})
         self.tokens["solver"] += int(answers.completion_mask.sum())
@@ -71,10 +75,18 @@ class StepMetricsLogger(Callback):
             self._n_params = sum(p.numel() for p in module.policy.parameters())
         return {"perf/mfu": mfu(self._n_params, tokens, seconds, peak, lora=module.reference.uses_adapter)}
 
+    def _memory(self, module) -> QueryMemory:
+        if self.memory is None:
+            self.memory = QueryMemory(int(module.cfg.trainer.health.query_memory))
+        return self.memory
+
     def on_save_checkpoint(self, trainer, module, checkpoint):
         checkpoint["generated_tokens"] = gather_objects(dict(self.tokens), trainer)  # one per rank
+        checkpoint["query_memory"] = gather_objects(self._memory(module).state_dict(), trainer)  # one per rank
 
     def on_load_checkpoint(self, trainer, module, checkpoint):
         tokens = checkpoint.get("generated_tokens", {})
         rank = trainer.global_rank
         self.tokens.update(tokens[rank % len(tokens)] if isinstance(tokens, list) else tokens)
+        memories = checkpoint.get("query_memory") or [{}]
+        self._memory(module).load_state_dict(memories[rank % len(memories)])
