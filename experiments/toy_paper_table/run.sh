@@ -36,7 +36,7 @@ evaluate() {
 }
 
 report() {
-  $BIN/lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm] \
+  $BIN/lsp-report experiment_names=[toy-paper-table] group_by=[tags.arm] baseline=rl \
     "metrics=[eval/accuracy,eval/accuracy/precedence,eval/accuracy/chain,eval/accuracy/sign,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,eval/perplexity,train/queries/chain_frac,train/tokens/solver,train/tokens/challenger]" \
     "curves=[eval/accuracy,eval/accuracy/chain,eval/accuracy/precedence,train/queries/chain_frac,train/query_valid_frac]" \
     "percent=[eval/accuracy,eval/accuracy/precedence,eval/accuracy/chain,eval/accuracy/sign,eval/accuracy/unflawed,eval/pass_at_8,eval/win_rate,train/queries/chain_frac]" \
