@@ -8,7 +8,8 @@ from lightning.pytorch.callbacks import Callback
 
 from lsp_exp.core.perf import mfu, peak_flops
 from lsp_exp.run.collapse import QueryMemory, collapse_metrics
-from lsp_exp.run.step_metrics import degenerate_metrics, reduce_over_ranks, reward_metrics, step_metrics
+from lsp_exp.run.step_metrics import (degenerate_metrics, pseudo_label_metrics, reduce_over_ranks, reward_metrics,
+                                      step_metrics)
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.run.playout import StepRecord
 
@@ -51,6 +52,9 @@ class StepMetricsLogger(Callback):
         metrics.update(degenerate_metrics(queries=queries, answers=answers, tokenizer=module.tokenizer,
                                           max_query_tokens=cfg.max_query_tokens))
         metrics.update({f"train/queries/{k}": v for k, v in module.task.query_metrics(queries.texts).items()})
+        if getattr(module.reward, "pseudo_labels", False) and graded.truth is not None:  # a label-free reward
+            metrics.update(pseudo_label_metrics(graded.rewards, graded.query_valid, graded.truth,
+                                                module.task.query_slices(queries.texts)))
         metrics.update(collapse_metrics(queries=queries, rewards=graded.rewards, valid=graded.query_valid,
                                         bounds=getattr(module.reward, "bounds", None), memory=self._memory(module)))
         seconds = record.seconds

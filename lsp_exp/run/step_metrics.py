@@ -66,6 +66,28 @@ def reward_metrics(*, scores, truth, judged, sol_rewards, ch_rewards, query_vali
     return metrics
 
 
+def pseudo_label_metrics(rewards, valid, truth, slices: list[list[str]]) -> dict[str, float]:
+    """How right a label-free reward's pseudo-labels are, as the verifier (logged only) sees them:
+    rewards [N, G] (1 for the answers that state the pseudo-label), valid [N] (the query has one),
+    truth the verifier's Scores [N * G], slices each query's slices. A figure without a query to
+    count is left out (docs/method.md §17.1)."""
+    n, g = rewards.shape
+    rewarded = rewards.detach().cpu() > 0.5
+    correct = truth.values.cpu().view(n, g) > 0.5
+    counted = valid.cpu() & truth.valid.cpu().view(n, g).all(-1) & rewarded.any(-1)
+    # the rewarded answers all state the pseudo-label: it is right when they are true-correct
+    right = (rewarded & correct).any(-1)
+    metrics = {}
+    if counted.any():
+        metrics["train/pseudo_label/accuracy"] = float(right[counted].float().mean())
+        rewarded_pairs = rewarded & counted[:, None]
+        metrics["train/pseudo_label/rewarded_true_accuracy"] = float(correct[rewarded_pairs].float().mean())
+    for name in dict.fromkeys(s for i, names in enumerate(slices) if counted[i] for s in names):
+        in_slice = counted & torch.tensor([name in names for names in slices])
+        metrics[f"train/pseudo_label/accuracy/{name}"] = float(right[in_slice].float().mean())
+    return metrics
+
+
 def degenerate_metrics(*, queries, answers, tokenizer, max_query_tokens: int) -> dict[str, float]:
     """The fractions of degenerate generations in a step, `train/degenerate/<who>_<kind>_frac`.
 
