@@ -18,7 +18,10 @@ from tests.helpers.tiny_run import compose_config, run_of_this_test, runs_of_thi
 
 TOY_EXPERIMENTS = sorted(str(p.relative_to(PROJECT_ROOT / "conf" / "experiment").with_suffix(""))
                          for p in (PROJECT_ROOT / "conf" / "experiment").rglob("*.yaml")
-                         if not p.is_relative_to(PROJECT_ROOT / "conf" / "experiment" / "paper_llama3b"))
+                         if not p.is_relative_to(PROJECT_ROOT / "conf" / "experiment" / "paper_llama3b")
+                         and not p.is_relative_to(PROJECT_ROOT / "conf" / "experiment" / "lab"))
+# The self-play lab's arms (conf/experiment/lab) combine options other tests run; tests/system/test_lab_arms.py
+# composes each of them, and they stay out of this sweep to keep `make test` short.
 TINY_LIMITS = ["trainer.max_steps=1", "eval.every_n_steps=0", "eval.samples=0", "eval.max_problems=8",
                "eval.judge_pairs=0", "eval.sample_table_every=1"]
 
