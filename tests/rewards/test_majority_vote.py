@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from lsp_exp.errors import ConfigError
 from lsp_exp.rewards import MajorityVoteReward, build_reward
 from lsp_exp.rewards.majority_vote import pseudo_label
+from lsp_exp.rl.role_rewards import check_objective
 from lsp_exp.tasks.arith.task import ArithTask
 from lsp_exp.tasks.base import Task
 
@@ -73,6 +74,10 @@ def test_group_checks():
     with pytest.raises(ValueError, match="reward.ties='last'"):
         MajorityVoteReward(Letters(), 2, ties="last")
     assert MajorityVoteReward(Letters(), 2).bounds == (0.0, 1.0) and MajorityVoteReward.pseudo_labels
+    for objective in ("uncertainty", "learnability", "neg_value"):   # V in [0, 1]: every Challenger objective
+        check_objective(objective, MajorityVoteReward.bounds)
+    with pytest.raises(ValueError, match="needs a reward in"):   # which an unbounded reward would not pass
+        check_objective("uncertainty", None)
 
 
 def test_a_task_without_final_answer_is_refused_at_build_time():
