@@ -3,6 +3,7 @@ query memory's bound and saved state, and the `train/collapse/*` keys of a short
 from __future__ import annotations
 
 import math
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ from omegaconf import OmegaConf
 
 from lsp_exp.cli.train import train
 from lsp_exp.eval.metrics import self_bleu
+from lsp_exp.run import collapse
 from lsp_exp.run.checkpointing import latest_checkpoint
 from lsp_exp.run.collapse import QueryMemory, collapse_metrics, query_diversity, query_tokens, success_histogram
 from lsp_exp.run.step_logging import StepMetricsLogger
@@ -29,6 +31,18 @@ def test_distinct_n_and_self_bleu_by_hand():
     same = query_diversity([[5, 6, 7, 8]] * 3)
     assert same == pytest.approx({"distinct_1": 4 / 12, "distinct_2": 3 / 9, "self_bleu": 1.0})  # a collapse
     assert math.isnan(query_diversity([[1, 2]])["self_bleu"])   # no other query to compare with
+
+
+def test_self_bleu_on_counts_is_torchmetrics_self_bleu():
+    """Against lsp-eval's (torchmetrics) on random sequences: repeats, empty ones, shorter than 4 tokens."""
+    rng = random.Random(0)
+    for _ in range(60):
+        lists = [[rng.randint(0, 4) for _ in range(rng.randint(0, 12))] for _ in range(rng.randint(2, 8))]
+        if rng.random() < 0.3:
+            lists[1] = list(lists[0])
+        assert collapse.self_bleu(lists) == pytest.approx(self_bleu(lists), abs=1e-6)
+    assert collapse.self_bleu([[1, 2, 3, 4]] * 2) == pytest.approx(1.0)
+    assert collapse.self_bleu([[1, 2, 3, 4], [5, 6, 7, 8]]) == 0.0     # no shared unigram
 
 
 def test_the_counted_tokens_of_each_query():
