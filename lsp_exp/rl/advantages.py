@@ -4,11 +4,18 @@ Masked members are left out of every baseline and statistic, and get advantage 0
 a group is one query's G answers ([N, G]); for the Challenger it is the step's N queries ([1, N]).
 Standard deviations are the unbiased (Bessel, n - 1) estimate, as torch.std in TRL and verl; a
 group with fewer than two valid members has std 0 (instead of NaN).
+
+An estimator is a function, or a class whose instances are (stateful) estimators: `RoleBaseline`
+keeps a running baseline across steps, and each role gets its own instance (`role_estimator`).
 """
 from __future__ import annotations
 
+import inspect
+from typing import Callable
+
 import torch
 
+from lsp_exp.nodes import unwrapped
 from lsp_exp.rl.registry import ADVANTAGE_ESTIMATORS, register
 
 
@@ -79,3 +86,54 @@ def batch_norm_advantage(rewards: torch.Tensor, mask: torch.Tensor | None = None
     mask = _mask(rewards, mask)
     centred = group_mean_advantage(rewards, mask)
     return centred / (masked_group_std(centred.flatten(), mask.flatten()) + eps)
+
+
+@register(ADVANTAGE_ESTIMATORS, "role_baseline")
+class RoleBaseline:
+    """SPIRAL's role-conditioned advantage (Liu et al. 2025): A = (r - b_t) m, with one running baseline
+    for the role, the exponential moving average of its mean counted reward (docs/method.md §17.3).
+
+    SPIRAL starts b at 0; here b_t is bias-corrected as Adam's moments, b_t / (1 - decay^t) with t the
+    steps seen, so the first step's baseline is that step's mean instead of (1 - decay) times it. A step
+    with no counted member leaves b and t as they are and gives A = 0. Build one instance per role
+    (`role_estimator`) and call it once per step; its state goes into the checkpoint."""
+
+    def __init__(self, decay: float = 0.95):
+        if not 0 <= decay < 1:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = float(decay)
+        self.ema = 0.0    # b_t before bias correction (b_0 = 0)
+        self.steps = 0    # t: the steps with a counted member
+
+    @property
+    def baseline(self) -> float | None:
+        """The bias-corrected baseline of the last step, b_t / (1 - decay^t) (None before the first)."""
+        return self.ema / (1 - self.decay ** self.steps) if self.steps else None
+
+    def __call__(self, rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _mask(rewards, mask)
+        if not bool(mask.any()):
+            return torch.zeros_like(rewards)
+        mean = float(rewards.double()[mask].mean())
+        # docs/method.md §17.3: b_t = decay * b_{t-1} + (1 - decay) * mean_t, then A = (r - b_t / (1 - decay^t)) m
+        self.ema = self.decay * self.ema + (1 - self.decay) * mean
+        self.steps += 1
+        return torch.where(mask, rewards - self.baseline, torch.zeros_like(rewards)).detach()
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.steps = float(state["ema"]), int(state["steps"])
+
+
+def role_estimator(estimator: Callable) -> Callable:
+    """One role's own advantage estimator: a function as it is; a class (a stateful estimator such as
+    `RoleBaseline`, or a `_partial_: true` node of one, its hyper-parameters bound) built anew, so the
+    Solver's and the Challenger's states stay apart."""
+    return estimator() if inspect.isclass(unwrapped(estimator)) else estimator
+
+
+def is_stateful(estimator: Callable) -> bool:
+    """Whether an estimator keeps state across steps (`state_dict` and `load_state_dict`: checkpointed)."""
+    return callable(getattr(estimator, "state_dict", None)) and callable(getattr(estimator, "load_state_dict", None))

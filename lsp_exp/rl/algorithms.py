@@ -10,15 +10,18 @@ aggregation (plus clipping and the number of inner epochs over one batch of play
 | reinforce_pp | batch_norm  | clipped         | token_mean              | 0.2 / 0.2 | 1      |  Hu 2025
 | ppo          | group_mean  | clipped         | token_mean              | 0.2 / 0.2 | 4      |  Schulman et al. 2017
 ("ppo" here is PPO's clipped, multi-epoch update with a group baseline instead of a learned critic.)
+"role_baseline" is lsp with SPIRAL's advantage (Liu et al. 2025): a running baseline per role (advantages.RoleBaseline).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from lsp_exp.rl import advantages as _advantages, aggregation as _aggregation, losses as _losses  # noqa: F401 (registers)
+from lsp_exp.nodes import unwrapped
+from lsp_exp.rl import advantages as _advantages, aggregation as _aggregation, losses as _losses  # (registers)
 from lsp_exp.rl.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, TOKEN_POLICY_LOSSES, get
 
 
@@ -27,7 +30,7 @@ class AlgorithmSpec:
     """A registered name or a callable for the advantage estimator and the policy loss (a user's
     function from `_target_` with `_partial_: true`, its hyper-parameters bound); aggregation by name."""
 
-    advantage: str | Callable      # ADVANTAGE_ESTIMATORS name, or (rewards, mask) -> advantages
+    advantage: str | Callable      # ADVANTAGE_ESTIMATORS name, or (rewards, mask) -> advantages, or a class of them
     policy_loss: str | Callable    # TOKEN_POLICY_LOSSES name, or a function with their signature (losses.py)
     aggregation: str               # AGGREGATIONS name
     clip_low: float = 0.2          # ratio clipped to [1 - clip_low, 1 + clip_high] ("clipped" only)
@@ -35,7 +38,7 @@ class AlgorithmSpec:
     epochs: int = 1                # optimiser passes over one batch of playouts (old_logp fixed before the first)
 
     def __post_init__(self):
-        self.advantage_fn  # noqa: B018  (fails on an unknown name)
+        self.role_estimator()  # fails on an unknown name, or a stateful estimator's bad hyper-parameter
         self.policy_loss_fn  # noqa: B018
         get(AGGREGATIONS, self.aggregation, "aggregation")
         if self.epochs < 1:
@@ -46,6 +49,18 @@ class AlgorithmSpec:
         if callable(self.advantage):
             return self.advantage
         return get(ADVANTAGE_ESTIMATORS, self.advantage, "advantage estimator")
+
+    def role_estimator(self) -> Callable:
+        """A role's own advantage estimator (one per role: a class, e.g. `role_baseline`, is built anew
+        for each, so each keeps its own state; a function is itself; `advantages.role_estimator`)."""
+        fn = self.advantage_fn
+        if _advantages.is_stateful(fn) and not inspect.isclass(unwrapped(fn)):
+            raise ValueError(f"algorithm.advantage: {type(fn).__name__} was built once, but each role needs its own "
+                             "state: name its class with `_partial_: true`")
+        try:
+            return _advantages.role_estimator(fn)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"algorithm.advantage ({unwrapped(fn).__name__}): {err}") from None
 
     @property
     def policy_loss_fn(self) -> Callable:

@@ -34,6 +34,7 @@ from lsp_exp.judge.templates import get_template
 from lsp_exp.nodes import build
 from lsp_exp.rewards.base import DeviceReward
 from lsp_exp.rl import KL_ESTIMATORS, get
+from lsp_exp.rl.advantages import is_stateful
 from lsp_exp.rl.algorithms import algorithm_spec
 from lsp_exp.rl.kl_control import kl_controller
 from lsp_exp.rl.role_rewards import challenger_advantage_fn, challenger_objective, invalid_query_value, role_rewards
@@ -66,6 +67,8 @@ class SelfPlayModule(L.LightningModule):
             temperature=j.temperature, fallback_score=j.fallback_score, score_from=j.score_from,
             sampling=sampling) if cfg.game.self_reward else None
         self.algorithm = algorithm_spec(cfg.algorithm, build)  # names, or a user's functions from `_target_`
+        # each role's own advantage estimator (a stateful one, e.g. role_baseline, keeps a state per role)
+        self.advantage_estimators = {role: self.algorithm.role_estimator() for role in ("solver", "challenger")}
         self.kl_estimator = get(KL_ESTIMATORS, cfg.kl.estimator, "kl.estimator")
         self.objective_fn = challenger_objective(cfg.game.challenger_objective, build)  # a name, or a user's function
         self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
@@ -113,10 +116,12 @@ class SelfPlayModule(L.LightningModule):
         with torch.no_grad(), self.gathered_reference(), self.autocast_context(), self.reference.model() as ref:
             roles = [RoleBatch("solver", playout.answers, rewards.solver, graded.query_valid[:, None].expand(n, g),
                                logprobs_in_chunks(ref, playout.answers, self.logprobs),
-                               self.kl_controllers["solver"].value, game.max_answer_tokens)]
+                               self.kl_controllers["solver"].value, game.max_answer_tokens,
+                               advantage_fn=self.advantage_estimators["solver"])]
             if queries.rollout is not None:
                 all_members = torch.ones(1, n, dtype=torch.bool, device=self.device)
-                advantage_fn = challenger_advantage_fn(self.algorithm.advantage_fn, bool(graded.query_valid.any()))
+                advantage_fn = challenger_advantage_fn(self.advantage_estimators["challenger"],
+                                                       bool(graded.query_valid.any()))
                 roles.append(RoleBatch("challenger", queries.rollout, rewards.challenger[None, :], all_members,
                                        logprobs_in_chunks(ref, queries.rollout, self.logprobs),
                                        self.kl_controllers["challenger"].value, game.max_query_tokens,
@@ -247,6 +252,9 @@ class SelfPlayModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["kl_controllers"] = {k: c.state_dict() for k, c in self.kl_controllers.items()}
+        estimators = {k: e.state_dict() for k, e in self.advantage_estimators.items() if is_stateful(e)}
+        if estimators:  # one per rank, as each rank's baselines follow its own rewards
+            checkpoint["advantage_estimators"] = gather_objects(estimators, self.trainer)
         checkpoint["counters"] = {"skipped_steps": self.skipped_steps,
                                   "consecutive_nonfinite": self.consecutive_nonfinite}
         if isinstance(self.game, StatefulGame):
@@ -258,6 +266,11 @@ class SelfPlayModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         for k, state in checkpoint.get("kl_controllers", {}).items():
             self.kl_controllers[k].load_state_dict(state)
+        if checkpoint.get("advantage_estimators"):
+            saved = checkpoint["advantage_estimators"]
+            for k, state in saved[self.global_rank % len(saved)].items():
+                if is_stateful(self.advantage_estimators[k]):
+                    self.advantage_estimators[k].load_state_dict(state)
         for k, v in checkpoint.get("counters", {}).items():
             setattr(self, k, v)
         if checkpoint.get("game") and isinstance(self.game, StatefulGame):

@@ -17,7 +17,9 @@ def role_metrics(batch, terms, alpha: float) -> dict[str, float]:
     """Diagnostics of one role: KL, losses, entropy, clipping, advantages, zero-variance groups."""
     name, mask = batch.name, batch.member_mask
     adv_mean, adv_std = advantage_stats(batch.advantages, mask)
+    baseline = getattr(batch.advantage_fn, "baseline", None)   # a stateful estimator's (role_baseline)
     return {
+        **({f"train/adv_baseline/{name}": float(baseline)} if baseline is not None else {}),
         f"train/kl/{name}": float(terms.kl_mean),
         f"train/kl/beta_{name}": batch.beta,
         f"train/loss/{name}": float(terms.policy.detach()),

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from lsp_exp.rl import ADVANTAGE_ESTIMATORS, AGGREGATIONS, KL_CONTROLLERS, TOKEN_POLICY_LOSSES
 from lsp_exp.rl.aggregation import token_weights, weighted_sum
-from lsp_exp.rl.advantages import batch_norm_advantage, group_mean_advantage, group_std_advantage, rloo_advantage
+from lsp_exp.nodes import build
+from lsp_exp.rl.advantages import (batch_norm_advantage, group_mean_advantage, group_std_advantage, role_estimator,
+                                   rloo_advantage)
 from lsp_exp.rl.algorithms import AlgorithmSpec, algorithm_spec
 from lsp_exp.rl.diagnostics import advantage_stats, token_entropy, zero_std_fraction
 from lsp_exp.rl.kl_control import AdaptiveKLController, FixedKLController
@@ -22,7 +24,7 @@ PRESETS = sorted(p.stem for p in __import__("pathlib").Path(CONF_DIR, "algorithm
 
 def preset(name: str) -> AlgorithmSpec:
     """The AlgorithmSpec the `algorithm=<name>` config builds (conf/algorithm/<name>.yaml)."""
-    return algorithm_spec(compose_config("train", [f"algorithm={name}"]).algorithm)
+    return algorithm_spec(compose_config("train", [f"algorithm={name}"]).algorithm, build)
 
 
 def reinforce_loss(logp, advantages, mask):
@@ -79,9 +81,9 @@ def test_batch_norm_hand_values():
 
 @pytest.mark.parametrize("name", sorted(ADVANTAGE_ESTIMATORS))
 def test_masked_members_get_zero_and_do_not_move_the_others(name):
-    fn, mask = ADVANTAGE_ESTIMATORS[name], torch.tensor([[True, True, False], [True, True, True]])
-    a = fn(torch.tensor([[1.0, 0.0, 5.0], [0.0, 1.0, 3.0]]), mask)
-    b = fn(torch.tensor([[1.0, 0.0, -99.0], [0.0, 1.0, 3.0]]), mask)
+    mask = torch.tensor([[True, True, False], [True, True, True]])   # (a stateful estimator: a fresh one each)
+    a = role_estimator(ADVANTAGE_ESTIMATORS[name])(torch.tensor([[1.0, 0.0, 5.0], [0.0, 1.0, 3.0]]), mask)
+    b = role_estimator(ADVANTAGE_ESTIMATORS[name])(torch.tensor([[1.0, 0.0, -99.0], [0.0, 1.0, 3.0]]), mask)
     close(a, b)
     assert a[0, 2] == 0 and torch.isfinite(a).all()
 
@@ -263,7 +265,7 @@ def test_presets():
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_runs(name):
     spec = preset(name)
-    adv = spec.advantage_fn(torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])).flatten()
+    adv = spec.role_estimator()(torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])).flatten()
     logp = torch.randn(6, 5, requires_grad=True)
     mask = torch.ones(6, 5)
     out = spec.loss(logp, logp.detach() + 0.1, adv, mask, spec.token_weights(mask, max_tokens=5))

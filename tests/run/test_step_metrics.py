@@ -19,10 +19,11 @@ def test_step_metrics_by_hand():
     answers = rollout([3, 5, 8, 2, 2, 8], [True, True, False, True, True, False])
     queries = SimpleNamespace(rollout=rollout([4, 12], [True, False]), finished=torch.tensor([True, False]))
     solver = SimpleNamespace(name="solver", member_mask=valid[:, None].expand(2, 3), beta=0.05, entropy=1.5,
-                             advantages=torch.tensor([[1 / 3, -2 / 3, 1 / 3], [0.0, 0.0, 0.0]]), rewards=rewards)
+                             advantages=torch.tensor([[1 / 3, -2 / 3, 1 / 3], [0.0, 0.0, 0.0]]), rewards=rewards,
+                             advantage_fn=SimpleNamespace(baseline=0.5))   # a stateful estimator's (role_baseline)
     challenger = SimpleNamespace(name="challenger", member_mask=torch.ones(1, 2, dtype=torch.bool), beta=0.1,
                                  entropy=2.5, advantages=torch.tensor([[1 / 6, -1 / 6]]),
-                                 rewards=torch.tensor([[-2 / 3, -1.0]]))
+                                 rewards=torch.tensor([[-2 / 3, -1.0]]), advantage_fn=None)   # a function: no baseline
     terms = {"solver": SimpleNamespace(kl_mean=torch.tensor(0.2), policy=torch.tensor(-0.3),
                                        clip_frac=torch.tensor(0.0), approx_kl=torch.tensor(0.0)),
              "challenger": SimpleNamespace(kl_mean=torch.tensor(0.4), policy=torch.tensor(0.7),
@@ -38,6 +39,7 @@ def test_step_metrics_by_hand():
         "train/kl/solver": 0.2, "train/kl/beta_solver": 0.05, "train/loss/solver": -0.3, "train/entropy/solver": 1.5,
         "train/clip_frac/solver": 0.0, "train/approx_kl_old/solver": 0.0,
         "train/adv_mean/solver": 0.0, "train/adv_std/solver": sd, "train/zero_std_frac/solver": 0.0,
+        "train/adv_baseline/solver": 0.5,
         "train/kl/challenger": 0.4, "train/kl/beta_challenger": 0.1, "train/loss/challenger": 0.7,
         "train/entropy/challenger": 2.5, "train/clip_frac/challenger": 0.25, "train/approx_kl_old/challenger": 0.01,
         "train/adv_mean/challenger": 0.0, "train/adv_std/challenger": (2 * (1 / 6) ** 2) ** 0.5,
