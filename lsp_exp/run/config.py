@@ -43,6 +43,26 @@ class JudgeSchema:
 
 
 @dataclass
+class BandSchema:
+    """The Solver's difficulty band (docs/method.md §17.2): a valid query's answers enter the Solver's
+    loss only when its value V is in [low, high] (open: (low, high)). R-Zero: 0.25-0.75; DAPO's dynamic
+    sampling: open=true (drops the all-fail and all-succeed groups of a binary reward)."""
+
+    low: Optional[float] = None         # None: the reward's lower bound (none for an unbounded reward)
+    high: Optional[float] = None        # None: the reward's upper bound (none for an unbounded reward)
+    open: bool = False                  # true: low < V < high; false: low <= V <= high (the default keeps all)
+
+
+@dataclass
+class ScheduleSchema:
+    """R-Zero's alternating phases (docs/method.md §17.2): `challenger_steps` steps updating only the
+    Challenger, then `solver_steps` updating only the Solver, and again; both roles play every step."""
+
+    challenger_steps: int = 0           # both 0: both roles are updated every step
+    solver_steps: int = 0
+
+
+@dataclass
 class GameSchema:
     name: str = MISSING
     queries: Any = None                 # the query source, a `_target_` node (lsp_exp/games/__init__.py)
@@ -68,6 +88,13 @@ class GameSchema:
     temperature: float = 1.0
     prompts_path: Optional[str] = None  # grpo_data: a prompt file (core/prompts.py); None -> the task's training
     #                                     split (disjoint from the held-out set)
+    # R-Zero (docs/method.md §17.2): r_ch = max(floor, f(V) + w V_Q - lambda r_rep), the band, the phases
+    repetition_penalty: float = 0.0     # lambda; r_rep = the share of the step's queries in a query's BLEU cluster
+    #                                     (rl/repetition.py); 0: off (R-Zero: 1)
+    repetition_threshold: float = 0.5   # tau: clusters are cut at BLEU distance 1 - BLEU > tau (R-Zero: 0.5)
+    challenger_reward_floor: Optional[float] = None  # r_ch = max(floor, .); None: no floor (R-Zero: 0)
+    band: BandSchema = field(default_factory=BandSchema)
+    schedule: ScheduleSchema = field(default_factory=ScheduleSchema)
 
 
 @dataclass
@@ -325,6 +352,11 @@ RANGES: dict[str, Range] = {
     "game.max_query_tokens": Range(1),
     "game.max_answer_tokens": Range(1),
     "game.temperature": Range(0, open_low=True),
+    "game.repetition_penalty": Range(0),
+    "game.repetition_threshold": Range(0, 1),
+    "game.challenger_reward_floor": Range(),
+    "game.band.low": Range(), "game.band.high": Range(),
+    "game.schedule.challenger_steps": Range(0), "game.schedule.solver_steps": Range(0),
     "kl.beta": Range(0), "kl.beta_challenger": Range(0), "kl.beta_solver": Range(0),
     "kl.target": Range(0, open_low=True), "kl.horizon": Range(0, open_low=True),
     "algorithm.clip_low": Range(0, why="must be in [0, 1)"),

@@ -14,6 +14,7 @@ from lsp_exp.core.roles import RoleBatch
 from lsp_exp.games.base import Game, Queries
 from lsp_exp.judge.self_quality import JudgeScores
 from lsp_exp.rewards.base import Reward, Scores
+from lsp_exp.rl.repetition import Repetition
 from lsp_exp.rl.role_loss import RoleLoss
 from lsp_exp.rl.role_rewards import RoleRewards
 
@@ -56,11 +57,14 @@ class StepRecord:
     graded: Graded
     judged: JudgeScores | None    # R_Q of every pair [N * G] (full LSP), None without the judge
     rewards: RoleRewards          # V(q) [N], the Solver's [N, G] and the Challenger's [N] rewards
-    roles: list[RoleBatch]        # the Solver's, then (self-play) the Challenger's
+    roles: list[RoleBatch]        # the Solver's, then (self-play) the Challenger's: those updated (game.schedule)
     terms: dict[str, RoleLoss]    # each role's loss terms (of the last inner epoch)
     grad_norm: float              # NaN when the update was skipped
     weights: dict[str, float]     # each role's weight in the loss (1 and alpha_Ch)
     seconds: dict[str, float] = field(default_factory=dict)  # gen, reward, judge, ref, update; step
+    repetition: Repetition | None = None  # R-Zero's BLEU clusters and r_rep [N] (game.repetition_penalty > 0)
+    in_band: torch.Tensor | None = None   # [N] bool: the valid queries in game.band (None: no band)
+    phase: str | None = None              # the role updated under game.schedule (None: both; `roles` has those)
 
 
 def play(game: Game, policy, tokenizer, *, group_size: int, max_answer_tokens: int, temperature: float,

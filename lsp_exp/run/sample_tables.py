@@ -23,13 +23,17 @@ class SampleTables(Callback):
 def table(record: StepRecord, task) -> dict[str, list]:
     """The rows of one step's sample table."""
     playout, rewards, judged = record.playout, record.rewards, record.judged
-    per_pair = {"reward": record.graded.rewards, "solver_reward": rewards.solver,
-                "solver_advantage": record.roles[0].advantages}
+    updated = {b.name: b for b in record.roles}   # (under game.schedule one role only: no advantages for the other)
+    per_pair = {"reward": record.graded.rewards, "solver_reward": rewards.solver}
+    if "solver" in updated:
+        per_pair["solver_advantage"] = updated["solver"].advantages
     if judged is not None:
         per_pair["judge_score"] = judged.values.view(playout.n, playout.group_size)
     per_query = {"value": rewards.values, "challenger_reward": rewards.challenger}
-    if len(record.roles) > 1:
-        per_query["challenger_advantage"] = record.roles[1].advantages[0]
+    if "challenger" in updated:
+        per_query["challenger_advantage"] = updated["challenger"].advantages[0]
+    if record.repetition is not None:   # R-Zero (docs/method.md §17.2)
+        per_query["repetition_penalty"] = record.repetition.penalty
     texts = {"judge_reply": judged.texts} if judged is not None else {}
     columns = task.answer_columns(playout.pair_queries, playout.answers.texts)
     return sample_rows(playout.queries.texts, playout.answers.texts, per_pair, per_query, texts, columns)

@@ -40,6 +40,7 @@ from lsp_exp.rl.kl_control import kl_controller
 from lsp_exp.rl.role_rewards import challenger_advantage_fn, challenger_objective, invalid_query_value, role_rewards
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.run.playout import Graded, Playout, StepRecord, grade, play
+from lsp_exp.run.rzero import RZero
 from lsp_exp.tasks.base import Task
 
 
@@ -74,6 +75,7 @@ class SelfPlayModule(L.LightningModule):
         self.kl_controllers = {role: kl_controller(cfg.kl, role) for role in ("solver", "challenger")}
         self.invalid_query_value = invalid_query_value(cfg.game.invalid_query_value, getattr(reward, "bounds", None))
         self.role_weights = {"solver": 1.0, "challenger": cfg.game.alpha_ch}
+        self.rzero = RZero(cfg.game, getattr(reward, "bounds", None))  # repetition penalty, band, phases (§17.2)
         self.skipped_steps = 0           # updates skipped for a non-finite loss or gradient norm
         self.consecutive_nonfinite = 0
         self.resumed_at: int | None = None  # the step of the checkpoint this run resumed from
@@ -92,29 +94,36 @@ class SelfPlayModule(L.LightningModule):
         judged = self._judge(playout, seconds) if self.judge is not None else None
         # 3. role rewards: V(q), r_sol = R + w R_Q, r_ch = objective(V) + w V_Q (rl/role_rewards.py)
         quality = judged.values.to(self.device).view(playout.n, -1) if judged is not None else None
+        repetition = self.rzero.repetition(playout.queries, self.tokenizer)  # R-Zero's r_rep (None: off)
         rewards = role_rewards(graded.rewards, graded.query_valid, objective=self.objective_fn, quality=quality,
-                               invalid_value=self.invalid_query_value, weight=game.self_reward_weight)
+                               invalid_value=self.invalid_query_value, weight=game.self_reward_weight,
+                               penalty=None if repetition is None else repetition.penalty.to(self.device),
+                               penalty_weight=self.rzero.penalty_weight, floor=self.rzero.floor)
+        in_band = self.rzero.in_band(graded.query_valid, rewards.values)  # the Solver's band (None: every valid)
         # 4. the reference's token log-probs of both roles' playouts
         with _timed(seconds, "ref"):
-            roles = self._role_batches(playout, graded, rewards)
+            roles = self._role_batches(playout, graded, rewards, graded.query_valid if in_band is None else in_band)
+        phase = self.rzero.phase(step)  # under game.schedule only that role is updated (None: both)
+        roles = [b for b in roles if phase in (None, b.name)]
         # 5. update: the backward of L_Sol + alpha_Ch L_Ch and one optimizer step (per inner epoch)
         with _timed(seconds, "update"):
             terms, grad_norm = self._update(roles)
         seconds["step"] = time.perf_counter() - start
         return {"step": StepRecord(step, playout, graded, judged, rewards, roles, terms, grad_norm,
-                                   self.role_weights, seconds)}
+                                   self.role_weights, seconds, repetition=repetition, in_band=in_band, phase=phase)}
 
     def _judge(self, playout: Playout, seconds: dict[str, float]):
         """R_Q of every pair [N * G], by the frozen reference (docs/method.md §8)."""
         with _timed(seconds, "judge"), self.gathered_reference(), self.autocast_context():
             return self.judge.score(playout.pair_queries, playout.answers.texts)
 
-    def _role_batches(self, playout: Playout, graded: Graded, rewards) -> list[RoleBatch]:
-        """The Solver's N x G answers (members: answers to valid queries) and, in self-play, the
-        Challenger's N queries as one group [1, N], each with its rewards and pi_ref's log-probs."""
+    def _role_batches(self, playout: Playout, graded: Graded, rewards, solver_queries: torch.Tensor) -> list[RoleBatch]:
+        """The Solver's N x G answers (members: answers to `solver_queries` [N], the valid queries in
+        the band) and, in self-play, the Challenger's N queries as one group [1, N], each with its
+        rewards and pi_ref's log-probs."""
         n, g, game, queries = playout.n, playout.group_size, self.cfg.game, playout.queries
         with torch.no_grad(), self.gathered_reference(), self.autocast_context(), self.reference.model() as ref:
-            roles = [RoleBatch("solver", playout.answers, rewards.solver, graded.query_valid[:, None].expand(n, g),
+            roles = [RoleBatch("solver", playout.answers, rewards.solver, solver_queries[:, None].expand(n, g),
                                logprobs_in_chunks(ref, playout.answers, self.logprobs),
                                self.kl_controllers["solver"].value, game.max_answer_tokens,
                                advantage_fn=self.advantage_estimators["solver"])]

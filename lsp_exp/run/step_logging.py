@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import Callback
 from lsp_exp.core.perf import mfu, peak_flops
 from lsp_exp.run.collapse import QueryMemory, collapse_metrics
 from lsp_exp.run.step_metrics import (degenerate_metrics, pseudo_label_metrics, reduce_over_ranks, reward_metrics,
-                                      step_metrics)
+                                      rzero_metrics, step_metrics)
 from lsp_exp.run.checkpointing import gather_objects
 from lsp_exp.run.playout import StepRecord
 
@@ -44,7 +44,9 @@ class StepMetricsLogger(Callback):
         queries, answers = playout.queries, playout.answers
         metrics = step_metrics(rewards=graded.rewards, query_valid=graded.query_valid, values=rewards.values,
                                answers=answers, queries=queries, roles=record.roles, terms=record.terms,
-                               weights=record.weights, grad_norm=record.grad_norm)
+                               weights=record.weights, grad_norm=record.grad_norm, solver_rewards=rewards.solver)
+        metrics.update(rzero_metrics(repetition=record.repetition, in_band=record.in_band,
+                                     query_valid=graded.query_valid, phase=record.phase))
         metrics.update(reward_metrics(scores=graded.scores, truth=graded.truth, judged=record.judged,
                                       sol_rewards=rewards.solver, ch_rewards=rewards.challenger,
                                       query_valid=graded.query_valid, queries=queries, n=playout.n,

@@ -34,7 +34,7 @@ def role_metrics(batch, terms, alpha: float) -> dict[str, float]:
 
 
 def step_metrics(*, rewards, query_valid, values, answers, queries, roles, terms, weights,
-                 grad_norm) -> dict[str, float]:
+                 grad_norm, solver_rewards) -> dict[str, float]:
     metrics = {
         "train/solver/reward": _valid_mean(rewards.mean(-1), query_valid),
         "train/value_mean": _valid_mean(values, query_valid),
@@ -45,7 +45,9 @@ def step_metrics(*, rewards, query_valid, values, answers, queries, roles, terms
     }
     for batch in roles:
         metrics.update(role_metrics(batch, terms[batch.name], weights[batch.name]))
-    metrics["train/zero_std_frac"] = metrics["train/zero_std_frac/solver"]
+    # every valid query's group (the Solver's figure without a band, §17.2), also in a Challenger phase
+    valid_pairs = query_valid[:, None].expand_as(solver_rewards)
+    metrics["train/zero_std_frac"] = float(zero_std_fraction(solver_rewards, valid_pairs))
     metrics["train/loss/kl"] = sum(metrics.pop(f"_kl_loss/{b.name}") for b in roles)
     if queries.rollout is not None:
         metrics["train/query_len"] = float(queries.rollout.completion_lengths.float().mean())
@@ -87,6 +89,21 @@ def pseudo_label_metrics(rewards, valid, truth, slices: list[list[str]]) -> dict
     for name in dict.fromkeys(s for i, names in enumerate(slices) if counted[i] for s in names):
         in_slice = counted & torch.tensor([name in names for names in slices])
         metrics[f"train/pseudo_label/accuracy/{name}"] = float(right[in_slice].float().mean())
+    return metrics
+
+
+def rzero_metrics(*, repetition, in_band, query_valid, phase) -> dict[str, float]:
+    """R-Zero's figures (docs/method.md §17.2), each only when its option is on: the mean repetition
+    penalty r_rep and the clusters per query (1: all distinct), the share of valid queries inside the
+    Solver's band, and the phase (1: Challenger, 0: Solver)."""
+    metrics = {}
+    if repetition is not None:
+        metrics["train/challenger/repetition_penalty"] = float(repetition.penalty.mean())
+        metrics["train/challenger/cluster_frac"] = repetition.clusters / max(1, len(repetition.labels))
+    if in_band is not None:
+        metrics["train/solver/band_frac"] = _valid_mean(in_band.float(), query_valid)
+    if phase is not None:
+        metrics["train/phase"] = 1.0 if phase == "challenger" else 0.0
     return metrics
 
 

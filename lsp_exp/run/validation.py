@@ -47,6 +47,7 @@ def validate(cfg: DictConfig) -> None:
         require(isinstance(game.challenger_objective, str) and game.challenger_objective in CHALLENGER_OBJECTIVES,
                 "game.challenger_objective", f"unknown; available: {', '.join(sorted(CHALLENGER_OBJECTIVES))} "
                 "(or a `_target_` node with `_partial_: true`)")
+    _check_rzero(game, require)
     require(game.judge.template in ("auto", *TEMPLATES), "game.judge.template",
             f"unknown; available: auto, {', '.join(TEMPLATES)}")
     require(kl.estimator in KL_ESTIMATORS, "kl.estimator", f"unknown; available: {', '.join(sorted(KL_ESTIMATORS))}")
@@ -78,6 +79,20 @@ def validate(cfg: DictConfig) -> None:
         require(not uri or not scheme or scheme in TRACKING_SCHEMES, "logger.tracking_uri",
                 f"unsupported scheme {scheme!r}; use one of {', '.join(s + ':' for s in TRACKING_SCHEMES)}")
     validate_model(cfg)
+
+
+def _check_rzero(game: DictConfig, require) -> None:
+    """R-Zero's options (docs/method.md §17.2): an ordered band, a schedule of two phases, and a
+    Challenger for the options that act on it."""
+    band, schedule = game.band, game.schedule
+    if band.low is not None and band.high is not None:
+        require(band.low < band.high if band.open else band.low <= band.high, "game.band.low",
+                f"must be {'<' if band.open else '<='} game.band.high={band.high}")
+    require((schedule.challenger_steps == 0) == (schedule.solver_steps == 0), "game.schedule.challenger_steps",
+            f"and game.schedule.solver_steps={schedule.solver_steps}: both 0 (no schedule) or both at least 1")
+    for key, used in (("game.repetition_penalty", game.repetition_penalty > 0),
+                      ("game.schedule.challenger_steps", schedule.challenger_steps > 0)):
+        require(game.challenger or not used, key, "acts on the Challenger; this game has none (game.challenger=false)")
 
 
 def validate_model(cfg: DictConfig) -> None:

@@ -29,7 +29,8 @@ def test_step_metrics_by_hand():
              "challenger": SimpleNamespace(kl_mean=torch.tensor(0.4), policy=torch.tensor(0.7),
                                            clip_frac=torch.tensor(0.25), approx_kl=torch.tensor(0.01))}
     m = step_metrics(rewards=rewards, query_valid=valid, values=values, answers=answers, queries=queries,
-                     roles=[solver, challenger], terms=terms, weights={"solver": 1.0, "challenger": 0.5}, grad_norm=3.0)
+                     roles=[solver, challenger], terms=terms, weights={"solver": 1.0, "challenger": 0.5}, grad_norm=3.0,
+                     solver_rewards=rewards)
     sd = (((1 / 3) ** 2 * 2 + (2 / 3) ** 2) / 2) ** 0.5   # unbiased std of the 3 counted advantages
     assert m == pytest.approx({
         "train/solver/reward": 2 / 3,                 # valid queries only
