@@ -18,7 +18,8 @@ print(sorted(str(p.relative_to(root)) for p in root.rglob("*.*")))
 PY
 export PYTHONPATH=/tmp/newcomer
 common="hydra.searchpath=[file:///tmp/newcomer/my_conf] trainer.max_steps=20 eval.samples=0 eval.max_problems=200 paths.outputs=/tmp/newcomer/out logger.tracking_uri=sqlite:////tmp/newcomer/out/mlflow.db trainer.enable_progress_bar=false"
-for args in "reward=checked game=lsp_zero" "game=targeted reward=arithmetic" "algorithm=scaled game=grpo_data"; do
+for args in "reward=checked game=lsp_zero" "game=targeted reward=arithmetic" "algorithm=scaled game=grpo_data" \
+    "algorithm=median game=lsp_zero"; do
   echo "== lsp-train $args"
   /usr/bin/time -f "wall %e s" .venv/bin/lsp-train $common $args 2>&1 | grep -v "INFO\|^\s*$" | tail -4
 done

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from lsp_exp.errors import ConfigError
 from lsp_exp.nodes import unwrapped
 from lsp_exp.rl import advantages as _advantages, aggregation as _aggregation, losses as _losses  # (registers)
 from lsp_exp.rl.registry import ADVANTAGE_ESTIMATORS, AGGREGATIONS, TOKEN_POLICY_LOSSES, get
@@ -55,12 +56,12 @@ class AlgorithmSpec:
         for each, so each keeps its own state; a function is itself; `advantages.role_estimator`)."""
         fn = self.advantage_fn
         if _advantages.is_stateful(fn) and not inspect.isclass(unwrapped(fn)):
-            raise ValueError(f"algorithm.advantage: {type(fn).__name__} was built once, but each role needs its own "
+            raise ConfigError(f"algorithm.advantage: {type(fn).__name__} was built once, but each role needs its own "
                              "state: name its class with `_partial_: true`")
         try:
             return _advantages.role_estimator(fn)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"algorithm.advantage ({unwrapped(fn).__name__}): {err}") from None
+            raise ConfigError(f"algorithm.advantage ({unwrapped(fn).__name__}): {err}") from None
 
     @property
     def policy_loss_fn(self) -> Callable:

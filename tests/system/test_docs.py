@@ -116,7 +116,7 @@ def readme_examples(tmp_path, monkeypatch):
             target.write_text(body)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path / "my_conf"
-    for name in ("my_rewards", "reverse_task", "my_algos"):
+    for name in ("my_rewards", "reverse_task", "my_algos", "my_baselines"):
         sys.modules.pop(name, None)
 
 
@@ -131,11 +131,37 @@ def test_every_readme_command_composes(command, readme_examples):
 def test_the_readme_extension_examples_compose(readme_examples):
     names = {p.relative_to(readme_examples).as_posix() for p in readme_examples.rglob("*.yaml")}
     assert names >= {"reward/brevity.yaml", "reward/checked.yaml", "task/reverse.yaml",
-                     "algorithm/scaled.yaml"}   # (and the other sections' examples)
+                     "algorithm/scaled.yaml", "algorithm/median.yaml"}   # (and the other sections' examples)
     cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "reward=brevity",
                                    "task=reverse", "algorithm=scaled"])
     validate(cfg)   # every `_target_` imports
     assert cfg.algorithm.advantage.scale == 2.5 and cfg.reward.max_chars == 1
+
+
+def test_the_readme_stateful_estimator_is_one_per_role_and_carries_its_state(readme_examples):
+    """The README's running median, from its YAML as a run builds it: one estimator per role, hand values
+    over two steps (the baseline counts this step's mean), and a state that continues after a reload."""
+    import torch
+
+    from lsp_exp.rl.advantages import is_stateful
+    from lsp_exp.rl.algorithms import algorithm_spec
+
+    cfg = compose_config("train", [f"hydra.searchpath=[file://{readme_examples}]", "algorithm=median"])
+    validate(cfg)
+    spec = algorithm_spec(cfg.algorithm, build)
+    solver, challenger = spec.role_estimator(), spec.role_estimator()
+    assert type(solver).__name__ == "RunningMedian" and solver is not challenger and solver.window == 10
+    assert is_stateful(solver)
+    valid = torch.tensor([[True] * 3, [False] * 3])
+    torch.testing.assert_close(solver(torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), valid),
+                               torch.tensor([[1 / 3, -2 / 3, 1 / 3], [0.0, 0.0, 0.0]]))   # the median of [2/3]
+    # means [2/3, 1]: torch's median of an even count is the lower middle, 2/3
+    torch.testing.assert_close(solver(torch.ones(1, 2), torch.ones(1, 2, dtype=torch.bool)), torch.full((1, 2), 1 / 3))
+    assert challenger.baseline is None and challenger.means == []
+    resumed = spec.role_estimator()
+    resumed.load_state_dict(solver.state_dict())
+    step3 = torch.tensor([[0.0, 0.5]]), torch.ones(1, 2, dtype=torch.bool)
+    assert torch.equal(resumed(*step3), solver(*step3)) and resumed.baseline == solver.baseline
 
 
 def test_the_readme_task_example_is_a_task_as_written(readme_examples):

@@ -7,6 +7,7 @@ Python file in the user's own package and one YAML in the user's own config dire
 | a reward as a plain function                       | `my_rewards.py`, `reward/brevity.yaml`    |
 | a task (reverse a word) with its own verifier      | `reverse_task.py`, `task/reverse.yaml`    |
 | an advantage estimator with a new hyper-parameter  | `my_algos.py`, `algorithm/scaled.yaml`    |
+| a stateful advantage estimator (one per role)      | `my_baselines.py`, `algorithm/median.yaml` |
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def user(tmp_path, monkeypatch):
         return path
 
     yield write, f"hydra.searchpath=[file://{conf}]"
-    for name in ("my_rewards", "reverse_task", "my_algos"):
+    for name in ("my_rewards", "reverse_task", "my_algos", "my_baselines"):
         sys.modules.pop(name, None)
 
 
@@ -174,6 +175,52 @@ def test_an_advantage_with_a_new_hyper_parameter_is_one_file_and_one_yaml(user, 
     run, metrics = last_run(shared_outputs)
     assert run.info.status == "FINISHED"
     assert run.data.params["algorithm.advantage._target_"] == "my_algos.scaled_advantage"
+
+
+def test_a_stateful_advantage_is_one_file_and_one_yaml_built_per_role_and_checkpointed(user, shared_outputs):
+    """A class named with `_partial_: true`: each role gets its own instance, its state goes into the
+    checkpoint, and its `baseline` is logged (docs/method.md §17.3)."""
+    import torch
+
+    from lsp_exp.run.checkpointing import latest_checkpoint
+
+    write, searchpath = user
+    write("my_baselines.py", """
+        import torch
+
+
+        class RunningMedian:
+            def __init__(self, window=20):
+                self.window, self.means, self.baseline = window, [], None
+
+            def __call__(self, rewards, mask):
+                if not mask.any():
+                    return torch.zeros_like(rewards)
+                self.means = (self.means + [float(rewards[mask].mean())])[-self.window:]
+                self.baseline = float(torch.tensor(self.means).median())
+                return (rewards - self.baseline) * mask
+
+            def state_dict(self):
+                return {"means": self.means, "baseline": self.baseline}
+
+            def load_state_dict(self, state):
+                self.means, self.baseline = list(state["means"]), state["baseline"]
+        """)
+    write("algorithm/median.yaml", """
+        defaults:
+          - schema
+        name: median
+        advantage: {_target_: my_baselines.RunningMedian, _partial_: true, window: 10}
+        """)
+    train(compose_config("train", tiny_overrides(shared_outputs, searchpath, "algorithm=median", "game=lsp_zero",
+                                                 "reward=tiny_rm", *REWARD_MODEL, *FAST, "trainer.checkpoint_every=2")))
+    run, metrics = last_run(shared_outputs)
+    saved = torch.load(latest_checkpoint(shared_outputs / "checkpoints" / run.info.run_id), map_location="cpu",
+                       weights_only=False)["advantage_estimators"][0]
+    assert set(saved) == {"solver", "challenger"} and all(len(s["means"]) <= 2 for s in saved.values())
+    assert saved["solver"]["means"] and saved["solver"]["means"] != saved["challenger"]["means"]  # a state per role
+    assert metrics["train/adv_baseline/solver"][-1] == pytest.approx(saved["solver"]["baseline"])
+    assert run.data.params["algorithm.advantage.window"] == "10"
 
 
 REWARD_MODEL = ["reward.bootstrap.steps=2", "reward.bootstrap.hidden_size=16", "reward.bootstrap.intermediate_size=32",
