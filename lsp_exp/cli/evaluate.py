@@ -99,6 +99,10 @@ class WinRateScorer:
         self.kind = cfg.win_rate.judge
         if self.kind == "reward":
             self.reward = build_reward(cfg.reward, task=task)
+            if getattr(self.reward, "grades_groups", False):  # a vote needs G answers to one query, not one
+                raise ConfigError(f"win_rate.judge=reward: reward={cfg.reward.get('name', '?')} grades a query's "
+                                  "group of answers together, not one answer; name a reward that judges one "
+                                  "(e.g. reward=arithmetic) or win_rate.judge=llm")
         elif self.kind == "llm":
             path = cfg.win_rate.judge_model or base_path
             model, tokenizer = loader.frozen(path), loader.tokenizer(path)

@@ -33,11 +33,14 @@ def reward_probabilities(values: torch.Tensor, bounds: tuple[float, float] | Non
 def judge_the_judges(pairs: list[tuple[str, str, bool]], reward=None, judge=None,
                      judge_threshold: float = 5.5) -> dict[str, float]:
     """`eval/reward/*` for the task reward and `eval/judge/*` for the self-quality judge (0-7 scores
-    divided by 7; "correct" predicted above `judge_threshold`)."""
+    divided by 7; "correct" predicted above `judge_threshold`). A reward with `grades_groups = True`
+    (it scores a query's G answers together, `reward=majority_vote`) is not judged: it has no verdict
+    on one pair."""
     queries, answers = [p[0] for p in pairs], [p[1] for p in pairs]
     labels = torch.tensor([p[2] for p in pairs])
     out: dict[str, float] = {}
-    if reward is not None:
+    # a reward that grades a query's group of answers together (a majority vote) is no per-pair classifier
+    if reward is not None and not getattr(reward, "grades_groups", False):
         scores = reward.score(queries, answers)
         probs = reward_probabilities(scores.values, reward.bounds)
         out.update({f"reward/{k}": v for k, v in classifier_metrics(probs, labels).items()})

@@ -38,6 +38,7 @@ class MajorityVoteReward:
 
     bounds = (0.0, 1.0)
     pseudo_labels = True   # the run logs train/pseudo_label/* beside it (run/step_logging.py)
+    grades_groups = True   # a verdict needs the query's whole group: no per-pair judging at start (judging_the_judges)
 
     def __init__(self, task, group_size: int, ties: str = "first"):
         if not callable(getattr(task, "final_answer", None)):

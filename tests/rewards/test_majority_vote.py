@@ -104,3 +104,21 @@ def test_the_arithmetic_task_reads_final_values_and_slices():
     scores = reward.score(["3+4*5"] * 3, ["32", "53", "32"])
     assert scores.values.tolist() == [1.0, 0.0, 1.0] and bool(scores.valid.all())
     assert scores.values.dtype == torch.float32
+
+
+def test_a_group_reward_is_not_judged_per_pair_at_start():
+    """Judging the judges scores independent (query, answer, correct?) pairs: a vote over a query's G
+    answers has no verdict on one pair, so its eval/reward/* are left out (the judge's are not)."""
+    from lsp_exp.judge.judging_the_judges import judge_the_judges
+    from lsp_exp.rewards.majority_vote import MajorityVoteReward
+
+    class Readable:
+        name = "readable"
+
+        def final_answer(self, text):
+            return text
+
+    pairs = [("1+1", "2", True), ("2+2", "5", False), ("3+3", "6", True)]
+    reward = MajorityVoteReward(Readable(), group_size=8)
+    assert reward.grades_groups
+    assert judge_the_judges(pairs, reward) == {}
