@@ -63,11 +63,12 @@ def _trained(outputs, game: str, monkeypatch, verifier=None):
                         lambda *args: figures.append(PSEUDO_LABEL_METRICS(*args)) or figures[-1])
     if verifier is not None:
         monkeypatch.setattr(ArithmeticReward, "score", verifier)
+    # eval.judge_pairs > 0: judging the judges at start must leave the group reward out (it has no per-pair verdict)
     # the tiny model writes no well-formed answer yet: a coarse reading gives the vote something to count
     monkeypatch.setattr(arith_task.ArithTask, "final_answer", lambda self, answer: len(answer.strip()) % 3 or None)
     result = run_job(compose_config("train", TINY_WORLD + [
         f"game={game}", "reward=majority_vote", "trainer.max_steps=3", "game.n_queries=3", "game.group_size=4",
-        "logger=none", "eval.every_n_steps=0", "eval.samples=0", "eval.judge_pairs=0", "eval.max_problems=4",
+        "logger=none", "eval.every_n_steps=0", "eval.samples=0", "eval.judge_pairs=8", "eval.max_problems=4",
         "eval.sample_table_every=0", "trainer.enable_progress_bar=false", "trainer.num_threads=1",
         "trainer.checkpoint_every=0", "optim.lr=1e-2", f"paths.outputs={outputs}"]))
     weights = {k: v.detach().clone() for k, v in records[-1][1].policy.state_dict().items()}
