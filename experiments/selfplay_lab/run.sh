@@ -33,7 +33,7 @@ evaluate() {
 }
 
 report() {
-  # Three tables: held-out results against the base and against LSP-Zero (Welch intervals of the differences),
+  # Held-out results against the base, LSP-Zero and data RL (Welch intervals of the differences),
   # and the training signals (the proxy beside the truth, pseudo-labels, query diversity) without a baseline.
   local heldout="eval/accuracy,eval/accuracy/one_op,eval/accuracy/two_op,eval/accuracy/precedence"
   heldout="$heldout,eval/accuracy/chain,eval/accuracy/sign,eval/accuracy/unflawed,eval/pass_at_8"
@@ -47,7 +47,7 @@ report() {
   local curves="eval/accuracy,eval/accuracy/chain,eval/accuracy/precedence,train/query_valid_frac"
   curves="$curves,train/pseudo_label/accuracy,train/collapse/distinct_2"
   local common="experiment_names=[$EXPERIMENT] group_by=[tags.arm] order=[$order]"
-  for baseline in base lsp_zero; do
+  for baseline in base lsp_zero data_rl; do
     $BIN/lsp-report $common baseline=$baseline "metrics=[$heldout]" "percent=[$heldout]" curves=[] \
       output_dir=$OUT/heldout_vs_$baseline
   done
