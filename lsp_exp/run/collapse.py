@@ -2,6 +2,8 @@
 step's queries are, how many the Challenger wrote recently, and how hard the Solver found them."""
 from __future__ import annotations
 
+import math
+
 from collections import Counter, deque
 
 import torch
@@ -114,10 +116,11 @@ def success_histogram(rewards: torch.Tensor, valid: torch.Tensor,
 def collapse_metrics(*, queries, rewards: torch.Tensor, valid: torch.Tensor, bounds, memory: QueryMemory | None
                      ) -> dict[str, float]:
     """`train/collapse/*` of one step: the histogram every step; the queries' diversity and (with a
-    memory of size > 0) the share seen before only when the Challenger wrote them."""
+    memory of size > 0) the share seen before only when the Challenger wrote them. A figure with nothing
+    to count (NaN: no valid query, fewer than 2 queries) is left out that step, as other figures are."""
     metrics = {f"train/collapse/{k}_frac": v for k, v in success_histogram(rewards, valid, bounds).items()}
     if queries.rollout is not None:
         metrics.update({f"train/collapse/{k}": v for k, v in query_diversity(query_tokens(queries.rollout)).items()})
         if memory is not None and memory.size > 0:
             metrics["train/collapse/seen_before_frac"] = memory.seen_before(list(queries.texts))
-    return metrics
+    return {k: v for k, v in metrics.items() if not math.isnan(v)}

@@ -17,7 +17,7 @@ from lsp_exp.run.checkpointing import latest_checkpoint
 from lsp_exp.run.collapse import QueryMemory, collapse_metrics, query_diversity, query_tokens, success_histogram
 from lsp_exp.run.step_logging import StepMetricsLogger
 
-from tests.helpers.tiny_run import compose_config, run_of, tiny_overrides
+from tests.helpers.tiny_run import TINY_RM, compose_config, run_of, tiny_overrides
 
 KEYS = {f"train/collapse/{k}" for k in ("distinct_1", "distinct_2", "self_bleu", "seen_before_frac",
                                         "all_fail_frac", "mixed_frac", "all_pass_frac")}
@@ -100,6 +100,15 @@ def test_a_data_game_gets_the_histogram_only():
                  "train/collapse/all_pass_frac": 0.5}
 
 
+def test_a_figure_with_nothing_to_count_is_left_out_not_logged_as_nan():
+    """No valid query: no histogram; one query: no self-BLEU (NaN would also break the equality of two
+    runs' metric histories, tests/system/test_train_e2e.py)."""
+    queries = SimpleNamespace(rollout=None, texts=["1+1", "2+2"])
+    m = collapse_metrics(queries=queries, rewards=torch.ones(2, 2), valid=torch.zeros(2, dtype=torch.bool),
+                         bounds=(0.0, 1.0), memory=QueryMemory(8))
+    assert m == {}
+
+
 def test_the_logger_saves_and_loads_its_memory_per_rank():
     module = SimpleNamespace(cfg=OmegaConf.create({"trainer": {"health": {"query_memory": 3}}}))
     logger = StepMetricsLogger()
@@ -116,12 +125,19 @@ def test_the_logger_saves_and_loads_its_memory_per_rank():
 
 
 def test_a_short_run_logs_the_indicators_and_checkpoints_the_memory(shared_outputs):
-    train(compose_config("train", tiny_overrides(shared_outputs, "game=lsp_zero", "trainer.max_steps=2",
+    # the tiny reward model grades every pair (the tiny world's verifier finds no valid query): a histogram
+    train(compose_config("train", tiny_overrides(shared_outputs, "game=lsp_zero", "reward=tiny_rm", *TINY_RM,
+                                                 "trainer.max_steps=2",
                                                  "trainer.checkpoint_every=2", "eval.samples=0",
                                                  "eval.every_n_steps=0", "eval.judge_pairs=0",
                                                  "eval.sample_table_every=0", "+tags.failcase=collapse")))
     run, history, _ = run_of(shared_outputs, "collapse")
-    assert KEYS <= set(history) and all([s for s, _ in history[k]] == [0, 1] for k in KEYS)
+    assert KEYS <= set(history)
+    histogram = {k for k in KEYS if k.endswith(("_fail_frac", "mixed_frac", "_pass_frac"))}
+    assert all([s for s, _ in history[k]] == [0, 1] for k in KEYS - histogram)   # the queries' figures every step
+    # the histogram on the steps with a valid query (here step 0; a step with none leaves it out)
+    assert all(history[k] and {s for s, _ in history[k]} <= {0, 1} for k in histogram)
+    assert sum(history[f"train/collapse/{k}"][0][1] for k in ("all_fail_frac", "mixed_frac", "all_pass_frac")) == 1
     ckpt = latest_checkpoint(shared_outputs / "checkpoints" / run.info.run_id)
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)["query_memory"]   # loads safely
     texts = saved[0]["texts"]
