@@ -15,9 +15,10 @@ from types import SimpleNamespace
 import torch
 from transformers import AutoTokenizer
 
-from lsp_exp.eval.metrics import self_bleu as eval_self_bleu
-from lsp_exp.run.collapse import (QueryMemory, collapse_metrics, query_diversity, query_tokens, self_bleu,
-                                  success_histogram)
+from torchmetrics.text import BLEUScore
+
+from lsp_exp.eval.metrics import diversity, self_bleu
+from lsp_exp.run.collapse import QueryMemory, collapse_metrics, query_tokens, success_histogram
 from lsp_exp.run.config import PROJECT_ROOT
 
 TOKENIZER = PROJECT_ROOT / "lsp_exp/tasks/arith/assets/worlds/arith/base_model"
@@ -76,14 +77,22 @@ def main() -> None:
             print(f"  {part:<36} median {median:7.3f} ms   p90 {p90:7.3f} ms")
 
 
+def torchmetrics_self_bleu(tokens) -> float:
+    """The same self-BLEU with torchmetrics' BLEUScore (what lsp-eval used before), for comparison."""
+    bleu = BLEUScore(n_gram=4, smooth=True)
+    texts = [" ".join(map(str, t)) for t in tokens]
+    return sum(float(bleu([texts[i]], [[t for j, t in enumerate(texts) if j != i]])) for i in range(len(texts))) / len(
+        texts)
+
+
 def parts(queries, tokens, memory, rewards, valid) -> dict:
-    """What one step computes, part by part, and in all; torchmetrics' self-BLEU (lsp-eval's) beside."""
+    """What one step computes, part by part, and in all; torchmetrics' self-BLEU beside."""
     bounds = (0.0, 1.0)
     return {
         "query_tokens": lambda: query_tokens(queries.rollout),
-        "distinct-1/2 + self-BLEU": lambda: query_diversity(tokens),
+        "distinct-1/2 + self-BLEU": lambda: diversity(tokens),
         "  self-BLEU (on counts)": lambda: self_bleu(tokens),
-        "  self-BLEU (torchmetrics, lsp-eval)": lambda: eval_self_bleu(tokens),
+        "  self-BLEU (torchmetrics)": lambda: torchmetrics_self_bleu(tokens),
         "seen_before (memory 4096)": lambda: memory.seen_before(queries.texts),
         "success_histogram": lambda: success_histogram(rewards, valid, bounds),
         "collapse_metrics (all)": lambda: collapse_metrics(queries=queries, rewards=rewards, valid=valid,

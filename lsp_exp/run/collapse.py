@@ -3,13 +3,11 @@ step's queries are, how many the Challenger wrote recently, and how hard the Sol
 from __future__ import annotations
 
 import math
-
 from collections import Counter, deque
 
 import torch
 
-from lsp_exp.eval.metrics import distinct_n
-from lsp_exp.rl.repetition import ngram_counts, sentence_bleu
+from lsp_exp.eval.metrics import diversity
 
 
 def query_tokens(rollout) -> list[list[int]]:
@@ -17,37 +15,6 @@ def query_tokens(rollout) -> list[list[int]]:
     token included, no prompt or padding)."""
     mask = rollout.completion_mask.bool()
     return [row[keep].tolist() for row, keep in zip(rollout.input_ids.cpu(), mask.cpu(), strict=True)]
-
-
-def self_bleu(token_lists: list[list[int]], n_gram: int = 4) -> float:
-    """lsp_exp/eval/metrics.py:self_bleu (torchmetrics' smoothed BLEU of each sequence against all the
-    others as references, averaged; NaN for fewer than 2), written out on n-gram counts made once per
-    sequence: the same value (tests/run/test_collapse_indicators.py) at a fraction of torchmetrics'
-    cost, which is ~50 ms a step at N = 8 (experiments/collapse_indicators/cost.py)."""
-    if len(token_lists) < 2:
-        return float("nan")
-    counts = [ngram_counts(t, n_gram) for t in token_lists]
-    lengths = [len(t) for t in token_lists]
-    scores = []
-    for i, own in enumerate(counts):
-        others = [j for j in range(len(counts)) if j != i]
-        # docs/method.md §17.4: clipped matches against the references' maximum count of each n-gram
-        refs = [Counter() for _ in range(n_gram)]
-        for j in others:
-            for n in range(n_gram):
-                refs[n] |= counts[j][n]
-        matches = [sum((own[n] & refs[n]).values()) for n in range(n_gram)]
-        closest = min(others, key=lambda j: abs(lengths[j] - lengths[i]))   # the first of the closest lengths
-        scores.append(sentence_bleu(lengths[i], lengths[closest], matches, n_gram) if lengths[i] else 0.0)
-    return sum(scores) / len(scores)
-
-
-def query_diversity(token_lists: list[list[int]]) -> dict[str, float]:
-    """distinct-1, distinct-2 (unique n-grams / all n-grams over the step's queries) and self-BLEU-4
-    (the mean smoothed BLEU of each query against the others; NaN for fewer than 2 queries)."""
-    # docs/method.md §17.4: distinct_n = |unique n-grams| / |n-grams|; self-BLEU = mean_i BLEU(q_i; q_{-i})
-    return {"distinct_1": distinct_n(token_lists, 1), "distinct_2": distinct_n(token_lists, 2),
-            "self_bleu": self_bleu(token_lists)}
 
 
 class QueryMemory:
@@ -120,7 +87,7 @@ def collapse_metrics(*, queries, rewards: torch.Tensor, valid: torch.Tensor, bou
     to count (NaN: no valid query, fewer than 2 queries) is left out that step, as other figures are."""
     metrics = {f"train/collapse/{k}_frac": v for k, v in success_histogram(rewards, valid, bounds).items()}
     if queries.rollout is not None:
-        metrics.update({f"train/collapse/{k}": v for k, v in query_diversity(query_tokens(queries.rollout)).items()})
+        metrics.update({f"train/collapse/{k}": v for k, v in diversity(query_tokens(queries.rollout)).items()})
         if memory is not None and memory.size > 0:
             metrics["train/collapse/seen_before_frac"] = memory.seen_before(list(queries.texts))
     return {k: v for k, v in metrics.items() if not math.isnan(v)}

@@ -10,14 +10,23 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from torchmetrics.text import BLEUScore
+
 from lsp_exp.cli.train import train
-from lsp_exp.eval.metrics import self_bleu
-from lsp_exp.run import collapse
+from lsp_exp.eval.metrics import diversity as query_diversity, self_bleu as self_bleu_on_counts
 from lsp_exp.run.checkpointing import latest_checkpoint
-from lsp_exp.run.collapse import QueryMemory, collapse_metrics, query_diversity, query_tokens, success_histogram
+from lsp_exp.run.collapse import QueryMemory, collapse_metrics, query_tokens, success_histogram
 from lsp_exp.run.step_logging import StepMetricsLogger
 
 from tests.helpers.tiny_run import TINY_RM, compose_config, run_of, tiny_overrides
+
+def self_bleu(token_lists: list[list]) -> float:
+    """The oracle: torchmetrics' smoothed BLEU-4 of each sequence against all the others, averaged."""
+    bleu = BLEUScore(n_gram=4, smooth=True)
+    texts = [" ".join(map(str, t)) for t in token_lists]
+    return sum(float(bleu([texts[i]], [[t for j, t in enumerate(texts) if j != i]])) for i in range(len(texts))) / len(
+        texts)
+
 
 KEYS = {f"train/collapse/{k}" for k in ("distinct_1", "distinct_2", "self_bleu", "seen_before_frac",
                                         "all_fail_frac", "mixed_frac", "all_pass_frac")}
@@ -34,15 +43,16 @@ def test_distinct_n_and_self_bleu_by_hand():
 
 
 def test_self_bleu_on_counts_is_torchmetrics_self_bleu():
-    """Against lsp-eval's (torchmetrics) on random sequences: repeats, empty ones, shorter than 4 tokens."""
+    """lsp_exp/eval/metrics.py:self_bleu (lsp-eval's and the step's) against torchmetrics on random
+    sequences: repeats, empty ones, shorter than 4 tokens."""
     rng = random.Random(0)
     for _ in range(60):
         lists = [[rng.randint(0, 4) for _ in range(rng.randint(0, 12))] for _ in range(rng.randint(2, 8))]
         if rng.random() < 0.3:
             lists[1] = list(lists[0])
-        assert collapse.self_bleu(lists) == pytest.approx(self_bleu(lists), abs=1e-6)
-    assert collapse.self_bleu([[1, 2, 3, 4]] * 2) == pytest.approx(1.0)
-    assert collapse.self_bleu([[1, 2, 3, 4], [5, 6, 7, 8]]) == 0.0     # no shared unigram
+        assert self_bleu_on_counts(lists) == pytest.approx(self_bleu(lists), abs=1e-6)
+    assert self_bleu_on_counts([[1, 2, 3, 4]] * 2) == pytest.approx(1.0)
+    assert self_bleu_on_counts([[1, 2, 3, 4], [5, 6, 7, 8]]) == 0.0     # no shared unigram
 
 
 def test_the_counted_tokens_of_each_query():
